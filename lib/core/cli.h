@@ -1,0 +1,42 @@
+// The shape every mesh program has: a thin main() holding a table of verbs
+// {name, fn, description}, one verb per file under cmd/<program>/. Verbs get
+// a Context (streams, log, environment) instead of touching globals, so
+// tests can drive them with string streams.
+#pragma once
+
+#include <functional>
+#include <iosfwd>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "core/log.h"
+#include "core/status.h"
+
+namespace mesh {
+
+struct Context {
+  std::istream& in;
+  std::ostream& out;  // data only
+  std::ostream& err;  // diagnostics only (through log)
+  Log& log;
+  bool stdout_tty = false;
+  bool stdout_fd_world_readable_file = false;
+  // Environment lookup (getenv by default); nullptr when unset.
+  std::function<const char*(const char*)> env;
+};
+
+struct Verb {
+  std::string_view name;  // "" marks the default verb (run when no verb name is given)
+  int (*fn)(Context& ctx, int argc, char** argv);  // argv[0] is "<program> <verb>"
+  std::string_view description;
+};
+
+// Dispatches argv[1] to a verb, handling --help/-h, --version and unknown
+// verbs (Exit::Usage). Builds the Context from the process's real streams.
+int run_program(std::string_view program, std::span<const Verb> verbs, int argc, char** argv);
+
+// Logs `s` as an error (when not ok) and returns its exit code.
+int report(Context& ctx, const Status& s);
+
+}  // namespace mesh

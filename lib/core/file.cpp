@@ -1,0 +1,130 @@
+#include "core/file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <iostream>
+#include <iterator>
+#include <vector>
+
+#include "core/fd.h"
+#include "core/key.h"
+
+namespace mesh {
+
+Result<std::string> read_stream(std::istream& in, size_t max_bytes) {
+  std::string out;
+  char buf[65536];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+    out.append(buf, static_cast<size_t>(in.gcount()));
+    if (out.size() > max_bytes)
+      return data_error("input larger than " + std::to_string(max_bytes) + " bytes");
+  }
+  if (in.bad()) return io_error("read error on input");
+  return out;
+}
+
+Result<std::string> read_file(const std::string& path, size_t max_bytes) {
+  if (path == "-") return read_stream(std::cin, max_bytes);
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return errno_status(path, errno);
+  struct stat st{};
+  if (::fstat(fd.get(), &st) == 0 && S_ISDIR(st.st_mode))
+    return no_input(path + ": is a directory");
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno_status(path, errno);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > max_bytes) {
+      wipe(out);
+      return data_error(path + ": larger than " + std::to_string(max_bytes) + " bytes");
+    }
+  }
+  return out;
+}
+
+static std::string dir_of(const std::string& path) {
+  auto slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+Status write_file_atomic(const std::string& path, std::string_view data, mode_t mode,
+                         Overwrite overwrite) {
+  if (path.empty()) return usage_error("empty output path");
+  std::string dir = dir_of(path);
+  std::string tmpl = path + ".tmp.XXXXXX";
+  std::vector<char> name(tmpl.begin(), tmpl.end());
+  name.push_back('\0');
+  UniqueFd fd(::mkostemp(name.data(), O_CLOEXEC));
+  if (!fd) {
+    int e = errno;
+    if (e == ENOENT) return Status(Exit::CantCreate, dir + ": no such directory");
+    return errno_status(path, e);
+  }
+  std::string tmp(name.data());
+  auto fail = [&](Status s) {
+    ::unlink(tmp.c_str());
+    return s;
+  };
+  if (::fchmod(fd.get(), mode) != 0) return fail(errno_status(tmp, errno));
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::write(fd.get(), data.data() + off, data.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail(errno_status(tmp, errno));
+    }
+    off += static_cast<size_t>(n);
+  }
+  if (::fsync(fd.get()) != 0) return fail(errno_status(tmp, errno));
+  fd.reset();
+  if (overwrite == Overwrite::Yes) {
+    if (::rename(tmp.c_str(), path.c_str()) != 0) return fail(errno_status(path, errno));
+  } else {
+    // link(2) fails with EEXIST instead of replacing: no check-then-act race.
+    if (::link(tmp.c_str(), path.c_str()) != 0) {
+      int e = errno;
+      if (e == EEXIST)
+        return fail(Status(Exit::CantCreate, path + ": file exists (use --force to replace it)"));
+      return fail(errno_status(path, e));
+    }
+    ::unlink(tmp.c_str());
+  }
+  UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dfd) ::fsync(dfd.get());
+  return Status::ok();
+}
+
+bool fd_is_world_readable_file(int fd) {
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) return false;
+  return S_ISREG(st.st_mode) && (st.st_mode & 044) != 0;
+}
+
+Status make_dirs(const std::string& path, mode_t mode) {
+  if (path.empty()) return usage_error("empty directory path");
+  std::string cur;
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = path.find('/', pos + 1);
+    cur = path.substr(0, pos);
+    if (cur.empty()) continue;
+    if (::mkdir(cur.c_str(), mode) != 0 && errno != EEXIST) return errno_status(cur, errno);
+  }
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    return Status(Exit::CantCreate, path + ": not a directory");
+  return Status::ok();
+}
+
+}  // namespace mesh

@@ -1,0 +1,314 @@
+#include "netmap/netmap.h"
+
+#include <charconv>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+namespace mesh {
+namespace {
+
+template <typename T>
+Status assign(Result<T> r, T* out) {
+  if (!r) return r.status();
+  *out = std::move(*r);
+  return Status::ok();
+}
+
+Status parse_prefixes(const JsonView& v, std::vector<Prefix>* out) {
+  auto els = v.elements();
+  if (!els) return els.status();
+  for (auto& e : *els) {
+    auto s = e.as_string();
+    if (!s) return s.status();
+    auto p = Prefix::parse(*s);
+    if (!p) return e.error(p.status().message());
+    out->push_back(*p);
+  }
+  return Status::ok();
+}
+
+Status parse_key(const JsonView& v, PublicKey* out) {
+  auto s = v.as_string();
+  if (!s) return s.status();
+  auto k = PublicKey::from_base64(*s);
+  if (!k) return v.error(k.status().message());
+  *out = *k;
+  return Status::ok();
+}
+
+Json prefixes_json(const std::vector<Prefix>& ps) {
+  Json a = Json::array();
+  for (auto& p : ps) a.push_back(p.to_string());
+  return a;
+}
+
+Status check_overlay_addresses(const JsonView& v, const std::vector<Prefix>& addrs) {
+  if (addrs.empty()) return v.error("at least one address is required");
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<PortRange> PortRange::parse(std::string_view text) {
+  auto bad = [&] {
+    return data_error("invalid port '" + std::string(text) + "': expected PORT or LOW-HIGH in 1-65535");
+  };
+  auto num = [](std::string_view s, uint16_t* out) {
+    unsigned v = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (s.empty() || ec != std::errc() || p != s.data() + s.size() || v < 1 || v > 65535)
+      return false;
+    *out = static_cast<uint16_t>(v);
+    return true;
+  };
+  PortRange r;
+  auto dash = text.find('-');
+  if (dash == std::string_view::npos) {
+    if (!num(text, &r.lo)) return bad();
+    r.hi = r.lo;
+    return r;
+  }
+  if (!num(text.substr(0, dash), &r.lo) || !num(text.substr(dash + 1), &r.hi)) return bad();
+  if (r.lo > r.hi)
+    return data_error("invalid port range '" + std::string(text) + "': low end above high end");
+  return r;
+}
+
+std::string PortRange::to_string() const {
+  if (lo == hi) return std::to_string(lo);
+  return std::to_string(lo) + "-" + std::to_string(hi);
+}
+
+Result<Candidate> parse_candidate(const JsonView& v, bool strict) {
+  if (strict) MESH_TRY(v.check_keys({"endpoint", "kind"}));
+  Candidate c;
+  auto ep = v.get_string("endpoint");
+  if (!ep) return ep.status();
+  auto sa = SockAddr::parse(*ep);
+  if (!sa) return v.error(sa.status().message());
+  if (sa->port == 0) return v.error("endpoint port must not be 0");
+  c.endpoint = *sa;
+  JsonView k = v;
+  if (v.optional_field("kind", &k)) {
+    auto s = k.as_string();
+    if (!s) return s.status();
+    if (*s != "host" && *s != "srflx" && *s != "prflx" && *s != "relay")
+      return k.error("unknown candidate kind '" + *s + "' (expected host, srflx, prflx or relay)");
+    c.kind = *s;
+  }
+  return c;
+}
+
+Json candidate_to_json(const Candidate& c) {
+  return Json{{"endpoint", c.endpoint.to_string()}, {"kind", c.kind}};
+}
+
+static Result<FirewallRule> parse_rule(const JsonView& v, bool strict) {
+  if (strict) MESH_TRY(v.check_keys({"sources", "proto", "ports", "rule"}));
+  FirewallRule r;
+  MESH_ASSIGN(auto sources, v.field("sources"));
+  MESH_TRY(parse_prefixes(sources, &r.sources));
+  if (r.sources.empty()) return sources.error("at least one source prefix is required");
+  JsonView f = v;
+  if (v.optional_field("proto", &f)) {
+    MESH_ASSIGN(r.proto, f.as_string());
+    if (r.proto != "tcp" && r.proto != "udp" && r.proto != "icmp" && r.proto != "any")
+      return f.error("unknown proto '" + r.proto + "' (expected tcp, udp, icmp or any)");
+  }
+  if (v.optional_field("ports", &f)) {
+    MESH_ASSIGN(auto els, f.elements());
+    for (auto& e : els) {
+      std::string text;
+      if (e.json().is_number_integer()) {
+        MESH_ASSIGN(auto n, e.as_int(1, 65535));
+        text = std::to_string(n);
+      } else {
+        MESH_ASSIGN(text, e.as_string());
+      }
+      auto pr = PortRange::parse(text);
+      if (!pr) return e.error(pr.status().message());
+      r.ports.push_back(*pr);
+    }
+    if (!r.ports.empty() && (r.proto == "icmp" || r.proto == "any"))
+      return f.error("ports are only allowed with proto tcp or udp");
+  }
+  if (v.optional_field("rule", &f)) { MESH_ASSIGN(r.rule, f.as_string()); }
+  return r;
+}
+
+static Result<MapPeer> parse_peer(const JsonView& v, bool strict) {
+  if (strict)
+    MESH_TRY(v.check_keys({"name", "public_key", "addresses", "allowed_ips", "endpoints",
+                           "keepalive", "preshared_key", "groups"}));
+  MapPeer p;
+  JsonView f = v;
+  if (v.optional_field("name", &f)) { MESH_ASSIGN(p.name, f.as_string()); }
+  MESH_ASSIGN(auto k, v.field("public_key"));
+  MESH_TRY(parse_key(k, &p.public_key));
+  MESH_ASSIGN(auto addrs, v.field("addresses"));
+  MESH_TRY(parse_prefixes(addrs, &p.addresses));
+  MESH_TRY(check_overlay_addresses(addrs, p.addresses));
+  if (v.optional_field("allowed_ips", &f)) {
+    MESH_TRY(parse_prefixes(f, &p.allowed_ips));
+  }
+  // The peer's own addresses are always routed to it.
+  for (const auto& a : p.addresses) {
+    Prefix host{a.addr, a.addr.is_v4() ? 32 : 128};
+    bool have = false;
+    for (const auto& x : p.allowed_ips) have = have || x.canonical() == host;
+    if (!have) p.allowed_ips.push_back(host);
+  }
+  for (auto& a : p.allowed_ips) a = a.canonical();
+  if (v.optional_field("endpoints", &f)) {
+    MESH_ASSIGN(auto els, f.elements());
+    for (auto& e : els) {
+      MESH_ASSIGN(auto c, parse_candidate(e, strict));
+      p.endpoints.push_back(c);
+    }
+  }
+  if (v.optional_field("keepalive", &f)) { MESH_ASSIGN(p.keepalive, f.as_int(0, 65535)); }
+  if (v.optional_field("preshared_key", &f)) {
+    MESH_ASSIGN(auto s, f.as_string());
+    auto psk = SecretKey::from_base64(s);
+    wipe(s);
+    if (!psk) return f.error(psk.status().message());
+    p.preshared_key = *psk;
+  }
+  if (v.optional_field("groups", &f)) { MESH_ASSIGN(p.groups, f.as_string_list()); }
+  return p;
+}
+
+Result<NetMap> parse_netmap(const Json& j, const std::string& source, ParseOptions opt) {
+  JsonView v(j, source);
+  if (!j.is_object()) return v.error("expected a network map object");
+  if (opt.strict)
+    MESH_TRY(v.check_keys({"version", "serial", "generated_at", "self", "peers", "firewall",
+                           "stun", "turn"}));
+  NetMap m;
+  MESH_ASSIGN(auto ver, v.get_int("version"));
+  if (ver != 1) return v.error("unsupported version " + std::to_string(ver) + " (expected 1)");
+  MESH_ASSIGN(auto serial_v, v.field("serial"));
+  MESH_ASSIGN(m.serial, serial_v.as_uint());
+  JsonView f = v;
+  if (v.optional_field("generated_at", &f)) { MESH_ASSIGN(m.generated_at, f.as_int()); }
+
+  MESH_ASSIGN(auto self, v.field("self"));
+  if (opt.strict)
+    MESH_TRY(self.check_keys({"name", "public_key", "addresses", "groups", "listen_port", "mtu"}));
+  if (self.optional_field("name", &f)) { MESH_ASSIGN(m.self.name, f.as_string()); }
+  MESH_ASSIGN(auto sk, self.field("public_key"));
+  MESH_TRY(parse_key(sk, &m.self.public_key));
+  MESH_ASSIGN(auto saddrs, self.field("addresses"));
+  MESH_TRY(parse_prefixes(saddrs, &m.self.addresses));
+  MESH_TRY(check_overlay_addresses(saddrs, m.self.addresses));
+  if (self.optional_field("groups", &f)) { MESH_ASSIGN(m.self.groups, f.as_string_list()); }
+  if (self.optional_field("listen_port", &f)) {
+    MESH_ASSIGN(auto lp, f.as_int(0, 65535));
+    m.self.listen_port = static_cast<uint16_t>(lp);
+  }
+  if (self.optional_field("mtu", &f)) { MESH_ASSIGN(m.self.mtu, f.as_int(1280, 65535)); }
+
+  if (v.optional_field("peers", &f)) {
+    MESH_ASSIGN(auto els, f.elements());
+    std::set<PublicKey> seen;
+    std::map<Prefix, size_t> owner;  // allowed IP -> peer index
+    for (size_t i = 0; i < els.size(); ++i) {
+      MESH_ASSIGN(auto p, parse_peer(els[i], opt.strict));
+      if (p.public_key == m.self.public_key)
+        return els[i].error("peer has this node's own public key");
+      if (!seen.insert(p.public_key).second)
+        return els[i].error("duplicate peer " + p.public_key.to_base64());
+      for (const auto& a : p.allowed_ips) {
+        auto [it, inserted] = owner.emplace(a, i);
+        if (!inserted)
+          return els[i].error("allowed IP " + a.to_string() + " is also given to peers[" +
+                              std::to_string(it->second) + "]");
+      }
+      m.peers.push_back(std::move(p));
+    }
+  }
+  if (v.optional_field("firewall", &f)) {
+    if (opt.strict) MESH_TRY(f.check_keys({"inbound"}));
+    JsonView in = f;
+    if (f.optional_field("inbound", &in)) {
+      MESH_ASSIGN(auto els, in.elements());
+      for (auto& e : els) {
+        MESH_ASSIGN(auto r, parse_rule(e, opt.strict));
+        m.inbound.push_back(std::move(r));
+      }
+    }
+  }
+  if (v.optional_field("stun", &f)) { MESH_ASSIGN(m.stun, f.as_string_list()); }
+  if (v.optional_field("turn", &f)) {
+    MESH_ASSIGN(auto els, f.elements());
+    for (auto& e : els) {
+      if (opt.strict)
+        MESH_TRY(e.check_keys({"server", "transport", "username", "password", "expires_at"}));
+      TurnServer t;
+      MESH_ASSIGN(t.server, e.get_string("server"));
+      t.transport = "udp";
+      JsonView tf = e;
+      if (e.optional_field("transport", &tf)) {
+        MESH_ASSIGN(t.transport, tf.as_string());
+        if (t.transport != "udp" && t.transport != "tcp" && t.transport != "tls")
+          return tf.error("unknown transport '" + t.transport + "' (expected udp, tcp or tls)");
+      }
+      MESH_ASSIGN(t.username, e.get_string("username"));
+      MESH_ASSIGN(t.password, e.get_string("password"));
+      if (e.optional_field("expires_at", &tf)) { MESH_ASSIGN(t.expires_at, tf.as_int()); }
+      m.turn.push_back(std::move(t));
+    }
+  }
+  return m;
+}
+
+Result<NetMap> read_netmap_file(const std::string& path, ParseOptions opt) {
+  auto j = read_json_file(path);
+  if (!j) return j.status();
+  return parse_netmap(*j, path == "-" ? "<stdin>" : path, opt);
+}
+
+Json netmap_to_json(const NetMap& m) {
+  Json peers = Json::array();
+  for (const auto& p : m.peers) {
+    Json eps = Json::array();
+    for (const auto& c : p.endpoints) eps.push_back(candidate_to_json(c));
+    Json jp{{"name", p.name},
+            {"public_key", p.public_key.to_base64()},
+            {"addresses", prefixes_json(p.addresses)},
+            {"allowed_ips", prefixes_json(p.allowed_ips)},
+            {"endpoints", eps},
+            {"keepalive", p.keepalive},
+            {"groups", p.groups}};
+    if (p.preshared_key) jp["preshared_key"] = p.preshared_key->to_base64();
+    peers.push_back(std::move(jp));
+  }
+  Json inbound = Json::array();
+  for (const auto& r : m.inbound) {
+    Json ports = Json::array();
+    for (const auto& pr : r.ports) ports.push_back(pr.to_string());
+    Json jr{{"sources", prefixes_json(r.sources)}, {"proto", r.proto}, {"ports", ports}};
+    if (!r.rule.empty()) jr["rule"] = r.rule;
+    inbound.push_back(std::move(jr));
+  }
+  Json turn = Json::array();
+  for (const auto& t : m.turn)
+    turn.push_back({{"server", t.server},
+                    {"transport", t.transport},
+                    {"username", t.username},
+                    {"password", t.password},
+                    {"expires_at", t.expires_at}});
+  Json self{{"name", m.self.name},
+            {"public_key", m.self.public_key.to_base64()},
+            {"addresses", prefixes_json(m.self.addresses)},
+            {"groups", m.self.groups},
+            {"listen_port", m.self.listen_port},
+            {"mtu", m.self.mtu}};
+  return Json{{"version", m.version},   {"serial", m.serial},
+              {"generated_at", m.generated_at}, {"self", self},
+              {"peers", peers},         {"firewall", {{"inbound", inbound}}},
+              {"stun", m.stun},         {"turn", turn}};
+}
+
+}  // namespace mesh

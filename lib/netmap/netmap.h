@@ -1,0 +1,96 @@
+// The network map: what the coordinator tells one peer about its place in
+// the mesh, and what mesh-apply, mesh-punch and mesh-relay consume. The JSON
+// form is specified in man/mesh-netmap.5; this header is its C++ mirror and
+// parse_netmap() is the one validator every program uses.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/json.h"
+#include "core/key.h"
+#include "core/net.h"
+#include "core/status.h"
+
+namespace mesh {
+
+// A way to reach a peer. kind: "host" (a local interface address), "srflx"
+// (server-reflexive, seen by STUN), "prflx" (learned from a probe), "relay"
+// (a TURN relayed address, or a local relay port in an endpoints document).
+struct Candidate {
+  SockAddr endpoint;
+  std::string kind = "host";
+  auto operator<=>(const Candidate&) const = default;
+};
+
+// "22" or "8000-8080"; single ports have lo == hi. 1..65535.
+struct PortRange {
+  uint16_t lo = 0, hi = 0;
+  static Result<PortRange> parse(std::string_view text);
+  std::string to_string() const;
+  auto operator<=>(const PortRange&) const = default;
+};
+
+// One inbound rule the peer enforces on its mesh interface.
+struct FirewallRule {
+  std::vector<Prefix> sources;   // who may connect (overlay addresses, /32 and /128)
+  std::string proto = "any";     // "tcp", "udp", "icmp" or "any"
+  std::vector<PortRange> ports;  // empty: all ports (required empty for icmp/any)
+  std::string rule;              // id/name of the policy rule that produced it
+  bool operator==(const FirewallRule&) const = default;
+};
+
+struct MapPeer {
+  std::string name;
+  PublicKey public_key;
+  std::vector<Prefix> addresses;    // overlay addresses (/32 and /128)
+  std::vector<Prefix> allowed_ips;  // addresses plus routes this peer carries
+  std::vector<Candidate> endpoints; // endpoint candidates, preferred first
+  int keepalive = 0;                // persistent keepalive in seconds, 0 = off
+  std::optional<SecretKey> preshared_key;
+  std::vector<std::string> groups;
+};
+
+struct TurnServer {
+  std::string server;     // HOST:PORT
+  std::string transport;  // "udp", "tcp" or "tls"
+  std::string username;   // coturn REST form "EXPIRY:NAME"
+  std::string password;   // base64(HMAC-SHA1(secret, username))
+  int64_t expires_at = 0; // unix seconds
+};
+
+struct NetMap {
+  int version = 1;
+  uint64_t serial = 0;
+  int64_t generated_at = 0;  // unix seconds
+  struct Self {
+    std::string name;
+    PublicKey public_key;
+    std::vector<Prefix> addresses;  // overlay addresses with the overlay prefix length
+    std::vector<std::string> groups;
+    uint16_t listen_port = 0;  // 0: leave to mesh-apply / the interface
+    int mtu = 1420;
+  } self;
+  std::vector<MapPeer> peers;
+  std::vector<FirewallRule> inbound;
+  std::vector<std::string> stun;  // HOST:PORT
+  std::vector<TurnServer> turn;
+};
+
+struct ParseOptions {
+  bool strict = false;  // unknown fields are errors
+};
+
+// Validates everything: keys, prefixes, endpoints, ports, duplicate peers,
+// a peer with our own key, overlapping allowed IPs between two peers.
+Result<NetMap> parse_netmap(const Json& j, const std::string& source, ParseOptions opt = {});
+Result<NetMap> read_netmap_file(const std::string& path, ParseOptions opt = {});
+Json netmap_to_json(const NetMap& m);
+
+// Shared pieces, also used by the endpoints document.
+Result<Candidate> parse_candidate(const JsonView& v, bool strict);
+Json candidate_to_json(const Candidate& c);
+
+}  // namespace mesh
