@@ -1196,6 +1196,8 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
     return usage_error("--turn needs --relay-secret-file (coturn REST credentials)");
   if (opt.credential_lifetime < 120) return usage_error("--credential-lifetime must be at least 120 s");
 
+  // State (database, keys, token) is private to the coordinator.
+  ::umask(077);
   Coordinator coord(opt, log);
   MESH_TRY(coord.init());
 
