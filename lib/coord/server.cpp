@@ -386,8 +386,8 @@ Status Coordinator::load_model() {
   Changes ch = model_.tick_credentials(now);
   if (ch.serial != 0 || static_cast<uint64_t>(model_.cred_window()) != cred_window)
     MESH_TRY(persist([](Store&) { return Status::ok(); }, ch,
-                     Event{0, now, "system", "credentials.refresh", "",
-                           Json{{"maps", ch.changed.size()}}}));
+                     Event{0, now, "system", ch.serial ? "credentials.refresh" : "", "",
+                           Json{{"maps_changed", ch.changed.size()}}}));
   return Status::ok();
 }
 
@@ -412,7 +412,7 @@ Status Coordinator::persist(const std::function<Status(Store&)>& ops, const Chan
   Status s = store_->begin();
   if (s) s = ops(*store_);
   if (s) s = persist_changes(*store_, ch);
-  if (s) s = store_->add_event(ev).status();
+  if (s && !ev.action.empty()) s = store_->add_event(ev).status();
   if (s) s = store_->commit();
   if (!s) {
     store_->rollback();
@@ -1175,7 +1175,7 @@ void Coordinator::janitor(const std::atomic<bool>& stop) {
       Changes ch = model_.tick_credentials(now);
       if (model_.cred_window() != prev) {
         Status s = persist([](Store&) { return Status::ok(); }, ch,
-                           Event{0, now, "system", "credentials.refresh", "",
+                           Event{0, now, "system", ch.serial ? "credentials.refresh" : "", "",
                                  Json{{"maps_changed", ch.changed.size()}}});
         if (!s) log_.error(s.message());
         changed = changed || ch.serial != 0;
