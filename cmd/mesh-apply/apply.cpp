@@ -22,7 +22,8 @@ int cmd_apply(Context& ctx, int argc, char** argv) {
   app.add_option("--listen-port", listen_port, "UDP listen port (overrides the map's)")
       ->check(CLI::Range(0, 65535));
   app.add_option("--endpoints", o.endpoints_files,
-                 "endpoints document (mesh-punch/mesh-relay); repeatable, later ones win");
+                 "endpoints document (mesh-punch/mesh-relay); repeatable, later ones win")
+      ->allow_extra_args(false);  // one FILE per --endpoints; the map stays positional
   app.add_option("--backend", o.backend, "auto, kernel or userspace")
       ->check(CLI::IsMember({"auto", "kernel", "userspace"}));
   app.add_flag("--strict", o.strict, "unknown fields in the map are errors");

@@ -57,5 +57,5 @@ snapshot() {
     ip -n "${MESH_RUN}$ns" route show dev "$ifn" 2>&1
     ip -n "${MESH_RUN}$ns" -o link show dev "$ifn" 2>&1 | sed 's/qlen.*//'
     nsx "$ns" nft list table inet "mesh_$ifn" 2>&1
-  }
+  } || true
 }
