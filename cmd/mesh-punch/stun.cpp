@@ -57,6 +57,9 @@ int cmd_stun(Context& ctx, int argc, char** argv) {
   auto t = open_transport(static_cast<uint16_t>(o.port), *mode);
   if (!t) return report(ctx, t.status());
   ctx.log.info("using a " + (*t)->mode() + " socket on port " + std::to_string(o.port));
+  auto ft = open_ephemeral();
+  if (!ft) return report(ctx, ft.status());
+  opt.filter_transport = ft->get();
   auto d = discover(**t, opt);
   if (!d) return report(ctx, d.status());
 

@@ -91,6 +91,7 @@ struct Tx {
   Kind kind;
   size_t server;  // index into opt.servers
   SockAddr dest;
+  Transport* via;
   stun::TxId id;
   Clock::time_point first_sent{}, next_send{}, deadline{};
   milliseconds rto{};
@@ -108,10 +109,11 @@ Result<Discovery> discover(Transport& t, const DiscoverOptions& opt) {
   const auto end = start + opt.timeout;
   std::vector<Tx> txs;
   txs.reserve(opt.addresses.size() * 4 + 2);
-  auto add = [&](Kind k, size_t server, const SockAddr& dest, Clock::time_point now) {
+  auto add = [&](Kind k, size_t server, const SockAddr& dest, Transport* via,
+                 Clock::time_point now) {
     for (const auto& x : txs)
       if (x.kind == k && x.dest == dest) return;  // one transaction per test and destination
-    Tx x{k, server, dest, stun::random_txid()};
+    Tx x{k, server, dest, via, stun::random_txid()};
     x.next_send = now;
     x.rto = opt.rto;
     x.deadline = (k == Kind::FilterIpPort || k == Kind::FilterPort)
@@ -119,49 +121,25 @@ Result<Discovery> discover(Transport& t, const DiscoverOptions& opt) {
                      : end;
     txs.push_back(x);
   };
-  // RFC 5780 section 4.3 mapping tests towards a server's other IP on the
-  // primary port, and its primary IP on the other port. Never the
-  // OTHER-ADDRESS itself: CHANGE-REQUEST(IP+port) answers come from there,
-  // and a mapping towards it would let them through any filter, in this run
-  // and in the next ones while the NAT remembers it.
-  auto add_other_tests = [&](const Tx& x, Clock::time_point now) {
-    if (x.other->ip != x.dest.ip) add(Kind::Other, x.server, SockAddr{x.other->ip, x.dest.port}, now);
-    if (x.other->port != x.dest.port) add(Kind::Other, x.server, SockAddr{x.dest.ip, x.other->port}, now);
-  };
-  // Phase A: the filtering tests run first and alone (with the first
-  // server's primary request, to the same destination): an answer to a
-  // CHANGE-REQUEST proves a filtering behaviour only if we never sent to the
-  // address it comes from, so the mapping tests (phase B) wait for them.
-  bool phase_b = !opt.nat_tests || opt.addresses.empty();
-  auto start_phase_b = [&](Clock::time_point now) {
-    phase_b = true;
-    for (size_t i = 0; i < opt.addresses.size(); ++i) add(Kind::Primary, i, opt.addresses[i], now);
-    for (size_t i = 0; i < txs.size(); ++i) {
-      const Tx x = txs[i];  // copy: add() may reallocate
-      if (x.kind == Kind::Primary && x.mapped && x.other) add_other_tests(x, now);
-    }
-  };
-  if (phase_b) {
-    for (size_t i = 0; i < opt.addresses.size(); ++i) add(Kind::Primary, i, opt.addresses[i], start);
-  } else {
-    add(Kind::Primary, 0, opt.addresses[0], start);
-    add(Kind::FilterIpPort, 0, opt.addresses[0], start);
-    add(Kind::FilterPort, 0, opt.addresses[0], start);
+  for (size_t i = 0; i < opt.addresses.size(); ++i)
+    add(Kind::Primary, i, opt.addresses[i], &t, start);
+  // Filtering tests go from another (ephemeral) port: their answers are
+  // unsolicited by design, and a router without an input firewall keeps a
+  // conntrack entry for each; on port P that entry would later collide with
+  // the mappings P needs (and Linux masquerade then reuses the collided port
+  // for new flows from P). Filtering is a property of the NAT, not the port.
+  Transport* ft = opt.nat_tests ? opt.filter_transport : nullptr;
+  if (ft && !opt.addresses.empty()) {
+    add(Kind::FilterIpPort, 0, opt.addresses[0], ft, start);
+    add(Kind::FilterPort, 0, opt.addresses[0], ft, start);
   }
+  std::vector<Transport*> transports{&t};
+  if (ft) transports.push_back(ft);
 
   uint8_t buf[1500];
   std::string last_send_error;
   for (int guard = 0; guard < 100000; ++guard) {
     auto now = opt.now();
-    if (!phase_b) {
-      bool filters_done = true;
-      for (auto& x : txs) {
-        if (x.kind != Kind::FilterIpPort && x.kind != Kind::FilterPort) continue;
-        if (!x.done && now >= x.deadline) x.done = true;
-        filters_done = filters_done && x.done;
-      }
-      if (filters_done) start_phase_b(now);
-    }
     // Send what is due; retire what has expired.
     bool pending = false;
     auto next_wake = end;
@@ -177,7 +155,7 @@ Result<Discovery> discover(Transport& t, const DiscoverOptions& opt) {
         if (x.kind == Kind::FilterIpPort) b.add_u32(stun::kChangeRequest, stun::kChangeIp | stun::kChangePort);
         if (x.kind == Kind::FilterPort) b.add_u32(stun::kChangeRequest, stun::kChangePort);
         b.add_string(stun::kSoftware, "mesh-punch").add_fingerprint();
-        Status s = t.send(x.dest, b.finish());
+        Status s = x.via->send(x.dest, b.finish());
         if (!s) {
           if (s.code() != Exit::Unavailable) return s;
           last_send_error = s.message();
@@ -191,30 +169,38 @@ Result<Discovery> discover(Transport& t, const DiscoverOptions& opt) {
     if (!pending) break;
     int wait = static_cast<int>(
         std::chrono::ceil<milliseconds>(std::max(next_wake - opt.now(), Clock::duration(0))).count());
-    MESH_ASSIGN(auto got, t.recv(wait, buf));
+    MESH_ASSIGN(int ready, wait_any(transports, wait));
+    if (ready < 0) continue;
+    Transport* via = transports[static_cast<size_t>(ready)];
+    MESH_ASSIGN(auto got, via->recv(0, buf));
     if (!got) continue;
     auto m = stun::parse({buf, got->len});
     if (!m || m->method != stun::kBinding || (m->cls != stun::kSuccess && m->cls != stun::kError))
       continue;
-    auto it = std::find_if(txs.begin(), txs.end(), [&](const Tx& x) { return x.id == m->tx; });
+    auto it = std::find_if(txs.begin(), txs.end(),
+                           [&](const Tx& x) { return x.id == m->tx && x.via == via; });
     if (it == txs.end() || it->answered) continue;
-    Tx& x = *it;
     now = opt.now();
-    x.answered = x.done = true;
-    x.from = got->from;
-    x.rtt_ms = duration<double, std::milli>(now - x.first_sent).count();
+    it->answered = it->done = true;
+    it->from = got->from;
+    it->rtt_ms = duration<double, std::milli>(now - it->first_sent).count();
     if (m->cls == stun::kError) continue;  // e.g. 420 for CHANGE-REQUEST: test not possible
     if (auto* a = m->find(stun::kXorMappedAddress)) {
-      if (auto sa = stun::decode_xor_address(*a, m->tx)) x.mapped = *sa;
+      if (auto sa = stun::decode_xor_address(*a, m->tx)) it->mapped = *sa;
     } else if (auto* a2 = m->find(stun::kMappedAddress)) {  // RFC 3489 servers
-      if (auto sa = stun::decode_address(*a2)) x.mapped = *sa;
+      if (auto sa = stun::decode_address(*a2)) it->mapped = *sa;
     }
     if (auto* o = m->find(stun::kOtherAddress)) {
-      if (auto sa = stun::decode_address(*o)) x.other = *sa;
+      if (auto sa = stun::decode_address(*o)) it->other = *sa;
     }
-    if (x.kind == Kind::Primary && x.mapped && x.other && opt.nat_tests && phase_b) {
-      const Tx copy = x;  // add() may reallocate txs
-      add_other_tests(copy, now);
+    if (it->kind == Kind::Primary && it->mapped && it->other && opt.nat_tests) {
+      // RFC 5780 section 4.3: the other address, the other IP on the primary
+      // port and the primary IP on the other port give the mapping test
+      // distinct destinations (coturn's OTHER-ADDRESS may keep the IP).
+      const Tx x = *it;  // copy: add() may reallocate txs
+      add(Kind::Other, x.server, *x.other, &t, now);
+      if (x.other->ip != x.dest.ip) add(Kind::Other, x.server, SockAddr{x.other->ip, x.dest.port}, &t, now);
+      if (x.other->port != x.dest.port) add(Kind::Other, x.server, SockAddr{x.dest.ip, x.other->port}, &t, now);
     }
   }
 

@@ -12,9 +12,10 @@
 //     "address-and-port-dependent"; otherwise different mappings for
 //     different IPs: "address-dependent";
 //   - fewer than two destinations answered: "unknown".
-// Filtering (needs an RFC 5780 server) is tested first, before any request
-// goes to another destination (an answer proves nothing if we had sent to
-// its source): a request with CHANGE-REQUEST
+// Filtering (needs an RFC 5780 server) is tested from a separate ephemeral
+// port that sends only to the first server's primary address (an answer
+// proves nothing if we had sent to its source, and unsolicited answers must
+// not leave router state on port P): a request with CHANGE-REQUEST
 // (change IP and port) answered from another IP -> "endpoint-independent";
 // else one with CHANGE-REQUEST (change port) answered from another port of
 // the same IP -> "address-dependent"; both unanswered while the server
@@ -41,6 +42,7 @@ struct DiscoverOptions {
   std::chrono::milliseconds rto{200};       // initial retransmission timeout, doubled per retry
   std::chrono::milliseconds filter_wait{500};  // how long a CHANGE-REQUEST may stay unanswered
   bool nat_tests = true;  // RFC 5780 OTHER-ADDRESS and CHANGE-REQUEST tests
+  Transport* filter_transport = nullptr;  // ephemeral port for CHANGE-REQUEST; none: no filtering test
   std::vector<IpAddr> local_addresses;  // to recognise "no NAT"
   std::function<Clock::time_point()> now = [] { return Clock::now(); };
 };

@@ -83,6 +83,11 @@ class PlainTransport final : public Transport {
         Received{SockAddr::from_sockaddr(reinterpret_cast<sockaddr*>(&from)), size_t(n)}};
   }
 
+  std::vector<int> fds() const override {
+    std::vector<int> v{v4_.get()};
+    if (v6_) v.push_back(v6_.get());
+    return v;
+  }
   std::string mode() const override { return "socket"; }
   uint16_t port() const override { return port_; }
 
@@ -117,6 +122,7 @@ class RawTransport final : public Transport {
     return std::optional<Received>{Received{v->src, v->payload.size()}};
   }
 
+  std::vector<int> fds() const override { return raw_.fds(); }
   std::string mode() const override { return "raw"; }
   uint16_t port() const override { return raw_.port(); }
 
@@ -159,6 +165,39 @@ Result<UniqueFd> bind_udp(int family, uint16_t port, bool* in_use) {
 }
 
 }  // namespace
+
+Result<int> wait_any(const std::vector<Transport*>& ts, int timeout_ms) {
+  std::vector<pollfd> p;
+  std::vector<int> owner;
+  for (size_t i = 0; i < ts.size(); ++i)
+    for (int fd : ts[i]->fds()) {
+      p.push_back({fd, POLLIN, 0});
+      owner.push_back(static_cast<int>(i));
+    }
+  int r = ::poll(p.data(), p.size(), timeout_ms);
+  if (r < 0) {
+    if (errno == EINTR) return -1;
+    return errno_status("poll", errno);
+  }
+  for (size_t i = 0; i < p.size(); ++i)
+    if (p[i].revents & (POLLIN | POLLERR)) return owner[i];
+  return -1;
+}
+
+Result<std::unique_ptr<Transport>> open_ephemeral() {
+  bool in_use = false;
+  MESH_ASSIGN(UniqueFd v4, bind_udp(AF_INET, 0, &in_use));
+  sockaddr_in me{};
+  socklen_t ml = sizeof me;
+  if (::getsockname(v4.get(), reinterpret_cast<sockaddr*>(&me), &ml) != 0)
+    return errno_status("getsockname", errno);
+  uint16_t port = ntohs(me.sin_port);
+  UniqueFd v6;
+  auto r6 = bind_udp(AF_INET6, port, &in_use);  // same port if free, else IPv4 only
+  if (r6) v6 = std::move(*r6);
+  return std::unique_ptr<Transport>(
+      std::make_unique<PlainTransport>(port, std::move(v4), std::move(v6)));
+}
 
 Result<std::unique_ptr<Transport>> open_transport(uint16_t port, SocketMode mode) {
   if (port == 0) return usage_error("--port must be 1-65535");

@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "core/net.h"
 #include "core/status.h"
@@ -37,6 +38,8 @@ class Transport {
   // std::nullopt on timeout. Only STUN-looking datagrams are guaranteed in
   // raw mode; callers validate everything anyway.
   virtual Result<std::optional<Received>> recv(int timeout_ms, std::span<uint8_t> buf) = 0;
+  // File descriptors a caller may poll(2) for POLLIN before recv(0, ...).
+  virtual std::vector<int> fds() const = 0;
   // "socket" or "raw".
   virtual std::string mode() const = 0;
   virtual uint16_t port() const = 0;
@@ -46,5 +49,12 @@ class Transport {
 // is in use (EADDRINUSE). Plain on a busy port -> TempFail; raw without
 // CAP_NET_RAW -> NoPerm.
 Result<std::unique_ptr<Transport>> open_transport(uint16_t port, SocketMode mode);
+
+// A plain socket on a fresh ephemeral port (IPv4 and, when available, IPv6).
+Result<std::unique_ptr<Transport>> open_ephemeral();
+
+// Waits up to timeout_ms for any of the transports to have input; returns
+// the index of one that has, or -1 on timeout.
+Result<int> wait_any(const std::vector<Transport*>& ts, int timeout_ms);
 
 }  // namespace mesh::punch
