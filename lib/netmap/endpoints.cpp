@@ -15,7 +15,7 @@ Result<EndpointsDoc> parse_endpoints(const Json& j, const std::string& source, P
   JsonView v(j, source);
   if (!j.is_object()) return v.error("expected an endpoints object");
   if (opt.strict)
-    MESH_TRY(v.check_keys({"version", "generated_at", "public_key", "candidates", "nat", "peers"}));
+    MESH_TRY(v.check_keys({"version", "generated_at", "public_key", "candidates", "nat", "peers", "stun"}));
   EndpointsDoc d;
   MESH_ASSIGN(auto ver, v.get_int("version"));
   if (ver != 1) return v.error("unsupported version " + std::to_string(ver) + " (expected 1)");
@@ -74,6 +74,26 @@ Result<EndpointsDoc> parse_endpoints(const Json& j, const std::string& source, P
       d.peers.push_back(std::move(p));
     }
   }
+  if (v.optional_field("stun", &f)) {
+    MESH_ASSIGN(auto els, f.elements());
+    for (auto& e : els) {
+      if (opt.strict)
+        MESH_TRY(e.check_keys({"server", "mapped", "other_address", "rtt_ms", "error"}));
+      StunResult r;
+      MESH_ASSIGN(r.server, e.get_string("server"));
+      JsonView g = e;
+      for (auto [key, out] : {std::pair{"mapped", &r.mapped}, {"other_address", &r.other_address}}) {
+        if (!e.optional_field(key, &g)) continue;
+        MESH_ASSIGN(auto s, g.as_string());
+        auto sa = SockAddr::parse(s);
+        if (!sa) return g.error(sa.status().message());
+        *out = *sa;
+      }
+      if (e.optional_field("rtt_ms", &g)) { MESH_ASSIGN(r.rtt_ms, g.as_number()); }
+      if (e.optional_field("error", &g)) { MESH_ASSIGN(r.error, g.as_string()); }
+      d.stun.push_back(std::move(r));
+    }
+  }
   return d;
 }
 
@@ -100,6 +120,18 @@ Json endpoints_to_json(const EndpointsDoc& d) {
   out["candidates"] = cands;
   if (d.nat) out["nat"] = {{"mapping", d.nat->mapping}, {"filtering", d.nat->filtering}};
   out["peers"] = peers;
+  if (!d.stun.empty()) {
+    Json st = Json::array();
+    for (const auto& r : d.stun) {
+      Json jr{{"server", r.server}};
+      jr["mapped"] = r.mapped ? Json(r.mapped->to_string()) : Json(nullptr);
+      if (r.other_address) jr["other_address"] = r.other_address->to_string();
+      if (r.rtt_ms >= 0) jr["rtt_ms"] = r.rtt_ms;
+      if (!r.error.empty()) jr["error"] = r.error;
+      st.push_back(std::move(jr));
+    }
+    out["stun"] = st;
+  }
   return out;
 }
 
@@ -109,6 +141,7 @@ EndpointsDoc merge_endpoints(const std::vector<EndpointsDoc>& docs) {
     out.generated_at = std::max(out.generated_at, d.generated_at);
     if (d.public_key) out.public_key = d.public_key;
     if (d.nat) out.nat = d.nat;
+    if (!d.stun.empty()) out.stun = d.stun;
     for (const auto& c : d.candidates) {
       bool have = false;
       for (const auto& x : out.candidates) have = have || x == c;

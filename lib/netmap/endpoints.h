@@ -29,6 +29,17 @@ struct NatInfo {
   std::string filtering;  // same vocabulary, "unknown" when untested
 };
 
+// What one STUN server reported (mesh-punch stun): the server as given, the
+// mapped (server-reflexive) address it saw, its RFC 5780 OTHER-ADDRESS, and
+// the round-trip time; `error` says why `mapped` is missing.
+struct StunResult {
+  std::string server;
+  std::optional<SockAddr> mapped;
+  std::optional<SockAddr> other_address;
+  double rtt_ms = -1;
+  std::string error;
+};
+
 struct EndpointsDoc {
   int version = 1;
   int64_t generated_at = 0;
@@ -36,6 +47,7 @@ struct EndpointsDoc {
   std::vector<Candidate> candidates;
   std::optional<NatInfo> nat;
   std::vector<PeerPath> peers;
+  std::vector<StunResult> stun;  // optional: per-server STUN results
 
   const PeerPath* find(const PublicKey& k) const;
 };

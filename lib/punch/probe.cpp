@@ -1,0 +1,236 @@
+#include "punch/probe.h"
+
+#include <sodium.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "stun/stun.h"
+
+namespace mesh::punch {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+Result<SecretKey> derive_probe_key(const SecretKey& own_private, const PublicKey& peer) {
+  MESH_ASSIGN(SecretKey shared, own_private.shared_secret(peer));
+  if (sodium_init() < 0) return internal_error("libsodium initialisation failed");
+  // Bind the key to the label and to the (ordered) pair of public keys, so a
+  // key for one pair or one purpose is useless for any other.
+  PublicKey self = own_private.public_key();
+  const PublicKey& lo = std::min(self, peer);
+  const PublicKey& hi = std::max(self, peer);
+  static constexpr char kLabel[] = "mesh-punch probe v1";
+  crypto_generichash_state st;
+  crypto_generichash_init(&st, shared.bytes().data(), shared.bytes().size(), kKeyLen);
+  crypto_generichash_update(&st, reinterpret_cast<const uint8_t*>(kLabel), sizeof kLabel - 1);
+  crypto_generichash_update(&st, lo.bytes.data(), lo.bytes.size());
+  crypto_generichash_update(&st, hi.bytes.data(), hi.bytes.size());
+  std::array<uint8_t, kKeyLen> out{};
+  crypto_generichash_final(&st, out.data(), out.size());
+  SecretKey k(out);
+  sodium_memzero(out.data(), out.size());
+  sodium_memzero(&st, sizeof st);
+  return k;
+}
+
+namespace {
+
+int kind_rank(const std::string& kind) {
+  if (kind == "host") return 0;
+  if (kind == "srflx") return 1;
+  if (kind == "prflx") return 2;
+  return 3;
+}
+
+struct Cand {
+  SockAddr addr;
+  std::string kind;
+  bool ok = false;
+  bool triggered = false;  // they reached us from here: no opening phase needed
+  double rtt_ms = -1;
+  int sends = 0;
+  Clock::time_point next{};
+};
+
+struct PeerState {
+  const ProbePeer* peer = nullptr;
+  SecretKey key;
+  std::string user_out;  // "<their key>:<our key>" in our requests
+  std::vector<Cand> cands;
+  bool heard = false;       // one of our checks was answered
+  bool they_heard = false;  // they sent USE-CANDIDATE
+  Clock::time_point first_ok{};
+
+  const Cand* best() const {
+    const Cand* b = nullptr;
+    for (const auto& c : cands) {
+      if (!c.ok) continue;
+      if (!b || std::pair(kind_rank(c.kind), c.rtt_ms) < std::pair(kind_rank(b->kind), b->rtt_ms))
+        b = &c;
+    }
+    return b;
+  }
+};
+
+struct Pending {
+  stun::TxId id;
+  size_t peer, cand;
+  Clock::time_point sent;
+};
+
+stun::Bytes as_bytes(const SecretKey& k) { return {k.bytes().data(), k.bytes().size()}; }
+
+}  // namespace
+
+Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
+                                    const ProbeOptions& opt, Log* log) {
+  const auto start = opt.now();
+  const auto end = start + opt.timeout;
+  const auto window_end = start + (opt.open_ttl > 0 ? opt.open_window : milliseconds(0));
+  const std::string own_b64 = own_private.public_key().to_base64();
+
+  std::vector<PeerState> peers(opt.peers.size());
+  for (size_t i = 0; i < opt.peers.size(); ++i) {
+    PeerState& ps = peers[i];
+    ps.peer = &opt.peers[i];
+    MESH_ASSIGN(ps.key, derive_probe_key(own_private, ps.peer->public_key));
+    ps.user_out = ps.peer->public_key.to_base64() + ":" + own_b64;
+    for (const auto& c : ps.peer->candidates) {
+      bool dup = false;
+      for (const auto& x : ps.cands) dup = dup || x.addr == c.endpoint;
+      if (!dup) ps.cands.push_back(Cand{c.endpoint, c.kind, false, false, -1, 0, start});
+    }
+  }
+  auto debug = [&](const std::string& m) {
+    if (log) log->debug(m);
+  };
+
+  std::vector<Pending> pending;
+  uint8_t buf[1500], out[1500];
+  auto all_done = [&](Clock::time_point now) {
+    for (const auto& ps : peers) {
+      const Cand* b = ps.best();
+      if (!b || !ps.they_heard) return false;
+      if (b->kind != "host" && now - ps.first_ok < opt.settle) return false;
+    }
+    return true;
+  };
+
+  for (int guard = 0; guard < 1000000; ++guard) {
+    auto now = opt.now();
+    if (now >= end || all_done(now)) break;
+    auto next_wake = end;
+    for (size_t pi = 0; pi < peers.size(); ++pi) {
+      PeerState& ps = peers[pi];
+      for (size_t ci = 0; ci < ps.cands.size(); ++ci) {
+        Cand& c = ps.cands[ci];
+        if (now >= c.next) {
+          bool opening = c.kind != "host" && !c.triggered && now < window_end;
+          stun::TxId id = stun::random_txid();
+          stun::Builder b(out, stun::kBinding, stun::kRequest, id);
+          b.add_string(stun::kUsername, ps.user_out);
+          if (ps.heard) b.add(stun::kUseCandidate, {});
+          b.add_integrity_sha256(as_bytes(ps.key)).add_fingerprint();
+          Status s = t.send(c.addr, b.finish(), opening ? opt.open_ttl : 0);
+          if (!s && s.code() != Exit::Unavailable) return s;
+          if (s) {
+            if (pending.size() >= 4096) pending.erase(pending.begin(), pending.begin() + 1024);
+            pending.push_back({id, pi, ci, now});
+          }
+          ++c.sends;
+          // Checks every `interval` for the first 40 tries, then 4x slower;
+          // a working path is refreshed slowly (it carries USE-CANDIDATE).
+          auto iv = opt.interval * (c.ok ? 4 : c.sends > 40 ? 4 : 1);
+          c.next = now + iv;
+          if (opening && c.next > window_end) c.next = window_end;
+        }
+        next_wake = std::min(next_wake, c.next);
+      }
+    }
+    int wait = static_cast<int>(std::chrono::ceil<milliseconds>(
+                                    std::max(next_wake - opt.now(), Clock::duration(0)))
+                                    .count());
+    MESH_ASSIGN(auto got, t.recv(wait, buf));
+    if (!got) continue;
+    auto m = stun::parse({buf, got->len});
+    if (!m || m->method != stun::kBinding) continue;
+    now = opt.now();
+    if (m->cls == stun::kRequest) {
+      const auto* u = m->find(stun::kUsername);
+      if (!u) continue;
+      std::string_view user = stun::as_string(*u);
+      auto colon = user.find(':');
+      if (colon == std::string_view::npos || user.substr(0, colon) != own_b64) continue;
+      std::string_view from_key = user.substr(colon + 1);
+      auto it = std::find_if(peers.begin(), peers.end(), [&](const PeerState& ps) {
+        return ps.peer->public_key.to_base64() == from_key;
+      });
+      if (it == peers.end() || !stun::check_integrity_sha256(*m, as_bytes(it->key))) {
+        debug("ignoring an unauthenticated probe from " + got->from.to_string());
+        continue;
+      }
+      PeerState& ps = *it;
+      stun::Builder b(out, stun::kBinding, stun::kSuccess, m->tx);
+      b.add_xor_address(stun::kXorMappedAddress, got->from)
+          .add_integrity_sha256(as_bytes(ps.key))
+          .add_fingerprint();
+      Status s = t.send(got->from, b.finish());
+      if (!s && s.code() != Exit::Unavailable) return s;
+      if (m->find(stun::kUseCandidate)) ps.they_heard = true;
+      // Triggered check (RFC 8445 section 7.3.1.4) towards where they came from.
+      auto c = std::find_if(ps.cands.begin(), ps.cands.end(),
+                            [&](const Cand& x) { return x.addr == got->from; });
+      if (c == ps.cands.end()) {
+        if (ps.cands.size() < 64) {
+          ps.cands.push_back(Cand{got->from, "prflx", false, true, -1, 0, now});
+          debug("peer-reflexive candidate " + got->from.to_string() + " for " + ps.peer->name);
+        }
+      } else if (!c->ok && !c->triggered) {
+        c->triggered = true;
+        c->next = now;
+      }
+    } else if (m->cls == stun::kSuccess) {
+      auto pit = std::find_if(pending.begin(), pending.end(),
+                              [&](const Pending& p) { return p.id == m->tx; });
+      if (pit == pending.end()) continue;
+      PeerState& ps = peers[pit->peer];
+      if (!stun::check_integrity_sha256(*m, as_bytes(ps.key))) continue;
+      Cand& c = ps.cands[pit->cand];
+      double rtt = std::chrono::duration<double, std::milli>(now - pit->sent).count();
+      pending.erase(pit);
+      if (got->from != c.addr) continue;  // answered from elsewhere: not this path
+      if (c.rtt_ms < 0 || rtt < c.rtt_ms) c.rtt_ms = rtt;
+      if (!c.ok) {
+        c.ok = true;
+        debug("path to " + ps.peer->name + " via " + c.kind + " " + c.addr.to_string() +
+              " works (" + std::to_string(rtt) + " ms)");
+        if (!ps.heard) {
+          ps.heard = true;
+          ps.first_ok = now;
+          c.next = now;  // tell them at once (USE-CANDIDATE)
+        }
+      }
+    }
+  }
+
+  std::vector<PeerPath> result;
+  for (const auto& ps : peers) {
+    PeerPath p;
+    p.public_key = ps.peer->public_key;
+    p.name = ps.peer->name;
+    if (const Cand* b = ps.best()) {
+      p.status = "direct";
+      p.endpoint = b->addr;
+      p.kind = b->kind;
+      p.rtt_ms = std::round(b->rtt_ms * 1000.0) / 1000.0;
+    } else {
+      p.status = "relay-needed";
+    }
+    result.push_back(std::move(p));
+  }
+  return result;
+}
+
+}  // namespace mesh::punch

@@ -1,0 +1,72 @@
+// Authenticated hole punching from port P (ICE-like connectivity checks).
+//
+// Wire format: standard STUN (RFC 8489), so the raw-socket BPF filter on port
+// P and the STUN magic cookie catches probes while WireGuard owns the port
+// (wireguard-go and the kernel drop them as invalid WireGuard messages).
+//   request:  Binding request, USERNAME "<receiver key>:<sender key>" (base64
+//             WireGuard public keys, as ICE's "RFRAG:LFRAG"), USE-CANDIDATE
+//             once the sender has a confirmed path to the receiver,
+//             MESSAGE-INTEGRITY-SHA256, FINGERPRINT.
+//   response: Binding success with XOR-MAPPED-ADDRESS (where the request came
+//             from), MESSAGE-INTEGRITY-SHA256, FINGERPRINT; the transaction
+//             id matches a request we sent.
+// The integrity key is derive_probe_key(): BLAKE2b-256 keyed with the X25519
+// shared secret of the two WireGuard keys over a label and both public keys,
+// so only the two peers can make or answer a probe; a forged or replayed
+// response cannot match a fresh transaction id, so nobody can redirect a path.
+//
+// Schedule (all from port P):
+//   t = 0: checks to host candidates (full TTL); short-TTL "opening" requests
+//          to server-reflexive/peer-reflexive candidates: they create our own
+//          NAT's mapping towards the peer but expire before the peer's NAT,
+//          so a router without an input firewall does not create a conntrack
+//          entry that would collide with the mapping the peer needs;
+//   t >= open_window: full-TTL checks to every candidate, every `interval`.
+// A request from an address we had not checked triggers a check to it
+// (peer-reflexive candidate). A peer is "confirmed" when one of our checks was
+// answered (we heard them) and they sent USE-CANDIDATE (they heard us); probe
+// returns early when every peer is confirmed. Path choice: host over
+// srflx/prflx, then the lowest RTT.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/key.h"
+#include "core/log.h"
+#include "netmap/endpoints.h"
+#include "punch/transport.h"
+
+namespace mesh::punch {
+
+// The per-pair probe key (both peers derive the same one).
+Result<SecretKey> derive_probe_key(const SecretKey& own_private, const PublicKey& peer);
+
+struct ProbePeer {
+  PublicKey public_key;
+  std::string name;
+  std::vector<Candidate> candidates;
+};
+
+struct ProbeOptions {
+  std::vector<ProbePeer> peers;
+  std::chrono::milliseconds timeout{5000};
+  std::chrono::milliseconds open_window{150};
+  std::chrono::milliseconds interval{50};
+  // Wait this long after the first working path before settling on a
+  // non-host path, so a same-LAN host path can still win.
+  std::chrono::milliseconds settle{100};
+  int open_ttl = 2;  // 0: no opening packets
+  std::function<std::chrono::steady_clock::time_point()> now = [] {
+    return std::chrono::steady_clock::now();
+  };
+};
+
+// Runs the checks and returns one PeerPath per peer, in input order:
+// "direct" with endpoint/kind/rtt_ms, or "relay-needed".
+Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
+                                    const ProbeOptions& opt, Log* log = nullptr);
+
+}  // namespace mesh::punch

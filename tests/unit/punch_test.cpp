@@ -1,0 +1,254 @@
+// Unit tests for lib/punch and lib/rawsock: packet helpers, the BPF filters
+// run by the real kernel (on an AF_UNIX socket pair: no privileges needed),
+// NAT classification, the probe key, and a probe between two real loopback
+// sockets.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <cstring>
+#include <future>
+#include <thread>
+
+#include "core/fd.h"
+#include "netmap/endpoints.h"
+#include "punch/discover.h"
+#include "punch/probe.h"
+#include "punch/transport.h"
+#include "rawsock/rawsock.h"
+#include "stun/stun.h"
+
+namespace mesh {
+namespace {
+
+SockAddr sa(const char* s) { return *SockAddr::parse(s); }
+IpAddr ip(const char* s) { return *IpAddr::parse(s); }
+
+// An IPv4 header (with `opt_words` 4-byte option words) + UDP + payload.
+std::vector<uint8_t> ipv4_udp(const SockAddr& src, const SockAddr& dst,
+                              std::span<const uint8_t> payload, int opt_words = 0,
+                              uint16_t frag = 0) {
+  std::vector<uint8_t> udp(8 + payload.size());
+  EXPECT_EQ(rawsock::build_udp(udp, src, dst, payload), udp.size());
+  size_t ihl = 20 + 4 * static_cast<size_t>(opt_words);
+  std::vector<uint8_t> p(ihl, 0);
+  p[0] = static_cast<uint8_t>(0x40 | (ihl / 4));
+  size_t total = ihl + udp.size();
+  p[2] = static_cast<uint8_t>(total >> 8);
+  p[3] = static_cast<uint8_t>(total);
+  p[6] = static_cast<uint8_t>(frag >> 8);
+  p[7] = static_cast<uint8_t>(frag);
+  p[8] = 64;
+  p[9] = IPPROTO_UDP;
+  std::memcpy(&p[12], src.ip.bytes.data(), 4);
+  std::memcpy(&p[16], dst.ip.bytes.data(), 4);
+  for (size_t i = 20; i < ihl; ++i) p[i] = 1;  // NOP options
+  p.insert(p.end(), udp.begin(), udp.end());
+  return p;
+}
+
+std::vector<uint8_t> binding_request() {
+  uint8_t buf[64];
+  stun::Builder b(buf, stun::kBinding, stun::kRequest, stun::random_txid());
+  auto out = b.finish();
+  return {out.begin(), out.end()};
+}
+
+TEST(RawSock, UdpChecksumMatchesAKnownDatagram) {
+  // 192.0.2.1:1000 -> 192.0.2.2:2000, payload "hi": computed by hand with
+  // the RFC 1071 one's complement sum over pseudo-header and datagram.
+  uint8_t payload[] = {'h', 'i'};
+  std::vector<uint8_t> udp(10);
+  ASSERT_EQ(rawsock::build_udp(udp, sa("192.0.2.1:1000"), sa("192.0.2.2:2000"), payload), 10u);
+  // Pseudo header: c000+0201+c000+0202+0011+000a = 0x1841e;
+  // UDP: 03e8+07d0+000a+0000+6869 = 0x742b -> 0x1841e+0x742b = 0x1f849
+  // -> folded 0xf84a, complemented 0x07b5.
+  EXPECT_EQ(udp[6], 0x07);
+  EXPECT_EQ(udp[7], 0xb5);
+  // Verifying: the sum including the checksum is 0xffff.
+  EXPECT_EQ(rawsock::udp_checksum(ip("192.0.2.1"), ip("192.0.2.2"), udp), 0xffff);
+}
+
+TEST(RawSock, ParsesIpv4WithOptionsAndRejectsFragmentsAndGarbage) {
+  auto req = binding_request();
+  for (int opts : {0, 1, 10}) {
+    auto p = ipv4_udp(sa("203.0.113.9:3478"), sa("198.51.100.2:51820"), req, opts);
+    auto v = rawsock::parse_ipv4_udp(p);
+    ASSERT_TRUE(v.is_ok()) << v.status().message();
+    EXPECT_EQ(v->src, sa("203.0.113.9:3478"));
+    EXPECT_EQ(v->dst, sa("198.51.100.2:51820"));
+    EXPECT_TRUE(std::equal(v->payload.begin(), v->payload.end(), req.begin(), req.end()));
+  }
+  EXPECT_FALSE(rawsock::parse_ipv4_udp(
+                   ipv4_udp(sa("203.0.113.9:3478"), sa("198.51.100.2:51820"), req, 0, 0x0010))
+                   .is_ok());
+  auto p = ipv4_udp(sa("203.0.113.9:3478"), sa("198.51.100.2:51820"), req);
+  for (size_t n = 0; n < 28; ++n)
+    EXPECT_FALSE(rawsock::parse_ipv4_udp(std::span(p.data(), n)).is_ok()) << n;
+  p[9] = IPPROTO_TCP;
+  EXPECT_FALSE(rawsock::parse_ipv4_udp(p).is_ok());
+}
+
+// Sends each packet through a SOCK_DGRAM socket pair whose receiving end
+// carries the filter: the kernel's BPF interpreter/JIT decides.
+std::vector<bool> kernel_filter(const std::vector<sock_filter>& prog,
+                                const std::vector<std::vector<uint8_t>>& packets) {
+  int sv[2];
+  EXPECT_EQ(::socketpair(AF_UNIX, SOCK_DGRAM, 0, sv), 0);
+  UniqueFd a(sv[0]), b(sv[1]);
+  sock_fprog fp{static_cast<unsigned short>(prog.size()),
+                const_cast<sock_filter*>(prog.data())};
+  EXPECT_EQ(::setsockopt(b.get(), SOL_SOCKET, SO_ATTACH_FILTER, &fp, sizeof fp), 0);
+  std::vector<bool> passed;
+  for (const auto& p : packets) {
+    EXPECT_EQ(::send(a.get(), p.data(), p.size(), 0), static_cast<ssize_t>(p.size()));
+    uint8_t buf[2048];
+    ssize_t n = ::recv(b.get(), buf, sizeof buf, MSG_DONTWAIT);
+    passed.push_back(n == static_cast<ssize_t>(p.size()));
+  }
+  return passed;
+}
+
+TEST(RawSock, Ipv4FilterMatchesPortAndCookieWhateverTheHeaderLength) {
+  auto req = binding_request();
+  std::vector<uint8_t> wg(32, 0);
+  wg[0] = 1;  // a WireGuard handshake initiation: no cookie
+  auto to = sa("198.51.100.2:51820"), from = sa("203.0.113.9:3478");
+  std::vector<std::vector<uint8_t>> pkts = {
+      ipv4_udp(from, to, req),                              // match
+      ipv4_udp(from, to, req, 10),                          // match, 40 bytes of options
+      ipv4_udp(from, sa("198.51.100.2:51821"), req),        // other port
+      ipv4_udp(from, to, wg),                               // not STUN
+      ipv4_udp(from, to, req, 0, 0x0020),                   // a later fragment
+  };
+  auto got = kernel_filter(rawsock::stun_filter_v4(51820), pkts);
+  EXPECT_EQ(got, (std::vector<bool>{true, true, false, false, false}));
+}
+
+TEST(RawSock, Ipv6FilterLooksAtTheUdpHeader) {
+  auto req = binding_request();
+  std::vector<uint8_t> a(8 + req.size()), b(8 + req.size()), c(40);
+  rawsock::build_udp(a, sa("[2001:db8::9]:3478"), sa("[2001:db8::2]:51820"), req);
+  rawsock::build_udp(b, sa("[2001:db8::9]:3478"), sa("[2001:db8::2]:1"), req);
+  std::vector<uint8_t> junk(32, 0x42);
+  rawsock::build_udp(c, sa("[2001:db8::9]:3478"), sa("[2001:db8::2]:51820"), junk);
+  auto got = kernel_filter(rawsock::stun_filter_v6(51820), {a, b, c});
+  EXPECT_EQ(got, (std::vector<bool>{true, false, false}));
+}
+
+TEST(Punch, ClassifyMapping) {
+  using O = punch::MappingObservation;
+  std::vector<IpAddr> local = {ip("198.51.100.2")};
+  auto s1 = sa("203.0.113.1:3478"), s1alt = sa("203.0.113.1:3479"), s2 = sa("203.0.113.2:3478");
+  auto m = sa("203.0.113.6:51820"), m2 = sa("203.0.113.6:40000"), m3 = sa("203.0.113.6:40001");
+  EXPECT_EQ(punch::classify_mapping({O{s1, m}, O{s2, m}}, local, 51820), "endpoint-independent");
+  EXPECT_EQ(punch::classify_mapping({O{s1, m}}, local, 51820), "unknown");
+  EXPECT_EQ(punch::classify_mapping({O{s1, m}, O{s1, m}}, local, 51820), "unknown");
+  EXPECT_EQ(punch::classify_mapping({O{s1, m}, O{s2, m2}}, local, 51820), "address-dependent");
+  EXPECT_EQ(punch::classify_mapping({O{s1, m}, O{s1alt, m}, O{s2, m2}}, local, 51820),
+            "address-dependent");
+  EXPECT_EQ(punch::classify_mapping({O{s1, m}, O{s1alt, m3}, O{s2, m2}}, local, 51820),
+            "address-and-port-dependent");
+  EXPECT_EQ(punch::classify_mapping({O{s1, sa("198.51.100.2:51820")}}, local, 51820), "none");
+  // Same address but another port is a NAT (port translation), not "none".
+  EXPECT_EQ(punch::classify_mapping({O{s1, sa("198.51.100.2:1")}, O{s2, sa("198.51.100.2:1")}},
+                                    local, 51820),
+            "endpoint-independent");
+}
+
+TEST(Punch, ResolveHostPort) {
+  EXPECT_EQ(*punch::resolve_hostport("203.0.113.1:3478"), sa("203.0.113.1:3478"));
+  EXPECT_EQ(*punch::resolve_hostport("[2001:db8::1]:3478"), sa("[2001:db8::1]:3478"));
+  EXPECT_EQ(punch::resolve_hostport("localhost:3478")->port, 3478);
+  for (const char* bad : {"203.0.113.1", "203.0.113.1:0", "203.0.113.1:65536", "host:", ":1",
+                          "host:12x"})
+    EXPECT_EQ(punch::resolve_hostport(bad).status().code(), Exit::DataErr) << bad;
+}
+
+TEST(Punch, ProbeKeyIsSharedByThePairAndUniqueToIt) {
+  SecretKey a = SecretKey::generate_private(), b = SecretKey::generate_private(),
+            c = SecretKey::generate_private();
+  auto ab = punch::derive_probe_key(a, b.public_key());
+  auto ba = punch::derive_probe_key(b, a.public_key());
+  auto ac = punch::derive_probe_key(a, c.public_key());
+  ASSERT_TRUE(ab && ba && ac);
+  EXPECT_EQ(ab->bytes(), ba->bytes());
+  EXPECT_NE(ab->bytes(), ac->bytes());
+  // Not the raw X25519 secret: the KDF separates purposes.
+  EXPECT_NE(ab->bytes(), a.shared_secret(b.public_key())->bytes());
+  PublicKey zero{};
+  EXPECT_FALSE(punch::derive_probe_key(a, zero).is_ok());  // low-order point
+}
+
+TEST(Punch, EndpointsDocumentStunResultsRoundTrip) {
+  EndpointsDoc d;
+  d.candidates.push_back({sa("203.0.113.6:51820"), "srflx"});
+  d.nat = NatInfo{"endpoint-independent", "address-and-port-dependent"};
+  StunResult r;
+  r.server = "203.0.113.1:3478";
+  r.mapped = sa("203.0.113.6:51820");
+  r.other_address = sa("203.0.113.2:3479");
+  r.rtt_ms = 0.5;
+  StunResult r2;
+  r2.server = "stun.example:3478";
+  r2.error = "timeout";
+  d.stun = {r, r2};
+  auto j = endpoints_to_json(d);
+  auto back = parse_endpoints(j, "test", ParseOptions{true});
+  ASSERT_TRUE(back.is_ok()) << back.status().message();
+  ASSERT_EQ(back->stun.size(), 2u);
+  EXPECT_EQ(back->stun[0].mapped, r.mapped);
+  EXPECT_EQ(back->stun[0].other_address, r.other_address);
+  EXPECT_EQ(back->stun[1].error, "timeout");
+  EXPECT_FALSE(back->stun[1].mapped);
+  j["stun"][0]["mapped"] = "nonsense";
+  EXPECT_EQ(parse_endpoints(j, "test").status().code(), Exit::DataErr);
+}
+
+// Two real probers on loopback sockets, in two threads.
+TEST(Punch, ProbeFindsAndConfirmsAPathOnLoopback) {
+  auto ta = punch::open_ephemeral();
+  auto tb = punch::open_ephemeral();
+  ASSERT_TRUE(ta && tb);
+  SecretKey ka = SecretKey::generate_private(), kb = SecretKey::generate_private();
+  SockAddr aa{ip("127.0.0.1"), (*ta)->port()}, ab{ip("127.0.0.1"), (*tb)->port()};
+  punch::ProbeOptions oa, ob;
+  oa.peers = {{kb.public_key(), "b", {{ab, "host"}, {sa("127.0.0.1:9"), "srflx"}}}};
+  ob.peers = {{ka.public_key(), "a", {{aa, "host"}}}};
+  oa.timeout = ob.timeout = std::chrono::seconds(10);
+  auto start = std::chrono::steady_clock::now();
+  auto fa = std::async(std::launch::async, [&] { return punch::probe(**ta, ka, oa); });
+  auto fb = std::async(std::launch::async, [&] { return punch::probe(**tb, kb, ob); });
+  auto ra = fa.get();
+  auto rb = fb.get();
+  ASSERT_TRUE(ra.is_ok() && rb.is_ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(9));  // stopped early
+  EXPECT_EQ((*ra)[0].status, "direct");
+  EXPECT_EQ((*ra)[0].endpoint, ab);
+  EXPECT_EQ((*ra)[0].kind, "host");
+  EXPECT_EQ((*rb)[0].endpoint, aa);
+  EXPECT_GE((*rb)[0].rtt_ms, 0);
+}
+
+TEST(Punch, ProbeIgnoresAPeerWithTheWrongKey) {
+  auto ta = punch::open_ephemeral();
+  auto tb = punch::open_ephemeral();
+  ASSERT_TRUE(ta && tb);
+  SecretKey ka = SecretKey::generate_private(), kb = SecretKey::generate_private(),
+            mallory = SecretKey::generate_private();
+  SockAddr aa{ip("127.0.0.1"), (*ta)->port()}, ab{ip("127.0.0.1"), (*tb)->port()};
+  punch::ProbeOptions oa, ob;
+  oa.peers = {{kb.public_key(), "b", {{ab, "host"}}}};
+  ob.peers = {{ka.public_key(), "a", {{aa, "host"}}}};
+  oa.timeout = ob.timeout = std::chrono::milliseconds(600);
+  // b runs with mallory's key while claiming to be b: a must not accept it.
+  auto fa = std::async(std::launch::async, [&] { return punch::probe(**ta, ka, oa); });
+  auto fb = std::async(std::launch::async, [&] { return punch::probe(**tb, mallory, ob); });
+  auto ra = fa.get();
+  auto rb = fb.get();
+  ASSERT_TRUE(ra.is_ok() && rb.is_ok());
+  EXPECT_EQ((*ra)[0].status, "relay-needed");
+  EXPECT_EQ((*rb)[0].status, "relay-needed");
+}
+
+}  // namespace
+}  // namespace mesh
