@@ -6,9 +6,10 @@
 
 int main(int argc, char** argv) {
   using namespace mesh::relay;
-  static constexpr std::array<mesh::Verb, 3> kVerbs{{
+  static constexpr std::array<mesh::Verb, 4> kVerbs{{
       {"serve", cmd_serve, "run the TURN/STUN relay server"},
       {"client", cmd_client, "allocate on a TURN server and carry WireGuard peers through it"},
+      {"check", cmd_check, "allocate once on a TURN server and report (health check, 401 test)"},
       {"credential", cmd_password, "mint REST-API credentials from a shared secret file"},
   }};
   return mesh::run_program("mesh-relay", kVerbs, argc, argv);
