@@ -225,8 +225,8 @@ lab_map() {
   done
   jq -n --arg k "${LAB_PUB[$self]}" --arg n "$self" --arg a "${LAB_OVERLAY[$self]:-}" \
     --argjson peers "$peers" --argjson port "${LAB_PORT[$self]:-0}" \
-    '{version: 1, serial: 1, self: {name: $n, public_key: $k,
-       addresses: (if $a == "" then [] else [$a] end)}
-       + (if $port > 0 then {listen_port: $port} else {} end),
+    '{version: 1, serial: 1,
+      self: ({name: $n, public_key: $k, addresses: (if $a == "" then [] else [$a] end)}
+             + (if $port > 0 then {listen_port: $port} else {} end)),
       peers: $peers}'
 }
