@@ -94,6 +94,10 @@ struct Conn {
   size_t in_len = 0;
   std::vector<uint8_t> out;
   size_t out_off = 0;
+  // TLS: one record per TURN frame (coturn's clients read one message per
+  // record), so frame boundaries in `out` are kept (absolute offsets).
+  std::vector<size_t> frame_ends;
+  size_t frames_done = 0;
   bool want_out = false;
   bool dead = false;
   ~Conn() {
@@ -473,8 +477,11 @@ void Worker::conn_send(Conn* c, const uint8_t* p, size_t len, bool control) {
   if (c->out_off > 0 && c->out_off == c->out.size()) {
     c->out.clear();
     c->out_off = 0;
+    c->frame_ends.clear();
+    c->frames_done = 0;
   }
   c->out.insert(c->out.end(), p, p + len);
+  if (c->ssl) c->frame_ends.push_back(c->out.size());
   if (control) conn_flush(c);
 }
 
@@ -484,7 +491,10 @@ void Worker::conn_flush(Conn* c) {
     ssize_t r;
     if (c->ssl) {
       ERR_clear_error();
-      int n = SSL_write(c->ssl, c->out.data() + c->out_off, static_cast<int>(std::min<size_t>(left, 1 << 20)));
+      while (c->frames_done < c->frame_ends.size() && c->frame_ends[c->frames_done] <= c->out_off)
+        ++c->frames_done;
+      size_t end = c->frames_done < c->frame_ends.size() ? c->frame_ends[c->frames_done] : c->out.size();
+      int n = SSL_write(c->ssl, c->out.data() + c->out_off, static_cast<int>(end - c->out_off));
       if (n <= 0) {
         int e = SSL_get_error(c->ssl, n);
         if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) break;
@@ -502,8 +512,13 @@ void Worker::conn_flush(Conn* c) {
   if (c->out_off == c->out.size()) {
     c->out.clear();
     c->out_off = 0;
+    c->frame_ends.clear();
+    c->frames_done = 0;
   } else if (c->out_off > (1u << 20)) {
     c->out.erase(c->out.begin(), c->out.begin() + static_cast<long>(c->out_off));
+    c->frame_ends.erase(c->frame_ends.begin(), c->frame_ends.begin() + static_cast<long>(c->frames_done));
+    for (auto& e : c->frame_ends) e -= c->out_off;
+    c->frames_done = 0;
     c->out_off = 0;
   }
   bool want = c->out_off < c->out.size();
@@ -621,6 +636,10 @@ Status open_listeners(Server& srv, int threads) {
   for (size_t j = 0; j < srv.specs.size(); ++j) {
     auto& spec = srv.specs[j];
     bool udp = spec.proto == "udp";
+    // TCP on a --listen address shares the port UDP got (port 0).
+    if (spec.proto == "tcp" && spec.addr.port == 0 && j > 0 && srv.specs[j - 1].proto == "udp" &&
+        srv.specs[j - 1].addr.ip == spec.addr.ip)
+      spec.addr.port = srv.specs[j - 1].addr.port;
     for (int w = 0; w < threads; ++w) {
       MESH_ASSIGN(UniqueFd fd, open_listener(spec.addr, udp, srv.opt.socket_buffer));
       if (w == 0 && spec.addr.port == 0) spec.addr = bound_address(fd.get());

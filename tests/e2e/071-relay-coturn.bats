@@ -2,6 +2,7 @@
 # Interop: `mesh-relay client` against coturn's turnserver (started here with
 # its own temporary configuration, never the system one) carries WireGuard
 # between two peers behind symmetric NATs.
+bats_require_minimum_version 1.5.0
 load helpers
 load ../lab/lab
 load relay

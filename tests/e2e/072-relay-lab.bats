@@ -2,6 +2,7 @@
 # Lab: two peers behind symmetric NATs (no punching possible) get a
 # WireGuard tunnel through mesh-relay, and it comes back by itself after the
 # relay is killed and restarted.
+bats_require_minimum_version 1.5.0
 load helpers
 load ../lab/lab
 load relay
