@@ -18,7 +18,8 @@
 # Namespaces and interfaces carry the per-run prefix $MESH_RUN so parallel
 # or leftover runs never collide; only processes started here are killed.
 
-bats_require_minimum_version 1.5.0
+# Outside bats (scripts/demo sources this file too) there is no such function.
+if declare -F bats_require_minimum_version >/dev/null; then bats_require_minimum_version 1.5.0; fi
 
 MESH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 MESH_BIN="${MESH_BIN:-$MESH_ROOT/build}"
@@ -62,6 +63,9 @@ mrun() {
 
 start_daemon() {
   local name=$1; shift
+  # Run `nsx NS CMD` as `ip netns exec`, which execs CMD: the remembered pid
+  # is then the daemon's own, so a test can signal it.
+  if [ "$1" = nsx ]; then set -- ip netns exec "${MESH_RUN}$2" "${@:3}"; fi
   "$@" >"$BATS_TEST_TMPDIR/$name.out" 2>"$BATS_TEST_TMPDIR/$name.err" 3>&- &
   local pid=$!
   _mesh_pids+=("$pid")

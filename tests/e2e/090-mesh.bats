@@ -1,0 +1,125 @@
+#!/usr/bin/env bats
+# The whole mesh, as the demo runs it: mesh-coord and mesh-relay on an
+# "internet", five nodes behind different NATs, each running mesh-up (which
+# drives mesh-keygen, mesh-coord, mesh-punch, mesh-relay and mesh-apply).
+# One topology for the whole file (setup_file), tests in order.
+
+load helpers
+load ../lab/lab
+load ../lab/mesh
+
+setup_file() {
+  require_root
+  export BATS_TEST_TMPDIR=$BATS_FILE_TMPDIR
+  mesh_lab_start
+  for n in "${MESH_LAB_NODES[@]}"; do mesh_lab_up "$n"; done
+  echo "$COORD_URL" > "$BATS_FILE_TMPDIR/coord.url"
+  save_lab
+}
+
+# setup_file and each test run in their own shells: the lab's state (daemons,
+# namespaces, addresses) is carried between them in a file.
+save_lab() {
+  declare -p LAB_ADDR LAB_LAN LAB_ROUTER LAB_WAN LAB_NPEERS _lab_links _lab_routers \
+    _mesh_pids _mesh_netns coord_pid > "$BATS_FILE_TMPDIR/lab.env"
+}
+
+teardown_file() {
+  export BATS_TEST_TMPDIR=$BATS_FILE_TMPDIR
+  source "$BATS_FILE_TMPDIR/lab.env"
+  mesh_teardown
+}
+
+setup() {
+  export BATS_TEST_TMPDIR=$BATS_FILE_TMPDIR
+  source "$BATS_FILE_TMPDIR/lab.env"
+  MESH_NODES=$BATS_FILE_TMPDIR/nodes
+  COORD_URL=$(cat "$BATS_FILE_TMPDIR/coord.url")
+  MESH_ADMIN_TOKEN=$(cat "$BATS_FILE_TMPDIR/coord/admin.token")
+  export MESH_ADMIN_TOKEN
+}
+
+# Daemons and namespaces live for the whole file: a test only records what it started.
+teardown() { save_lab; }
+
+@test "every node enrols and every pair pings through WireGuard" {
+  mesh_lab_wait_all 60 "${MESH_LAB_NODES[@]}"
+}
+
+@test "pairs that can punch are direct; the others go through the relay" {
+  # Paths settle after the first probe rounds.
+  for pair in pub:eim pub:sym pub:lan1 eim:lan1 lan1:lan2 eim:sym sym:lan1; do
+    a=${pair%:*} b=${pair#*:}
+    case "$pair" in
+      eim:sym|sym:lan1) want=relayed ;;
+      *) want=direct ;;
+    esac
+    wait_until 30 test "$(mesh_lab_path "$a" "$b")" = "$want" ||
+      { echo "$a -> $b: $(mesh_lab_path "$a" "$b") ($(mesh_lab_endpoint "$a" "$b")), want $want"; false; }
+    mesh_lab_ping "$a" "$b"
+  done
+  # Two nodes behind one NAT reach each other on their LAN addresses.
+  [[ "$(mesh_lab_endpoint lan1 lan2)" == "${LAB_ADDR[lan2]}:"* ]]
+  # A direct path to a NATed node uses its router's public address.
+  [[ "$(mesh_lab_endpoint pub eim)" == "${LAB_WAN[r1]}:"* ]]
+}
+
+@test "the policy is enforced by port: allowed connects, denied does not" {
+  start_daemon web nsx pub socat TCP-LISTEN:$MESH_LAB_POLICY_PORT_OK,fork,reuseaddr EXEC:'echo allowed'
+  start_daemon other nsx pub socat TCP-LISTEN:$MESH_LAB_POLICY_PORT_DENIED,fork,reuseaddr EXEC:'echo denied'
+  ip=$(mesh_lab_ip pub)
+  wait_until 5 nsx pub ss -Htln "sport = :$MESH_LAB_POLICY_PORT_OK"
+  run nsx eim socat -T2 - TCP:$ip:$MESH_LAB_POLICY_PORT_OK,connect-timeout=3
+  [ "$output" = allowed ]
+  run nsx eim socat -T2 - TCP:$ip:$MESH_LAB_POLICY_PORT_DENIED,connect-timeout=3
+  [ "$status" -ne 0 ]
+  [ "$output" != denied ]
+  # The same port is reachable from pub itself (the listener is up; the mesh firewall refused).
+  run nsx pub socat -T2 - TCP:127.0.0.1:$MESH_LAB_POLICY_PORT_DENIED,connect-timeout=3
+  [ "$output" = denied ]
+}
+
+@test "with the coordinator stopped, tunnels stay up and a changed NAT mapping reconnects" {
+  kill "$coord_pid"
+  wait_until 10 bash -c "! kill -0 $coord_pid"
+  sleep 2
+  mesh_lab_all_ping pub eim lan1 lan2
+  # eim's NAT now maps to other ports: new conntrack state, a different port range.
+  wan_if=$(nsx r1 ip -o -4 addr show | awk -v a="${LAB_WAN[r1]}/30" '$4 == a {print $2}')
+  nsx r1 nft flush chain ip lab postrouting
+  nsx r1 nft add rule ip lab postrouting oifname "$wan_if" snat to "${LAB_WAN[r1]}:45000-45999"
+  nsx r1 conntrack -F >/dev/null 2>&1 || true
+  wait_until 40 mesh_lab_ping eim pub
+  wait_until 40 mesh_lab_ping pub eim
+  [[ "$(mesh_lab_endpoint pub eim)" == "${LAB_WAN[r1]}:45"* ]]
+}
+
+@test "the coordinator comes back and a new node joins; everyone sees it" {
+  start_daemon coord2 nsx inet mesh-coord serve --listen "${COORD_URL#http://}" \
+    --state "$BATS_FILE_TMPDIR/coord" --relay-secret-file "$BATS_FILE_TMPDIR/relay.secret" \
+    --stun 203.0.113.1:3478 --stun 203.0.113.2:3478 --turn 203.0.113.1:3478
+  wait_for_line "$BATS_FILE_TMPDIR/coord2.out" '^listening on http://' 15
+  coord_pid=$coord2_pid
+  lab_nat r4 eim drop
+  lab_peer late r4
+  mesh_lab_up late
+  mesh_lab_wait_all 60 pub eim lan1 late
+}
+
+@test "a deleted node is cut off within 2 seconds" {
+  mesh_lab_ping pub lan2
+  ip=$(mesh_lab_ip lan2)
+  nsx pub ping -n -D -i 0.02 -W 1 "$ip" > "$BATS_FILE_TMPDIR/revoke.ping" 2>&1 &
+  pinger=$!
+  sleep 0.5
+  t0=$(date +%s.%N)
+  nsx inet mesh-coord peer delete --server "$COORD_URL" lan2 >/dev/null
+  sleep 3
+  kill "$pinger"; wait "$pinger" || true
+  last=$(awk '/bytes from/ {gsub(/[\[\]]/, "", $1); t=$1} END {print t}' "$BATS_FILE_TMPDIR/revoke.ping")
+  delay=$(echo "$last - $t0" | bc -l)
+  echo "last reply $delay s after the delete"
+  (( $(echo "$delay < 2" | bc -l) ))
+  ! mesh_lab_ping pub lan2
+  ! mesh_lab_ping lan1 lan2
+}
