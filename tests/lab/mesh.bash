@@ -10,6 +10,7 @@
 #                          eim   behind an endpoint-independent NAT (home router)
 #                          sym   behind a symmetric NAT (random port per destination)
 #                          lan1, lan2  both behind one endpoint-independent NAT
+#   mesh_lab_core       only the internet, relay, coordinator, setup key and policy
 #   mesh_lab_up NAME     start mesh-up for node NAME (state in $MESH_NODES/NAME)
 #   mesh_lab_wait_all SECONDS   wait until every pair of running nodes pings
 #   mesh_lab_ip NAME     NAME's overlay IPv4 address
@@ -26,6 +27,19 @@ MESH_LAB_POLICY_PORT_OK=8080
 MESH_LAB_POLICY_PORT_DENIED=2323
 
 mesh_lab_start() {
+  mesh_lab_core
+  lab_peer_public pub
+  lab_nat r1 eim drop
+  lab_peer eim r1
+  lab_nat r2 symmetric drop
+  lab_peer sym r2
+  lab_nat r3 eim drop
+  lab_peer lan1 r3
+  lab_peer lan2 r3
+}
+
+# The internet with mesh-relay and mesh-coord, the setup key and the policy.
+mesh_lab_core() {
   MESH_NODES=$BATS_TEST_TMPDIR/nodes
   mkdir -p "$MESH_NODES"
   lab_internet none
@@ -59,15 +73,6 @@ mesh_lab_start() {
 }
 POLICY
   nsx inet mesh-coord policy set --server "$COORD_URL" "$BATS_TEST_TMPDIR/policy.json" >/dev/null
-
-  lab_peer_public pub
-  lab_nat r1 eim drop
-  lab_peer eim r1
-  lab_nat r2 symmetric drop
-  lab_peer sym r2
-  lab_nat r3 eim drop
-  lab_peer lan1 r3
-  lab_peer lan2 r3
 }
 
 mesh_lab_up() {
