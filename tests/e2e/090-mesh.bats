@@ -19,9 +19,12 @@ setup_file() {
 
 # setup_file and each test run in their own shells: the lab's state (daemons,
 # namespaces, addresses) is carried between them in a file.
+# (declare -g: the file is sourced inside functions.)
 save_lab() {
   declare -p LAB_ADDR LAB_LAN LAB_ROUTER LAB_WAN LAB_NPEERS _lab_links _lab_routers \
-    _mesh_pids _mesh_netns coord_pid > "$BATS_FILE_TMPDIR/lab.env"
+    _mesh_pids _mesh_netns coord_pid |
+    sed -e 's/^declare -- /declare -g /' -e 's/^declare -\([A-Za-z]*\) /declare -g\1 /' \
+    > "$BATS_FILE_TMPDIR/lab.env"
 }
 
 teardown_file() {
@@ -59,9 +62,13 @@ teardown() { save_lab; }
     mesh_lab_ping "$a" "$b"
   done
   # Two nodes behind one NAT reach each other on their LAN addresses.
-  [[ "$(mesh_lab_endpoint lan1 lan2)" == "${LAB_ADDR[lan2]}:"* ]]
+  ep=$(mesh_lab_endpoint lan1 lan2)
+  echo "lan1 -> lan2: $ep (lan2 is ${LAB_ADDR[lan2]})"
+  [[ "$ep" == "${LAB_ADDR[lan2]}:"* ]]
   # A direct path to a NATed node uses its router's public address.
-  [[ "$(mesh_lab_endpoint pub eim)" == "${LAB_WAN[r1]}:"* ]]
+  ep=$(mesh_lab_endpoint pub eim)
+  echo "pub -> eim: $ep (r1 is ${LAB_WAN[r1]})"
+  [[ "$ep" == "${LAB_WAN[r1]}:"* ]]
 }
 
 @test "the policy is enforced by port: allowed connects, denied does not" {
@@ -87,7 +94,8 @@ teardown() { save_lab; }
   # eim's NAT now maps to other ports: new conntrack state, a different port range.
   wan_if=$(nsx r1 ip -o -4 addr show | awk -v a="${LAB_WAN[r1]}/30" '$4 == a {print $2}')
   nsx r1 nft flush chain ip lab postrouting
-  nsx r1 nft add rule ip lab postrouting oifname "$wan_if" snat to "${LAB_WAN[r1]}:45000-45999"
+  nsx r1 nft add rule ip lab postrouting oifname "$wan_if" meta l4proto udp snat to "${LAB_WAN[r1]}:45000-45999"
+  nsx r1 nft add rule ip lab postrouting oifname "$wan_if" masquerade
   nsx r1 conntrack -F >/dev/null 2>&1 || true
   wait_until 40 mesh_lab_ping eim pub
   wait_until 40 mesh_lab_ping pub eim
@@ -97,7 +105,7 @@ teardown() { save_lab; }
 @test "the coordinator comes back and a new node joins; everyone sees it" {
   start_daemon coord2 nsx inet mesh-coord serve --listen "${COORD_URL#http://}" \
     --state "$BATS_FILE_TMPDIR/coord" --relay-secret-file "$BATS_FILE_TMPDIR/relay.secret" \
-    --stun 203.0.113.1:3478 --stun 203.0.113.2:3478 --turn 203.0.113.1:3478
+    --stun 203.0.113.1:3478 --stun 203.0.113.2:3479 --turn 203.0.113.1:3478
   wait_for_line "$BATS_FILE_TMPDIR/coord2.out" '^listening on http://' 15
   coord_pid=$coord2_pid
   lab_nat r4 eim drop
@@ -109,7 +117,7 @@ teardown() { save_lab; }
 @test "a deleted node is cut off within 2 seconds" {
   mesh_lab_ping pub lan2
   ip=$(mesh_lab_ip lan2)
-  nsx pub ping -n -D -i 0.02 -W 1 "$ip" > "$BATS_FILE_TMPDIR/revoke.ping" 2>&1 &
+  ip netns exec "$(lab_ns pub)" ping -n -D -i 0.02 -W 1 "$ip" > "$BATS_FILE_TMPDIR/revoke.ping" 2>&1 &
   pinger=$!
   sleep 0.5
   t0=$(date +%s.%N)
