@@ -18,9 +18,11 @@
 # Namespaces and interfaces carry the per-run prefix $MESH_RUN so parallel
 # or leftover runs never collide; only processes started here are killed.
 
+bats_require_minimum_version 1.5.0
+
 MESH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 MESH_BIN="${MESH_BIN:-$MESH_ROOT/build}"
-PATH="$MESH_BIN:$MESH_ROOT/scripts/bin:$PATH"
+PATH="$MESH_BIN:$MESH_ROOT/bin:$PATH"
 export PATH MESH_ROOT MESH_BIN
 
 # Per-file run prefix: short (interface names are limited to 15 bytes).

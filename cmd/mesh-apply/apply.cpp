@@ -1,0 +1,45 @@
+#include "apply/apply.h"
+
+#include "core/cli11.h"
+#include "verbs.h"
+
+namespace mesh::apply {
+
+BackendEnv backend_env(const Context& ctx) {
+  BackendEnv env;
+  if (const char* impl = ctx.env("WG_USERSPACE_IMPLEMENTATION"); impl && *impl)
+    env.userspace_impl = impl;
+  if (const char* dir = ctx.env("MESH_WG_UAPI_DIR"); dir && *dir) env.uapi_dir = dir;
+  return env;
+}
+
+int cmd_apply(Context& ctx, int argc, char** argv) {
+  CLI::App app("Make WireGuard interface IF match a network map (mesh-apply(8))");
+  ApplyOptions o;
+  int listen_port = -1;
+  app.add_option("-i,--interface", o.interface, "WireGuard interface to configure")->required();
+  app.add_option("-k,--key", o.key_file, "this node's private key file")->required();
+  app.add_option("--listen-port", listen_port, "UDP listen port (overrides the map's)")
+      ->check(CLI::Range(0, 65535));
+  app.add_option("--endpoints", o.endpoints_files,
+                 "endpoints document (mesh-punch/mesh-relay); repeatable, later ones win")
+      ->allow_extra_args(false);  // one FILE per --endpoints; the map stays positional
+  app.add_option("--backend", o.backend, "auto, kernel or userspace")
+      ->check(CLI::IsMember({"auto", "kernel", "userspace"}));
+  app.add_flag("--strict", o.strict, "unknown fields in the map are errors");
+  app.add_flag("-n,--dry-run", o.dry_run, "print the plan as JSON and change nothing");
+  app.add_flag("--print-conf", o.print_conf,
+               "print an equivalent wg-quick configuration and change nothing");
+  app.add_option("map", o.map_file, "network map file, '-' for stdin (default)");
+  if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
+  if (listen_port >= 0) o.listen_port = static_cast<uint16_t>(listen_port);
+  if (o.dry_run && o.print_conf)
+    return report(ctx, usage_error("--dry-run and --print-conf are exclusive"));
+  auto r = run_apply(o, backend_env(ctx), ctx.log);
+  if (!r) return report(ctx, r.status());
+  ctx.out << *r << std::flush;
+  wipe(*r);
+  return ctx.out ? 0 : report(ctx, io_error("cannot write to standard output"));
+}
+
+}  // namespace mesh::apply

@@ -1,0 +1,70 @@
+#include "common.h"
+
+#include <nlohmann/json.hpp>
+
+#include "core/file.h"
+
+namespace mesh::coord {
+
+void add_peer_options(CLI::App& app, PeerTarget& t) {
+  app.add_option("--registration", t.registration,
+                 "registration JSON saved from 'mesh-coord join' (server URL and coordinator key)");
+  app.add_option("--server", t.server, "coordinator URL (overrides the registration's)");
+  app.add_option("--coordinator-key", t.coordinator_key,
+                 "coordinator public key (base64), when not using --registration");
+  app.add_option("--key", t.key_file, "this node's WireGuard private key file")->required();
+  app.add_option("--ca-file", t.ca_file, "CA certificates for an https coordinator");
+}
+
+Result<PeerConn> resolve_peer(Context& ctx, const PeerTarget& t) {
+  PeerConn c;
+  c.ca_file = t.ca_file;
+  std::string coord = t.coordinator_key;
+  c.server = t.server;
+  if (!t.registration.empty()) {
+    MESH_ASSIGN(auto j, read_json_file(t.registration));
+    JsonView v(j, t.registration);
+    if (c.server.empty()) { MESH_ASSIGN(c.server, v.get_string("server")); }
+    if (coord.empty()) { MESH_ASSIGN(coord, v.get_string("coordinator_public_key")); }
+  }
+  if (c.server.empty()) return usage_error("give --registration FILE or --server URL");
+  if (coord.empty()) return usage_error("give --registration FILE or --coordinator-key KEY");
+  auto k = PublicKey::from_base64(coord);
+  if (!k) return k.status().with_context("coordinator key");
+  c.coordinator = *k;
+  std::string warning;
+  auto node = read_private_key_file(t.key_file, &warning);
+  if (!node) return node.status();
+  if (!warning.empty()) ctx.log.warn(warning);
+  c.node = *node;
+  return c;
+}
+
+void add_admin_options(CLI::App& app, AdminTarget& t) {
+  app.add_option("--server", t.server, "coordinator URL")->required();
+  app.add_option("--admin-token-file", t.token_file,
+                 "file holding the admin token (default: $MESH_ADMIN_TOKEN)");
+  app.add_option("--ca-file", t.ca_file, "CA certificates for an https coordinator");
+  app.add_flag("--json", t.json, "machine output: one JSON document");
+}
+
+Result<std::string> admin_token(Context& ctx, const AdminTarget& t) {
+  if (!t.token_file.empty()) {
+    MESH_ASSIGN(auto text, read_file(t.token_file, 4096));
+    std::string tok(trim_key_text(text));
+    wipe(text);
+    if (tok.empty()) return data_error(t.token_file + ": empty admin token");
+    return tok;
+  }
+  const char* env = ctx.env ? ctx.env("MESH_ADMIN_TOKEN") : nullptr;
+  if (env && *env) return std::string(env);
+  return usage_error("no admin token: give --admin-token-file FILE or set MESH_ADMIN_TOKEN");
+}
+
+int print_json(Context& ctx, const Json& j) {
+  ctx.out << dump_json(j, ctx.stdout_tty) << "\n" << std::flush;
+  if (!ctx.out) return report(ctx, io_error("cannot write to standard output"));
+  return 0;
+}
+
+}  // namespace mesh::coord

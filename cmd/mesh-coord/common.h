@@ -1,0 +1,45 @@
+// Flags and plumbing shared by the client verbs.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "coord/client.h"
+#include "core/cli11.h"
+#include "core/json.h"
+#include "core/key.h"
+
+namespace mesh::coord {
+
+// How a peer verb finds and authenticates to the coordinator.
+struct PeerTarget {
+  std::string registration;     // saved output of `join`
+  std::string server;           // or --server + --coordinator-key
+  std::string coordinator_key;
+  std::string key_file;         // the node's WireGuard private key
+  std::string ca_file;
+};
+void add_peer_options(CLI::App& app, PeerTarget& t);
+
+struct PeerConn {
+  std::string server;
+  PublicKey coordinator;
+  SecretKey node;
+  std::string ca_file;
+};
+Result<PeerConn> resolve_peer(Context& ctx, const PeerTarget& t);
+
+struct AdminTarget {
+  std::string server;
+  std::string token_file;
+  std::string ca_file;
+  bool json = false;
+};
+void add_admin_options(CLI::App& app, AdminTarget& t);
+// The token from --admin-token-file or MESH_ADMIN_TOKEN (never argv).
+Result<std::string> admin_token(Context& ctx, const AdminTarget& t);
+
+// One JSON document on stdout: indented on a terminal, one line otherwise.
+int print_json(Context& ctx, const Json& j);
+
+}  // namespace mesh::coord

@@ -1,0 +1,62 @@
+#include "coord/server.h"
+#include "core/cli11.h"
+#include "verbs.h"
+
+namespace mesh::coord {
+
+int cmd_serve(Context& ctx, int argc, char** argv) {
+  CLI::App app("Run the coordinator");
+  ServeOptions o;
+  std::vector<std::string> turns;
+  bool verbose = false;
+  app.add_option("--listen", o.listen, "ADDR:PORT to listen on (port 0: any free port)")
+      ->capture_default_str();
+  app.add_option("--state", o.state_dir, "state directory (database, keys, admin.token)")->required();
+  app.add_option("--ipv4-prefix", o.ipv4_prefix, "IPv4 overlay prefix (default 100.64.0.0/10)");
+  app.add_option("--ipv6-prefix", o.ipv6_prefix, "IPv6 overlay prefix (default: random ULA /48)");
+  app.add_option("--stun", o.stun, "STUN server HOST:PORT given to peers (repeatable)");
+  app.add_option("--turn", turns, "TURN server HOST:PORT[,udp|tcp|tls] (repeatable)");
+  app.add_option("--relay-secret-file", o.relay_secret_file,
+                 "file with the TURN REST shared secret (coturn static-auth-secret)");
+  app.add_option("--credential-lifetime", o.credential_lifetime,
+                 "TURN credential lifetime in seconds (re-minted at half-life)")
+      ->capture_default_str();
+  app.add_option("--keepalive", o.keepalive, "persistent keepalive given to peers (seconds)")
+      ->capture_default_str();
+  app.add_option("--tls-cert", o.tls_cert, "serve HTTPS with this certificate (PEM)");
+  app.add_option("--tls-key", o.tls_key, "private key for --tls-cert (PEM)");
+  app.add_flag("--public-metrics", o.public_metrics, "serve /metrics without the admin token");
+  app.add_option("--max-body", o.max_body, "largest request body in bytes")->capture_default_str();
+  app.add_option("--max-connections", o.max_threads, "concurrent connections (watchers included)")
+      ->capture_default_str();
+  app.add_option("--janitor-interval", o.janitor_interval,
+                 "seconds between ephemeral-peer and credential sweeps")
+      ->capture_default_str();
+  app.add_option("--auth-failures-per-minute", o.auth_failures_per_minute,
+                 "failed authentications per source address per minute before 429")
+      ->capture_default_str();
+  app.add_flag("-v,--verbose", verbose, "log informational messages");
+  if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
+  if (verbose) ctx.log.set_level(LogLevel::Info);
+  for (const auto& t : turns) {
+    TurnConfig tc;
+    auto comma = t.find(',');
+    tc.server = t.substr(0, comma);
+    if (comma != std::string::npos) tc.transport = t.substr(comma + 1);
+    auto colon = tc.server.rfind(':');
+    if (tc.server.empty() || colon == std::string::npos || colon + 1 == tc.server.size() ||
+        tc.server.find_first_not_of("0123456789", colon + 1) != std::string::npos)
+      return report(ctx, usage_error("--turn " + t + ": expected HOST:PORT[,udp|tcp|tls]"));
+    if (tc.transport != "udp" && tc.transport != "tcp" && tc.transport != "tls")
+      return report(ctx, usage_error("--turn " + t + ": transport must be udp, tcp or tls"));
+    o.turn.push_back(tc);
+  }
+  for (const auto& s : o.stun) {
+    auto colon = s.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == s.size())
+      return report(ctx, usage_error("--stun " + s + ": expected HOST:PORT"));
+  }
+  return report(ctx, serve(o, ctx.out, ctx.log));
+}
+
+}  // namespace mesh::coord

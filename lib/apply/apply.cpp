@@ -1,0 +1,164 @@
+#include "apply/apply.h"
+
+#include <unistd.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "apply/nft.h"
+#include "apply/rtnl.h"
+#include "core/file.h"
+#include "netmap/endpoints.h"
+
+namespace mesh::apply {
+
+Status check_interface_name(const std::string& name) {
+  if (name.empty() || name.size() > 15)
+    return usage_error("invalid interface name '" + name + "': 1 to 15 characters");
+  for (unsigned char c : name)
+    if (c <= ' ' || c == '/' || c == ':' || c >= 0x7f)
+      return usage_error("invalid interface name '" + name + "'");
+  if (name == "." || name == "..") return usage_error("invalid interface name '" + name + "'");
+  return Status::ok();
+}
+
+bool have_net_admin() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("CapEff:", 0) == 0) {
+      unsigned long long caps = std::stoull(line.substr(7), nullptr, 16);
+      return caps & (1ull << 12);  // CAP_NET_ADMIN
+    }
+  }
+  return geteuid() == 0;
+}
+
+namespace {
+
+struct Observed {
+  Current cur;
+  std::optional<LinkInfo> link;
+};
+
+Result<Observed> observe(const std::string& ifname, WgBackend& wg, Rtnl& rt,
+                         const std::string& table, bool need_firewall) {
+  Observed o;
+  MESH_ASSIGN(o.link, rt.get_link(ifname));
+  MESH_ASSIGN(bool wg_exists, wg.exists());
+  if (o.link && !wg_exists)
+    return Status(Exit::Config, "interface " + ifname + " exists but is not a WireGuard device served by the " +
+                                    wg.name() + " backend");
+  if (!o.link && wg_exists)
+    return Status(Exit::Config, "the " + std::string(wg.name()) + " backend serves " + ifname +
+                                    " but the link is missing");
+  if (o.link) {
+    o.cur.link.exists = true;
+    o.cur.link.mtu = o.link->mtu;
+    o.cur.link.up = o.link->up;
+    MESH_ASSIGN(o.cur.link.addresses, rt.addresses(o.link->ifindex));
+    MESH_ASSIGN(o.cur.link.routes, rt.routes(o.link->ifindex));
+    MESH_ASSIGN(o.cur.device, wg.get());
+  }
+  if (need_firewall) { MESH_ASSIGN(o.cur.firewall_digest, firewall_current_digest(table)); }
+  return o;
+}
+
+}  // namespace
+
+Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, const Log& log) {
+  // 1. Every input, validated before anything is touched.
+  MESH_TRY(check_interface_name(opt.interface));
+  std::string warning;
+  MESH_ASSIGN(SecretKey key, read_private_key_file(opt.key_file, &warning));
+  if (!warning.empty()) log.warn(warning);
+  ParseOptions po{opt.strict};
+  MESH_ASSIGN(NetMap map, read_netmap_file(opt.map_file, po));
+  std::vector<EndpointsDoc> docs;
+  for (const auto& f : opt.endpoints_files) {
+    MESH_ASSIGN(auto d, read_endpoints_file(f, po));
+    docs.push_back(std::move(d));
+  }
+  EndpointsDoc eps = merge_endpoints(docs);
+  MESH_ASSIGN(Desired want, desired_from_map(map, key, eps, opt.listen_port));
+  FirewallScript fw = firewall_script(opt.interface, map.inbound);
+  want.firewall_digest = fw.digest;
+  want.firewall_rules = map.inbound.size();
+
+  bool read_only = opt.dry_run || opt.print_conf;
+  if (!read_only && !have_net_admin())
+    return no_permission("configuring " + opt.interface + " needs root (CAP_NET_ADMIN)");
+
+  // 2. What is there now.
+  MESH_ASSIGN(auto wg, choose_backend(opt.backend, opt.interface, env));
+  MESH_ASSIGN(Rtnl rt, Rtnl::open());
+  Observed obs;
+  {
+    auto o = observe(opt.interface, *wg, rt, fw.table, !opt.print_conf);
+    if (!o && o.status().code() == Exit::Unavailable && read_only && !opt.print_conf) {
+      // A dry run without nft can still show the rest of the plan.
+      log.warn(o.status().message());
+      auto o2 = observe(opt.interface, *wg, rt, fw.table, false);
+      if (!o2) return o2.status();
+      obs = std::move(*o2);
+    } else if (!o) {
+      return o.status();
+    } else {
+      obs = std::move(*o);
+    }
+  }
+  if (opt.print_conf) return wg_quick_conf(want, obs.cur);
+
+  // 3. The plan.
+  Plan plan = diff(want, obs.cur);
+  std::string table = "inet " + fw.table;
+  if (opt.dry_run) return dump_json(plan_to_json(plan, opt.interface, wg->name(), table, true)) + "\n";
+
+  // 4. Carry it out. The firewall goes in before the link comes up, so a
+  // new interface is never reachable without it.
+  if (plan.create_interface) {
+    MESH_TRY(wg->create());
+    MESH_ASSIGN(obs.link, rt.get_link(opt.interface));
+    if (!obs.link) return io_error("interface " + opt.interface + " vanished after creation");
+    // A fresh wireguard-go TUN starts with its own MTU and down; re-read
+    // so the plan's link part stays minimal.
+    plan.set_mtu = obs.link->mtu != want.mtu ? std::optional<int>(want.mtu) : std::nullopt;
+    plan.set_up = !obs.link->up;
+  }
+  int ifindex = obs.link->ifindex;
+  MESH_TRY(wg->set(device_update(plan, want)));
+  if (plan.firewall) MESH_TRY(firewall_install(fw));
+  MESH_TRY(rt.change_addresses(ifindex, plan.addresses_add, plan.addresses_del));
+  if (plan.set_mtu || plan.set_up) MESH_TRY(rt.set_link(ifindex, plan.set_mtu, true));
+  MESH_TRY(rt.change_routes(ifindex, plan.routes_add, plan.routes_del));
+  return dump_json(plan_to_json(plan, opt.interface, wg->name(), table, false)) + "\n";
+}
+
+Result<std::string> run_down(const std::string& interface, const std::string& backend,
+                             const BackendEnv& env, const Log& log) {
+  MESH_TRY(check_interface_name(interface));
+  if (!have_net_admin()) return no_permission("removing " + interface + " needs root (CAP_NET_ADMIN)");
+  std::string table = firewall_table_name(interface);
+  MESH_ASSIGN(auto digest, firewall_current_digest(table));
+  MESH_ASSIGN(auto wg, choose_backend(backend, interface, env));
+  MESH_ASSIGN(Rtnl rt, Rtnl::open());
+  MESH_ASSIGN(auto link, rt.get_link(interface));
+  MESH_ASSIGN(bool wg_exists, wg->exists());
+  if (link && !wg_exists)
+    return Status(Exit::Config, "interface " + interface +
+                                    " is not a WireGuard device mesh-apply manages; not removing it");
+  bool fw_existed = digest.has_value();
+  MESH_TRY(firewall_remove(table));
+  if (wg_exists || link) MESH_TRY(wg->destroy());
+  bool removed = wg_exists || link.has_value();
+  if (!removed && !fw_existed) log.info("nothing to remove for " + interface);
+  Json doc{{"interface", interface},
+           {"backend", wg->name()},
+           {"changed", removed || fw_existed},
+           {"interface_removed", removed},
+           {"firewall_removed", fw_existed},
+           {"firewall", {{"table", "inet " + table}}}};
+  return dump_json(doc) + "\n";
+}
+
+}  // namespace mesh::apply

@@ -1,0 +1,45 @@
+// mesh-apply's executor: reads the inputs, observes the interface, computes
+// plan = diff(desired, current) and carries it out through a WgBackend,
+// rtnetlink and nftables. All input is validated before anything is
+// touched, so bad input leaves the interface exactly as it was.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "apply/backend.h"
+#include "apply/plan.h"
+#include "core/json.h"
+#include "core/log.h"
+
+namespace mesh::apply {
+
+struct ApplyOptions {
+  std::string interface;
+  std::string key_file;
+  std::optional<uint16_t> listen_port;
+  std::vector<std::string> endpoints_files;
+  std::string backend = "auto";
+  bool strict = false;
+  bool dry_run = false;
+  bool print_conf = false;
+  std::string map_file = "-";
+};
+
+// Checks a Linux interface name (1-15 bytes, no '/', ':' or whitespace).
+Status check_interface_name(const std::string& name);
+
+// True when the process may configure network interfaces (CAP_NET_ADMIN).
+bool have_net_admin();
+
+// Runs one apply; returns what goes to stdout (the JSON document, or the
+// wg-quick configuration with print_conf).
+Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, const Log& log);
+
+// `mesh-apply down`: removes the firewall table and the interface (and the
+// wireguard-go daemon serving it). Returns the JSON document for stdout.
+Result<std::string> run_down(const std::string& interface, const std::string& backend,
+                             const BackendEnv& env, const Log& log);
+
+}  // namespace mesh::apply

@@ -1,0 +1,50 @@
+// The two ways to drive a WireGuard device behind one interface.
+//  - kernel: generic netlink (wgnl.h); the link is created with rtnetlink
+//    as type "wireguard".
+//  - userspace: wireguard-go's UAPI socket /var/run/wireguard/IF.sock
+//    (uapi.h); the interface is created by starting `wireguard-go IF` (or
+//    $WG_USERSPACE_IMPLEMENTATION), which daemonises once its TUN device and
+//    socket are ready, so mesh-apply can exit and leave it serving.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "apply/device.h"
+#include "core/status.h"
+
+namespace mesh::apply {
+
+class WgBackend {
+ public:
+  virtual ~WgBackend() = default;
+  virtual const char* name() const = 0;
+  // Whether a WireGuard device IF is served by this backend.
+  virtual Result<bool> exists() = 0;
+  virtual Status create() = 0;
+  virtual Result<DeviceState> get() = 0;
+  virtual Status set(const DeviceUpdate& u) = 0;
+  // Removes the interface (and, userspace, waits for its daemon to exit).
+  virtual Status destroy() = 0;
+};
+
+struct BackendEnv {
+  std::string uapi_dir = "/var/run/wireguard";
+  std::string userspace_impl = "wireguard-go";  // $WG_USERSPACE_IMPLEMENTATION
+  int start_timeout_ms = 10000;
+};
+
+std::unique_ptr<WgBackend> make_userspace_backend(const std::string& ifname, const BackendEnv& env);
+std::unique_ptr<WgBackend> make_kernel_backend(const std::string& ifname);
+
+// True when the kernel's "wireguard" generic netlink family is present.
+bool kernel_wireguard_available();
+
+// Picks a backend: "kernel", "userspace" or "auto" (a UAPI socket for IF
+// means userspace; else the kernel if its module is available; else
+// userspace). Unavailable for "kernel" without the module.
+Result<std::unique_ptr<WgBackend>> choose_backend(const std::string& which,
+                                                  const std::string& ifname,
+                                                  const BackendEnv& env);
+
+}  // namespace mesh::apply

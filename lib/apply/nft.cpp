@@ -1,0 +1,238 @@
+#include "apply/nft.h"
+
+#include <sodium.h>
+
+#include <algorithm>
+#include <map>
+
+#include "apply/process.h"
+#include "core/base64.h"
+
+namespace mesh::apply {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Drops prefixes contained in another one of the list (prefixes either nest
+// or are disjoint, so what remains is disjoint, as interval sets require).
+std::vector<Prefix> disjoint(std::vector<Prefix> ps) {
+  for (auto& p : ps) p = p.canonical();
+  std::sort(ps.begin(), ps.end(), [](const Prefix& a, const Prefix& b) {
+    return a.len != b.len ? a.len < b.len : a < b;
+  });
+  std::vector<Prefix> out;
+  for (const auto& p : ps) {
+    bool covered = false;
+    for (const auto& o : out) covered = covered || o.contains(p);
+    if (!covered) out.push_back(p);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Union of port ranges: sorted, merged, disjoint.
+std::vector<PortRange> merge_ports(std::vector<PortRange> rs) {
+  std::sort(rs.begin(), rs.end());
+  std::vector<PortRange> out;
+  for (const auto& r : rs) {
+    if (!out.empty() && r.lo <= static_cast<uint32_t>(out.back().hi) + 1)
+      out.back().hi = std::max(out.back().hi, r.hi);
+    else
+      out.push_back(r);
+  }
+  return out;
+}
+
+std::string quote_comment(const std::string& s) {
+  std::string o;
+  for (char c : s) o += (c == '"' || c == '\\' || static_cast<unsigned char>(c) < 0x20) ? '_' : c;
+  return o;
+}
+
+struct Sets {
+  std::vector<Prefix> any4, any6, icmp4, icmp6;
+  // (source, ports) per family and proto; made disjoint below.
+  std::map<Prefix, std::vector<PortRange>> tcp4, tcp6, udp4, udp6;
+};
+
+// Makes a concatenated (prefix . port-range) set free of overlaps: a port
+// range of a nested prefix is reduced by what its enclosing prefixes already
+// allow, since overlapping concatenated intervals are rejected by nft.
+std::vector<std::pair<Prefix, PortRange>> concat_elements(
+    const std::map<Prefix, std::vector<PortRange>>& m, const std::vector<Prefix>& covered_any) {
+  std::map<Prefix, std::vector<PortRange>> merged;
+  for (const auto& [p, rs] : m) {
+    bool all = false;
+    for (const auto& a : covered_any) all = all || a.contains(p);
+    if (!all) {
+      auto& v = merged[p.canonical()];
+      v.insert(v.end(), rs.begin(), rs.end());
+    }
+  }
+  for (auto& [p, rs] : merged) rs = merge_ports(rs);
+  std::vector<std::pair<Prefix, PortRange>> out;
+  for (const auto& [p, rs] : merged) {
+    // Subtract ranges allowed by any strictly enclosing prefix.
+    std::vector<PortRange> cur = rs;
+    for (const auto& [q, qs] : merged) {
+      if (q == p || !q.contains(p)) continue;
+      std::vector<PortRange> next;
+      for (auto r : cur) {
+        std::vector<PortRange> pieces{r};
+        for (const auto& s : qs) {
+          std::vector<PortRange> keep;
+          for (auto x : pieces) {
+            if (s.hi < x.lo || s.lo > x.hi) { keep.push_back(x); continue; }
+            if (s.lo > x.lo) keep.push_back({x.lo, static_cast<uint16_t>(s.lo - 1)});
+            if (s.hi < x.hi) keep.push_back({static_cast<uint16_t>(s.hi + 1), x.hi});
+          }
+          pieces = std::move(keep);
+        }
+        next.insert(next.end(), pieces.begin(), pieces.end());
+      }
+      cur = std::move(next);
+    }
+    for (const auto& r : cur) out.emplace_back(p, r);
+  }
+  return out;
+}
+
+void emit_set(std::string* o, const char* name, const char* type,
+              const std::vector<std::string>& elements) {
+  *o += "  set " + std::string(name) + " {\n    type " + type + "\n    flags interval\n";
+  if (!elements.empty()) {
+    *o += "    elements = { ";
+    for (size_t i = 0; i < elements.size(); ++i) *o += (i ? ",\n      " : "") + elements[i];
+    *o += " }\n";
+  }
+  *o += "  }\n";
+}
+
+std::vector<std::string> texts(const std::vector<Prefix>& ps) {
+  std::vector<std::string> o;
+  for (const auto& p : ps) o.push_back(p.to_string());
+  return o;
+}
+
+std::vector<std::string> texts(const std::vector<std::pair<Prefix, PortRange>>& es) {
+  std::vector<std::string> o;
+  for (const auto& [p, r] : es) o.push_back(p.to_string() + " . " + r.to_string());
+  return o;
+}
+
+}  // namespace
+
+std::string firewall_table_name(const std::string& interface) {
+  std::string n = "mesh_";
+  for (char c : interface) n += (isalnum(static_cast<unsigned char>(c)) || c == '_') ? c : '_';
+  return n;
+}
+
+FirewallScript firewall_script(const std::string& interface,
+                               const std::vector<FirewallRule>& inbound) {
+  Sets s;
+  for (const auto& r : inbound) {
+    for (const auto& src : r.sources) {
+      bool v4 = src.addr.is_v4();
+      Prefix p = src.canonical();
+      if (r.proto == "any") {
+        (v4 ? s.any4 : s.any6).push_back(p);
+      } else if (r.proto == "icmp") {
+        (v4 ? s.icmp4 : s.icmp6).push_back(p);
+      } else {
+        auto& m = r.proto == "tcp" ? (v4 ? s.tcp4 : s.tcp6) : (v4 ? s.udp4 : s.udp6);
+        auto& v = m[p];
+        if (r.ports.empty())
+          v.push_back({1, 65535});
+        else
+          v.insert(v.end(), r.ports.begin(), r.ports.end());
+      }
+    }
+  }
+  s.any4 = disjoint(s.any4);
+  s.any6 = disjoint(s.any6);
+  FirewallScript out;
+  out.table = firewall_table_name(interface);
+  std::string& o = out.body;
+  std::string ifq = "\"" + quote_comment(interface) + "\"";
+  o = "table inet " + out.table + " {\n";
+  emit_set(&o, "any4", "ipv4_addr", texts(s.any4));
+  emit_set(&o, "any6", "ipv6_addr", texts(s.any6));
+  emit_set(&o, "icmp4", "ipv4_addr", texts(disjoint(s.icmp4)));
+  emit_set(&o, "icmp6", "ipv6_addr", texts(disjoint(s.icmp6)));
+  emit_set(&o, "tcp4", "ipv4_addr . inet_service", texts(concat_elements(s.tcp4, s.any4)));
+  emit_set(&o, "tcp6", "ipv6_addr . inet_service", texts(concat_elements(s.tcp6, s.any6)));
+  emit_set(&o, "udp4", "ipv4_addr . inet_service", texts(concat_elements(s.udp4, s.any4)));
+  emit_set(&o, "udp6", "ipv6_addr . inet_service", texts(concat_elements(s.udp6, s.any6)));
+  o += "  chain mesh_in {\n"
+       "    ct state established,related accept\n"
+       "    ct state invalid drop\n"
+       "    ip saddr @any4 accept\n"
+       "    ip6 saddr @any6 accept\n"
+       "    meta l4proto icmp ip saddr @icmp4 accept\n"
+       "    meta l4proto ipv6-icmp ip6 saddr @icmp6 accept\n"
+       "    ip saddr . tcp dport @tcp4 accept\n"
+       "    ip6 saddr . tcp dport @tcp6 accept\n"
+       "    ip saddr . udp dport @udp4 accept\n"
+       "    ip6 saddr . udp dport @udp6 accept\n"
+       "    counter drop\n"
+       "  }\n";
+  for (const char* hook : {"input", "forward"})
+    o += std::string("  chain ") + hook + " {\n    type filter hook " + hook +
+         " priority filter; policy accept;\n    iifname " + ifq + " jump mesh_in\n  }\n";
+  o += "}\n";
+  unsigned char h[crypto_hash_sha256_BYTES];
+  crypto_hash_sha256(h, reinterpret_cast<const unsigned char*>(o.data()), o.size());
+  out.digest = hex_encode(std::span<const uint8_t>(h, sizeof h));
+  return out;
+}
+
+std::string firewall_transaction(const FirewallScript& s) {
+  // "add" then "delete" makes the delete succeed whether or not the table
+  // existed; the whole file is one atomic nft transaction.
+  std::string body = s.body;
+  std::string head = "table inet " + s.table + " {\n";
+  body.insert(head.size(), "  comment \"mesh-apply sha256:" + s.digest + "\"\n");
+  return "add table inet " + s.table + "\ndelete table inet " + s.table + "\n" + body;
+}
+
+Result<std::optional<std::string>> firewall_current_digest(const std::string& table) {
+  MESH_ASSIGN(auto r, run_process({"nft", "-t", "list", "table", "inet", table}, "", 20s));
+  if (r.exit_code != 0) {
+    if (r.err.find("No such file or directory") != std::string::npos)
+      return std::optional<std::string>();
+    if (r.err.find("Operation not permitted") != std::string::npos)
+      return no_permission("nft: cannot list table inet " + table + ": operation not permitted");
+    return io_error("nft list table inet " + table + ": " + r.err.substr(0, r.err.find('\n')));
+  }
+  auto at = r.out.find("comment \"mesh-apply sha256:");
+  if (at == std::string::npos) return std::optional<std::string>();
+  at += std::string_view("comment \"mesh-apply sha256:").size();
+  auto end = r.out.find('"', at);
+  if (end == std::string::npos) return std::optional<std::string>();
+  return std::optional<std::string>(r.out.substr(at, end - at));
+}
+
+static Status nft_error(const std::string& what, const ProcResult& r) {
+  std::string msg = r.err;
+  while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+  if (msg.find("Operation not permitted") != std::string::npos)
+    return no_permission(what + ": operation not permitted");
+  return io_error(what + ": " + msg);
+}
+
+Status firewall_install(const FirewallScript& s) {
+  MESH_ASSIGN(auto r, run_process({"nft", "-f", "-"}, firewall_transaction(s), 60s));
+  if (r.exit_code != 0) return nft_error("nft: cannot install table inet " + s.table, r);
+  return Status::ok();
+}
+
+Status firewall_remove(const std::string& table) {
+  MESH_ASSIGN(auto r, run_process({"nft", "-f", "-"},
+                                  "add table inet " + table + "\ndelete table inet " + table + "\n",
+                                  20s));
+  if (r.exit_code != 0) return nft_error("nft: cannot delete table inet " + table, r);
+  return Status::ok();
+}
+
+}  // namespace mesh::apply

@@ -1,0 +1,48 @@
+// The mesh firewall: one nftables table per interface, `inet mesh_IF`
+// (IF with characters other than [A-Za-z0-9_] turned into '_'), owned by
+// mesh-apply and never shared. It hooks input and forward, and for packets
+// arriving on the mesh interface accepts established/related traffic and
+// what the map's firewall.inbound rules allow, and drops the rest. Rules are
+// compiled into interval sets (concatenated `saddr . dport` for tcp/udp) so
+// thousands of rules cost one lookup. The table is replaced atomically with
+// one `nft -f -` transaction (add; delete; add ...), never touching other
+// tables. A SHA-256 of the generated body is kept in the table's comment so
+// an unchanged firewall is detected without listing the rules.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "netmap/netmap.h"
+
+namespace mesh::apply {
+
+std::string firewall_table_name(const std::string& interface);
+
+struct FirewallScript {
+  std::string table;   // "mesh_IF"
+  std::string body;    // the "table inet mesh_IF { ... }" block without comment
+  std::string digest;  // hex SHA-256 of body
+};
+
+// Pure: compiles the rules into the table body. Overlapping sources and
+// port ranges are normalised so nft's interval sets accept them.
+FirewallScript firewall_script(const std::string& interface,
+                               const std::vector<FirewallRule>& inbound);
+
+// The transaction text that replaces the table atomically.
+std::string firewall_transaction(const FirewallScript& s);
+
+// Reads the digest in the comment of our table: nullopt when the table does
+// not exist (or has no digest). Runs `nft -t list table inet NAME`.
+Result<std::optional<std::string>> firewall_current_digest(const std::string& table);
+
+// Installs the table (one transaction). Unavailable when nft is missing.
+Status firewall_install(const FirewallScript& s);
+
+// Deletes the table if present.
+Status firewall_remove(const std::string& table);
+
+}  // namespace mesh::apply

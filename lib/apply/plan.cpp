@@ -1,0 +1,304 @@
+#include "apply/plan.h"
+
+#include <algorithm>
+#include <map>
+#include <nlohmann/json.hpp>
+
+namespace mesh::apply {
+namespace {
+
+template <typename T>
+void sort_unique(std::vector<T>* v) {
+  std::sort(v->begin(), v->end());
+  v->erase(std::unique(v->begin(), v->end()), v->end());
+}
+
+// a \ b for sorted vectors.
+template <typename T>
+std::vector<T> minus(const std::vector<T>& a, const std::vector<T>& b) {
+  std::vector<T> out;
+  std::set_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(out));
+  return out;
+}
+
+// The endpoint rule (man/mesh-apply.8): an endpoints document wins; else the
+// endpoint WireGuard already has (it may have roamed there); else the map's.
+std::optional<SockAddr> endpoint_for(const DesiredPeer& d, const PeerState* cur) {
+  if (d.forced_endpoint) return d.forced_endpoint;
+  if (cur && cur->endpoint) return cur->endpoint;
+  return d.map_endpoint;
+}
+
+Json prefixes(const std::vector<Prefix>& ps) {
+  Json a = Json::array();
+  for (const auto& p : ps) a.push_back(p.to_string());
+  return a;
+}
+
+}  // namespace
+
+bool Plan::changed() const {
+  return create_interface || set_private_key || set_listen_port || !peers.empty() ||
+         !addresses_add.empty() || !addresses_del.empty() || !routes_add.empty() ||
+         !routes_del.empty() || set_mtu || set_up || firewall;
+}
+
+size_t Plan::count(PeerChange::Kind k) const {
+  return static_cast<size_t>(
+      std::count_if(peers.begin(), peers.end(), [k](const PeerChange& c) { return c.kind == k; }));
+}
+
+std::vector<Prefix> routes_for(const std::vector<Prefix>& addresses,
+                               const std::vector<DesiredPeer>& peers) {
+  std::vector<Prefix> out;
+  for (const auto& p : peers)
+    for (const auto& ip : p.allowed_ips) {
+      bool on_link = false;
+      for (const auto& a : addresses)
+        if (a.addr.family == ip.addr.family && a.canonical().contains(ip)) on_link = true;
+      if (!on_link) out.push_back(ip.canonical());
+    }
+  sort_unique(&out);
+  return out;
+}
+
+Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key,
+                                 const EndpointsDoc& endpoints,
+                                 std::optional<uint16_t> listen_port_override) {
+  Desired d;
+  if (key.public_key() != map.self.public_key)
+    return data_error("the private key does not belong to this map (its public key is " +
+                      key.public_key().to_base64() + ", the map's self.public_key is " +
+                      map.self.public_key.to_base64() + ")");
+  d.private_key = key;
+  if (listen_port_override && *listen_port_override)
+    d.listen_port = listen_port_override;
+  else if (map.self.listen_port)
+    d.listen_port = map.self.listen_port;
+  d.mtu = map.self.mtu;
+  d.addresses = map.self.addresses;
+  sort_unique(&d.addresses);
+  for (const auto& mp : map.peers) {
+    DesiredPeer p;
+    p.name = mp.name;
+    p.public_key = mp.public_key;
+    if (mp.preshared_key) p.preshared_key = *mp.preshared_key;
+    p.allowed_ips = mp.allowed_ips;
+    for (auto& a : p.allowed_ips) a = a.canonical();
+    sort_unique(&p.allowed_ips);
+    p.keepalive = mp.keepalive;
+    if (!mp.endpoints.empty()) p.map_endpoint = mp.endpoints.front().endpoint;
+    if (const PeerPath* path = endpoints.find(mp.public_key); path && path->endpoint)
+      p.forced_endpoint = path->endpoint;  // relay-needed without endpoint: keep current/map
+    d.peers.push_back(std::move(p));
+  }
+  std::sort(d.peers.begin(), d.peers.end(),
+            [](const DesiredPeer& a, const DesiredPeer& b) { return a.public_key < b.public_key; });
+  d.routes = routes_for(d.addresses, d.peers);
+  return d;
+}
+
+Plan diff(const Desired& want, const Current& cur) {
+  Plan plan;
+  plan.create_interface = !cur.link.exists;
+  const DeviceState& dev = cur.device;
+  // Compare the private key in constant time.
+  if (!dev.private_key ||
+      !secure_equal(std::string_view(reinterpret_cast<const char*>(dev.private_key->bytes().data()), kKeyLen),
+                    std::string_view(reinterpret_cast<const char*>(want.private_key.bytes().data()), kKeyLen)))
+    plan.set_private_key = true;
+  if (want.listen_port && *want.listen_port != dev.listen_port) plan.set_listen_port = want.listen_port;
+
+  // Merge-walk the two key-sorted peer lists.
+  size_t i = 0, j = 0;
+  const auto& wp = want.peers;
+  const auto& cp = dev.peers;
+  std::vector<PeerChange> removals, others;
+  while (i < wp.size() || j < cp.size()) {
+    if (j == cp.size() || (i < wp.size() && wp[i].public_key < cp[j].public_key)) {
+      const DesiredPeer& d = wp[i++];
+      PeerChange c;
+      c.kind = PeerChange::Kind::Add;
+      c.name = d.name;
+      c.public_key = d.public_key;
+      c.preshared_key = d.preshared_key;
+      c.preshared_key_changed = d.preshared_key.has_value();
+      c.endpoint = endpoint_for(d, nullptr);
+      if (d.keepalive) c.keepalive = d.keepalive;
+      c.allowed_ips = d.allowed_ips;
+      c.ips_added = d.allowed_ips;
+      others.push_back(std::move(c));
+    } else if (i == wp.size() || cp[j].public_key < wp[i].public_key) {
+      PeerChange c;
+      c.kind = PeerChange::Kind::Remove;
+      c.public_key = cp[j].public_key;
+      c.ips_removed = cp[j].allowed_ips;
+      removals.push_back(std::move(c));
+      ++j;
+    } else {
+      const DesiredPeer& d = wp[i++];
+      const PeerState& p = cp[j++];
+      PeerChange c;
+      c.kind = PeerChange::Kind::Update;
+      c.name = d.name;
+      c.public_key = d.public_key;
+      c.allowed_ips = d.allowed_ips;
+      auto ep = endpoint_for(d, &p);
+      if (ep && ep != p.endpoint) {
+        c.fields.push_back("endpoint");
+        c.endpoint = ep;
+      }
+      if (d.keepalive != p.keepalive) {
+        c.fields.push_back("keepalive");
+        c.keepalive = d.keepalive;
+      }
+      if (!psk_equal(d.preshared_key, p.preshared_key)) {
+        c.fields.push_back("preshared_key");
+        c.preshared_key_changed = true;
+        c.preshared_key = d.preshared_key ? *d.preshared_key : SecretKey();
+      }
+      if (d.allowed_ips != p.allowed_ips) {
+        c.fields.push_back("allowed_ips");
+        c.ips_added = minus(d.allowed_ips, p.allowed_ips);
+        c.ips_removed = minus(p.allowed_ips, d.allowed_ips);
+      }
+      if (c.fields.empty())
+        ++plan.peers_unchanged;
+      else
+        others.push_back(std::move(c));
+    }
+  }
+  // Removals first: an allowed IP that moves from a removed peer to another
+  // one is then added to its new owner in the same transaction.
+  plan.peers = std::move(removals);
+  for (auto& c : others) plan.peers.push_back(std::move(c));
+
+  const LinkCurrent& link = cur.link;
+  plan.addresses_add = minus(want.addresses, link.addresses);
+  plan.addresses_del = minus(link.addresses, want.addresses);
+  plan.routes_add = minus(want.routes, link.routes);
+  plan.routes_del = minus(link.routes, want.routes);
+  if (link.mtu != want.mtu) plan.set_mtu = want.mtu;
+  plan.set_up = !link.up;
+  plan.firewall = cur.firewall_digest != want.firewall_digest;
+  return plan;
+}
+
+DeviceUpdate device_update(const Plan& plan, const Desired& want) {
+  DeviceUpdate u;
+  if (plan.set_private_key) u.private_key = want.private_key;
+  u.listen_port = plan.set_listen_port;
+  for (const auto& c : plan.peers) {
+    PeerUpdate p;
+    p.public_key = c.public_key;
+    switch (c.kind) {
+      case PeerChange::Kind::Remove:
+        p.remove = true;
+        break;
+      case PeerChange::Kind::Add:
+        if (c.preshared_key) p.preshared_key = c.preshared_key;
+        p.endpoint = c.endpoint;
+        p.keepalive = c.keepalive;
+        // A fresh peer has no allowed IPs; replace guards against a peer
+        // created concurrently by someone else.
+        p.replace_allowed_ips = true;
+        p.allowed_ips = c.allowed_ips;
+        break;
+      case PeerChange::Kind::Update:
+        p.update_only = true;
+        if (c.preshared_key_changed) p.preshared_key = c.preshared_key;
+        p.endpoint = c.endpoint;
+        p.keepalive = c.keepalive;
+        if (!c.ips_removed.empty()) {
+          // Removal needs a replace; the replacement list follows in the
+          // same SET, applied under one device lock.
+          p.replace_allowed_ips = true;
+          p.allowed_ips = c.allowed_ips;
+        } else {
+          // Pure additions: existing entries are never withdrawn.
+          p.allowed_ips = c.ips_added;
+        }
+        break;
+    }
+    u.peers.push_back(std::move(p));
+  }
+  return u;
+}
+
+Json plan_to_json(const Plan& plan, const std::string& interface, const std::string& backend,
+                  const std::string& firewall_table, bool dry_run) {
+  Json added = Json::array(), updated = Json::array(), removed = Json::array();
+  for (const auto& c : plan.peers) {
+    Json e{{"public_key", c.public_key.to_base64()}};
+    if (!c.name.empty()) e["name"] = c.name;
+    switch (c.kind) {
+      case PeerChange::Kind::Add:
+        e["allowed_ips"] = prefixes(c.allowed_ips);
+        e["endpoint"] = c.endpoint ? Json(c.endpoint->to_string()) : Json(nullptr);
+        added.push_back(std::move(e));
+        break;
+      case PeerChange::Kind::Update:
+        e["changes"] = c.fields;
+        if (c.endpoint) e["endpoint"] = c.endpoint->to_string();
+        if (c.keepalive) e["keepalive"] = *c.keepalive;
+        if (!c.ips_added.empty()) e["allowed_ips_added"] = prefixes(c.ips_added);
+        if (!c.ips_removed.empty()) e["allowed_ips_removed"] = prefixes(c.ips_removed);
+        updated.push_back(std::move(e));
+        break;
+      case PeerChange::Kind::Remove:
+        e["allowed_ips"] = prefixes(c.ips_removed);
+        removed.push_back(std::move(e));
+        break;
+    }
+  }
+  return Json{
+      {"interface", interface},
+      {"backend", backend},
+      {"dry_run", dry_run},
+      {"changed", plan.changed()},
+      {"created", plan.create_interface},
+      {"private_key_changed", plan.set_private_key},
+      {"listen_port", plan.set_listen_port ? Json(*plan.set_listen_port) : Json(nullptr)},
+      {"peers",
+       {{"added", added}, {"updated", updated}, {"removed", removed},
+        {"unchanged", plan.peers_unchanged}}},
+      {"addresses", {{"added", prefixes(plan.addresses_add)}, {"removed", prefixes(plan.addresses_del)}}},
+      {"routes", {{"added", prefixes(plan.routes_add)}, {"removed", prefixes(plan.routes_del)}}},
+      {"link", {{"mtu", plan.set_mtu ? Json(*plan.set_mtu) : Json(nullptr)}, {"up", plan.set_up}}},
+      {"firewall", {{"table", firewall_table}, {"changed", plan.firewall}}},
+  };
+}
+
+std::string wg_quick_conf(const Desired& d, const Current& c) {
+  std::string o = "[Interface]\nPrivateKey = " + d.private_key.to_base64() + "\n";
+  uint16_t port = d.listen_port ? *d.listen_port : c.device.listen_port;
+  if (port) o += "ListenPort = " + std::to_string(port) + "\n";
+  if (!d.addresses.empty()) {
+    o += "Address = ";
+    for (size_t i = 0; i < d.addresses.size(); ++i)
+      o += (i ? ", " : "") + d.addresses[i].to_string();
+    o += "\n";
+  }
+  o += "MTU = " + std::to_string(d.mtu) + "\n";
+  std::map<PublicKey, const PeerState*> cur;
+  for (const auto& p : c.device.peers) cur[p.public_key] = &p;
+  for (const auto& p : d.peers) {
+    o += "\n[Peer]\n";
+    if (!p.name.empty()) o += "# " + p.name + "\n";
+    o += "PublicKey = " + p.public_key.to_base64() + "\n";
+    if (p.preshared_key) o += "PresharedKey = " + p.preshared_key->to_base64() + "\n";
+    if (!p.allowed_ips.empty()) {
+      o += "AllowedIPs = ";
+      for (size_t i = 0; i < p.allowed_ips.size(); ++i)
+        o += (i ? ", " : "") + p.allowed_ips[i].to_string();
+      o += "\n";
+    }
+    auto it = cur.find(p.public_key);
+    if (auto ep = endpoint_for(p, it == cur.end() ? nullptr : it->second))
+      o += "Endpoint = " + ep->to_string() + "\n";
+    if (p.keepalive) o += "PersistentKeepalive = " + std::to_string(p.keepalive) + "\n";
+  }
+  return o;
+}
+
+}  // namespace mesh::apply

@@ -1,0 +1,110 @@
+// plan = diff(desired, current): the pure heart of mesh-apply. Given what
+// the network map (plus endpoints documents and flags) asks for and what the
+// interface currently has, it lists the minimal set of changes. Unchanged
+// peers do not appear (their sessions are never disturbed), an endpoint
+// WireGuard learned by roaming is kept unless the endpoints document names
+// one, and allowed-IP changes are expressed as additions where possible so
+// no traffic window opens. No I/O here; see apply.h for the executor.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "apply/device.h"
+#include "core/json.h"
+#include "netmap/endpoints.h"
+#include "netmap/netmap.h"
+
+namespace mesh::apply {
+
+struct DesiredPeer {
+  std::string name;
+  PublicKey public_key;
+  std::optional<SecretKey> preshared_key;
+  std::vector<Prefix> allowed_ips;          // canonical, sorted, unique
+  int keepalive = 0;
+  std::optional<SockAddr> forced_endpoint;  // from an endpoints document: always applied
+  std::optional<SockAddr> map_endpoint;     // the map's first candidate: only if none known
+};
+
+struct Desired {
+  SecretKey private_key;
+  std::optional<uint16_t> listen_port;  // absent: leave the interface's port alone
+  std::vector<DesiredPeer> peers;       // sorted by public key
+  std::vector<Prefix> addresses;        // interface addresses (with prefix length), sorted
+  std::vector<Prefix> routes;           // canonical, sorted: allowed IPs not on-link
+  int mtu = 1420;
+  std::string firewall_script;          // the nft table body (nft.h)
+  std::string firewall_digest;          // its digest, stored in the table's comment
+  size_t firewall_rules = 0;
+};
+
+struct LinkCurrent {
+  bool exists = false;
+  int mtu = 0;
+  bool up = false;
+  std::vector<Prefix> addresses;  // sorted
+  std::vector<Prefix> routes;     // sorted, only routes mesh-apply owns (its protocol)
+};
+
+struct Current {
+  DeviceState device;             // empty when the interface does not exist
+  LinkCurrent link;
+  std::optional<std::string> firewall_digest;  // absent: no table of ours
+};
+
+struct PeerChange {
+  enum class Kind { Add, Update, Remove } kind = Kind::Add;
+  std::string name;
+  PublicKey public_key;
+  std::vector<std::string> fields;  // for updates: endpoint, keepalive, preshared_key, allowed_ips
+  std::optional<SecretKey> preshared_key;  // Add / changed
+  bool preshared_key_changed = false;
+  std::optional<SockAddr> endpoint;        // to set (Add / changed)
+  std::optional<int> keepalive;            // to set (Add / changed)
+  std::vector<Prefix> allowed_ips;         // full desired list
+  std::vector<Prefix> ips_added, ips_removed;
+};
+
+struct Plan {
+  bool create_interface = false;
+  bool set_private_key = false;
+  std::optional<uint16_t> set_listen_port;
+  std::vector<PeerChange> peers;  // removals, then updates and additions, by key
+  size_t peers_unchanged = 0;
+  std::vector<Prefix> addresses_add, addresses_del;
+  std::vector<Prefix> routes_add, routes_del;
+  std::optional<int> set_mtu;
+  bool set_up = false;
+  bool firewall = false;
+
+  bool changed() const;
+  size_t count(PeerChange::Kind k) const;
+};
+
+// Builds the desired state from a parsed map, the node's private key and
+// merged endpoints document. `listen_port_override` (> 0) wins over the map.
+// Fails with DataErr when the key does not match the map's self.public_key.
+Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key,
+                                 const EndpointsDoc& endpoints,
+                                 std::optional<uint16_t> listen_port_override);
+
+// Routes the interface needs: every peer allowed IP not already covered by
+// the on-link prefix of one of the interface addresses. Canonical, sorted.
+std::vector<Prefix> routes_for(const std::vector<Prefix>& addresses,
+                               const std::vector<DesiredPeer>& peers);
+
+Plan diff(const Desired& desired, const Current& current);
+
+// The WireGuard SET that carries out the device part of `plan`.
+DeviceUpdate device_update(const Plan& plan, const Desired& desired);
+
+// The JSON document mesh-apply prints (man/mesh-apply.8, OUTPUT FORMAT).
+Json plan_to_json(const Plan& plan, const std::string& interface, const std::string& backend,
+                  const std::string& firewall_table, bool dry_run);
+
+// An equivalent wg-quick(8) configuration (Address, MTU in [Interface]).
+std::string wg_quick_conf(const Desired& d, const Current& c);
+
+}  // namespace mesh::apply

@@ -1,0 +1,98 @@
+#include "coord/auth.h"
+
+#include <sodium.h>
+
+#include "core/base64.h"
+
+namespace mesh::coord {
+
+Result<SessionKeys> derive_session_keys(const SecretKey& own, const PublicKey& other,
+                                        const PublicKey& peer_pub, const PublicKey& coord_pub) {
+  auto ss = own.shared_secret(other);
+  if (!ss) return ss.status();
+  auto derive = [&](std::string_view label) {
+    std::array<uint8_t, kKeyLen> out{};
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, ss->bytes().data(), ss->bytes().size(), out.size());
+    crypto_generichash_update(&st, reinterpret_cast<const uint8_t*>(label.data()), label.size());
+    crypto_generichash_update(&st, peer_pub.bytes.data(), peer_pub.bytes.size());
+    crypto_generichash_update(&st, coord_pub.bytes.data(), coord_pub.bytes.size());
+    crypto_generichash_final(&st, out.data(), out.size());
+    SecretKey k(out);
+    sodium_memzero(out.data(), out.size());
+    sodium_memzero(&st, sizeof st);
+    return k;
+  };
+  return SessionKeys{derive("mesh-coord v1 request"), derive("mesh-coord v1 response")};
+}
+
+std::string sha256_hex(std::string_view data) {
+  std::array<uint8_t, crypto_hash_sha256_BYTES> h{};
+  crypto_hash_sha256(h.data(), reinterpret_cast<const uint8_t*>(data.data()), data.size());
+  return hex_encode(h);
+}
+
+static std::string hmac_b64(const SecretKey& k, const std::string& msg) {
+  std::array<uint8_t, crypto_auth_hmacsha256_BYTES> mac{};
+  crypto_auth_hmacsha256_state st;
+  crypto_auth_hmacsha256_init(&st, k.bytes().data(), k.bytes().size());
+  crypto_auth_hmacsha256_update(&st, reinterpret_cast<const uint8_t*>(msg.data()), msg.size());
+  crypto_auth_hmacsha256_final(&st, mac.data());
+  return base64_encode(mac);
+}
+
+std::string request_mac(const SecretKey& k, std::string_view method, std::string_view target,
+                        int64_t time, std::string_view nonce, std::string_view body) {
+  std::string msg = "MESH-REQ-V1\n";
+  msg.append(method).append("\n").append(target).append("\n").append(std::to_string(time));
+  msg.append("\n").append(nonce).append("\n").append(sha256_hex(body));
+  return hmac_b64(k, msg);
+}
+
+std::string response_mac(const SecretKey& k, int status, std::string_view nonce,
+                         std::string_view body) {
+  std::string msg = "MESH-RES-V1\n" + std::to_string(status) + "\n";
+  msg.append(nonce).append("\n").append(sha256_hex(body));
+  return hmac_b64(k, msg);
+}
+
+bool mac_equal(std::string_view got, std::string_view expected) {
+  return secure_equal(got, expected);
+}
+
+Status check_time(int64_t t, int64_t now) {
+  if (t < now - kMaxSkewSeconds || t > now + kMaxSkewSeconds)
+    return no_permission("stale request: " + std::string(kHdrTime) + " is " +
+                         std::to_string(t - now) + " s from the coordinator's clock (limit " +
+                         std::to_string(kMaxSkewSeconds) + " s)");
+  return Status::ok();
+}
+
+void NonceCache::prune(int64_t now) {
+  while (!order_.empty() && order_.front().first < now) {
+    seen_.erase(order_.front().second);
+    order_.pop_front();
+  }
+}
+
+Status NonceCache::check_and_insert(std::string_view nonce, int64_t now) {
+  if (nonce.size() < 16 || nonce.size() > 64) return no_permission("bad nonce length");
+  std::lock_guard lk(mu_);
+  prune(now);
+  std::string n(nonce);
+  if (seen_.count(n)) return no_permission("replayed request (nonce already used)");
+  if (seen_.size() >= max_) return temp_failure("too many requests in flight; retry later");
+  // Requests are accepted up to kMaxSkewSeconds in the future, so remember
+  // the nonce until no request carrying it could still be fresh.
+  int64_t expiry = now + 2 * kMaxSkewSeconds + 1;
+  seen_.emplace(n, expiry);
+  order_.emplace_back(expiry, std::move(n));
+  return Status::ok();
+}
+
+size_t NonceCache::size() const {
+  std::lock_guard lk(mu_);
+  return seen_.size();
+}
+
+}  // namespace mesh::coord

@@ -1,0 +1,691 @@
+#include "coord/model.h"
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+#include "core/base64.h"
+
+namespace mesh::coord {
+namespace {
+
+// splitmix64 finaliser: a cheap, well-mixed 64-bit hash for set digests.
+uint64_t mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+uint64_t hash_str(std::string_view s, uint64_t h = 0) {
+  for (unsigned char c : s) h = mix(h ^ c);
+  return h;
+}
+
+void sorted_insert(std::vector<uint32_t>& v, uint32_t x) {
+  auto it = std::lower_bound(v.begin(), v.end(), x);
+  if (it == v.end() || *it != x) v.insert(it, x);
+}
+
+bool sorted_erase(std::vector<uint32_t>& v, uint32_t x) {
+  auto it = std::lower_bound(v.begin(), v.end(), x);
+  if (it == v.end() || *it != x) return false;
+  v.erase(it);
+  return true;
+}
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+Json strings(const std::vector<std::string>& v) { return Json(v); }
+
+}  // namespace
+
+std::string turn_password(const std::string& secret, const std::string& username) {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HMAC(EVP_sha1(), secret.data(), static_cast<int>(secret.size()),
+       reinterpret_cast<const unsigned char*>(username.data()), username.size(), out, &len);
+  return base64_encode(std::span<const uint8_t>(out, len));
+}
+
+std::string SetupKey::unusable_reason(int64_t now) const {
+  if (revoked) return "setup key is revoked";
+  if (expires_at != 0 && now >= expires_at) return "setup key has expired";
+  if (usage_limit != 0 && used >= usage_limit) return "setup key usage limit reached";
+  return "";
+}
+
+Json SetupKey::to_json() const {
+  return Json{{"id", id},
+              {"name", name},
+              {"reusable", reusable},
+              {"usage_limit", usage_limit},
+              {"used", used},
+              {"expires_at", expires_at},
+              {"revoked", revoked},
+              {"ephemeral", ephemeral},
+              {"ephemeral_timeout", ephemeral_timeout},
+              {"groups", groups},
+              {"tags", tags},
+              {"created_at", created_at}};
+}
+
+PeerAttrs Peer::attrs() const { return PeerAttrs{name, groups, tags, {ipv4, ipv6}}; }
+
+static Json endpoints_json(const std::vector<Candidate>& eps) {
+  Json a = Json::array();
+  for (const auto& c : eps) a.push_back(candidate_to_json(c));
+  return a;
+}
+
+Json Peer::to_json() const {
+  return Json{{"id", id},
+              {"name", name},
+              {"public_key", public_key.to_base64()},
+              {"addresses", {ipv4.to_string(), ipv6.to_string()}},
+              {"listen_port", listen_port},
+              {"groups", strings(groups)},
+              {"tags", strings(tags)},
+              {"disabled", disabled},
+              {"ephemeral", ephemeral},
+              {"ephemeral_timeout", ephemeral_timeout},
+              {"setup_key_id", setup_key_id},
+              {"created_at", created_at},
+              {"last_seen", last_seen.load()},
+              {"endpoints", endpoints_json(endpoints)},
+              {"endpoints_at", endpoints_at},
+              {"serial", serial}};
+}
+
+Json Peer::to_record() const {
+  return Json{{"id", id},
+              {"name", name},
+              {"public_key", public_key.to_base64()},
+              {"host_index", host_index},
+              {"ipv4", ipv4.to_string()},
+              {"ipv6", ipv6.to_string()},
+              {"listen_port", listen_port},
+              {"groups", groups},
+              {"tags", tags},
+              {"disabled", disabled},
+              {"ephemeral", ephemeral},
+              {"ephemeral_timeout", ephemeral_timeout},
+              {"setup_key_id", setup_key_id},
+              {"created_at", created_at},
+              {"last_seen", last_seen.load()},
+              {"endpoints", endpoints_json(endpoints)},
+              {"endpoints_at", endpoints_at}};
+}
+
+Result<std::unique_ptr<Peer>> Peer::from_record(const Json& j) {
+  auto up = std::make_unique<Peer>();
+  Peer& p = *up;
+  try {
+    p.id = j.at("id").get<uint32_t>();
+    p.name = j.at("name").get<std::string>();
+    MESH_ASSIGN(p.public_key, PublicKey::from_base64(j.at("public_key").get<std::string>()));
+    p.host_index = j.at("host_index").get<uint32_t>();
+    MESH_ASSIGN(p.ipv4, IpAddr::parse(j.at("ipv4").get<std::string>()));
+    MESH_ASSIGN(p.ipv6, IpAddr::parse(j.at("ipv6").get<std::string>()));
+    p.listen_port = j.at("listen_port").get<uint16_t>();
+    p.groups = j.at("groups").get<std::vector<std::string>>();
+    p.tags = j.at("tags").get<std::vector<std::string>>();
+    p.disabled = j.at("disabled").get<bool>();
+    p.ephemeral = j.at("ephemeral").get<bool>();
+    p.ephemeral_timeout = j.at("ephemeral_timeout").get<int64_t>();
+    p.setup_key_id = j.at("setup_key_id").get<int64_t>();
+    p.created_at = j.at("created_at").get<int64_t>();
+    p.last_seen = j.value("last_seen", int64_t{0});
+    JsonView v(j, "peer record");
+    MESH_ASSIGN(auto eps, v.field("endpoints"));
+    MESH_ASSIGN(auto els, eps.elements());
+    for (auto& e : els) {
+      MESH_ASSIGN(auto c, parse_candidate(e, false));
+      p.endpoints.push_back(c);
+    }
+    p.endpoints_at = j.value("endpoints_at", int64_t{0});
+  } catch (const std::exception& e) {
+    return Status(Exit::Config, std::string("corrupt peer record: ") + e.what());
+  }
+  return up;
+}
+
+// ---------------------------------------------------------------- queries
+
+Peer* Model::by_id(uint32_t id) { return id < by_id_.size() ? by_id_[id].get() : nullptr; }
+const Peer* Model::by_id(uint32_t id) const {
+  return id < by_id_.size() ? by_id_[id].get() : nullptr;
+}
+Peer* Model::by_key(const PublicKey& k) {
+  auto it = by_key_.find(k);
+  return it == by_key_.end() ? nullptr : by_id(it->second);
+}
+Peer* Model::by_name(const std::string& n) {
+  auto it = by_name_.find(n);
+  return it == by_name_.end() ? nullptr : by_id(it->second);
+}
+Peer* Model::find(const std::string& ref) {
+  if (Peer* p = by_name(ref)) return p;
+  if (ref.size() == 44) {
+    auto k = PublicKey::from_base64(ref);
+    if (k) return by_key(*k);
+  }
+  if (!ref.empty() && ref.size() < 10 && ref.find_first_not_of("0123456789") == std::string::npos)
+    return by_id(static_cast<uint32_t>(std::stoul(ref)));
+  return nullptr;
+}
+
+std::vector<const Peer*> Model::peers() const {
+  std::vector<const Peer*> out;
+  for (const auto& p : by_id_)
+    if (p) out.push_back(p.get());
+  return out;
+}
+
+int64_t Model::credential_window(int64_t now) const {
+  int64_t half = std::max<int64_t>(cfg_.credential_lifetime / 2, 1);
+  return now / half;
+}
+
+// ---------------------------------------------------------------- allocation
+
+IpAddr Model::host_v4(uint32_t index) const {
+  return IpAddr::v4(cfg_.ipv4.canonical().addr.v4_host_order() + index);
+}
+
+IpAddr Model::host_v6(uint32_t index) const {
+  IpAddr a = cfg_.ipv6.canonical().addr;
+  uint32_t low = (uint32_t(a.bytes[12]) << 24 | uint32_t(a.bytes[13]) << 16 |
+                  uint32_t(a.bytes[14]) << 8 | a.bytes[15]) + index;
+  a.bytes[12] = uint8_t(low >> 24);
+  a.bytes[13] = uint8_t(low >> 16);
+  a.bytes[14] = uint8_t(low >> 8);
+  a.bytes[15] = uint8_t(low);
+  return a;
+}
+
+Result<uint32_t> Model::allocate_host() const {
+  // Usable host indexes: 1 .. 2^(32-len) - 2 (no network or broadcast
+  // address). Allocation moves forward and wraps only when the end is
+  // reached, so a deleted peer's addresses are not handed out again soon.
+  uint64_t span = cfg_.ipv4.len >= 31 ? 0 : (uint64_t(1) << (32 - cfg_.ipv4.len)) - 2;
+  if (span == 0) return Status(Exit::Config, "IPv4 overlay prefix is too small");
+  uint32_t n = next_host_ < 1 || next_host_ > span ? 1 : next_host_;
+  for (uint64_t tries = 0; tries < span; ++tries) {
+    if (!used_hosts_.count(n)) return n;
+    n = n >= span ? 1 : n + 1;
+  }
+  return temp_failure("overlay address space is exhausted");
+}
+
+uint16_t Model::pick_listen_port(uint32_t) const {
+  // Random, so that peers behind one NAT get distinct mappings; avoid ports
+  // other peers already use (best effort: 40,000 choices).
+  for (int i = 0; i < 64; ++i) {
+    uint32_t r = 0;
+    random_bytes(reinterpret_cast<uint8_t*>(&r), sizeof r);
+    auto port = static_cast<uint16_t>(20000 + r % 40000);
+    if (!used_ports_.count(port)) return port;
+  }
+  uint32_t r = 0;
+  random_bytes(reinterpret_cast<uint8_t*>(&r), sizeof r);
+  return static_cast<uint16_t>(20000 + r % 40000);
+}
+
+// ---------------------------------------------------------------- compilation
+
+void Model::load_peer(std::unique_ptr<Peer> p) {
+  uint32_t id = p->id;
+  if (by_id_.size() <= id) by_id_.resize(id + 1);
+  by_name_[p->name] = id;
+  by_key_[p->public_key] = id;
+  used_hosts_.insert(p->host_index);
+  used_ports_.insert(p->listen_port);
+  next_id_ = std::max(next_id_, id + 1);
+  p->version = ++version_counter_;
+  by_id_[id] = std::move(p);
+}
+
+void Model::compile() {
+  auto t_content = [](const PolicyRule& r, size_t i) {
+    uint64_t h = hash_str(r.name, mix(i));
+    h = hash_str(r.proto, h);
+    for (const auto& pr : r.ports) h = mix(h ^ (uint64_t(pr.lo) << 16 | pr.hi));
+    return h;
+  };
+  // Indexes so that a rule's sets are built from the peers it names rather
+  // than by testing every peer against every rule.
+  std::unordered_map<std::string, std::vector<uint32_t>> by_group, by_tag;
+  std::vector<uint32_t> all;
+  for (auto& p : by_id_) {
+    if (!p) continue;
+    p->src_rules.clear();
+    p->dst_rules.clear();
+    if (p->disabled) continue;
+    all.push_back(p->id);
+    for (const auto& g : p->groups) by_group[g].push_back(p->id);
+    for (const auto& t : p->tags) by_tag[t].push_back(p->id);
+  }
+  auto select = [&](const Selector& s, std::vector<uint32_t>& out) {
+    switch (s.kind) {
+      case Selector::Kind::All: out.insert(out.end(), all.begin(), all.end()); break;
+      case Selector::Kind::Peer: {
+        auto it = by_name_.find(s.name);
+        if (it != by_name_.end() && !by_id_[it->second]->disabled) out.push_back(it->second);
+        break;
+      }
+      case Selector::Kind::Cidr:
+        for (uint32_t id : all) {
+          const Peer& p = *by_id_[id];
+          if (s.cidr.contains(p.ipv4) || s.cidr.contains(p.ipv6)) out.push_back(id);
+        }
+        break;
+      case Selector::Kind::Group: {
+        if (auto it = by_group.find(s.name); it != by_group.end())
+          out.insert(out.end(), it->second.begin(), it->second.end());
+        auto g = policy_.groups.find(s.name);
+        if (g == policy_.groups.end()) break;
+        for (const auto& m : g->second.members) {
+          auto it = by_name_.find(m);
+          if (it != by_name_.end() && !by_id_[it->second]->disabled) out.push_back(it->second);
+        }
+        for (const auto& t : g->second.tags)
+          if (auto it = by_tag.find(t); it != by_tag.end())
+            out.insert(out.end(), it->second.begin(), it->second.end());
+        break;
+      }
+    }
+  };
+  rules_.assign(policy_.rules.size(), {});
+  for (size_t i = 0; i < policy_.rules.size(); ++i) {
+    const PolicyRule& r = policy_.rules[i];
+    CompiledRule& c = rules_[i];
+    c.content_hash = t_content(r, i);
+    for (const auto& s : r.src) select(s, c.src);
+    for (const auto& s : r.dst) select(s, c.dst);
+    for (auto* v : {&c.src, &c.dst}) {
+      std::sort(v->begin(), v->end());
+      v->erase(std::unique(v->begin(), v->end()), v->end());
+    }
+    for (uint32_t id : c.src) {
+      c.src_hash ^= mix(id);
+      by_id_[id]->src_rules.push_back(static_cast<uint32_t>(i));
+    }
+    for (uint32_t id : c.dst) by_id_[id]->dst_rules.push_back(static_cast<uint32_t>(i));
+  }
+}
+
+void Model::index_rules(Peer& p) {
+  p.src_rules.clear();
+  p.dst_rules.clear();
+  if (p.disabled) return;
+  PeerAttrs a = p.attrs();
+  for (size_t i = 0; i < policy_.rules.size(); ++i) {
+    const PolicyRule& r = policy_.rules[i];
+    CompiledRule& c = rules_[i];
+    bool src = false, dst = false;
+    for (const auto& s : r.src) src = src || selector_matches(policy_, s, a);
+    for (const auto& s : r.dst) dst = dst || selector_matches(policy_, s, a);
+    if (src) {
+      sorted_insert(c.src, p.id);
+      c.src_hash ^= mix(p.id);
+      p.src_rules.push_back(static_cast<uint32_t>(i));
+    }
+    if (dst) {
+      sorted_insert(c.dst, p.id);
+      p.dst_rules.push_back(static_cast<uint32_t>(i));
+    }
+  }
+}
+
+void Model::unindex_rules(Peer& p) {
+  for (uint32_t r : p.src_rules)
+    if (sorted_erase(rules_[r].src, p.id)) rules_[r].src_hash ^= mix(p.id);
+  for (uint32_t r : p.dst_rules) sorted_erase(rules_[r].dst, p.id);
+  p.src_rules.clear();
+  p.dst_rules.clear();
+}
+
+std::vector<uint32_t> Model::neighbours(const Peer& p) const {
+  std::vector<uint32_t> out;
+  for (uint32_t r : p.src_rules) out.insert(out.end(), rules_[r].dst.begin(), rules_[r].dst.end());
+  for (uint32_t r : p.dst_rules) out.insert(out.end(), rules_[r].src.begin(), rules_[r].src.end());
+  return out;
+}
+
+std::vector<uint32_t> Model::visible(uint32_t id) const {
+  const Peer* p = by_id(id);
+  if (!p) return {};
+  std::vector<uint32_t> out = neighbours(*p);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  sorted_erase(out, id);
+  return out;
+}
+
+uint64_t Model::compute_digest(const Peer& p) const {
+  uint64_t h = mix(p.version ^ 0x5e1full);
+  if (!cfg_.relay_secret.empty() && !cfg_.turn.empty())
+    h ^= mix(static_cast<uint64_t>(cred_window_) ^ 0xc4edull);
+  if (p.disabled) return h;
+  if (stamp_.size() < by_id_.size()) stamp_.resize(by_id_.size() + 1024, 0);
+  uint32_t gen = ++stamp_gen_;
+  if (gen == 0) {  // wrapped: reset the marks
+    std::fill(stamp_.begin(), stamp_.end(), 0);
+    gen = stamp_gen_ = 1;
+  }
+  stamp_[p.id] = gen;
+  auto add = [&](const std::vector<uint32_t>& ids) {
+    for (uint32_t q : ids) {
+      if (stamp_[q] == gen) continue;
+      stamp_[q] = gen;
+      h ^= mix(uint64_t(q) * 0x100000001B3ull + by_id_[q]->version);
+    }
+  };
+  for (uint32_t r : p.src_rules) add(rules_[r].dst);
+  for (uint32_t r : p.dst_rules) add(rules_[r].src);
+  // Inbound firewall rules: sources are src(r) minus this peer.
+  for (uint32_t r : p.dst_rules) {
+    const CompiledRule& c = rules_[r];
+    uint64_t s = c.src_hash;
+    size_t n = c.src.size();
+    if (std::binary_search(c.src.begin(), c.src.end(), p.id)) {
+      s ^= mix(p.id);
+      --n;
+    }
+    if (n > 0) h ^= mix(c.content_hash ^ s ^ (uint64_t(r) << 40));
+  }
+  return h;
+}
+
+Changes Model::recompute(std::vector<uint32_t> ids, int64_t now) {
+  auto t0 = std::chrono::steady_clock::now();
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  Changes ch;
+  for (uint32_t id : ids) {
+    Peer* p = by_id(id);
+    if (!p) continue;
+    uint64_t d = compute_digest(*p);
+    ++stats_.map_computations;
+    if (d != p->digest || p->serial == 0) {
+      p->digest = d;
+      ch.changed.push_back(id);
+    }
+  }
+  if (!ch.changed.empty()) {
+    ch.serial = ++serial_counter_;
+    for (uint32_t id : ch.changed) {
+      by_id_[id]->serial = ch.serial;
+      by_id_[id]->generated_at = now;
+    }
+  }
+  stats_.last_incremental_ms = ms_since(t0);
+  ++stats_.incremental_recomputes;
+  return ch;
+}
+
+Changes Model::recompute_all(int64_t now) {
+  auto t0 = std::chrono::steady_clock::now();
+  std::vector<uint32_t> ids;
+  for (const auto& p : by_id_)
+    if (p) ids.push_back(p->id);
+  Changes ch = recompute(std::move(ids), now);
+  stats_.last_full_recompute_ms = ms_since(t0);
+  ++stats_.full_recomputes;
+  return ch;
+}
+
+void Model::rebuild(int64_t) {
+  auto t0 = std::chrono::steady_clock::now();
+  compile();
+  for (auto& p : by_id_)
+    if (p) {
+      p->digest = compute_digest(*p);
+      ++stats_.map_computations;
+    }
+  stats_.last_full_recompute_ms = ms_since(t0);
+  ++stats_.full_recomputes;
+}
+
+// ---------------------------------------------------------------- mutations
+
+Changes Model::add_peer(std::unique_ptr<Peer> p, int64_t now) {
+  uint32_t id = p->id;
+  next_host_ = p->host_index + 1;
+  load_peer(std::move(p));
+  Peer& ref = *by_id_[id];
+  index_rules(ref);
+  std::vector<uint32_t> affected = neighbours(ref);
+  affected.push_back(id);
+  return recompute(std::move(affected), now);
+}
+
+Changes Model::remove_peer(uint32_t id, int64_t now) {
+  Peer* p = by_id(id);
+  if (!p) return {};
+  std::vector<uint32_t> affected = neighbours(*p);
+  unindex_rules(*p);
+  by_name_.erase(p->name);
+  by_key_.erase(p->public_key);
+  used_hosts_.erase(p->host_index);
+  used_ports_.erase(p->listen_port);
+  by_id_[id].reset();
+  return recompute(std::move(affected), now);
+}
+
+Changes Model::rename_peer(uint32_t id, const std::string& name, int64_t now) {
+  Peer* p = by_id(id);
+  if (!p) return {};
+  std::string old = p->name;
+  Changes ch = update_peer(id, true, now, [&](Peer& q) { q.name = name; });
+  by_name_.erase(old);
+  by_name_[name] = id;
+  return ch;
+}
+
+Changes Model::set_policy(Policy p, int64_t now) {
+  policy_ = std::move(p);
+  compile();
+  return recompute_all(now);
+}
+
+Changes Model::tick_credentials(int64_t now) {
+  int64_t w = credential_window(now);
+  if (w == cred_window_) return {};
+  cred_window_ = w;
+  if (cfg_.relay_secret.empty() || cfg_.turn.empty()) return {};
+  return recompute_all(now);
+}
+
+// ---------------------------------------------------------------- maps
+
+NetMap Model::build_map(const Peer& p) const {
+  NetMap m;
+  m.serial = p.serial;
+  m.generated_at = p.generated_at;
+  m.self.name = p.name;
+  m.self.public_key = p.public_key;
+  m.self.addresses = {Prefix{p.ipv4, cfg_.ipv4.len}, Prefix{p.ipv6, cfg_.ipv6.len}};
+  m.self.groups = p.groups;
+  m.self.listen_port = p.listen_port;
+  m.self.mtu = cfg_.mtu;
+  if (!p.disabled) {
+    for (uint32_t id : visible(p.id)) {
+      const Peer& q = *by_id_[id];
+      MapPeer mp;
+      mp.name = q.name;
+      mp.public_key = q.public_key;
+      mp.addresses = {Prefix{q.ipv4, 32}, Prefix{q.ipv6, 128}};
+      mp.allowed_ips = mp.addresses;
+      mp.endpoints = q.endpoints;
+      mp.keepalive = cfg_.keepalive;
+      mp.groups = q.groups;
+      m.peers.push_back(std::move(mp));
+    }
+    for (uint32_t r : p.dst_rules) {
+      const PolicyRule& pr = policy_.rules[r];
+      FirewallRule fr;
+      for (uint32_t id : rules_[r].src) {
+        if (id == p.id) continue;
+        const Peer& q = *by_id_[id];
+        fr.sources.push_back(Prefix{q.ipv4, 32});
+        fr.sources.push_back(Prefix{q.ipv6, 128});
+      }
+      if (fr.sources.empty()) continue;
+      fr.proto = pr.proto;
+      fr.ports = pr.ports;
+      fr.rule = pr.name;
+      m.inbound.push_back(std::move(fr));
+    }
+  }
+  m.stun = cfg_.stun;
+  if (!cfg_.relay_secret.empty()) {
+    int64_t half = std::max<int64_t>(cfg_.credential_lifetime / 2, 1);
+    int64_t expiry = (cred_window_ + 2) * half;
+    for (const auto& t : cfg_.turn) {
+      TurnServer ts;
+      ts.server = t.server;
+      ts.transport = t.transport;
+      ts.username = std::to_string(expiry) + ":" + p.name;
+      ts.password = turn_password(cfg_.relay_secret, ts.username);
+      ts.expires_at = expiry;
+      m.turn.push_back(std::move(ts));
+    }
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------- policy
+
+Result<PeerAttrs> Model::resolve_test_party(const std::string& who) const {
+  if (who.rfind("group:", 0) == 0) {
+    PeerAttrs a;
+    a.groups.push_back(who.substr(6));
+    return a;
+  }
+  auto it = by_name_.find(who);
+  if (it == by_name_.end()) return data_error("unknown peer '" + who + "'");
+  return by_id_[it->second]->attrs();
+}
+
+Status Model::run_tests(const Policy& p) const {
+  for (size_t i = 0; i < p.tests.size(); ++i) {
+    const PolicyTest& t = p.tests[i];
+    std::string where = "tests[" + std::to_string(i) + "]";
+    auto from = resolve_test_party(t.from);
+    if (!from) return from.status().with_context(where + ".from");
+    auto to = resolve_test_party(t.to);
+    if (!to) return to.status().with_context(where + ".to");
+    Verdict v = evaluate(p, *from, *to, t.service);
+    if (v.allow != t.expect_allow)
+      return data_error(where + ": " + t.from + " -> " + t.to + " " + t.service.to_string() +
+                        ": expected " + (t.expect_allow ? "allow" : "deny") + ", policy says " +
+                        (v.allow ? "allow" : "deny") + " (" + v.rule + ")");
+  }
+  return Status::ok();
+}
+
+namespace {
+
+struct Coverage {
+  bool other = false, icmp = false;
+  std::vector<PortRange> tcp, udp;
+};
+
+void merge(std::vector<PortRange>& v) {
+  std::sort(v.begin(), v.end());
+  std::vector<PortRange> out;
+  for (const auto& r : v) {
+    if (!out.empty() && uint32_t(r.lo) <= uint32_t(out.back().hi) + 1)
+      out.back().hi = std::max(out.back().hi, r.hi);
+    else
+      out.push_back(r);
+  }
+  v = std::move(out);
+}
+
+// a minus b, both merged.
+std::vector<PortRange> subtract(const std::vector<PortRange>& a, const std::vector<PortRange>& b) {
+  std::vector<PortRange> out;
+  for (auto r : a) {
+    uint32_t lo = r.lo;
+    for (const auto& x : b) {
+      if (x.hi < lo || x.lo > r.hi) continue;
+      if (x.lo > lo) out.push_back({static_cast<uint16_t>(lo), static_cast<uint16_t>(x.lo - 1)});
+      lo = uint32_t(x.hi) + 1;
+      if (lo > r.hi) break;
+    }
+    if (lo <= r.hi) out.push_back({static_cast<uint16_t>(lo), r.hi});
+  }
+  return out;
+}
+
+}  // namespace
+
+Model::Plan Model::plan(const Policy& next) const {
+  std::vector<const Peer*> live;
+  for (const auto& p : by_id_)
+    if (p && !p->disabled) live.push_back(p.get());
+  auto coverage = [&](const Policy& pol) {
+    std::map<std::pair<uint32_t, uint32_t>, Coverage> cov;
+    std::vector<PeerAttrs> attrs;
+    for (const Peer* p : live) attrs.push_back(p->attrs());
+    for (const auto& r : pol.rules) {
+      std::vector<size_t> src, dst;
+      for (size_t i = 0; i < live.size(); ++i) {
+        bool s = false, d = false;
+        for (const auto& sel : r.src) s = s || selector_matches(pol, sel, attrs[i]);
+        for (const auto& sel : r.dst) d = d || selector_matches(pol, sel, attrs[i]);
+        if (s) src.push_back(i);
+        if (d) dst.push_back(i);
+      }
+      for (size_t s : src)
+        for (size_t d : dst) {
+          if (s == d) continue;
+          Coverage& c = cov[{live[s]->id, live[d]->id}];
+          PortRange full{1, 65535};
+          if (r.proto == "any") {
+            c.other = c.icmp = true;
+            c.tcp.push_back(full);
+            c.udp.push_back(full);
+          } else if (r.proto == "icmp") {
+            c.icmp = true;
+          } else {
+            auto& v = r.proto == "tcp" ? c.tcp : c.udp;
+            if (r.ports.empty()) v.push_back(full);
+            else v.insert(v.end(), r.ports.begin(), r.ports.end());
+          }
+        }
+    }
+    for (auto& [k, c] : cov) {
+      merge(c.tcp);
+      merge(c.udp);
+    }
+    return cov;
+  };
+  auto before = coverage(policy_), after = coverage(next);
+  Plan plan;
+  auto diff = [&](const auto& a, const auto& b, std::vector<AccessEntry>& out) {
+    static const Coverage none;
+    for (const auto& [k, ca] : a) {
+      auto it = b.find(k);
+      const Coverage& cb = it == b.end() ? none : it->second;
+      std::string src = by_id_[k.first]->name, dst = by_id_[k.second]->name;
+      for (const auto& r : subtract(ca.tcp, cb.tcp)) out.push_back({src, dst, "tcp/" + r.to_string()});
+      for (const auto& r : subtract(ca.udp, cb.udp)) out.push_back({src, dst, "udp/" + r.to_string()});
+      if (ca.icmp && !cb.icmp) out.push_back({src, dst, "icmp"});
+      if (ca.other && !cb.other) out.push_back({src, dst, "other"});
+    }
+    std::sort(out.begin(), out.end());
+  };
+  diff(after, before, plan.gained);
+  diff(before, after, plan.lost);
+  return plan;
+}
+
+}  // namespace mesh::coord

@@ -1,0 +1,232 @@
+// The coordinator's in-memory model: peers, setup keys, the compiled policy
+// and, per peer, the serial and digest of its network map. It is the
+// authority for map computation (the store only persists it) and is not
+// thread-safe: the server guards it with one shared mutex.
+//
+// Incrementality: the policy is compiled into, per rule, the sorted sets of
+// peers its src and dst select, and per peer the rules it is a source or a
+// destination of. A peer joining, leaving or changing touches only its
+// "neighbours" (peers sharing a rule with it) plus itself; only their maps
+// are recomputed. A map is not kept as JSON: each peer keeps a 64-bit digest
+// of its map's content, so a recompute is cheap and a map whose digest did
+// not change keeps its serial. JSON is built on request (build_map).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "coord/policy.h"
+#include "core/key.h"
+#include "core/net.h"
+#include "netmap/netmap.h"
+
+namespace mesh::coord {
+
+struct TurnConfig {
+  std::string server;              // HOST:PORT
+  std::string transport = "udp";   // udp, tcp, tls
+};
+
+struct ModelConfig {
+  Prefix ipv4 = {IpAddr::v4(0x64400000u), 10};  // 100.64.0.0/10
+  Prefix ipv6;                                  // fdXX:XXXX:XXXX::/48
+  std::vector<std::string> stun;
+  std::vector<TurnConfig> turn;
+  std::string relay_secret;           // empty: no TURN credentials
+  int64_t credential_lifetime = 86400;  // seconds; re-minted at half-life
+  int keepalive = 25;
+  int mtu = 1420;
+};
+
+struct SetupKey {
+  int64_t id = 0;
+  std::string name;
+  std::string hash;  // hex SHA-256 of the key
+  bool reusable = false;
+  int64_t usage_limit = 1;  // 0: unlimited (reusable only)
+  int64_t used = 0;
+  int64_t expires_at = 0;   // 0: never
+  bool revoked = false;
+  bool ephemeral = false;
+  int64_t ephemeral_timeout = 600;
+  std::vector<std::string> groups, tags;
+  int64_t created_at = 0;
+
+  // Why this key cannot enrol now ("" when it can).
+  std::string unusable_reason(int64_t now) const;
+  Json to_json() const;  // without the hash
+};
+
+struct Peer {
+  uint32_t id = 0;
+  std::string name;
+  PublicKey public_key;
+  uint32_t host_index = 0;  // offset of both overlay addresses in their prefixes
+  IpAddr ipv4, ipv6;
+  uint16_t listen_port = 0;
+  std::vector<std::string> groups, tags;
+  bool disabled = false;
+  bool ephemeral = false;
+  int64_t ephemeral_timeout = 0;
+  int64_t setup_key_id = 0;
+  int64_t created_at = 0;
+  std::vector<Candidate> endpoints;
+  int64_t endpoints_at = 0;
+
+  // Map state (serial and generated_at are persisted).
+  uint64_t serial = 0;
+  int64_t generated_at = 0;
+  uint64_t digest = 0;
+  uint64_t version = 0;  // bumped when what others see of this peer changes
+  std::vector<uint32_t> src_rules, dst_rules;  // compiled rule indices
+  mutable std::atomic<int64_t> last_seen{0};
+
+  PeerAttrs attrs() const;
+  Json to_json() const;  // admin view
+  // Persisted form (no derived state).
+  Json to_record() const;
+  static Result<std::unique_ptr<Peer>> from_record(const Json& j);
+};
+
+// What changed: the new serial (0 when no map changed) and whose maps.
+struct Changes {
+  uint64_t serial = 0;
+  std::vector<uint32_t> changed;
+};
+
+// Access granted between two peers, for `policy plan`.
+struct AccessEntry {
+  std::string src, dst, service;  // service: "tcp/22", "udp/1000-2000", "icmp", "other"
+  auto operator<=>(const AccessEntry&) const = default;
+};
+
+class Model {
+ public:
+  explicit Model(ModelConfig cfg) : cfg_(std::move(cfg)) {}
+
+  const ModelConfig& config() const { return cfg_; }
+
+  // --- loading (no recompute until rebuild)
+  void load_peer(std::unique_ptr<Peer> p);
+  void load_policy(Policy p) { policy_ = std::move(p); }
+  void set_serial_counter(uint64_t s) { serial_counter_ = s; }
+  void set_next_host(uint32_t n) { next_host_ = n; }
+  void set_next_id(uint32_t n) { next_id_ = std::max(next_id_, n); }
+  void set_cred_window(int64_t w) { cred_window_ = w; }
+  int64_t cred_window() const { return cred_window_; }
+  // Compiles the policy and computes every digest; keeps loaded serials.
+  void rebuild(int64_t now);
+
+  // --- queries
+  Peer* by_id(uint32_t id);
+  const Peer* by_id(uint32_t id) const;
+  Peer* by_key(const PublicKey& k);
+  Peer* by_name(const std::string& n);
+  // Name, public key (base64) or numeric id.
+  Peer* find(const std::string& ref);
+  std::vector<const Peer*> peers() const;  // by id
+  size_t peer_count() const { return by_key_.size(); }
+  const Policy& policy() const { return policy_; }
+  uint64_t serial_counter() const { return serial_counter_; }
+  uint32_t next_host() const { return next_host_; }
+  int64_t credential_window(int64_t now) const;
+
+  // Ids of peers in `id`'s map (sorted).
+  std::vector<uint32_t> visible(uint32_t id) const;
+  NetMap build_map(const Peer& p) const;
+
+  // --- allocation (pure: nothing is reserved until add_peer)
+  Result<uint32_t> allocate_host() const;
+  uint16_t pick_listen_port(uint32_t seed) const;
+  IpAddr host_v4(uint32_t index) const;
+  IpAddr host_v6(uint32_t index) const;
+  uint32_t new_peer_id() const { return next_id_; }
+
+  // --- mutations, each recomputing only the maps they affect
+  Changes add_peer(std::unique_ptr<Peer> p, int64_t now);
+  Changes remove_peer(uint32_t id, int64_t now);
+  // `membership`: the change can move the peer in or out of rules (name,
+  // groups, tags, enabled); otherwise only its neighbours' view of it changes.
+  template <typename F>
+  Changes update_peer(uint32_t id, bool membership, int64_t now, F&& mutate) {
+    Peer* p = by_id(id);
+    if (!p) return {};
+    std::vector<uint32_t> before = neighbours(*p);
+    if (membership) unindex_rules(*p);
+    mutate(*p);
+    p->version = ++version_counter_;
+    if (membership) index_rules(*p);
+    std::vector<uint32_t> after = neighbours(*p);
+    before.insert(before.end(), after.begin(), after.end());
+    before.push_back(id);
+    return recompute(before, now);
+  }
+  Changes rename_peer(uint32_t id, const std::string& name, int64_t now);
+  Changes set_policy(Policy p, int64_t now);
+  Changes tick_credentials(int64_t now);
+
+  // Policy evaluation helpers.
+  Result<PeerAttrs> resolve_test_party(const std::string& who) const;
+  Status run_tests(const Policy& p) const;
+  struct Plan {
+    std::vector<AccessEntry> gained, lost;
+  };
+  // Access that replacing the current policy by `next` would add and remove,
+  // per (source peer, destination peer, service), over the current peers.
+  Plan plan(const Policy& next) const;
+
+  // Time of the last full recompute and its duration (metrics).
+  struct Stats {
+    uint64_t map_computations = 0;
+    double last_full_recompute_ms = 0;
+    double last_incremental_ms = 0;
+    uint64_t full_recomputes = 0;
+    uint64_t incremental_recomputes = 0;
+  };
+  const Stats& stats() const { return stats_; }
+
+ private:
+  struct CompiledRule {
+    std::vector<uint32_t> src, dst;  // sorted peer ids
+    uint64_t src_hash = 0;           // XOR of mix(id) over src
+    uint64_t content_hash = 0;       // name, proto, ports, index
+  };
+  void compile();
+  void index_rules(Peer& p);
+  void unindex_rules(Peer& p);
+  std::vector<uint32_t> neighbours(const Peer& p) const;
+  uint64_t compute_digest(const Peer& p) const;
+  Changes recompute(std::vector<uint32_t> ids, int64_t now);
+  Changes recompute_all(int64_t now);
+
+  ModelConfig cfg_;
+  Policy policy_;
+  std::vector<std::unique_ptr<Peer>> by_id_;  // index = id
+  std::unordered_map<std::string, uint32_t> by_name_;
+  std::map<PublicKey, uint32_t> by_key_;
+  std::vector<CompiledRule> rules_;
+  uint64_t serial_counter_ = 0;
+  uint64_t version_counter_ = 0;
+  uint32_t next_host_ = 1;
+  uint32_t next_id_ = 1;
+  int64_t cred_window_ = -1;
+  std::set<uint32_t> used_hosts_;
+  std::set<uint16_t> used_ports_;
+  mutable std::vector<uint32_t> stamp_;  // per id, for set unions without allocation
+  mutable uint32_t stamp_gen_ = 0;
+  Stats stats_;
+};
+
+// coturn REST API credentials (username "EXPIRY:NAME", password
+// base64(HMAC-SHA1(secret, username))).
+std::string turn_password(const std::string& secret, const std::string& username);
+
+}  // namespace mesh::coord

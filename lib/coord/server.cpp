@@ -1,0 +1,1275 @@
+#include "coord/server.h"
+
+#include <httplib.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <shared_mutex>
+#include <sstream>
+#include <thread>
+
+#include "coord/auth.h"
+#include "coord/store.h"
+#include "core/base64.h"
+#include "core/file.h"
+#include "core/key.h"
+#include "netmap/endpoints.h"
+
+namespace mesh::coord {
+namespace {
+
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// httplib runs each connection on a task queue. Long-polls hold their
+// thread while waiting (blocked on a condition variable, not spinning), so
+// the pool grows on demand up to `max` threads instead of queueing a new
+// request behind 1,000 idle watchers. Threads are kept for reuse.
+class ElasticPool : public httplib::TaskQueue {
+ public:
+  explicit ElasticPool(size_t max) : max_(max) {}
+  ~ElasticPool() override { shutdown(); }
+
+  void enqueue(std::function<void()> fn) override {
+    std::unique_lock lk(mu_);
+    q_.push_back(std::move(fn));
+    if (q_.size() > idle_ && threads_.size() < max_) threads_.emplace_back([this] { work(); });
+    cv_.notify_one();
+  }
+
+  void shutdown() override {
+    {
+      std::lock_guard lk(mu_);
+      if (stop_) return;
+      stop_ = true;
+    }
+    cv_.notify_all();
+    std::vector<std::thread> ts;
+    {
+      std::lock_guard lk(mu_);
+      ts.swap(threads_);
+    }
+    for (auto& t : ts) t.join();
+  }
+
+  size_t threads() {
+    std::lock_guard lk(mu_);
+    return threads_.size();
+  }
+
+ private:
+  void work() {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        std::unique_lock lk(mu_);
+        ++idle_;
+        cv_.wait(lk, [&] { return stop_ || !q_.empty(); });
+        --idle_;
+        if (q_.empty()) return;  // stopping
+        fn = std::move(q_.front());
+        q_.pop_front();
+      }
+      fn();
+    }
+  }
+
+  size_t max_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> q_;
+  std::vector<std::thread> threads_;
+  size_t idle_ = 0;
+  bool stop_ = false;
+};
+
+// An error for the HTTP client: status, message, and the request field it
+// is about (when one is).
+struct ApiError {
+  int http = 400;
+  std::string message;
+  std::string field;
+};
+
+int http_for(Exit e) {
+  switch (e) {
+    case Exit::DataErr: return 400;
+    case Exit::NoPerm: return 403;
+    case Exit::NoInput: return 404;
+    case Exit::TempFail: return 429;
+    case Exit::Unavailable:
+    case Exit::IoErr: return 503;
+    default: return 500;
+  }
+}
+
+// "request: groups[1]: expected string" -> field "groups[1]".
+std::string field_of(const std::string& msg) {
+  const std::string pre = "request: ";
+  if (msg.rfind(pre, 0) != 0) return "";
+  auto end = msg.find(": ", pre.size());
+  if (end == std::string::npos) return "";
+  std::string f = msg.substr(pre.size(), end - pre.size());
+  return f == "(top level)" ? "" : f;
+}
+
+ApiError from_status(const Status& s, int http = 0) {
+  return ApiError{http ? http : http_for(s.code()), s.message(), field_of(s.message())};
+}
+
+Exit exit_for_http(int http) {
+  if (http == 401 || http == 403) return Exit::NoPerm;
+  if (http == 429) return Exit::TempFail;
+  if (http >= 500) return Exit::Unavailable;
+  return Exit::DataErr;
+}
+
+void send_json(httplib::Response& res, int status, const Json& j) {
+  res.status = status;
+  res.set_content(dump_json(j) + "\n", "application/json");
+}
+
+void send_error(httplib::Response& res, const ApiError& e) {
+  Json err{{"status", e.http}, {"exit", exit_name(exit_for_http(e.http))}, {"message", e.message}};
+  if (!e.field.empty()) err["field"] = e.field;
+  send_json(res, e.http, Json{{"error", err}});
+}
+
+Result<Json> json_body(const httplib::Request& req, size_t max) {
+  if (req.body.size() > max)
+    return data_error("request: body larger than " + std::to_string(max) + " bytes");
+  auto ct = req.get_header_value("Content-Type");
+  if (!req.body.empty() && !ct.empty() && ct.find("json") == std::string::npos)
+    return data_error("request: Content-Type must be application/json");
+  return parse_json(req.body, "request");
+}
+
+class RateLimiter {
+ public:
+  explicit RateLimiter(int per_minute) : limit_(per_minute) {}
+  bool blocked(const std::string& who, int64_t now) {
+    std::lock_guard lk(mu_);
+    auto& d = fails_[who];
+    while (!d.empty() && d.front() <= now - 60) d.pop_front();
+    return static_cast<int>(d.size()) >= limit_;
+  }
+  void failed(const std::string& who, int64_t now) {
+    std::lock_guard lk(mu_);
+    auto& d = fails_[who];
+    d.push_back(now);
+    if (fails_.size() > 100000) fails_.clear();  // bounded memory under a flood
+  }
+
+ private:
+  int limit_;
+  std::mutex mu_;
+  std::unordered_map<std::string, std::deque<int64_t>> fails_;
+};
+
+struct PeerAuth {
+  PublicKey key;
+  SessionKeys keys;
+  std::string nonce;
+};
+
+class Coordinator {
+ public:
+  Coordinator(const ServeOptions& opt, Log& log)
+      : opt_(opt), log_(log), model_(ModelConfig{}), limiter_(opt.auth_failures_per_minute) {}
+
+  Status init();
+  void routes(httplib::Server& s);
+  void janitor(const std::atomic<bool>& stop);
+  void set_pool(ElasticPool* p) { pool_ = p; }
+
+ private:
+  // ---- plumbing
+  Status load_model();
+  Status persist(const std::function<Status(Store&)>& ops, const Changes& ch, const Event& ev);
+  Status persist_changes(Store& st, const Changes& ch);
+  void publish() { cv_.notify_all(); }
+  Status record_event(const Event& ev);
+
+  Result<PeerAuth> auth_peer(const httplib::Request& req, bool require_enrolled, uint32_t* id);
+  bool auth_admin(const httplib::Request& req, httplib::Response& res);
+  void sign(const PeerAuth& a, httplib::Response& res);
+  void peer_error(const PeerAuth* a, httplib::Response& res, const ApiError& e);
+
+  // ---- handlers
+  void h_info(const httplib::Request&, httplib::Response&);
+  void h_join(const httplib::Request&, httplib::Response&);
+  void h_map(const httplib::Request&, httplib::Response&);
+  void h_announce(const httplib::Request&, httplib::Response&);
+  void h_keys_create(const httplib::Request&, httplib::Response&);
+  void h_keys_list(const httplib::Request&, httplib::Response&);
+  void h_keys_revoke(const httplib::Request&, httplib::Response&);
+  void h_peers_list(const httplib::Request&, httplib::Response&);
+  void h_peer_op(const httplib::Request&, httplib::Response&, const std::string& op);
+  void h_policy_get(const httplib::Request&, httplib::Response&);
+  void h_policy_set(const httplib::Request&, httplib::Response&);
+  void h_policy_check(const httplib::Request&, httplib::Response&);
+  void h_policy_plan(const httplib::Request&, httplib::Response&);
+  void h_events(const httplib::Request&, httplib::Response&);
+  void h_metrics(const httplib::Request&, httplib::Response&);
+
+  Json registration(const Peer& p) const;
+  Result<PeerAuth> keys_for(const PublicKey& k);
+  Status delete_peer_locked(Peer& p, const std::string& actor, const std::string& why);
+
+  ServeOptions opt_;
+  Log& log_;
+  std::unique_ptr<Store> store_;
+  std::mutex store_mu_;
+  SecretKey coord_key_;
+  PublicKey coord_pub_;
+  std::string admin_token_;
+  Model model_;
+  std::vector<SetupKey> setup_keys_;
+  std::shared_mutex mu_;
+  std::condition_variable_any cv_;
+  NonceCache nonces_;
+  RateLimiter limiter_;
+  std::mutex keycache_mu_;
+  std::map<PublicKey, SessionKeys> keycache_;
+  ElasticPool* pool_ = nullptr;
+  // metrics
+  std::atomic<int64_t> watchers_{0};
+  std::atomic<uint64_t> requests_{0}, auth_failures_{0}, maps_served_{0}, pushes_{0};
+  std::atomic<uint64_t> map_build_us_{0};
+  std::atomic<uint64_t> rate_limited_{0};
+};
+
+// ------------------------------------------------------------------ init
+
+Status Coordinator::init() {
+  MESH_TRY(make_dirs(opt_.state_dir, 0700));
+  // The coordinator's key pair: created once, 0600.
+  std::string key_path = opt_.state_dir + "/coordinator.key";
+  auto existing = read_file(key_path, 4096);
+  if (existing) {
+    auto k = SecretKey::from_base64(*existing);
+    wipe(*existing);
+    if (!k) return Status(Exit::Config, key_path + ": " + k.status().message());
+    coord_key_ = *k;
+  } else if (existing.status().code() == Exit::NoInput) {
+    coord_key_ = SecretKey::generate_private();
+    std::string text = coord_key_.to_base64() + "\n";
+    Status s = write_file_atomic(key_path, text, 0600, Overwrite::No);
+    wipe(text);
+    MESH_TRY(s);
+  } else {
+    return existing.status();
+  }
+  coord_pub_ = coord_key_.public_key();
+  MESH_TRY(write_file_atomic(opt_.state_dir + "/coordinator.pub", coord_pub_.to_base64() + "\n",
+                             0644));
+  std::string tok_path = opt_.state_dir + "/admin.token";
+  auto tok = read_file(tok_path, 4096);
+  if (tok) {
+    admin_token_ = std::string(trim_key_text(*tok));
+    wipe(*tok);
+    if (admin_token_.size() < 16) return Status(Exit::Config, tok_path + ": token too short");
+  } else if (tok.status().code() == Exit::NoInput) {
+    admin_token_ = random_token(32);
+    MESH_TRY(write_file_atomic(tok_path, admin_token_ + "\n", 0600, Overwrite::No));
+  } else {
+    return tok.status();
+  }
+  MESH_ASSIGN(store_, Store::open(opt_.state_dir + "/coord.db"));
+  return load_model();
+}
+
+Status Coordinator::load_model() {
+  ModelConfig cfg;
+  cfg.stun = opt_.stun;
+  cfg.turn = opt_.turn;
+  cfg.credential_lifetime = opt_.credential_lifetime;
+  cfg.keepalive = opt_.keepalive;
+  if (!opt_.relay_secret_file.empty()) {
+    MESH_ASSIGN(auto sec, read_file(opt_.relay_secret_file, 4096));
+    cfg.relay_secret = std::string(trim_key_text(sec));
+    wipe(sec);
+    if (cfg.relay_secret.empty())
+      return Status(Exit::Config, opt_.relay_secret_file + ": empty relay secret");
+  }
+  MESH_ASSIGN(auto peers, store_->load_peers());
+  // Overlay prefixes are fixed once peers hold addresses from them.
+  auto prefix_meta = [&](const std::string& key, const std::string& flag,
+                         const std::string& fallback, Prefix* out) -> Status {
+    MESH_ASSIGN(auto stored, store_->get_meta(key));
+    std::string text = flag.empty() ? (stored ? *stored : fallback) : flag;
+    auto p = Prefix::parse(text);
+    if (!p) return Status(Exit::Usage, "--" + key.substr(0, 4) + "-prefix: " + p.status().message());
+    *out = *p;
+    if (stored && *stored != p->to_string() && !peers.empty())
+      return Status(Exit::Config, key + " is " + *stored +
+                                      " and peers hold addresses in it; it cannot change to " +
+                                      p->to_string());
+    if (!stored || *stored != p->to_string()) MESH_TRY(store_->set_meta(key, p->to_string()));
+    return Status::ok();
+  };
+  MESH_TRY(prefix_meta("ipv4_prefix", opt_.ipv4_prefix, "100.64.0.0/10", &cfg.ipv4));
+  if (!cfg.ipv4.addr.is_v4() || cfg.ipv4.len > 30 || cfg.ipv4.len < 8)
+    return usage_error("--ipv4-prefix must be an IPv4 prefix between /8 and /30");
+  // RFC 4193: fd00::/8 plus a 40-bit random global ID gives a /48.
+  std::array<uint8_t, 5> gid{};
+  random_bytes(gid.data(), gid.size());
+  char ula[64];
+  snprintf(ula, sizeof ula, "fd%02x:%02x%02x:%02x%02x::/48", gid[0], gid[1], gid[2], gid[3], gid[4]);
+  MESH_TRY(prefix_meta("ipv6_prefix", opt_.ipv6_prefix, ula, &cfg.ipv6));
+  if (cfg.ipv6.addr.is_v4() || cfg.ipv6.len > 96)
+    return usage_error("--ipv6-prefix must be an IPv6 prefix of /96 or shorter");
+
+  Model m(cfg);
+  for (auto& sp : peers) {
+    MESH_ASSIGN(auto up, Peer::from_record(sp.record));
+    up->serial = sp.serial;
+    up->generated_at = sp.generated_at;
+    m.load_peer(std::move(up));
+  }
+  MESH_ASSIGN(auto pol, store_->get_meta("policy"));
+  if (pol) {
+    MESH_ASSIGN(auto j, parse_json(*pol, "stored policy"));
+    MESH_ASSIGN(auto p, parse_policy(j, "stored policy"));
+    m.load_policy(std::move(p));
+  }
+  auto num = [&](const std::string& key, uint64_t def) -> Result<uint64_t> {
+    MESH_ASSIGN(auto v, store_->get_meta(key));
+    return v ? std::stoull(*v) : def;
+  };
+  MESH_ASSIGN(auto serial, num("serial_counter", 0));
+  MESH_ASSIGN(auto next_host, num("next_host", 1));
+  MESH_ASSIGN(auto next_id, num("next_peer_id", 1));
+  MESH_ASSIGN(auto cred_window, num("cred_window", 0));
+  m.set_serial_counter(serial);
+  m.set_next_host(static_cast<uint32_t>(next_host));
+  m.set_next_id(static_cast<uint32_t>(next_id));
+  m.set_cred_window(static_cast<int64_t>(cred_window));
+  m.rebuild(unix_now());
+  int64_t now = unix_now();
+  for (auto* p : m.peers()) p->last_seen = std::max(p->last_seen.load(), now);
+  std::vector<SetupKey> keys;
+  MESH_ASSIGN(auto rows, store_->load_setup_keys());
+  for (const auto& j : rows) {
+    SetupKey k;
+    try {
+      k.id = j.at("id");
+      k.name = j.at("name");
+      k.hash = j.at("hash");
+      k.reusable = j.at("reusable");
+      k.usage_limit = j.at("usage_limit");
+      k.used = j.at("used");
+      k.expires_at = j.at("expires_at");
+      k.revoked = j.at("revoked");
+      k.ephemeral = j.at("ephemeral");
+      k.ephemeral_timeout = j.at("ephemeral_timeout");
+      k.groups = j.at("groups").get<std::vector<std::string>>();
+      k.tags = j.at("tags").get<std::vector<std::string>>();
+      k.created_at = j.at("created_at");
+    } catch (const std::exception& e) {
+      return Status(Exit::Config, std::string("corrupt setup key record: ") + e.what());
+    }
+    keys.push_back(std::move(k));
+  }
+  // Swap in only when everything loaded.
+  model_ = std::move(m);
+  setup_keys_ = std::move(keys);
+  // Credentials may have aged while we were down.
+  Changes ch = model_.tick_credentials(now);
+  if (ch.serial != 0 || static_cast<uint64_t>(model_.cred_window()) != cred_window)
+    MESH_TRY(persist([](Store&) { return Status::ok(); }, ch,
+                     Event{0, now, "system", ch.serial ? "credentials.refresh" : "", "",
+                           Json{{"maps_changed", ch.changed.size()}}}));
+  return Status::ok();
+}
+
+Status Coordinator::persist_changes(Store& st, const Changes& ch) {
+  for (uint32_t id : ch.changed) {
+    const Peer* p = model_.by_id(id);
+    if (p) MESH_TRY(st.set_map_serial(id, p->serial, p->generated_at));
+  }
+  MESH_TRY(st.set_meta("serial_counter", std::to_string(model_.serial_counter())));
+  MESH_TRY(st.set_meta("next_host", std::to_string(model_.next_host())));
+  MESH_TRY(st.set_meta("next_peer_id", std::to_string(model_.new_peer_id())));
+  MESH_TRY(st.set_meta("cred_window", std::to_string(model_.cred_window())));
+  return Status::ok();
+}
+
+// One transaction: the mutation's rows, the new map serials, the counters
+// and the audit event. On failure the model (already changed in memory) is
+// reloaded from the store, so memory never runs ahead of disk.
+Status Coordinator::persist(const std::function<Status(Store&)>& ops, const Changes& ch,
+                            const Event& ev) {
+  std::lock_guard lk(store_mu_);
+  Status s = store_->begin();
+  if (s) s = ops(*store_);
+  if (s) s = persist_changes(*store_, ch);
+  if (s && !ev.action.empty()) s = store_->add_event(ev).status();
+  if (s) s = store_->commit();
+  if (!s) {
+    store_->rollback();
+    log_.error("cannot persist " + ev.action + ": " + s.message() + "; reloading state");
+    store_mu_.unlock();
+    Status r = load_model();
+    store_mu_.lock();
+    if (!r) log_.error("reload failed: " + r.message());
+    return unavailable("state not saved: " + s.message());
+  }
+  if (ch.serial) pushes_ += ch.changed.size();
+  return Status::ok();
+}
+
+Status Coordinator::record_event(const Event& ev) {
+  std::lock_guard lk(store_mu_);
+  return store_->add_event(ev).status();
+}
+
+// ------------------------------------------------------------------ auth
+
+Result<PeerAuth> Coordinator::keys_for(const PublicKey& k) {
+  {
+    std::lock_guard lk(keycache_mu_);
+    auto it = keycache_.find(k);
+    if (it != keycache_.end()) return PeerAuth{k, it->second, ""};
+  }
+  auto keys = derive_session_keys(coord_key_, k, k, coord_pub_);
+  if (!keys) return no_permission("bad peer key: " + keys.status().message());
+  std::lock_guard lk(keycache_mu_);
+  if (keycache_.size() > 200000) keycache_.clear();
+  keycache_.emplace(k, *keys);
+  return PeerAuth{k, *keys, ""};
+}
+
+Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool require_enrolled,
+                                        uint32_t* id) {
+  int64_t now = unix_now();
+  auto fail = [&](const std::string& m) -> Status {
+    ++auth_failures_;
+    limiter_.failed(req.remote_addr, now);
+    return Status(Exit::NoPerm, m);
+  };
+  if (limiter_.blocked(req.remote_addr, now)) {
+    ++rate_limited_;
+    return temp_failure("too many failed authentications from " + req.remote_addr +
+                        "; retry in a minute");
+  }
+  for (const char* h : {kHdrKey, kHdrTime, kHdrNonce, kHdrAuth})
+    if (!req.has_header(h)) return fail(std::string("missing ") + h + " header");
+  auto key = PublicKey::from_base64(req.get_header_value(kHdrKey));
+  if (!key) return fail(std::string(kHdrKey) + ": " + key.status().message());
+  std::string ts = req.get_header_value(kHdrTime);
+  int64_t t = 0;
+  try {
+    size_t pos = 0;
+    t = std::stoll(ts, &pos);
+    if (pos != ts.size()) throw std::invalid_argument("trailing");
+  } catch (const std::exception&) {
+    return fail(std::string(kHdrTime) + ": expected unix seconds");
+  }
+  MESH_ASSIGN(PeerAuth a, keys_for(*key));
+  a.nonce = req.get_header_value(kHdrNonce);
+  std::string want = request_mac(a.keys.request, req.method, req.target, t, a.nonce, req.body);
+  if (!mac_equal(req.get_header_value(kHdrAuth), want))
+    return fail("bad request signature (wrong key, or the request was altered)");
+  if (Status s = check_time(t, now); !s) return fail(s.message());
+  if (Status s = nonces_.check_and_insert(a.nonce, now); !s) {
+    if (s.code() == Exit::NoPerm) return fail(s.message());
+    return s;
+  }
+  if (require_enrolled) {
+    std::shared_lock lk(mu_);
+    Peer* p = model_.by_key(*key);
+    if (!p) return Status(Exit::NoPerm, "peer is not enrolled (deleted or never joined)");
+    if (p->disabled) return Status(Exit::NoPerm, "peer is disabled");
+    p->last_seen = now;
+    *id = p->id;
+  }
+  return a;
+}
+
+void Coordinator::sign(const PeerAuth& a, httplib::Response& res) {
+  res.set_header(kHdrAuth, response_mac(a.keys.response, res.status, a.nonce, res.body));
+}
+
+void Coordinator::peer_error(const PeerAuth* a, httplib::Response& res, const ApiError& e) {
+  send_error(res, e);
+  if (a) sign(*a, res);
+}
+
+bool Coordinator::auth_admin(const httplib::Request& req, httplib::Response& res) {
+  int64_t now = unix_now();
+  if (limiter_.blocked(req.remote_addr, now)) {
+    ++rate_limited_;
+    send_error(res, {429, "too many failed authentications from " + req.remote_addr +
+                              "; retry in a minute"});
+    return false;
+  }
+  std::string h = req.get_header_value("Authorization");
+  const std::string pre = "Bearer ";
+  if (h.rfind(pre, 0) == 0 && secure_equal(h.substr(pre.size()), admin_token_)) return true;
+  ++auth_failures_;
+  limiter_.failed(req.remote_addr, now);
+  (void)record_event(Event{0, now, "remote:" + req.remote_addr, "auth.failed", "admin",
+                           Json{{"reason", h.empty() ? "no token" : "bad token"},
+                                {"path", req.path}}});
+  send_error(res, {401, h.empty() ? "admin token required (Authorization: Bearer)"
+                                  : "bad admin token"});
+  return false;
+}
+
+// ------------------------------------------------------------------ peer API
+
+Json Coordinator::registration(const Peer& p) const {
+  const ModelConfig& c = model_.config();
+  return Json{{"id", p.id},
+              {"name", p.name},
+              {"public_key", p.public_key.to_base64()},
+              {"addresses",
+               {Prefix{p.ipv4, c.ipv4.len}.to_string(), Prefix{p.ipv6, c.ipv6.len}.to_string()}},
+              {"groups", p.groups},
+              {"tags", p.tags},
+              {"listen_port", p.listen_port},
+              {"ephemeral", p.ephemeral},
+              {"coordinator_public_key", coord_pub_.to_base64()}};
+}
+
+void Coordinator::h_info(const httplib::Request&, httplib::Response& res) {
+  std::shared_lock lk(mu_);
+  send_json(res, 200,
+            Json{{"coordinator_public_key", coord_pub_.to_base64()},
+                 {"version", MESH_VERSION},
+                 {"ipv4_prefix", model_.config().ipv4.to_string()},
+                 {"ipv6_prefix", model_.config().ipv6.to_string()}});
+}
+
+void Coordinator::h_join(const httplib::Request& req, httplib::Response& res) {
+  auto a = auth_peer(req, false, nullptr);
+  if (!a) return peer_error(nullptr, res, from_status(a.status(), a.status().code() == Exit::TempFail ? 429 : 401));
+  auto j = json_body(req, 16384);
+  if (!j) return peer_error(&*a, res, from_status(j.status()));
+  JsonView v(*j, "request");
+  Status keys = v.check_keys({"setup_key", "name"});
+  if (!keys) return peer_error(&*a, res, from_status(keys));
+  auto sk = v.get_string("setup_key");
+  if (!sk) return peer_error(&*a, res, from_status(sk.status()));
+  std::string name;
+  JsonView f = v;
+  if (v.optional_field("name", &f)) {
+    auto n = f.as_string();
+    if (!n) return peer_error(&*a, res, from_status(n.status()));
+    name = *n;
+    if (!valid_name(name))
+      return peer_error(&*a, res, {400, "request: name: invalid peer name '" + name +
+                                            "' (lower case letters, digits, '-', '_', '.'; 1-63)", "name"});
+  }
+  int64_t now = unix_now();
+  std::string hash = sha256_hex(*sk);
+  wipe(*sk);
+
+  std::unique_lock lk(mu_);
+  SetupKey* key = nullptr;
+  for (auto& k : setup_keys_)
+    if (secure_equal(k.hash, hash)) key = &k;
+  if (!key) {
+    ++auth_failures_;
+    limiter_.failed(req.remote_addr, now);
+    lk.unlock();
+    (void)record_event(Event{0, now, "remote:" + req.remote_addr, "auth.failed", "setup-key",
+                             Json{{"reason", "unknown setup key"},
+                                  {"public_key", a->key.to_base64()}}});
+    return peer_error(&*a, res, {401, "invalid setup key", "setup_key"});
+  }
+  if (Peer* p = model_.by_key(a->key)) {
+    // Enrolling the same key again is idempotent: same registration.
+    if (p->disabled) return peer_error(&*a, res, {403, "peer is disabled"});
+    send_json(res, 200, registration(*p));
+    return sign(*a, res);
+  }
+  if (auto why = key->unusable_reason(now); !why.empty()) {
+    lk.unlock();
+    (void)record_event(Event{0, now, "remote:" + req.remote_addr, "auth.failed", "setup-key:" + key->name,
+                             Json{{"reason", why}, {"public_key", a->key.to_base64()}}});
+    return peer_error(&*a, res, {403, why, "setup_key"});
+  }
+  uint32_t id = model_.new_peer_id();
+  if (name.empty()) name = "peer-" + std::to_string(id);
+  if (model_.by_name(name))
+    return peer_error(&*a, res, {409, "request: name: peer name '" + name + "' is already in use", "name"});
+  auto host = model_.allocate_host();
+  if (!host) return peer_error(&*a, res, from_status(host.status(), 507));
+  auto p = std::make_unique<Peer>();
+  p->id = id;
+  p->name = name;
+  p->public_key = a->key;
+  p->host_index = *host;
+  p->ipv4 = model_.host_v4(*host);
+  p->ipv6 = model_.host_v6(*host);
+  p->listen_port = model_.pick_listen_port(id);
+  p->groups = key->groups;
+  p->tags = key->tags;
+  p->ephemeral = key->ephemeral;
+  p->ephemeral_timeout = key->ephemeral_timeout;
+  p->setup_key_id = key->id;
+  p->created_at = now;
+  p->last_seen = now;
+  std::string record = dump_json(p->to_record());
+  ++key->used;
+  SetupKey key_copy = *key;
+  Changes ch = model_.add_peer(std::move(p), now);
+  Status s = persist(
+      [&](Store& st) {
+        MESH_TRY(st.put_peer(id, name, a->key.to_base64(), record));
+        Json kr = key_copy.to_json();
+        return st.put_setup_key(key_copy.id, key_copy.hash, dump_json(kr));
+      },
+      ch,
+      Event{0, now, "setup-key:" + key_copy.name, "peer.join", name,
+            Json{{"public_key", a->key.to_base64()}, {"maps_changed", ch.changed.size()}}});
+  if (!s) return peer_error(&*a, res, from_status(s));
+  Json reg = registration(*model_.by_id(id));
+  lk.unlock();
+  publish();
+  send_json(res, 201, reg);
+  sign(*a, res);
+}
+
+void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
+  uint32_t id = 0;
+  auto a = auth_peer(req, true, &id);
+  if (!a) {
+    int http = a.status().code() == Exit::TempFail ? 429 : (a.status().message().find("enrolled") != std::string::npos || a.status().message().find("disabled") != std::string::npos) ? 403 : 401;
+    auto keys = keys_for(PublicKey::from_base64(req.get_header_value(kHdrKey)).is_ok()
+                             ? *PublicKey::from_base64(req.get_header_value(kHdrKey))
+                             : PublicKey{});
+    if (http == 403 && keys) {
+      keys->nonce = req.get_header_value(kHdrNonce);
+      return peer_error(&*keys, res, from_status(a.status(), http));
+    }
+    return peer_error(nullptr, res, from_status(a.status(), http));
+  }
+  uint64_t since = 0;
+  int wait = 0;
+  try {
+    if (req.has_param("since")) since = std::stoull(req.get_param_value("since"));
+    if (req.has_param("wait")) wait = std::clamp(std::stoi(req.get_param_value("wait")), 0, 120);
+  } catch (const std::exception&) {
+    return peer_error(&*a, res, {400, "request: since/wait: expected non-negative integers", "since"});
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait);
+  std::shared_lock lk(mu_);
+  bool counted = false;
+  struct Gauge {
+    std::atomic<int64_t>& g;
+    bool& on;
+    ~Gauge() {
+      if (on) --g;
+    }
+  } gauge{watchers_, counted};
+  for (;;) {
+    const Peer* p = model_.by_id(id);
+    if (!p || p->public_key != a->key)
+      return peer_error(&*a, res, {403, "peer is not enrolled (deleted)"});
+    if (p->disabled) return peer_error(&*a, res, {403, "peer is disabled"});
+    if (p->serial != since) {
+      auto t0 = std::chrono::steady_clock::now();
+      std::string body = dump_json(netmap_to_json(model_.build_map(*p))) + "\n";
+      lk.unlock();
+      map_build_us_ += static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                                 std::chrono::steady_clock::now() - t0)
+                                                 .count());
+      ++maps_served_;
+      res.status = 200;
+      res.set_content(std::move(body), "application/json");
+      return sign(*a, res);
+    }
+    if (wait == 0 || std::chrono::steady_clock::now() >= deadline) break;
+    if (!counted) {
+      counted = true;
+      ++watchers_;
+    }
+    cv_.wait_until(lk, deadline);
+  }
+  lk.unlock();
+  res.status = 204;
+  sign(*a, res);
+}
+
+void Coordinator::h_announce(const httplib::Request& req, httplib::Response& res) {
+  uint32_t id = 0;
+  auto a = auth_peer(req, true, &id);
+  if (!a) return peer_error(nullptr, res, from_status(a.status(), a.status().code() == Exit::TempFail ? 429 : 401));
+  auto j = json_body(req, 65536);
+  if (!j) return peer_error(&*a, res, from_status(j.status()));
+  auto doc = parse_endpoints(*j, "request");
+  if (!doc) return peer_error(&*a, res, from_status(doc.status()));
+  if (doc->public_key && *doc->public_key != a->key)
+    return peer_error(&*a, res, {400, "request: public_key: does not match the authenticated peer", "public_key"});
+  if (doc->candidates.size() > 32)
+    return peer_error(&*a, res, {400, "request: candidates: at most 32 are accepted", "candidates"});
+  int64_t now = unix_now();
+  std::unique_lock lk(mu_);
+  Peer* p = model_.by_id(id);
+  if (!p) return peer_error(&*a, res, {403, "peer is not enrolled (deleted)"});
+  Json out{{"candidates", doc->candidates.size()}};
+  if (p->endpoints == doc->candidates) {
+    out["changed"] = false;
+    send_json(res, 200, out);
+    return sign(*a, res);
+  }
+  std::string name = p->name;
+  Changes ch = model_.update_peer(id, false, now, [&](Peer& q) {
+    q.endpoints = doc->candidates;
+    q.endpoints_at = now;
+  });
+  Json cands = Json::array();
+  for (const auto& c : doc->candidates) cands.push_back(candidate_to_json(c));
+  std::string record = dump_json(p->to_record());
+  Status s = persist([&](Store& st) { return st.put_peer(id, name, a->key.to_base64(), record); },
+                     ch,
+                     Event{0, now, "peer:" + name, "peer.announce", name, Json{{"candidates", cands}}});
+  if (!s) return peer_error(&*a, res, from_status(s));
+  lk.unlock();
+  publish();
+  out["changed"] = true;
+  out["maps_changed"] = ch.changed.size();
+  send_json(res, 200, out);
+  sign(*a, res);
+}
+
+// ------------------------------------------------------------------ admin API
+
+static Result<int64_t> parse_duration(const JsonView& v) {
+  // Seconds as an integer, or "30s", "15m", "12h", "7d".
+  if (v.json().is_number_integer()) return v.as_int(0, int64_t(10) * 365 * 86400);
+  auto s = v.as_string();
+  if (!s) return s.status();
+  if (s->size() < 2) return v.error("invalid duration '" + *s + "' (e.g. 3600, 30s, 15m, 12h, 7d)");
+  int64_t mult = 0;
+  switch (s->back()) {
+    case 's': mult = 1; break;
+    case 'm': mult = 60; break;
+    case 'h': mult = 3600; break;
+    case 'd': mult = 86400; break;
+    default: return v.error("invalid duration '" + *s + "' (e.g. 3600, 30s, 15m, 12h, 7d)");
+  }
+  std::string n = s->substr(0, s->size() - 1);
+  if (n.empty() || n.size() > 9 || n.find_first_not_of("0123456789") != std::string::npos)
+    return v.error("invalid duration '" + *s + "' (e.g. 3600, 30s, 15m, 12h, 7d)");
+  return std::stoll(n) * mult;
+}
+
+static Status name_list(const JsonView& v, std::vector<std::string>* out) {
+  MESH_ASSIGN(auto els, v.elements());
+  for (auto& e : els) {
+    MESH_ASSIGN(auto s, e.as_string());
+    if (!valid_name(s)) return e.error("invalid name '" + s + "'");
+    if (std::find(out->begin(), out->end(), s) == out->end()) out->push_back(s);
+  }
+  return Status::ok();
+}
+
+void Coordinator::h_keys_create(const httplib::Request& req, httplib::Response& res) {
+  if (!auth_admin(req, res)) return;
+  auto j = json_body(req, 65536);
+  if (!j) return send_error(res, from_status(j.status()));
+  JsonView v(*j, "request");
+  SetupKey k;
+  auto parse = [&]() -> Status {
+    MESH_TRY(v.check_keys({"name", "reusable", "usage_limit", "expires_in", "ephemeral",
+                           "ephemeral_timeout", "groups", "tags"}));
+    MESH_ASSIGN(k.name, v.get_string("name"));
+    MESH_ASSIGN(auto nf, v.field("name"));
+    if (!valid_name(k.name)) return nf.error("invalid setup key name '" + k.name + "'");
+    JsonView f = v;
+    if (v.optional_field("reusable", &f)) { MESH_ASSIGN(k.reusable, f.as_bool()); }
+    k.usage_limit = k.reusable ? 0 : 1;
+    if (v.optional_field("usage_limit", &f)) {
+      MESH_ASSIGN(k.usage_limit, f.as_int(0, 1000000000));
+      if (!k.reusable && k.usage_limit != 1)
+        return f.error("a one-off key has a usage limit of 1 (set reusable for more)");
+    }
+    if (v.optional_field("expires_in", &f)) {
+      MESH_ASSIGN(auto d, parse_duration(f));
+      if (d <= 0) return f.error("must be positive");
+      k.expires_at = unix_now() + d;
+    }
+    if (v.optional_field("ephemeral", &f)) { MESH_ASSIGN(k.ephemeral, f.as_bool()); }
+    if (v.optional_field("ephemeral_timeout", &f)) {
+      MESH_ASSIGN(k.ephemeral_timeout, parse_duration(f));
+      if (k.ephemeral_timeout <= 0) return f.error("must be positive");
+    }
+    if (v.optional_field("groups", &f)) MESH_TRY(name_list(f, &k.groups));
+    if (v.optional_field("tags", &f)) MESH_TRY(name_list(f, &k.tags));
+    return Status::ok();
+  };
+  if (Status s = parse(); !s) return send_error(res, from_status(s));
+  std::string secret = random_token(24);
+  k.hash = sha256_hex(secret);
+  int64_t now = unix_now();
+  k.created_at = now;
+  std::unique_lock lk(mu_);
+  for (const auto& o : setup_keys_)
+    if (o.name == k.name)
+      return send_error(res, {409, "request: name: a setup key named '" + k.name + "' exists", "name"});
+  k.id = 1;
+  for (const auto& o : setup_keys_) k.id = std::max(k.id, o.id + 1);
+  Status s = persist([&](Store& st) { return st.put_setup_key(k.id, k.hash, dump_json(k.to_json())); },
+                     Changes{}, Event{0, now, "admin", "setup-key.create", k.name, k.to_json()});
+  if (!s) return send_error(res, from_status(s));
+  setup_keys_.push_back(k);
+  Json out = k.to_json();
+  out["key"] = secret;
+  wipe(secret);
+  send_json(res, 201, out);
+}
+
+void Coordinator::h_keys_list(const httplib::Request& req, httplib::Response& res) {
+  if (!auth_admin(req, res)) return;
+  std::shared_lock lk(mu_);
+  Json a = Json::array();
+  int64_t now = unix_now();
+  for (const auto& k : setup_keys_) {
+    Json j = k.to_json();
+    std::string why = k.unusable_reason(now);
+    j["usable"] = why.empty();
+    if (!why.empty()) j["unusable_reason"] = why;
+    a.push_back(j);
+  }
+  send_json(res, 200, Json{{"setup_keys", a}});
+}
+
+void Coordinator::h_keys_revoke(const httplib::Request& req, httplib::Response& res) {
+  if (!auth_admin(req, res)) return;
+  auto j = json_body(req, 4096);
+  if (!j) return send_error(res, from_status(j.status()));
+  JsonView v(*j, "request");
+  if (Status s = v.check_keys({"key"}); !s) return send_error(res, from_status(s));
+  auto ref = v.get_string("key");
+  if (!ref) return send_error(res, from_status(ref.status()));
+  std::unique_lock lk(mu_);
+  for (auto& k : setup_keys_) {
+    if (k.name != *ref && std::to_string(k.id) != *ref) continue;
+    SetupKey copy = k;
+    copy.revoked = true;
+    int64_t now = unix_now();
+    Status s = persist([&](Store& st) { return st.put_setup_key(copy.id, copy.hash, dump_json(copy.to_json())); },
+                       Changes{}, Event{0, now, "admin", "setup-key.revoke", copy.name, Json::object()});
+    if (!s) return send_error(res, from_status(s));
+    k.revoked = true;
+    return send_json(res, 200, k.to_json());
+  }
+  send_error(res, {404, "request: key: no setup key named '" + *ref + "'", "key"});
+}
+
+void Coordinator::h_peers_list(const httplib::Request& req, httplib::Response& res) {
+  if (!auth_admin(req, res)) return;
+  std::shared_lock lk(mu_);
+  Json a = Json::array();
+  for (const Peer* p : model_.peers()) a.push_back(p->to_json());
+  send_json(res, 200, Json{{"peers", a}});
+}
+
+Status Coordinator::delete_peer_locked(Peer& p, const std::string& actor, const std::string& why) {
+  int64_t now = unix_now();
+  uint32_t id = p.id;
+  std::string name = p.name;
+  Json detail{{"public_key", p.public_key.to_base64()}, {"reason", why}};
+  Changes ch = model_.remove_peer(id, now);
+  detail["maps_changed"] = ch.changed.size();
+  return persist([&](Store& st) { return st.delete_peer(id); }, ch,
+                 Event{0, now, actor, "peer.delete", name, detail});
+}
+
+void Coordinator::h_peer_op(const httplib::Request& req, httplib::Response& res,
+                            const std::string& op) {
+  if (!auth_admin(req, res)) return;
+  auto j = json_body(req, 65536);
+  if (!j) return send_error(res, from_status(j.status()));
+  JsonView v(*j, "request");
+  Status keys = op == "rename"       ? v.check_keys({"peer", "name"})
+                : op == "set-groups" ? v.check_keys({"peer", "groups"})
+                                     : v.check_keys({"peer"});
+  if (!keys) return send_error(res, from_status(keys));
+  auto ref = v.get_string("peer");
+  if (!ref) return send_error(res, from_status(ref.status()));
+  std::string new_name;
+  std::vector<std::string> groups;
+  if (op == "rename") {
+    auto n = v.get_string("name");
+    if (!n) return send_error(res, from_status(n.status()));
+    new_name = *n;
+    if (!valid_name(new_name))
+      return send_error(res, {400, "request: name: invalid peer name '" + new_name + "'", "name"});
+  } else if (op == "set-groups") {
+    auto g = v.field("groups");
+    if (!g) return send_error(res, from_status(g.status()));
+    if (Status s = name_list(*g, &groups); !s) return send_error(res, from_status(s));
+  }
+  int64_t now = unix_now();
+  std::unique_lock lk(mu_);
+  Peer* p = model_.find(*ref);
+  if (!p) return send_error(res, {404, "request: peer: no peer '" + *ref + "'", "peer"});
+  if (op == "show") {
+    Json out = p->to_json();
+    Json vis = Json::array();
+    for (uint32_t id : model_.visible(p->id)) vis.push_back(model_.by_id(id)->name);
+    out["visible_peers"] = vis;
+    return send_json(res, 200, out);
+  }
+  uint32_t id = p->id;
+  std::string name = p->name;
+  if (op == "delete") {
+    Status s = delete_peer_locked(*p, "admin", "deleted by admin");
+    if (!s) return send_error(res, from_status(s));
+    lk.unlock();
+    publish();
+    return send_json(res, 200, Json{{"deleted", name}});
+  }
+  Changes ch;
+  Json detail = Json::object();
+  if (op == "rename") {
+    if (new_name != name && model_.by_name(new_name))
+      return send_error(res, {409, "request: name: peer name '" + new_name + "' is already in use", "name"});
+    ch = model_.rename_peer(id, new_name, now);
+    detail = {{"from", name}, {"to", new_name}};
+  } else if (op == "set-groups") {
+    detail = {{"from", p->groups}, {"to", groups}};
+    ch = model_.update_peer(id, true, now, [&](Peer& q) { q.groups = groups; });
+  } else if (op == "disable" || op == "enable") {
+    bool dis = op == "disable";
+    ch = model_.update_peer(id, true, now, [&](Peer& q) { q.disabled = dis; });
+  } else {
+    return send_error(res, {404, "unknown operation"});
+  }
+  detail["maps_changed"] = ch.changed.size();
+  std::string record = dump_json(p->to_record());
+  std::string key = p->public_key.to_base64();
+  std::string cur = p->name;
+  Status s = persist([&](Store& st) { return st.put_peer(id, cur, key, record); }, ch,
+                     Event{0, now, "admin", "peer." + op, name, detail});
+  if (!s) return send_error(res, from_status(s));
+  Json out = model_.by_id(id)->to_json();
+  lk.unlock();
+  publish();
+  send_json(res, 200, out);
+}
+
+void Coordinator::h_policy_get(const httplib::Request& req, httplib::Response& res) {
+  if (!auth_admin(req, res)) return;
+  std::shared_lock lk(mu_);
+  send_json(res, 200, policy_to_json(model_.policy()));
+}
+
+void Coordinator::h_policy_set(const httplib::Request& req, httplib::Response& res) {
+  if (!auth_admin(req, res)) return;
+  auto j = json_body(req, opt_.max_body);
+  if (!j) return send_error(res, from_status(j.status()));
+  auto pol = parse_policy(*j, "request");
+  if (!pol) return send_error(res, from_status(pol.status()));
+  int64_t now = unix_now();
+  std::unique_lock lk(mu_);
+  if (Status s = model_.run_tests(*pol); !s)
+    return send_error(res, {422, "policy tests failed: " + s.message(), "tests"});
+  std::string text = dump_json(policy_to_json(*pol));
+  Json detail{{"rules", pol->rules.size()}, {"groups", pol->groups.size()}, {"tests", pol->tests.size()}};
+  Changes ch = model_.set_policy(std::move(*pol), now);
+  detail["maps_changed"] = ch.changed.size();
+  detail["recompute_ms"] = model_.stats().last_full_recompute_ms;
+  Status s = persist([&](Store& st) { return st.set_meta("policy", text); }, ch,
+                     Event{0, now, "admin", "policy.set", "policy", detail});
+  if (!s) return send_error(res, from_status(s));
+  lk.unlock();
+  publish();
+  send_json(res, 200, detail);
+}
+
+void Coordinator::h_policy_check(const httplib::Request& req, httplib::Response& res) {
+  if (!auth_admin(req, res)) return;
+  auto j = json_body(req, 4096);
+  if (!j) return send_error(res, from_status(j.status()));
+  JsonView v(*j, "request");
+  if (Status s = v.check_keys({"from", "to", "port"}); !s) return send_error(res, from_status(s));
+  auto from = v.get_string("from");
+  if (!from) return send_error(res, from_status(from.status()));
+  auto to = v.get_string("to");
+  if (!to) return send_error(res, from_status(to.status()));
+  std::string port = "any";
+  JsonView f = v;
+  if (v.optional_field("port", &f)) {
+    auto p = f.as_string();
+    if (!p) return send_error(res, from_status(p.status()));
+    port = *p;
+  }
+  auto svc = Service::parse(port);
+  if (!svc) return send_error(res, {400, "request: port: " + svc.status().message(), "port"});
+  std::shared_lock lk(mu_);
+  auto a = model_.resolve_test_party(*from);
+  if (!a) return send_error(res, {404, "request: from: " + a.status().message(), "from"});
+  auto b = model_.resolve_test_party(*to);
+  if (!b) return send_error(res, {404, "request: to: " + b.status().message(), "to"});
+  Verdict vd = evaluate(model_.policy(), *a, *b, *svc);
+  send_json(res, 200,
+            Json{{"from", *from}, {"to", *to}, {"port", svc->to_string()},
+                 {"verdict", vd.allow ? "allow" : "deny"}, {"rule", vd.rule}});
+}
+
+void Coordinator::h_policy_plan(const httplib::Request& req, httplib::Response& res) {
+  if (!auth_admin(req, res)) return;
+  auto j = json_body(req, opt_.max_body);
+  if (!j) return send_error(res, from_status(j.status()));
+  auto pol = parse_policy(*j, "request");
+  if (!pol) return send_error(res, from_status(pol.status()));
+  std::shared_lock lk(mu_);
+  Json out = Json::object();
+  Status tests = model_.run_tests(*pol);
+  out["tests"] = tests ? Json("pass") : Json(tests.message());
+  Model::Plan plan = model_.plan(*pol);
+  for (auto [key, list] : {std::pair{"gained", &plan.gained}, std::pair{"lost", &plan.lost}}) {
+    Json a = Json::array();
+    for (const auto& e : *list) a.push_back({{"src", e.src}, {"dst", e.dst}, {"service", e.service}});
+    out[key] = a;
+  }
+  send_json(res, 200, out);
+}
+
+void Coordinator::h_events(const httplib::Request& req, httplib::Response& res) {
+  if (!auth_admin(req, res)) return;
+  int64_t after = 0, limit = 1000;
+  try {
+    if (req.has_param("after")) after = std::stoll(req.get_param_value("after"));
+    if (req.has_param("limit")) limit = std::clamp<int64_t>(std::stoll(req.get_param_value("limit")), 1, 100000);
+  } catch (const std::exception&) {
+    return send_error(res, {400, "request: after/limit: expected integers", "after"});
+  }
+  std::string action = req.has_param("action") ? req.get_param_value("action") : "";
+  std::lock_guard lk(store_mu_);
+  auto evs = store_->events(after, limit, action);
+  if (!evs) return send_error(res, from_status(evs.status()));
+  Json a = Json::array();
+  for (const auto& e : *evs) a.push_back(e.to_json());
+  send_json(res, 200, Json{{"events", a}});
+}
+
+void Coordinator::h_metrics(const httplib::Request& req, httplib::Response& res) {
+  if (!opt_.public_metrics && !auth_admin(req, res)) return;
+  std::ostringstream o;
+  size_t enabled = 0, disabled = 0;
+  Model::Stats st;
+  uint64_t serial;
+  size_t keys;
+  {
+    std::shared_lock lk(mu_);
+    for (const Peer* p : model_.peers()) (p->disabled ? disabled : enabled)++;
+    st = model_.stats();
+    serial = model_.serial_counter();
+    keys = setup_keys_.size();
+  }
+  auto g = [&](const char* name, const char* help, const char* type, auto value,
+               const std::string& labels = "") {
+    o << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n"
+      << name << labels << " " << value << "\n";
+  };
+  o << "# HELP mesh_coord_peers Enrolled peers.\n# TYPE mesh_coord_peers gauge\n"
+    << "mesh_coord_peers{state=\"enabled\"} " << enabled << "\n"
+    << "mesh_coord_peers{state=\"disabled\"} " << disabled << "\n";
+  g("mesh_coord_watchers", "Long-poll watchers currently waiting for a map.", "gauge", watchers_.load());
+  g("mesh_coord_threads", "Connection threads.", "gauge", pool_ ? pool_->threads() : 0);
+  g("mesh_coord_setup_keys", "Setup keys (any state).", "gauge", keys);
+  g("mesh_coord_map_serial", "Latest map serial.", "counter", serial);
+  g("mesh_coord_map_computations_total", "Per-peer map digest computations.", "counter", st.map_computations);
+  g("mesh_coord_full_recomputes_total", "Full recomputes (policy changes, credential refresh).", "counter", st.full_recomputes);
+  g("mesh_coord_incremental_recomputes_total", "Incremental recomputes.", "counter", st.incremental_recomputes);
+  g("mesh_coord_last_full_recompute_seconds", "Duration of the last full recompute.", "gauge", st.last_full_recompute_ms / 1000.0);
+  g("mesh_coord_last_incremental_recompute_seconds", "Duration of the last incremental recompute.", "gauge", st.last_incremental_ms / 1000.0);
+  g("mesh_coord_maps_served_total", "Maps sent to peers.", "counter", maps_served_.load());
+  g("mesh_coord_map_build_seconds_total", "Time spent building map JSON.", "counter", map_build_us_.load() / 1e6);
+  g("mesh_coord_map_changes_total", "Per-peer map changes pushed.", "counter", pushes_.load());
+  g("mesh_coord_requests_total", "HTTP requests.", "counter", requests_.load());
+  g("mesh_coord_auth_failures_total", "Failed authentications (peer signatures, admin tokens, setup keys).", "counter", auth_failures_.load());
+  g("mesh_coord_rate_limited_total", "Requests refused by the authentication rate limit.", "counter", rate_limited_.load());
+  g("mesh_coord_nonces", "Nonces remembered for replay protection.", "gauge", nonces_.size());
+  res.set_content(o.str(), "text/plain; version=0.0.4");
+}
+
+void Coordinator::routes(httplib::Server& s) {
+  using Req = const httplib::Request&;
+  using Res = httplib::Response&;
+  auto wrap = [this](auto fn) {
+    return [this, fn](Req req, Res res) {
+      ++requests_;
+      try {
+        (this->*fn)(req, res);
+      } catch (const std::exception& e) {
+        log_.error(std::string("internal error: ") + e.what());
+        send_error(res, {500, std::string("internal error: ") + e.what()});
+      }
+    };
+  };
+  s.Get("/v1/info", wrap(&Coordinator::h_info));
+  s.Get("/healthz", [](Req, Res res) { res.set_content("ok\n", "text/plain"); });
+  s.Post("/v1/join", wrap(&Coordinator::h_join));
+  s.Get("/v1/map", wrap(&Coordinator::h_map));
+  s.Post("/v1/endpoints", wrap(&Coordinator::h_announce));
+  s.Get("/v1/admin/setup-keys", wrap(&Coordinator::h_keys_list));
+  s.Post("/v1/admin/setup-keys", wrap(&Coordinator::h_keys_create));
+  s.Post("/v1/admin/setup-keys/revoke", wrap(&Coordinator::h_keys_revoke));
+  s.Get("/v1/admin/peers", wrap(&Coordinator::h_peers_list));
+  for (std::string op : {"show", "rename", "set-groups", "disable", "enable", "delete"})
+    s.Post("/v1/admin/peers/" + op, [this, op](Req req, Res res) {
+      ++requests_;
+      try {
+        h_peer_op(req, res, op);
+      } catch (const std::exception& e) {
+        send_error(res, {500, std::string("internal error: ") + e.what()});
+      }
+    });
+  s.Get("/v1/admin/policy", wrap(&Coordinator::h_policy_get));
+  s.Put("/v1/admin/policy", wrap(&Coordinator::h_policy_set));
+  s.Post("/v1/admin/policy/check", wrap(&Coordinator::h_policy_check));
+  s.Post("/v1/admin/policy/plan", wrap(&Coordinator::h_policy_plan));
+  s.Get("/v1/admin/events", wrap(&Coordinator::h_events));
+  s.Get("/metrics", wrap(&Coordinator::h_metrics));
+  s.set_error_handler([](Req req, Res res) {
+    if (!res.body.empty()) return;
+    if (res.status == 413)
+      send_error(res, {413, "request: body too large", ""});
+    else if (res.status == 404)
+      send_error(res, {404, "no such endpoint: " + req.method + " " + req.path});
+    else if (res.status == 405)
+      send_error(res, {405, "method not allowed: " + req.method + " " + req.path});
+    else
+      send_error(res, {res.status, "HTTP error " + std::to_string(res.status)});
+  });
+}
+
+// Ephemeral peers idle past their timeout are deleted; relay credentials
+// are re-minted at half their lifetime (which bumps every map's serial).
+void Coordinator::janitor(const std::atomic<bool>& stop) {
+  int64_t last = 0;
+  while (!stop) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    int64_t now = unix_now();
+    if (now - last < opt_.janitor_interval) continue;
+    last = now;
+    bool changed = false;
+    {
+      std::unique_lock lk(mu_);
+      std::vector<uint32_t> stale;
+      for (const Peer* p : model_.peers())
+        if (p->ephemeral && now - p->last_seen.load() > p->ephemeral_timeout) stale.push_back(p->id);
+      for (uint32_t id : stale) {
+        Peer* p = model_.by_id(id);
+        Status s = delete_peer_locked(*p, "system", "ephemeral peer inactive");
+        if (!s) log_.error(s.message());
+        changed = true;
+      }
+      int64_t prev = model_.cred_window();
+      Changes ch = model_.tick_credentials(now);
+      if (model_.cred_window() != prev) {
+        Status s = persist([](Store&) { return Status::ok(); }, ch,
+                           Event{0, now, "system", ch.serial ? "credentials.refresh" : "", "",
+                                 Json{{"maps_changed", ch.changed.size()}}});
+        if (!s) log_.error(s.message());
+        changed = changed || ch.serial != 0;
+      }
+    }
+    if (changed) publish();
+  }
+}
+
+}  // namespace
+
+Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::atomic<bool>* stop) {
+  auto sa = SockAddr::parse(opt.listen);
+  if (!sa) return usage_error("--listen: " + sa.status().message());
+  if (opt.tls_cert.empty() != opt.tls_key.empty())
+    return usage_error("--tls-cert and --tls-key go together");
+  if (!opt.turn.empty() && opt.relay_secret_file.empty())
+    return usage_error("--turn needs --relay-secret-file (coturn REST credentials)");
+  if (opt.credential_lifetime < 120) return usage_error("--credential-lifetime must be at least 120 s");
+
+  // State (database, keys, token) is private to the coordinator.
+  ::umask(077);
+  Coordinator coord(opt, log);
+  MESH_TRY(coord.init());
+
+  std::unique_ptr<httplib::Server> svr;
+  if (!opt.tls_cert.empty()) {
+    for (const auto& f : {opt.tls_cert, opt.tls_key}) {
+      auto r = read_file(f, 1 << 20);
+      if (!r) return r.status();
+    }
+    auto tls = std::make_unique<httplib::SSLServer>(opt.tls_cert.c_str(), opt.tls_key.c_str());
+    if (!tls->is_valid()) return Status(Exit::Config, "cannot load --tls-cert/--tls-key");
+    svr = std::move(tls);
+  } else {
+    svr = std::make_unique<httplib::Server>();
+  }
+  ElasticPool* pool = nullptr;
+  size_t max_threads = opt.max_threads;
+  svr->new_task_queue = [&pool, max_threads] {
+    pool = new ElasticPool(max_threads);
+    return pool;
+  };
+  svr->set_payload_max_length(opt.max_body);
+  svr->set_keep_alive_max_count(100000);
+  svr->set_keep_alive_timeout(75);
+  svr->set_read_timeout(10, 0);
+  svr->set_write_timeout(10, 0);
+  coord.routes(*svr);
+
+  std::string host = sa->ip.to_string();
+  int port = sa->port;
+  if (port == 0) {
+    port = svr->bind_to_any_port(host);
+    if (port < 0) return unavailable("cannot listen on " + opt.listen);
+  } else if (!svr->bind_to_port(host, port)) {
+    return unavailable("cannot listen on " + opt.listen + " (address in use?)");
+  }
+  std::string shown = sa->ip.is_v4() ? host : "[" + host + "]";
+
+  // Signals are taken synchronously by one thread, which stops the server.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  std::atomic<bool> stopping{false};
+  std::thread sig([&] {
+    for (;;) {
+      timespec ts{0, 200 * 1000 * 1000};
+      int s = sigtimedwait(&set, nullptr, &ts);
+      if (s == SIGINT || s == SIGTERM || stopping || (stop && *stop)) break;
+    }
+    stopping = true;
+    svr->stop();
+  });
+  std::thread jan([&] { coord.janitor(stopping); });
+
+  std::thread announce([&] {
+    for (int i = 0; i < 500 && !svr->is_running() && !stopping; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    coord.set_pool(pool);
+    out << "listening on " << (opt.tls_cert.empty() ? "http" : "https") << "://" << shown << ":"
+        << port << "\n" << std::flush;
+    log.info("state in " + opt.state_dir);
+  });
+  bool ok = svr->listen_after_bind();
+  stopping = true;
+  announce.join();
+  sig.join();
+  jan.join();
+  if (!ok) return unavailable("server stopped with an error");
+  return Status::ok();
+}
+
+}  // namespace mesh::coord

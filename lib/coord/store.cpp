@@ -1,0 +1,200 @@
+#include "coord/store.h"
+
+#include <nlohmann/json.hpp>
+
+namespace mesh::coord {
+namespace {
+
+// A prepared statement, finalised on scope exit.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) { rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr); }
+  ~Stmt() { sqlite3_finalize(s_); }
+  bool ok() const { return rc_ == SQLITE_OK; }
+  Stmt& bind(int i, int64_t v) {
+    sqlite3_bind_int64(s_, i, v);
+    return *this;
+  }
+  Stmt& bind(int i, const std::string& v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  int step() { return sqlite3_step(s_); }
+  int64_t i64(int c) { return sqlite3_column_int64(s_, c); }
+  std::string text(int c) {
+    auto p = reinterpret_cast<const char*>(sqlite3_column_text(s_, c));
+    return p ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(s_, c))) : std::string();
+  }
+
+ private:
+  sqlite3_stmt* s_ = nullptr;
+  int rc_;
+};
+
+}  // namespace
+
+Json Event::to_json() const {
+  return Json{{"seq", seq},       {"time", at},       {"actor", actor},
+              {"action", action}, {"target", target}, {"detail", detail}};
+}
+
+Store::~Store() { sqlite3_close_v2(db_); }
+
+Status Store::error(const std::string& what) const {
+  return io_error(what + ": " + sqlite3_errmsg(db_));
+}
+
+Status Store::exec(const std::string& sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string m = err ? err : "unknown error";
+    sqlite3_free(err);
+    return io_error("database: " + m);
+  }
+  return Status::ok();
+}
+
+Result<std::unique_ptr<Store>> Store::open(const std::string& path) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                           nullptr);
+  if (rc != SQLITE_OK) {
+    std::string m = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close_v2(db);
+    return Status(Exit::CantCreate, path + ": " + m);
+  }
+  std::unique_ptr<Store> s(new Store(db));
+  sqlite3_busy_timeout(db, 5000);
+  // WAL + synchronous=FULL: the WAL is fsync'd at every commit, so a
+  // committed (acknowledged) write survives a crash of the process or host.
+  MESH_TRY(s->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
+  MESH_TRY(s->exec(
+      "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+      "CREATE TABLE IF NOT EXISTS peers(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+      "  public_key TEXT NOT NULL UNIQUE, record TEXT NOT NULL,"
+      "  map_serial INTEGER NOT NULL DEFAULT 0, map_at INTEGER NOT NULL DEFAULT 0);"
+      "CREATE TABLE IF NOT EXISTS setup_keys(id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE,"
+      "  record TEXT NOT NULL);"
+      "CREATE TABLE IF NOT EXISTS events(seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+      "  at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,"
+      "  detail TEXT NOT NULL);"
+      "CREATE INDEX IF NOT EXISTS events_action ON events(action);"));
+  return s;
+}
+
+Status Store::begin() { return exec("BEGIN IMMEDIATE"); }
+Status Store::commit() { return exec("COMMIT"); }
+void Store::rollback() { (void)exec("ROLLBACK"); }
+
+Result<std::optional<std::string>> Store::get_meta(const std::string& key) {
+  Stmt st(db_, "SELECT value FROM meta WHERE key=?");
+  if (!st.ok()) return error("get_meta");
+  st.bind(1, key);
+  int rc = st.step();
+  if (rc == SQLITE_ROW) return std::optional<std::string>(st.text(0));
+  if (rc == SQLITE_DONE) return std::optional<std::string>();
+  return error("get_meta");
+}
+
+Status Store::set_meta(const std::string& key, const std::string& value) {
+  Stmt st(db_, "INSERT INTO meta(key,value) VALUES(?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value");
+  if (!st.ok()) return error("set_meta");
+  st.bind(1, key).bind(2, value);
+  return st.step() == SQLITE_DONE ? Status::ok() : error("set_meta");
+}
+
+Status Store::put_peer(int64_t id, const std::string& name, const std::string& key,
+                       const std::string& record) {
+  Stmt st(db_,
+          "INSERT INTO peers(id,name,public_key,record) VALUES(?,?,?,?) ON CONFLICT(id) DO UPDATE "
+          "SET name=excluded.name, public_key=excluded.public_key, record=excluded.record");
+  if (!st.ok()) return error("put_peer");
+  st.bind(1, id).bind(2, name).bind(3, key).bind(4, record);
+  return st.step() == SQLITE_DONE ? Status::ok() : error("put_peer");
+}
+
+Status Store::set_map_serial(int64_t id, uint64_t serial, int64_t at) {
+  Stmt st(db_, "UPDATE peers SET map_serial=?, map_at=? WHERE id=?");
+  if (!st.ok()) return error("set_map_serial");
+  st.bind(1, static_cast<int64_t>(serial)).bind(2, at).bind(3, id);
+  return st.step() == SQLITE_DONE ? Status::ok() : error("set_map_serial");
+}
+
+Status Store::delete_peer(int64_t id) {
+  Stmt st(db_, "DELETE FROM peers WHERE id=?");
+  if (!st.ok()) return error("delete_peer");
+  st.bind(1, id);
+  return st.step() == SQLITE_DONE ? Status::ok() : error("delete_peer");
+}
+
+Result<std::vector<StoredPeer>> Store::load_peers() {
+  Stmt st(db_, "SELECT record, map_serial, map_at FROM peers ORDER BY id");
+  if (!st.ok()) return error("load_peers");
+  std::vector<StoredPeer> out;
+  int rc;
+  while ((rc = st.step()) == SQLITE_ROW) {
+    auto j = parse_json(st.text(0), "peers.record");
+    if (!j) return Status(Exit::Config, j.status().message());
+    out.push_back({std::move(*j), static_cast<uint64_t>(st.i64(1)), st.i64(2)});
+  }
+  if (rc != SQLITE_DONE) return error("load_peers");
+  return out;
+}
+
+Status Store::put_setup_key(int64_t id, const std::string& hash, const std::string& record) {
+  Stmt st(db_,
+          "INSERT INTO setup_keys(id,hash,record) VALUES(?,?,?) ON CONFLICT(id) DO UPDATE SET "
+          "record=excluded.record");
+  if (!st.ok()) return error("put_setup_key");
+  st.bind(1, id).bind(2, hash).bind(3, record);
+  return st.step() == SQLITE_DONE ? Status::ok() : error("put_setup_key");
+}
+
+Result<std::vector<Json>> Store::load_setup_keys() {
+  Stmt st(db_, "SELECT record, hash FROM setup_keys ORDER BY id");
+  if (!st.ok()) return error("load_setup_keys");
+  std::vector<Json> out;
+  int rc;
+  while ((rc = st.step()) == SQLITE_ROW) {
+    auto j = parse_json(st.text(0), "setup_keys.record");
+    if (!j) return Status(Exit::Config, j.status().message());
+    (*j)["hash"] = st.text(1);
+    out.push_back(std::move(*j));
+  }
+  if (rc != SQLITE_DONE) return error("load_setup_keys");
+  return out;
+}
+
+Result<int64_t> Store::add_event(const Event& e) {
+  Stmt st(db_, "INSERT INTO events(at,actor,action,target,detail) VALUES(?,?,?,?,?)");
+  if (!st.ok()) return error("add_event");
+  st.bind(1, e.at).bind(2, e.actor).bind(3, e.action).bind(4, e.target).bind(5, dump_json(e.detail));
+  if (st.step() != SQLITE_DONE) return error("add_event");
+  return static_cast<int64_t>(sqlite3_last_insert_rowid(db_));
+}
+
+Result<std::vector<Event>> Store::events(int64_t after, int64_t limit, const std::string& action) {
+  Stmt st(db_,
+          "SELECT seq,at,actor,action,target,detail FROM events WHERE seq>? AND (?='' OR "
+          "action=? OR action LIKE ? || '.%') ORDER BY seq LIMIT ?");
+  if (!st.ok()) return error("events");
+  st.bind(1, after).bind(2, action).bind(3, action).bind(4, action).bind(5, limit);
+  std::vector<Event> out;
+  int rc;
+  while ((rc = st.step()) == SQLITE_ROW) {
+    Event e;
+    e.seq = st.i64(0);
+    e.at = st.i64(1);
+    e.actor = st.text(2);
+    e.action = st.text(3);
+    e.target = st.text(4);
+    auto j = parse_json(st.text(5), "events.detail");
+    e.detail = j ? *j : Json::object();
+    out.push_back(std::move(e));
+  }
+  if (rc != SQLITE_DONE) return error("events");
+  return out;
+}
+
+}  // namespace mesh::coord

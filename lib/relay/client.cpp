@@ -1,0 +1,1000 @@
+#include "relay/client.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/file.h"
+#include "core/json.h"
+#include "netmap/endpoints.h"
+#include "relay/sockets.h"
+#include "stun/stun.h"
+
+namespace mesh::relay {
+namespace {
+
+constexpr int kBatch = 64;
+constexpr size_t kHeadroom = 64;
+constexpr size_t kSlot = 65536 + kHeadroom;
+constexpr uint32_t kLifetime = 600;         // requested allocation lifetime
+constexpr int64_t kPermRefreshMs = 240000;  // permissions live 300 s
+constexpr int64_t kChanRefreshMs = 300000;  // channels live 600 s
+
+int64_t mono_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
+}
+
+struct Batch {
+  std::unique_ptr<uint8_t[]> buf{new uint8_t[kBatch * kSlot]};
+  mmsghdr msgs[kBatch];
+  iovec iov[kBatch];
+  sockaddr_storage addrs[kBatch];
+  uint8_t* slot(int i) { return buf.get() + static_cast<size_t>(i) * kSlot; }
+  void prepare() {
+    for (int i = 0; i < kBatch; ++i) {
+      iov[i] = {slot(i) + kHeadroom, kSlot - kHeadroom};
+      msgs[i].msg_hdr = {};
+      msgs[i].msg_hdr.msg_name = &addrs[i];
+      msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage);
+      msgs[i].msg_hdr.msg_iov = &iov[i];
+      msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+  }
+};
+
+struct Out {
+  mmsghdr msgs[kBatch];
+  iovec iov[kBatch];
+  sockaddr_storage addrs[kBatch];
+  int fds[kBatch];
+  int n = 0;
+  void add(int fd, const sockaddr_storage* to, socklen_t tl, const uint8_t* p, size_t len) {
+    if (n == kBatch) flush();
+    int k = n++;
+    iov[k] = {const_cast<uint8_t*>(p), len};
+    msgs[k].msg_hdr = {};
+    if (to) {
+      addrs[k] = *to;
+      msgs[k].msg_hdr.msg_name = &addrs[k];
+      msgs[k].msg_hdr.msg_namelen = tl;
+    }
+    msgs[k].msg_hdr.msg_iov = &iov[k];
+    msgs[k].msg_hdr.msg_iovlen = 1;
+    fds[k] = fd;
+  }
+  void flush() {
+    int i = 0;
+    while (i < n) {
+      int j = i;
+      while (j < n && fds[j] == fds[i]) ++j;
+      int k = i;
+      for (int tries = 0; k < j && tries < 4; ++tries) {
+        int r = sendmmsg(fds[i], msgs + k, static_cast<unsigned>(j - k), MSG_DONTWAIT);
+        if (r < 0) {
+          if (errno != EINTR) ++k;  // drop one (full buffer, ICMP error) and go on
+          continue;
+        }
+        k += r;
+      }
+      i = j;
+    }
+    n = 0;
+  }
+};
+
+struct Creds {
+  std::string server, transport, username, password;
+  int64_t expires_at = 0;
+  bool operator==(const Creds&) const = default;
+};
+
+struct Txn {
+  uint16_t method = 0;
+  uint32_t lifetime = 0;        // Allocate/Refresh
+  std::optional<SockAddr> peer; // CreatePermission/ChannelBind
+  uint16_t channel = 0;
+  PublicKey peer_key;
+  std::vector<uint8_t> msg;
+  int64_t next_ms = 0;
+  int rto_ms = 250;
+  int tries = 0;
+  bool authed = false;
+};
+
+struct Peer {
+  MapPeer info;
+  bool relayed = false;  // needs the relay: has a local port listed in the endpoints doc
+  UniqueFd local;
+  SockAddr local_addr;
+  std::optional<SockAddr> target;  // where its channel points
+  uint16_t channel = 0;
+  bool bound = false;
+  bool binding = false;
+  int64_t bind_at = 0;
+};
+
+class Client {
+ public:
+  Client(const ClientOptions& o, Log& log) : opt_(o), log_(log) {}
+  Status run();
+
+ private:
+  // map input
+  Status load_map_text(const std::string& text, const std::string& source);
+  Status poll_inputs(bool force);
+  void read_stdin();
+  void apply_map();
+  std::set<PublicKey> relay_needed() const;
+  // TURN session
+  void reset_session(const std::string& why, int64_t delay_ms);
+  void start_allocate();
+  void send_txn(Txn t);
+  void build(Txn& t);
+  void on_server();
+  void on_response(const stun::MessageView& m);
+  void on_data_indication(const stun::MessageView& m);
+  void on_local(Peer& p);
+  void timers();
+  Peer* peer_by_addr(const SockAddr& a);
+  Status open_local(Peer& p);
+  void write_endpoints();
+
+  const ClientOptions& opt_;
+  Log& log_;
+  UniqueFd ep_, sig_;
+  // inputs
+  std::optional<NetMap> map_;
+  std::optional<EndpointsDoc> punch_;
+  struct timespec map_mtime_{}, punch_mtime_{};
+  off_t map_size_ = -1, punch_size_ = -1;
+  std::string stdin_buf_;
+  bool stdin_open_ = false;
+  uint16_t wg_port_ = 0;
+  SockAddr wg_addr_;
+  sockaddr_storage wg_ss_{};
+  socklen_t wg_sl_ = 0;
+  // session
+  Creds creds_;
+  UniqueFd srv_;
+  SockAddr server_addr_;
+  enum class State { Idle, Allocating, Allocated } state_ = State::Idle;
+  std::string realm_, nonce_;
+  std::array<uint8_t, 16> key_{};
+  bool have_key_ = false;
+  std::optional<SockAddr> relayed_, mapped_;
+  int64_t alloc_at_ = 0, refresh_at_ = 0;
+  int backoff_ms_ = 0;
+  std::map<stun::TxId, Txn> txns_;
+  std::map<IpAddr, int64_t> perms_;  // ip -> next refresh
+  uint16_t next_channel_ = 0x4000;
+  std::map<PublicKey, std::unique_ptr<Peer>> peers_;
+  std::array<Peer*, 0x1000> by_channel_{};
+  std::string last_doc_;
+  // I/O
+  Batch rx_;
+  Out out_;
+  std::array<uint8_t, 2048> ctl_{};
+  std::unique_ptr<uint8_t[]> scratch_{new uint8_t[kSlot]};
+  int64_t next_poll_ms_ = 0;
+};
+
+Status Client::load_map_text(const std::string& text, const std::string& source) {
+  MESH_ASSIGN(Json j, parse_json(text, source));
+  MESH_ASSIGN(NetMap m, parse_netmap(j, source));
+  if (opt_.self_key && !(*opt_.self_key == m.self.public_key))
+    return Status(Exit::Config, source + ": the map is for another node (self.public_key does not match --key)");
+  uint16_t port = opt_.wg_port ? opt_.wg_port : m.self.listen_port;
+  if (!port)
+    return Status(Exit::Config, source + ": no WireGuard port: give --wg-port or self.listen_port in the map");
+  map_ = std::move(m);
+  wg_port_ = port;
+  wg_addr_ = SockAddr{opt_.local_ip, port};
+  wg_sl_ = wg_addr_.to_sockaddr(&wg_ss_);
+  return Status::ok();
+}
+
+static bool file_changed(const std::string& path, timespec* mtime, off_t* size) {
+  struct stat st;
+  if (stat(path.c_str(), &st) < 0) return false;
+  bool changed = st.st_mtim.tv_sec != mtime->tv_sec || st.st_mtim.tv_nsec != mtime->tv_nsec ||
+                 st.st_size != *size;
+  *mtime = st.st_mtim;
+  *size = st.st_size;
+  return changed;
+}
+
+Status Client::poll_inputs(bool force) {
+  bool changed = false;
+  if (opt_.map_path != "-" && (file_changed(opt_.map_path, &map_mtime_, &map_size_) || force)) {
+    auto text = read_file(opt_.map_path);
+    Status s = text ? load_map_text(*text, opt_.map_path) : text.status();
+    if (!s) {
+      if (!map_) return s;
+      log_.warn("keeping the previous map: " + s.message());
+    } else {
+      changed = true;
+    }
+  }
+  if (!opt_.peers_from.empty() &&
+      (file_changed(opt_.peers_from, &punch_mtime_, &punch_size_) || force)) {
+    auto d = read_endpoints_file(opt_.peers_from);
+    if (d) {
+      punch_ = std::move(*d);
+      changed = true;
+    } else if (!punch_) {
+      log_.warn("--peers-from: " + d.status().message() + " (relaying no peer until it is readable)");
+    }
+  }
+  if (changed) apply_map();
+  return Status::ok();
+}
+
+void Client::read_stdin() {
+  char buf[65536];
+  while (true) {
+    ssize_t r = ::read(STDIN_FILENO, buf, sizeof buf);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      if (r == 0 || errno != EAGAIN) {
+        stdin_open_ = false;
+        epoll_ctl(ep_.get(), EPOLL_CTL_DEL, STDIN_FILENO, nullptr);
+      }
+      break;
+    }
+    stdin_buf_.append(buf, static_cast<size_t>(r));
+    if (stdin_buf_.size() > (64u << 20)) {
+      log_.error("map line longer than 64 MiB on stdin: dropped");
+      stdin_buf_.clear();
+    }
+  }
+  bool changed = false;
+  size_t nl;
+  while ((nl = stdin_buf_.find('\n')) != std::string::npos) {
+    std::string line = stdin_buf_.substr(0, nl);
+    stdin_buf_.erase(0, nl + 1);
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    Status s = load_map_text(line, "<stdin>");
+    if (!s) log_.warn("ignoring a map: " + s.message());
+    else changed = true;
+  }
+  if (changed) apply_map();
+}
+
+std::set<PublicKey> Client::relay_needed() const {
+  std::set<PublicKey> out;
+  if (!map_) return out;
+  for (const auto& p : map_->peers) {
+    if (opt_.peers_from.empty()) {
+      out.insert(p.public_key);
+    } else if (punch_) {
+      const PeerPath* pp = punch_->find(p.public_key);
+      if (pp && (pp->status == "relay-needed" || pp->status == "relayed")) out.insert(p.public_key);
+    }
+  }
+  return out;
+}
+
+static std::optional<SockAddr> pick_target(const MapPeer& p, int family) {
+  for (const auto& c : p.endpoints)
+    if (c.kind == "relay" && c.endpoint.ip.family == family) return c.endpoint;
+  for (const auto& c : p.endpoints)
+    if (c.endpoint.ip.family == family) return c.endpoint;
+  return std::nullopt;
+}
+
+void Client::apply_map() {
+  if (!map_) return;
+  // Credentials: the first TURN server we can speak to.
+  Creds c;
+  for (const auto& t : map_->turn) {
+    if (t.transport == "udp") {
+      c = {t.server, t.transport, t.username, t.password, t.expires_at};
+      break;
+    }
+  }
+  if (c.server.empty() && !map_->turn.empty())
+    log_.warn("no UDP TURN server in the map (TCP and TLS are not supported by the client yet)");
+  if (!(c == creds_)) {
+    bool server_changed = c.server != creds_.server;
+    creds_ = c;
+    have_key_ = false;
+    if (server_changed) reset_session("TURN server changed", 0);
+  }
+  auto need = relay_needed();
+  std::set<PublicKey> in_map;
+  for (const auto& mp : map_->peers) {
+    in_map.insert(mp.public_key);
+    auto& slot = peers_[mp.public_key];
+    if (!slot) slot = std::make_unique<Peer>();
+    Peer& p = *slot;
+    p.info = mp;
+    p.relayed = need.count(mp.public_key) > 0;
+    if (p.relayed && !p.local) {
+      if (Status s = open_local(p); !s) log_.error(s.message());
+    }
+    int family = relayed_ ? relayed_->ip.family : AF_INET;
+    auto t = pick_target(mp, family);
+    if (p.relayed && t != p.target) {
+      if (p.channel) by_channel_[p.channel - 0x4000] = nullptr;
+      p.target = t;
+      p.channel = 0;
+      p.bound = false;
+      p.bind_at = 0;
+    }
+  }
+  for (auto it = peers_.begin(); it != peers_.end();) {
+    if (!in_map.count(it->first)) {
+      if (it->second->channel) by_channel_[it->second->channel - 0x4000] = nullptr;
+      if (it->second->local) epoll_ctl(ep_.get(), EPOLL_CTL_DEL, it->second->local.get(), nullptr);
+      it = peers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  // Permissions: every candidate IP of every peer (refreshed by timers()).
+  std::set<IpAddr> want;
+  for (const auto& mp : map_->peers)
+    for (const auto& cand : mp.endpoints) want.insert(cand.endpoint.ip);
+  for (auto it = perms_.begin(); it != perms_.end();)
+    it = want.count(it->first) ? std::next(it) : perms_.erase(it);
+  for (const auto& ip : want) perms_.emplace(ip, 0);
+  write_endpoints();
+}
+
+Status Client::open_local(Peer& p) {
+  MESH_ASSIGN(p.local, open_udp(SockAddr{opt_.local_ip, 0}, opt_.socket_buffer));
+  p.local_addr = bound_address(p.local.get());
+  epoll_event e{EPOLLIN, {}};
+  e.data.ptr = &p;
+  if (epoll_ctl(ep_.get(), EPOLL_CTL_ADD, p.local.get(), &e) < 0)
+    return errno_status("epoll_ctl", errno);
+  return Status::ok();
+}
+
+void Client::write_endpoints() {
+  if (!map_) return;
+  EndpointsDoc d;
+  d.generated_at = static_cast<int64_t>(::time(nullptr));
+  d.public_key = map_->self.public_key;
+  if (state_ == State::Allocated && relayed_) d.candidates.push_back({*relayed_, "relay"});
+  for (const auto& [k, p] : peers_) {
+    if (!p->relayed || !p->local) continue;
+    PeerPath pp;
+    pp.public_key = k;
+    pp.name = p->info.name;
+    pp.status = "relayed";
+    pp.endpoint = p->local_addr;
+    pp.kind = "relay";
+    d.peers.push_back(pp);
+  }
+  Json j = endpoints_to_json(d);
+  Json cmp = j;
+  cmp.erase("generated_at");
+  std::string key = dump_json(cmp);
+  if (key == last_doc_) return;
+  last_doc_ = key;
+  std::string line = dump_json(j);
+  if (!opt_.endpoints_out.empty()) {
+    Status s = write_file_atomic(opt_.endpoints_out, dump_json(j, true) + "\n", 0644);
+    if (!s) log_.error("endpoints: " + s.message());
+  }
+  if (opt_.on_endpoints) opt_.on_endpoints(line);
+}
+
+// ---- TURN session --------------------------------------------------------------
+
+void Client::reset_session(const std::string& why, int64_t delay_ms) {
+  if (srv_) {
+    log_.warn("relay session reset: " + why);
+    epoll_ctl(ep_.get(), EPOLL_CTL_DEL, srv_.get(), nullptr);
+    srv_.reset();
+  }
+  state_ = State::Idle;
+  txns_.clear();
+  relayed_.reset();
+  for (auto& [ip, at] : perms_) at = 0;
+  for (auto& [k, p] : peers_) {
+    if (p->channel) by_channel_[p->channel - 0x4000] = nullptr;
+    p->channel = 0;
+    p->bound = p->binding = false;
+    p->bind_at = 0;
+    if (!p->relayed) p->target.reset();
+  }
+  next_channel_ = 0x4000;
+  alloc_at_ = mono_ms() + delay_ms;
+  write_endpoints();
+}
+
+void Client::start_allocate() {
+  if (creds_.server.empty()) return;
+  auto addr = resolve_hostport(creds_.server);
+  if (!addr) {
+    log_.error("TURN server: " + addr.status().message());
+    alloc_at_ = mono_ms() + 5000;
+    return;
+  }
+  server_addr_ = *addr;
+  auto fd = open_udp(SockAddr{IpAddr{addr->ip.family, {}}, 0}, opt_.socket_buffer);
+  if (!fd) {
+    log_.error(fd.status().message());
+    alloc_at_ = mono_ms() + 5000;
+    return;
+  }
+  sockaddr_storage ss;
+  socklen_t sl = server_addr_.to_sockaddr(&ss);
+  if (connect(fd->get(), reinterpret_cast<sockaddr*>(&ss), sl) < 0) {
+    log_.error(errno_status("connect " + server_addr_.to_string(), errno).message());
+    alloc_at_ = mono_ms() + 5000;
+    return;
+  }
+  srv_ = std::move(*fd);
+  epoll_event e{EPOLLIN, {}};
+  e.data.ptr = nullptr;
+  epoll_ctl(ep_.get(), EPOLL_CTL_ADD, srv_.get(), &e);
+  state_ = State::Allocating;
+  Txn t;
+  t.method = stun::kAllocate;
+  t.lifetime = kLifetime;
+  send_txn(std::move(t));
+}
+
+void Client::build(Txn& t) {
+  stun::TxId tx = stun::random_txid();
+  stun::Builder b(ctl_, t.method, stun::kRequest, tx);
+  if (t.method == stun::kAllocate) {
+    uint8_t rt[4] = {17, 0, 0, 0};
+    b.add(stun::kRequestedTransport, stun::Bytes(rt, 4));
+    b.add_u32(stun::kLifetime, t.lifetime);
+  } else if (t.method == stun::kRefresh) {
+    b.add_u32(stun::kLifetime, t.lifetime);
+  } else if (t.method == stun::kCreatePermission) {
+    b.add_xor_address(stun::kXorPeerAddress, *t.peer);
+  } else if (t.method == stun::kChannelBind) {
+    b.add_u32(stun::kChannelNumber, uint32_t{t.channel} << 16);
+    b.add_xor_address(stun::kXorPeerAddress, *t.peer);
+  }
+  t.authed = have_key_;
+  if (have_key_) {
+    b.add_string(stun::kUsername, creds_.username);
+    b.add_string(stun::kRealm, realm_);
+    b.add_string(stun::kNonce, nonce_);
+    b.add_integrity(key_);
+  }
+  b.add_fingerprint();
+  auto m = b.finish();
+  t.msg.assign(m.begin(), m.end());
+  txns_.erase(tx);
+  t.next_ms = mono_ms() + t.rto_ms;
+  ssize_t r = ::send(srv_.get(), t.msg.data(), t.msg.size(), MSG_DONTWAIT);
+  (void)r;
+  txns_.emplace(tx, std::move(t));
+}
+
+void Client::send_txn(Txn t) {
+  if (!srv_) return;
+  t.tries = 1;
+  t.rto_ms = 250;
+  build(t);
+}
+
+void Client::on_server() {
+  for (int round = 0; round < 16 && srv_; ++round) {
+    rx_.prepare();
+    int n = recvmmsg(srv_.get(), rx_.msgs, kBatch, MSG_DONTWAIT, nullptr);
+    if (n <= 0) break;
+    for (int i = 0; i < n; ++i) {
+      uint8_t* p = rx_.slot(i) + kHeadroom;
+      size_t len = rx_.msgs[i].msg_len;
+      if (len < 4 || (rx_.msgs[i].msg_hdr.msg_flags & MSG_TRUNC)) continue;
+      if ((p[0] & 0xC0) == 0x40) {
+        uint16_t ch = static_cast<uint16_t>(p[0] << 8 | p[1]);
+        size_t dlen = static_cast<size_t>(p[2] << 8 | p[3]);
+        if (dlen > len - 4 || ch < 0x4000 || ch > 0x4FFF) continue;
+        Peer* peer = by_channel_[ch - 0x4000];
+        if (!peer || !peer->local) continue;
+        out_.add(peer->local.get(), &wg_ss_, wg_sl_, p + 4, dlen);
+      } else if (stun::looks_like_stun({p, len})) {
+        out_.flush();
+        auto m = stun::parse({p, len});
+        if (!m) continue;
+        if (m->cls == stun::kIndication && m->method == stun::kData) on_data_indication(*m);
+        else if (m->cls == stun::kSuccess || m->cls == stun::kError) on_response(*m);
+        if (!srv_) break;
+      }
+    }
+    out_.flush();
+    if (n < kBatch) break;
+  }
+}
+
+Peer* Client::peer_by_addr(const SockAddr& a) {
+  Peer* by_ip = nullptr;
+  for (auto& [k, p] : peers_) {
+    if (p->target && *p->target == a) return p.get();
+    for (const auto& c : p->info.endpoints) {
+      if (c.endpoint == a) return p.get();
+      if (!by_ip && c.endpoint.ip == a.ip) by_ip = p.get();
+    }
+  }
+  return by_ip;
+}
+
+void Client::on_data_indication(const stun::MessageView& m) {
+  const auto* pa = m.find(stun::kXorPeerAddress);
+  const auto* data = m.find(stun::kData_);
+  if (!pa || !data) return;
+  auto from = stun::decode_xor_address(*pa, m.tx);
+  if (!from) return;
+  Peer* p = peer_by_addr(*from);
+  if (!p) return;
+  if (!p->local) {
+    // A peer that is not relayed reached our relayed address: give it a
+    // local port so WireGuard can answer (it roams to this endpoint).
+    if (Status s = open_local(*p); !s) return;
+  }
+  if (!p->target) {
+    p->target = *from;
+    p->bind_at = 0;
+  }
+  ssize_t r = ::sendto(p->local.get(), data->value.data(), data->value.size(), MSG_DONTWAIT,
+                       reinterpret_cast<const sockaddr*>(&wg_ss_), wg_sl_);
+  (void)r;
+}
+
+void Client::on_response(const stun::MessageView& m) {
+  auto it = txns_.find(m.tx);
+  if (it == txns_.end()) return;
+  Txn t = std::move(it->second);
+  txns_.erase(it);
+  if (t.authed && !stun::check_integrity(m, key_) && m.cls == stun::kSuccess) {
+    log_.warn("ignoring a response with a bad MESSAGE-INTEGRITY");
+    return;
+  }
+  int code = 0;
+  std::string reason;
+  if (m.cls == stun::kError) {
+    const auto* ec = m.find(stun::kErrorCode);
+    if (ec) {
+      if (auto e = stun::decode_error_code(*ec)) {
+        code = e->code;
+        reason = std::string(e->reason);
+      }
+    }
+    if (code == 0) code = 400;
+    const auto* realm = m.find(stun::kRealm);
+    const auto* nonce = m.find(stun::kNonce);
+    if ((code == 401 || code == 438) && realm && nonce) {
+      bool retry = code == 438 || !t.authed;
+      std::string new_realm(stun::as_string(*realm));
+      nonce_ = stun::as_string(*nonce);
+      if (new_realm != realm_ || !have_key_) {
+        realm_ = new_realm;
+        key_ = stun::long_term_key(creds_.username, realm_, creds_.password);
+        have_key_ = true;
+        retry = true;
+      }
+      if (retry && t.tries < 6) {
+        t.tries++;
+        build(t);
+        return;
+      }
+    }
+  }
+  int64_t now = mono_ms();
+  switch (t.method) {
+    case stun::kAllocate:
+      if (code) {
+        log_.error("TURN Allocate on " + creds_.server + " failed: " + std::to_string(code) + " " +
+                   reason);
+        if (code == 437) reset_session("allocation mismatch", 0);
+        else reset_session("allocate failed", std::min(backoff_ms_ = std::max(1000, backoff_ms_ * 2), 10000));
+        return;
+      }
+      {
+        const auto* ra = m.find(stun::kXorRelayedAddress);
+        const auto* ma = m.find(stun::kXorMappedAddress);
+        const auto* lt = m.find(stun::kLifetime);
+        auto r = ra ? stun::decode_xor_address(*ra, m.tx) : Result<SockAddr>(data_error("no relayed address"));
+        if (!r) {
+          reset_session("Allocate answer without XOR-RELAYED-ADDRESS", 2000);
+          return;
+        }
+        relayed_ = *r;
+        if (ma) {
+          if (auto x = stun::decode_xor_address(*ma, m.tx)) mapped_ = *x;
+        }
+        uint32_t life = kLifetime;
+        if (lt) {
+          if (auto v = stun::decode_u32(*lt)) life = *v;
+        }
+        state_ = State::Allocated;
+        backoff_ms_ = 0;
+        int64_t ka = int64_t{opt_.keepalive_s} * 1000;
+        refresh_at_ = now + std::min<int64_t>(ka, int64_t{life} * 500);
+        log_.info("allocated " + relayed_->to_string() + " on " + server_addr_.to_string());
+        // Targets depend on the relayed family.
+        for (auto& [k, p] : peers_)
+          if (p->relayed) p->target = pick_target(p->info, relayed_->ip.family);
+        write_endpoints();
+      }
+      break;
+    case stun::kRefresh:
+      if (code) {
+        reset_session("refresh failed: " + std::to_string(code) + " " + reason, 0);
+        return;
+      }
+      {
+        uint32_t life = kLifetime;
+        if (const auto* lt = m.find(stun::kLifetime))
+          if (auto v = stun::decode_u32(*lt)) life = *v;
+        refresh_at_ = now + std::min<int64_t>(int64_t{opt_.keepalive_s} * 1000, int64_t{life} * 500);
+      }
+      break;
+    case stun::kCreatePermission:
+      if (code) {
+        log_.warn("permission for " + t.peer->ip.to_string() + " refused: " + std::to_string(code) +
+                  " " + reason);
+        if (auto p = perms_.find(t.peer->ip); p != perms_.end()) p->second = now + 60000;
+      }
+      break;
+    case stun::kChannelBind: {
+      auto pit = peers_.find(t.peer_key);
+      if (pit == peers_.end()) break;
+      Peer& p = *pit->second;
+      p.binding = false;
+      if (p.channel != t.channel) break;  // superseded
+      if (code) {
+        log_.warn("channel to " + t.peer->to_string() + " refused: " + std::to_string(code) + " " +
+                  reason);
+        by_channel_[p.channel - 0x4000] = nullptr;
+        p.channel = 0;
+        p.bound = false;
+        p.bind_at = now + 5000;
+      } else {
+        p.bound = true;
+        p.bind_at = now + kChanRefreshMs;
+      }
+      break;
+    }
+  }
+}
+
+void Client::timers() {
+  int64_t now = mono_ms();
+  // Retransmissions (RFC 8489 section 6.2.1, with a short cap so that a
+  // dead relay is noticed within seconds).
+  std::vector<stun::TxId> expired;
+  for (auto& [tx, t] : txns_) {
+    if (t.next_ms > now) continue;
+    if (t.tries >= 5) {
+      expired.push_back(tx);
+      continue;
+    }
+    t.tries++;
+    t.rto_ms = std::min(t.rto_ms * 2, 1000);
+    t.next_ms = now + t.rto_ms;
+    ssize_t r = ::send(srv_.get(), t.msg.data(), t.msg.size(), MSG_DONTWAIT);
+    (void)r;
+  }
+  for (const auto& tx : expired) {
+    auto it = txns_.find(tx);
+    if (it == txns_.end()) continue;
+    uint16_t method = it->second.method;
+    PublicKey pk = it->second.peer_key;
+    txns_.erase(it);
+    if (method == stun::kAllocate || method == stun::kRefresh) {
+      reset_session("the TURN server " + creds_.server + " does not answer",
+                    std::min(backoff_ms_ = std::max(500, backoff_ms_ * 2), 5000));
+      return;
+    }
+    if (method == stun::kChannelBind)
+      if (auto p = peers_.find(pk); p != peers_.end()) {
+        p->second->binding = false;
+        p->second->bind_at = now + 2000;
+      }
+  }
+  if (state_ == State::Idle) {
+    if (!creds_.server.empty() && now >= alloc_at_) start_allocate();
+    return;
+  }
+  if (state_ != State::Allocated) return;
+  if (now >= refresh_at_) {
+    bool inflight = false;
+    for (auto& [tx, t] : txns_) inflight |= t.method == stun::kRefresh;
+    if (!inflight) {
+      Txn t;
+      t.method = stun::kRefresh;
+      t.lifetime = kLifetime;
+      send_txn(std::move(t));
+    }
+    refresh_at_ = now + int64_t{opt_.keepalive_s} * 1000;
+  }
+  for (auto& [ip, at] : perms_) {
+    if (at > now || ip.family != relayed_->ip.family) continue;
+    Txn t;
+    t.method = stun::kCreatePermission;
+    t.peer = SockAddr{ip, 0};
+    send_txn(std::move(t));
+    at = now + kPermRefreshMs;
+  }
+  for (auto& [k, p] : peers_) {
+    if (!p->target || p->binding || p->bind_at > now) continue;
+    if (!p->channel) {
+      if (next_channel_ > 0x4FFF) continue;
+      p->channel = next_channel_++;
+      by_channel_[p->channel - 0x4000] = p.get();
+    }
+    Txn t;
+    t.method = stun::kChannelBind;
+    t.peer = *p->target;
+    t.channel = p->channel;
+    t.peer_key = k;
+    p->binding = true;
+    p->bind_at = now + kChanRefreshMs;
+    send_txn(std::move(t));
+  }
+}
+
+void Client::on_local(Peer& p) {
+  for (int round = 0; round < 16; ++round) {
+    rx_.prepare();
+    int n = recvmmsg(p.local.get(), rx_.msgs, kBatch, MSG_DONTWAIT, nullptr);
+    if (n <= 0) break;
+    if (state_ == State::Allocated && p.target) {
+      for (int i = 0; i < n; ++i) {
+        uint8_t* d = rx_.slot(i) + kHeadroom;
+        size_t len = rx_.msgs[i].msg_len;
+        if (rx_.msgs[i].msg_hdr.msg_flags & MSG_TRUNC) continue;
+        if (p.bound) {
+          stun::write_channel_data_header(d - 4, p.channel, static_cast<uint16_t>(len));
+          out_.add(srv_.get(), nullptr, 0, d - 4, len + 4);
+        } else {
+          // Before the channel is bound: a Send indication (the
+          // permission comes with the map).
+          stun::Builder b({scratch_.get(), kSlot}, stun::kSend, stun::kIndication, stun::random_txid());
+          b.add_xor_address(stun::kXorPeerAddress, *p.target).add(stun::kData_, {d, len});
+          auto m = b.finish();
+          out_.flush();
+          ssize_t r = ::send(srv_.get(), m.data(), m.size(), MSG_DONTWAIT);
+          (void)r;
+        }
+      }
+      out_.flush();
+    }
+    if (n < kBatch) break;
+  }
+}
+
+Status Client::run() {
+  ep_.reset(epoll_create1(EPOLL_CLOEXEC));
+  if (!ep_) return errno_status("epoll_create1", errno);
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&set, s);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  sig_.reset(signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  epoll_event e{EPOLLIN, {}};
+  e.data.ptr = &sig_;
+  epoll_ctl(ep_.get(), EPOLL_CTL_ADD, sig_.get(), &e);
+
+  if (opt_.map_path == "-") {
+    // The first map is required before anything else.
+    std::string line;
+    char c;
+    while (true) {
+      ssize_t r = ::read(STDIN_FILENO, &c, 1);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return data_error("<stdin>: no network map");
+      if (c == '\n') {
+        if (line.find_first_not_of(" \t\r") != std::string::npos) break;
+        line.clear();
+        continue;
+      }
+      line += c;
+    }
+    MESH_TRY(load_map_text(line, "<stdin>"));
+    int fl = fcntl(STDIN_FILENO, F_GETFL);
+    fcntl(STDIN_FILENO, F_SETFL, fl | O_NONBLOCK);
+    e.data.ptr = &stdin_buf_;
+    if (epoll_ctl(ep_.get(), EPOLL_CTL_ADD, STDIN_FILENO, &e) == 0) stdin_open_ = true;
+    MESH_TRY(poll_inputs(true));
+    apply_map();
+  } else {
+    auto text = read_file(opt_.map_path);
+    if (!text) return text.status();
+    MESH_TRY(poll_inputs(true));
+  }
+
+  epoll_event evs[64];
+  while (true) {
+    int64_t now = mono_ms();
+    int64_t wake = now + 200;
+    for (auto& [tx, t] : txns_) wake = std::min(wake, t.next_ms);
+    int n = epoll_wait(ep_.get(), evs, 64, static_cast<int>(std::max<int64_t>(0, wake - now)));
+    for (int i = 0; i < n; ++i) {
+      void* ptr = evs[i].data.ptr;
+      if (ptr == &sig_) {
+        signalfd_siginfo si;
+        while (::read(sig_.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+          if (si.ssi_signo == SIGHUP) {
+            (void)poll_inputs(true);
+            continue;
+          }
+          // Release the allocation (Refresh lifetime 0), best effort.
+          if (state_ == State::Allocated) {
+            Txn t;
+            t.method = stun::kRefresh;
+            t.lifetime = 0;
+            send_txn(std::move(t));
+          }
+          return Status::ok();
+        }
+      } else if (ptr == &stdin_buf_) {
+        read_stdin();
+      } else if (ptr == nullptr) {
+        on_server();
+      } else {
+        on_local(*static_cast<Peer*>(ptr));
+      }
+    }
+    now = mono_ms();
+    if (now >= next_poll_ms_) {
+      (void)poll_inputs(false);
+      next_poll_ms_ = now + 1000;
+    }
+    timers();
+  }
+}
+
+}  // namespace
+
+Result<SockAddr> resolve_hostport(const std::string& text) {
+  if (auto a = SockAddr::parse(text)) return *a;
+  size_t colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    return data_error("invalid server '" + text + "': expected HOST:PORT");
+  std::string host = text.substr(0, colon), port = text.substr(colon + 1);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* res = nullptr;
+  int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0 || !res) return unavailable("cannot resolve " + text + ": " + gai_strerror(rc));
+  SockAddr a = SockAddr::from_sockaddr(res->ai_addr);
+  freeaddrinfo(res);
+  return a;
+}
+
+Status run_client(const ClientOptions& opt, Log& log) {
+  Client c(opt, log);
+  return c.run();
+}
+
+Result<CheckResult> check_allocate(const std::string& server, const std::string& username,
+                                   const std::string& password, const std::optional<SockAddr>& peer,
+                                   int timeout_ms, int hold_ms) {
+  MESH_ASSIGN(SockAddr addr, resolve_hostport(server));
+  MESH_ASSIGN(UniqueFd fd, open_udp(SockAddr{IpAddr{addr.ip.family, {}}, 0}, 0));
+  sockaddr_storage ss;
+  socklen_t sl = addr.to_sockaddr(&ss);
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), sl) < 0)
+    return errno_status("connect " + addr.to_string(), errno);
+  std::array<uint8_t, 1500> buf{}, in{};
+  std::string realm, nonce;
+  std::array<uint8_t, 16> key{};
+  bool authed = false;
+  CheckResult res;
+  int64_t deadline = mono_ms() + timeout_ms;
+  // Sends one request (with retransmissions) and waits for its answer;
+  // handles the 401/438 challenge once. fill() adds the method's attributes.
+  auto transact = [&](uint16_t method, auto fill) -> Result<std::vector<uint8_t>> {
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      stun::TxId tx = stun::random_txid();
+      stun::Builder b(buf, method, stun::kRequest, tx);
+      fill(b);
+      if (authed) {
+        b.add_string(stun::kUsername, username).add_string(stun::kRealm, realm);
+        b.add_string(stun::kNonce, nonce).add_integrity(key);
+      }
+      b.add_fingerprint();
+      auto msg = b.finish();
+      int rto = 250;
+      while (true) {
+        if (mono_ms() >= deadline) return unavailable("no answer from " + server);
+        ssize_t w = ::send(fd.get(), msg.data(), msg.size(), 0);
+        (void)w;
+        pollfd p{fd.get(), POLLIN, 0};
+        int64_t until = std::min(deadline, mono_ms() + rto);
+        bool got = false;
+        while (!got && mono_ms() < until) {
+          if (poll(&p, 1, static_cast<int>(until - mono_ms())) <= 0) continue;
+          ssize_t r = ::recv(fd.get(), in.data(), in.size(), 0);
+          if (r <= 0) {
+            if (r < 0 && errno == ECONNREFUSED) return unavailable("connection refused by " + server);
+            continue;
+          }
+          auto m = stun::parse({in.data(), static_cast<size_t>(r)});
+          if (!m || m->tx != tx) continue;
+          got = true;
+          if (m->cls == stun::kError) {
+            const auto* ec = m->find(stun::kErrorCode);
+            auto e = ec ? stun::decode_error_code(*ec) : Result<stun::ErrorCode>(data_error("x"));
+            int code = e ? e->code : 400;
+            const auto* r_ = m->find(stun::kRealm);
+            const auto* n_ = m->find(stun::kNonce);
+            if ((code == 401 && !authed && !username.empty()) || code == 438) {
+              if (r_ && n_) {
+                realm = stun::as_string(*r_);
+                nonce = stun::as_string(*n_);
+                key = stun::long_term_key(username, realm, password);
+                authed = true;
+                break;  // retry with credentials
+              }
+            }
+            res.ok = false;
+            res.error_code = code;
+            res.reason = e ? std::string(e->reason) : "";
+            return std::vector<uint8_t>();
+          }
+          if (authed && !stun::check_integrity(*m, key))
+            return data_error("the answer's MESSAGE-INTEGRITY does not verify");
+          if (const auto* sw = m->find(stun::kSoftware)) res.software = stun::as_string(*sw);
+          return std::vector<uint8_t>(in.data(), in.data() + r);
+        }
+        if (got) break;
+        rto = std::min(rto * 2, 2000);
+      }
+    }
+    return unavailable("authentication loop with " + server);
+  };
+  MESH_ASSIGN(auto ans, transact(stun::kAllocate, [](stun::Builder& b) {
+                uint8_t rt[4] = {17, 0, 0, 0};
+                b.add(stun::kRequestedTransport, stun::Bytes(rt, 4));
+              }));
+  if (ans.empty()) return res;
+  auto m = stun::parse(ans);
+  if (!m) return m.status();
+  if (const auto* ra = m->find(stun::kXorRelayedAddress)) {
+    if (auto a = stun::decode_xor_address(*ra, m->tx)) res.relayed = *a;
+  }
+  if (const auto* ma = m->find(stun::kXorMappedAddress)) {
+    if (auto a = stun::decode_xor_address(*ma, m->tx)) res.mapped = *a;
+  }
+  if (const auto* lt = m->find(stun::kLifetime)) {
+    if (auto v = stun::decode_u32(*lt)) res.lifetime = *v;
+  }
+  res.ok = true;
+  if (peer) {
+    MESH_ASSIGN(auto a2, transact(stun::kChannelBind, [&](stun::Builder& b) {
+                  b.add_u32(stun::kChannelNumber, 0x40000000u);
+                  b.add_xor_address(stun::kXorPeerAddress, *peer);
+                }));
+    if (a2.empty()) res.ok = false;
+  }
+  if (hold_ms > 0) {
+    timespec ts{hold_ms / 1000, (hold_ms % 1000) * 1000000L};
+    nanosleep(&ts, nullptr);
+  }
+  deadline = mono_ms() + timeout_ms;
+  auto rel = transact(stun::kRefresh, [](stun::Builder& b) { b.add_u32(stun::kLifetime, 0); });
+  (void)rel;
+  return res;
+}
+
+}  // namespace mesh::relay

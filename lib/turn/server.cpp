@@ -1,0 +1,640 @@
+#include "turn/server.h"
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+
+namespace mesh::turn {
+
+using stun::Builder;
+using stun::Bytes;
+using stun::MessageView;
+
+std::vector<Prefix> default_denied_peers() {
+  static const char* const kRanges[] = {
+      "0.0.0.0/8",       "10.0.0.0/8",      "100.64.0.0/10",  "127.0.0.0/8",
+      "169.254.0.0/16",  "172.16.0.0/12",   "192.0.0.0/24",   "192.0.2.0/24",
+      "192.168.0.0/16",  "198.18.0.0/15",   "198.51.100.0/24", "203.0.113.0/24",
+      "224.0.0.0/4",     "240.0.0.0/4",     "::/128",         "::1/128",
+      "::ffff:0:0/96",   "64:ff9b:1::/48",  "100::/64",       "2001:db8::/32",
+      "fc00::/7",        "fe80::/10",       "ff00::/8",
+  };
+  std::vector<Prefix> out;
+  for (const char* r : kRanges) out.push_back(*Prefix::parse(r));
+  return out;
+}
+
+size_t ClientKeyHash::operator()(const ClientKey& k) const noexcept {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+  const uint8_t* b = k.addr.ip.bytes.data();
+  uint64_t lo = 0, hi = 0;
+  std::memcpy(&lo, b, 8);
+  std::memcpy(&hi, b + 8, 8);
+  mix(lo);
+  mix(hi);
+  mix(uint64_t{k.addr.port} << 32 | uint64_t{k.conn} << 8 | k.transport);
+  return static_cast<size_t>(h ^ (h >> 29));
+}
+
+// ---- Shared -------------------------------------------------------------------
+
+Shared::Shared(Config cfg, std::unique_ptr<Credentials> creds)
+    : cfg_(std::move(cfg)), creds_(std::move(creds)) {}
+
+std::shared_ptr<const Credentials> Shared::credentials() const {
+  std::lock_guard lk(mu_);
+  return creds_;
+}
+
+void Shared::set_credentials(std::unique_ptr<Credentials> c) {
+  std::shared_ptr<const Credentials> n(std::move(c));
+  std::lock_guard lk(mu_);
+  creds_.swap(n);
+}
+
+bool Shared::peer_allowed(const IpAddr& ip) const {
+  for (const auto& p : cfg_.allow_peers)
+    if (p.contains(ip)) return true;
+  if (cfg_.self_relay)
+    for (const auto& r : cfg_.relay_ips)
+      if (r == ip) return true;
+  for (const auto& p : cfg_.deny_peers)
+    if (p.contains(ip)) return false;
+  return true;
+}
+
+Shared::Admit Shared::admit(const std::string& name) {
+  std::lock_guard lk(mu_);
+  if (cfg_.max_allocations && total_ >= cfg_.max_allocations) return Admit::TotalQuota;
+  size_t& n = per_user_[name];
+  if (cfg_.user_quota && n >= cfg_.user_quota) {
+    if (n == 0) per_user_.erase(name);
+    return Admit::UserQuota;
+  }
+  ++n;
+  ++total_;
+  return Admit::Ok;
+}
+
+void Shared::release(const std::string& name) {
+  std::lock_guard lk(mu_);
+  auto it = per_user_.find(name);
+  if (it != per_user_.end() && --it->second == 0) per_user_.erase(it);
+  if (total_) --total_;
+}
+
+size_t Shared::total_allocations() const {
+  std::lock_guard lk(mu_);
+  return total_;
+}
+
+// ---- Engine -------------------------------------------------------------------
+
+struct Engine::Auth {
+  std::string username;
+  std::string quota_name;
+  LongTermKey key{};
+  bool ok = false;
+};
+
+Engine::Engine(Shared& shared, Io& io, Stats& stats) : shared_(shared), io_(io), stats_(stats) {}
+
+Engine::~Engine() { clear(); }
+
+Allocation* Engine::find(const ClientKey& k) {
+  auto it = allocs_.find(k);
+  return it == allocs_.end() ? nullptr : it->second.get();
+}
+
+void Engine::on_message(const ClientKey& from, Bytes pkt, Now now) {
+  auto r = stun::parse(pkt);
+  if (!r) {
+    stats_.dropped_other.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  const MessageView& m = *r;
+  if (m.cls == stun::kRequest) {
+    stats_.requests.fetch_add(1, std::memory_order_relaxed);
+    handle_request(from, m, now);
+  } else if (m.cls == stun::kIndication && m.method == stun::kSend) {
+    handle_send(from, m, now);
+  } else {
+    // Responses and other indications are not for a server; ignore them
+    // (RFC 8489 section 6.3: unknown indications are discarded silently).
+    stats_.dropped_other.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+namespace {
+
+// Comprehension-required attributes (0x0000-0x7FFF) we understand in
+// requests; others trigger 420 (RFC 8489 section 7.3.1).
+bool known_attr(uint16_t t) {
+  switch (t) {
+    case stun::kMappedAddress: case stun::kChangeRequest: case stun::kUsername:
+    case stun::kMessageIntegrity: case stun::kErrorCode: case stun::kUnknownAttributes:
+    case stun::kChannelNumber: case stun::kLifetime: case stun::kXorPeerAddress:
+    case stun::kData_: case stun::kRealm: case stun::kNonce: case stun::kXorRelayedAddress:
+    case stun::kRequestedAddressFamily: case stun::kEvenPort: case stun::kRequestedTransport:
+    case stun::kDontFragment: case stun::kMessageIntegritySha256: case stun::kPasswordAlgorithm:
+    case stun::kUserhash: case stun::kXorMappedAddress: case stun::kReservationToken:
+    case stun::kPriority: case stun::kUseCandidate: case stun::kPadding: case stun::kResponsePort:
+      return true;
+    default:
+      return t >= 0x8000;
+  }
+}
+
+uint32_t clamp_lifetime(const MessageView& m, const Config& c) {
+  uint32_t lt = c.default_lifetime;
+  if (const auto* a = m.find(stun::kLifetime)) {
+    if (auto v = stun::decode_u32(*a)) {
+      lt = *v;
+      if (lt != 0 && lt < c.default_lifetime) lt = c.default_lifetime;
+    }
+  }
+  return std::min(lt, c.max_lifetime);
+}
+
+}  // namespace
+
+void Engine::handle_request(const ClientKey& from, const MessageView& m, Now now) {
+  uint16_t unknown[16];
+  size_t nunknown = 0;
+  for (const auto& a : m.attributes())
+    if (!known_attr(a.type) && nunknown < 16) unknown[nunknown++] = a.type;
+  if (nunknown) {
+    Builder b(out_, m.method, stun::kError, m.tx);
+    b.add_error(420, "Unknown Attribute");
+    uint8_t ua[32];
+    for (size_t i = 0; i < nunknown; ++i) {
+      ua[2 * i] = static_cast<uint8_t>(unknown[i] >> 8);
+      ua[2 * i + 1] = static_cast<uint8_t>(unknown[i]);
+    }
+    b.add(stun::kUnknownAttributes, Bytes(ua, 2 * nunknown));
+    b.add_string(stun::kSoftware, shared_.config().software).add_fingerprint();
+    io_.reply(from, b.finish(), 0);
+    return;
+  }
+  if (m.method == stun::kBinding) return binding(from, m);
+  if (m.method != stun::kAllocate && m.method != stun::kRefresh &&
+      m.method != stun::kCreatePermission && m.method != stun::kChannelBind) {
+    send_error(from, m, 400, "Bad Request", nullptr, now);
+    return;
+  }
+  Auth auth;
+  if (!authenticate(from, m, now, &auth)) return;
+  if (m.method == stun::kAllocate) return allocate(from, m, now, auth);
+  Allocation* a = find(from);
+  if (!a) {
+    send_error(from, m, 437, "Allocation Mismatch", &auth, now);
+    return;
+  }
+  if (a->username != auth.username) {
+    // RFC 8656 section 5: the same credentials as the Allocate.
+    send_error(from, m, 441, "Wrong Credentials", &auth, now);
+    return;
+  }
+  switch (m.method) {
+    case stun::kRefresh: return refresh(*a, m, now, auth);
+    case stun::kCreatePermission: return create_permission(*a, m, now, auth);
+    case stun::kChannelBind: return channel_bind(*a, m, now, auth);
+  }
+}
+
+void Engine::binding(const ClientKey& from, const MessageView& m) {
+  stats_.bindings.fetch_add(1, std::memory_order_relaxed);
+  uint32_t change = 0;
+  if (const auto* cr = m.find(stun::kChangeRequest)) {
+    auto v = stun::decode_u32(*cr);
+    if (!v) {
+      send_error(from, m, 400, "Bad Request", nullptr, {});
+      return;
+    }
+    change = *v & (stun::kChangeIp | stun::kChangePort);
+  }
+  Io::Origin origin;
+  if (!io_.origin(from, change, &origin)) {
+    // RFC 5780 section 6.1: no alternate address -> 420.
+    Builder b(out_, m.method, stun::kError, m.tx);
+    b.add_error(420, "Unknown Attribute (no alternate address)");
+    uint8_t ua[2] = {0x00, 0x03};
+    b.add(stun::kUnknownAttributes, Bytes(ua, 2)).add_fingerprint();
+    io_.reply(from, b.finish(), 0);
+    return;
+  }
+  Builder b(out_, stun::kBinding, stun::kSuccess, m.tx);
+  b.add_xor_address(stun::kXorMappedAddress, from.addr);
+  if (origin.response_origin) b.add_address(stun::kResponseOrigin, *origin.response_origin);
+  if (origin.other_address) b.add_address(stun::kOtherAddress, *origin.other_address);
+  b.add_string(stun::kSoftware, shared_.config().software).add_fingerprint();
+  io_.reply(from, b.finish(), change);
+}
+
+bool Engine::authenticate(const ClientKey& from, const MessageView& m, Now now, Auth* out) {
+  auto creds = shared_.credentials();
+  const auto* mi = m.integrity_offset ? &m : nullptr;
+  const auto* user = m.find(stun::kUsername);
+  const auto* realm = m.find(stun::kRealm);
+  const auto* nonce = m.find(stun::kNonce);
+  if (!mi) {
+    send_error(from, m, 401, "Unauthorized", nullptr, now, true);
+    return false;
+  }
+  if (!user || !realm || !nonce) {
+    send_error(from, m, 400, "Bad Request", nullptr, now);
+    return false;
+  }
+  if (shared_.nonces().check(stun::as_string(*nonce), now.unix_s) != NonceMint::Check::Valid) {
+    send_error(from, m, 438, "Stale Nonce", nullptr, now, true);
+    return false;
+  }
+  std::string_view uname = stun::as_string(*user);
+  if (stun::as_string(*realm) != creds->realm() ||
+      creds->keys_for(uname, now.unix_s, &keys_, &out->quota_name) != Credentials::Lookup::Ok) {
+    stats_.auth_failures.fetch_add(1, std::memory_order_relaxed);
+    send_error(from, m, 401, "Unauthorized", nullptr, now, true);
+    return false;
+  }
+  for (const auto& k : keys_) {
+    if (stun::check_integrity(m, k)) {
+      out->key = k;
+      out->username.assign(uname);
+      out->ok = true;
+      return true;
+    }
+  }
+  stats_.auth_failures.fetch_add(1, std::memory_order_relaxed);
+  send_error(from, m, 401, "Unauthorized", nullptr, now, true);
+  return false;
+}
+
+void Engine::send_error(const ClientKey& to, const MessageView& m, int code,
+                        std::string_view reason, const Auth* auth, Now now, bool with_nonce) {
+  Builder b(out_, m.method, stun::kError, m.tx);
+  b.add_error(code, reason);
+  if (with_nonce) {
+    auto creds = shared_.credentials();
+    b.add_string(stun::kRealm, creds->realm());
+    b.add_string(stun::kNonce,
+                 shared_.nonces().make(now.unix_s, shared_.config().nonce_lifetime));
+  }
+  b.add_string(stun::kSoftware, shared_.config().software);
+  if (auth && auth->ok) b.add_integrity(auth->key);
+  b.add_fingerprint();
+  io_.reply(to, b.finish(), 0);
+}
+
+void Engine::send_success(const ClientKey& to, Builder& b, const Auth& auth) {
+  b.add_string(stun::kSoftware, shared_.config().software);
+  b.add_integrity(auth.key).add_fingerprint();
+  io_.reply(to, b.finish(), 0);
+}
+
+void Engine::allocate(const ClientKey& from, const MessageView& m, Now now, const Auth& auth) {
+  const Config& cfg = shared_.config();
+  if (Allocation* a = find(from)) {
+    if (a->alloc_tx == m.tx && a->username == auth.username) {
+      // A retransmission: answer as before (RFC 8656 section 7.2).
+      Builder b(out_, stun::kAllocate, stun::kSuccess, m.tx);
+      b.add_xor_address(stun::kXorRelayedAddress, a->relay.addr);
+      b.add_u32(stun::kLifetime, static_cast<uint32_t>(std::max<int64_t>(0, (a->expires_ms - now.mono_ms) / 1000)));
+      b.add_xor_address(stun::kXorMappedAddress, from.addr);
+      send_success(from, b, auth);
+    } else {
+      send_error(from, m, 437, "Allocation Mismatch", &auth, now);
+    }
+    return;
+  }
+  const auto* rt = m.find(stun::kRequestedTransport);
+  if (!rt || rt->value.size() != 4) {
+    send_error(from, m, 400, "Bad Request: REQUESTED-TRANSPORT missing", &auth, now);
+    return;
+  }
+  if (rt->value[0] != kUdp) {
+    send_error(from, m, 442, "Unsupported Transport Protocol", &auth, now);
+    return;
+  }
+  const auto* even = m.find(stun::kEvenPort);
+  if (m.find(stun::kReservationToken)) {
+    if (even) {
+      send_error(from, m, 400, "Bad Request: EVEN-PORT with RESERVATION-TOKEN", &auth, now);
+    } else {
+      // We keep no reservations: a token can only be unknown.
+      send_error(from, m, 508, "Insufficient Capacity: unknown reservation", &auth, now);
+    }
+    return;
+  }
+  int family = AF_INET;
+  if (const auto* raf = m.find(stun::kRequestedAddressFamily)) {
+    if (raf->value.size() != 4 || (raf->value[0] != 0x01 && raf->value[0] != 0x02)) {
+      send_error(from, m, 440, "Address Family not Supported", &auth, now);
+      return;
+    }
+    family = raf->value[0] == 0x02 ? AF_INET6 : AF_INET;
+  }
+  bool have_family = false;
+  for (const auto& ip : cfg.relay_ips) have_family |= ip.family == family;
+  if (!have_family) {
+    send_error(from, m, 440, "Address Family not Supported", &auth, now);
+    return;
+  }
+  uint32_t lifetime = clamp_lifetime(m, cfg);
+  if (lifetime == 0) lifetime = cfg.default_lifetime;
+  switch (shared_.admit(auth.quota_name)) {
+    case Shared::Admit::Ok: break;
+    case Shared::Admit::UserQuota:
+    case Shared::Admit::TotalQuota:
+      stats_.quota_rejections.fetch_add(1, std::memory_order_relaxed);
+      send_error(from, m, 486, "Allocation Quota Reached", &auth, now);
+      return;
+  }
+  auto a = std::make_unique<Allocation>();
+  a->client = from;
+  a->username = auth.username;
+  a->quota_name = auth.quota_name;
+  a->key = auth.key;
+  a->alloc_tx = m.tx;
+  a->created_ms = now.mono_ms;
+  a->lifetime_s = lifetime;
+  a->expires_ms = now.mono_ms + int64_t{lifetime} * 1000;
+  a->tokens = static_cast<double>(cfg.max_bps);
+  a->tokens_ms = now.mono_ms;
+  bool even_port = even && !even->value.empty();
+  auto sock = io_.open_relay(family, even_port, a.get());
+  if (!sock) {
+    shared_.release(auth.quota_name);
+    send_error(from, m, 508, "Insufficient Capacity", &auth, now);
+    return;
+  }
+  a->relay = *sock;
+  Builder b(out_, stun::kAllocate, stun::kSuccess, m.tx);
+  b.add_xor_address(stun::kXorRelayedAddress, a->relay.addr);
+  b.add_u32(stun::kLifetime, lifetime);
+  b.add_xor_address(stun::kXorMappedAddress, from.addr);
+  allocs_.emplace(from, std::move(a));
+  last_alloc_ = nullptr;
+  stats_.allocations_created.fetch_add(1, std::memory_order_relaxed);
+  stats_.allocations.fetch_add(1, std::memory_order_relaxed);
+  send_success(from, b, auth);
+}
+
+void Engine::refresh(Allocation& a, const MessageView& m, Now now, const Auth& auth) {
+  if (const auto* raf = m.find(stun::kRequestedAddressFamily)) {
+    int fam = raf->value.size() == 4 && raf->value[0] == 0x02 ? AF_INET6 : AF_INET;
+    if (fam != a.relay.addr.ip.family) {
+      send_error(a.client, m, 443, "Peer Address Family Mismatch", &auth, now);
+      return;
+    }
+  }
+  uint32_t lifetime = clamp_lifetime(m, shared_.config());
+  ClientKey key = a.client;
+  Builder b(out_, stun::kRefresh, stun::kSuccess, m.tx);
+  b.add_u32(stun::kLifetime, lifetime);
+  if (lifetime == 0) {
+    remove(key, false);
+  } else {
+    a.lifetime_s = lifetime;
+    a.expires_ms = now.mono_ms + int64_t{lifetime} * 1000;
+  }
+  send_success(key, b, auth);
+}
+
+void Engine::add_permission(Allocation& a, const IpAddr& ip, int64_t now_ms) {
+  int64_t exp = now_ms + int64_t{shared_.config().permission_lifetime} * 1000;
+  for (auto& p : a.perms) {
+    if (p.ip == ip) {
+      p.expires_ms = exp;
+      return;
+    }
+  }
+  a.perms.push_back({ip, exp});
+  stats_.permissions.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Engine::create_permission(Allocation& a, const MessageView& m, Now now, const Auth& auth) {
+  IpAddr ips[stun::kMaxAttributes];
+  size_t n = 0;
+  for (const auto& at : m.attributes()) {
+    if (at.type != stun::kXorPeerAddress) continue;
+    auto sa = stun::decode_xor_address(at, m.tx);
+    if (!sa) {
+      send_error(a.client, m, 400, "Bad Request: XOR-PEER-ADDRESS", &auth, now);
+      return;
+    }
+    if (sa->ip.family != a.relay.addr.ip.family) {
+      send_error(a.client, m, 443, "Peer Address Family Mismatch", &auth, now);
+      return;
+    }
+    if (!shared_.peer_allowed(sa->ip)) {
+      stats_.forbidden_peers.fetch_add(1, std::memory_order_relaxed);
+      send_error(a.client, m, 403, "Forbidden", &auth, now);
+      return;
+    }
+    ips[n++] = sa->ip;
+  }
+  if (n == 0) {
+    send_error(a.client, m, 400, "Bad Request: no XOR-PEER-ADDRESS", &auth, now);
+    return;
+  }
+  size_t fresh = 0;
+  for (size_t i = 0; i < n; ++i) fresh += !a.permitted(ips[i], INT64_MIN);
+  if (a.perms.size() + fresh > shared_.config().max_permissions) {
+    send_error(a.client, m, 508, "Insufficient Capacity: too many permissions", &auth, now);
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) add_permission(a, ips[i], now.mono_ms);
+  Builder b(out_, stun::kCreatePermission, stun::kSuccess, m.tx);
+  send_success(a.client, b, auth);
+}
+
+void Engine::channel_bind(Allocation& a, const MessageView& m, Now now, const Auth& auth) {
+  const auto* cn = m.find(stun::kChannelNumber);
+  const auto* pa = m.find(stun::kXorPeerAddress);
+  if (!cn || !pa || cn->value.size() != 4) {
+    send_error(a.client, m, 400, "Bad Request: CHANNEL-NUMBER and XOR-PEER-ADDRESS required",
+               &auth, now);
+    return;
+  }
+  uint16_t num = static_cast<uint16_t>(cn->value[0] << 8 | cn->value[1]);
+  if (num < kChannelMin || num > kChannelMax) {
+    send_error(a.client, m, 400, "Bad Request: channel number out of range", &auth, now);
+    return;
+  }
+  auto peer = stun::decode_xor_address(*pa, m.tx);
+  if (!peer) {
+    send_error(a.client, m, 400, "Bad Request: XOR-PEER-ADDRESS", &auth, now);
+    return;
+  }
+  if (peer->ip.family != a.relay.addr.ip.family) {
+    send_error(a.client, m, 443, "Peer Address Family Mismatch", &auth, now);
+    return;
+  }
+  if (!shared_.peer_allowed(peer->ip)) {
+    stats_.forbidden_peers.fetch_add(1, std::memory_order_relaxed);
+    send_error(a.client, m, 403, "Forbidden", &auth, now);
+    return;
+  }
+  const Allocation::Channel* by_num = a.channel(num);
+  const Allocation::Channel* by_peer = a.channel_for(*peer);
+  if ((by_num && by_num->peer != *peer) || (by_peer && by_peer->number != num)) {
+    send_error(a.client, m, 400, "Bad Request: channel or peer already bound", &auth, now);
+    return;
+  }
+  if (!a.permitted(peer->ip, INT64_MIN) && a.perms.size() >= shared_.config().max_permissions) {
+    send_error(a.client, m, 508, "Insufficient Capacity: too many permissions", &auth, now);
+    return;
+  }
+  int64_t exp = now.mono_ms + int64_t{shared_.config().channel_lifetime} * 1000;
+  if (by_num) {
+    a.channels[a.channel_index[num - kChannelMin] - 1].expires_ms = exp;
+  } else {
+    a.channels.push_back({num, *peer, exp});
+    a.channel_index[num - kChannelMin] = static_cast<uint16_t>(a.channels.size());
+    stats_.channels.fetch_add(1, std::memory_order_relaxed);
+  }
+  add_permission(a, peer->ip, now.mono_ms);
+  Builder b(out_, stun::kChannelBind, stun::kSuccess, m.tx);
+  send_success(a.client, b, auth);
+}
+
+void Engine::handle_send(const ClientKey& from, const MessageView& m, Now now) {
+  Allocation* a = find(from);
+  const auto* pa = m.find(stun::kXorPeerAddress);
+  const auto* data = m.find(stun::kData_);
+  if (!a || !pa || !data) {
+    stats_.dropped_other.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  auto peer = stun::decode_xor_address(*pa, m.tx);
+  if (!peer || !a->permitted(peer->ip, now.mono_ms)) {
+    stats_.dropped_no_permission.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (!take_tokens(*a, data->value.size(), now.mono_ms)) {
+    stats_.dropped_rate.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  a->packets_out++;
+  a->bytes_out += data->value.size();
+  stats_.client_to_peer_packets.fetch_add(1, std::memory_order_relaxed);
+  stats_.client_to_peer_bytes.fetch_add(data->value.size(), std::memory_order_relaxed);
+  io_.send_to_peer(a->relay, *peer, data->value);
+}
+
+bool Engine::take_tokens(Allocation& a, size_t len, int64_t now_ms) {
+  uint64_t rate = shared_.config().max_bps;
+  if (!rate) return true;
+  if (now_ms > a.tokens_ms) {
+    // Burst allowance: one second's worth.
+    a.tokens = std::min<double>(static_cast<double>(rate),
+                                a.tokens + static_cast<double>(rate) * (now_ms - a.tokens_ms) / 1000.0);
+    a.tokens_ms = now_ms;
+  }
+  if (a.tokens < static_cast<double>(len)) return false;
+  a.tokens -= static_cast<double>(len);
+  return true;
+}
+
+Engine::Route Engine::route_channel(const ClientKey& from, uint16_t channel, size_t len,
+                                    int64_t now_ms) {
+  Allocation* a;
+  if (last_alloc_ && last_key_ == from) {
+    a = last_alloc_;
+  } else {
+    a = find(from);
+    if (!a) {
+      stats_.dropped_no_channel.fetch_add(1, std::memory_order_relaxed);
+      return {};
+    }
+    last_key_ = from;
+    last_alloc_ = a;
+  }
+  const Allocation::Channel* c = a->channel(channel);
+  if (!c || c->expires_ms <= now_ms) {
+    stats_.dropped_no_channel.fetch_add(1, std::memory_order_relaxed);
+    return {};
+  }
+  if (!take_tokens(*a, len, now_ms)) {
+    stats_.dropped_rate.fetch_add(1, std::memory_order_relaxed);
+    return {};
+  }
+  a->packets_out++;
+  a->bytes_out += len;
+  return {a, &c->peer};
+}
+
+int Engine::on_peer_data(Allocation& a, const SockAddr& peer, size_t len, int64_t now_ms) {
+  if (!a.permitted(peer.ip, now_ms)) {
+    stats_.dropped_no_permission.fetch_add(1, std::memory_order_relaxed);
+    return -1;
+  }
+  if (!take_tokens(a, len, now_ms)) {
+    stats_.dropped_rate.fetch_add(1, std::memory_order_relaxed);
+    return -1;
+  }
+  a.packets_in++;
+  a.bytes_in += len;
+  const Allocation::Channel* c = a.channel_for(peer);
+  return c && c->expires_ms > now_ms ? c->number : 0;
+}
+
+Bytes Engine::build_data_indication(std::span<uint8_t> out, const SockAddr& peer, Bytes data) {
+  Builder b(out, stun::kData, stun::kIndication, stun::random_txid());
+  b.add_xor_address(stun::kXorPeerAddress, peer).add(stun::kData_, data);
+  return b.finish();
+}
+
+void Engine::remove(const ClientKey& k, bool expired) {
+  auto it = allocs_.find(k);
+  if (it == allocs_.end()) return;
+  Allocation& a = *it->second;
+  io_.close_relay(a.relay);
+  shared_.release(a.quota_name);
+  stats_.allocations.fetch_sub(1, std::memory_order_relaxed);
+  stats_.permissions.fetch_sub(static_cast<int64_t>(a.perms.size()), std::memory_order_relaxed);
+  stats_.channels.fetch_sub(static_cast<int64_t>(a.channels.size()), std::memory_order_relaxed);
+  (expired ? stats_.allocations_expired : stats_.allocations_deleted)
+      .fetch_add(1, std::memory_order_relaxed);
+  graveyard_.push_back(std::move(it->second));
+  allocs_.erase(it);
+  last_alloc_ = nullptr;
+}
+
+void Engine::expire(int64_t now_ms) {
+  std::vector<ClientKey> dead;
+  for (auto& [k, a] : allocs_) {
+    if (a->expires_ms <= now_ms) {
+      dead.push_back(k);
+      continue;
+    }
+    size_t before = a->perms.size();
+    std::erase_if(a->perms, [&](const Allocation::Permission& p) { return p.expires_ms <= now_ms; });
+    stats_.permissions.fetch_sub(static_cast<int64_t>(before - a->perms.size()),
+                                 std::memory_order_relaxed);
+    before = a->channels.size();
+    std::erase_if(a->channels, [&](const Allocation::Channel& c) { return c.expires_ms <= now_ms; });
+    if (before != a->channels.size()) {
+      stats_.channels.fetch_sub(static_cast<int64_t>(before - a->channels.size()),
+                                std::memory_order_relaxed);
+      a->channel_index.fill(0);
+      for (size_t i = 0; i < a->channels.size(); ++i)
+        a->channel_index[a->channels[i].number - kChannelMin] = static_cast<uint16_t>(i + 1);
+    }
+  }
+  for (const auto& k : dead) remove(k, true);
+}
+
+void Engine::client_gone(const ClientKey& k) { remove(k, false); }
+
+void Engine::collect() { graveyard_.clear(); }
+
+void Engine::clear() {
+  std::vector<ClientKey> all;
+  for (auto& [k, a] : allocs_) all.push_back(k);
+  for (const auto& k : all) remove(k, false);
+  collect();
+}
+
+}  // namespace mesh::turn

@@ -1,0 +1,54 @@
+#!/usr/bin/env bats
+# Lab: two peers behind symmetric NATs (no punching possible) get a
+# WireGuard tunnel through mesh-relay, and it comes back by itself after the
+# relay is killed and restarted.
+bats_require_minimum_version 1.5.0
+load helpers
+load ../lab/lab
+load relay
+
+setup() {
+  require_root
+  lab_internet none
+  lab_nat ra symmetric
+  lab_nat rb symmetric
+  lab_peer a ra
+  lab_peer b rb
+  lab_wg a 51820 100.64.0.1/10
+  lab_wg b 51820 100.64.0.2/10
+  echo 'restsecret-for-the-lab' >"$BATS_TEST_TMPDIR/secret"
+  chmod 600 "$BATS_TEST_TMPDIR/secret"
+}
+
+start_relay() {
+  start_daemon relay ip netns exec "$(lab_ns inet)" mesh-relay serve \
+    --listen 203.0.113.1:3478 --relay-ports 50000-50999 \
+    --auth-secret-file "$BATS_TEST_TMPDIR/secret" --threads 2
+  wait_for_line "$BATS_TEST_TMPDIR/relay.out" '^listening udp 203.0.113.1:3478$' 10
+}
+
+@test "two peers behind symmetric NATs talk WireGuard through mesh-relay, and recover after a relay restart" {
+  start_relay
+  relay_turn_entry 203.0.113.1:3478 "$BATS_TEST_TMPDIR/secret" >"$BATS_TEST_TMPDIR/turn.json"
+  relay_clients a b
+  relay_wg_peer a b
+  relay_wg_peer b a
+  wait_until 30 nsx a ping -c1 -W1 100.64.0.2
+  nsx b ping -c3 -i0.2 -W2 100.64.0.1
+
+  # The relayed addresses are on the relay, the local endpoints on loopback.
+  run jq -r '.candidates[0].endpoint' "$BATS_TEST_TMPDIR/a.endpoints.json"
+  [[ "$output" == 203.0.113.1:50* ]]
+  run jq -r '.peers[0].status + " " + .peers[0].kind + " " + .peers[0].endpoint' "$BATS_TEST_TMPDIR/a.endpoints.json"
+  [[ "$output" == "relayed relay 127.0.0.1:"* ]]
+
+  # Kill the relay (no goodbye) and start a new one: the clients re-allocate,
+  # rewrite their endpoints, the "coordinator" loop hands out new maps, and
+  # the tunnel comes back without touching WireGuard.
+  kill -9 "$relay_pid"
+  old=$(jq -r '.candidates[0].endpoint' "$BATS_TEST_TMPDIR/a.endpoints.json")
+  start_relay
+  wait_until 40 relay_candidate_changed a "$old"
+  wait_until 60 nsx a ping -c1 -W1 100.64.0.2
+  nsx b ping -c3 -i0.2 -W2 100.64.0.1
+}

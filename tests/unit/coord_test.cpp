@@ -1,0 +1,322 @@
+// Coordinator logic: request authentication, allocation, map computation
+// and incremental updates (checked against a from-scratch rebuild).
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "coord/auth.h"
+#include "coord/model.h"
+
+using namespace mesh;
+using namespace mesh::coord;
+
+TEST(CoordAuth, BothSidesDeriveTheSameKeys) {
+  SecretKey node = SecretKey::generate_private(), coord = SecretKey::generate_private();
+  PublicKey np = node.public_key(), cp = coord.public_key();
+  auto a = derive_session_keys(node, cp, np, cp);
+  auto b = derive_session_keys(coord, np, np, cp);
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->request.bytes(), b->request.bytes());
+  EXPECT_EQ(a->response.bytes(), b->response.bytes());
+  EXPECT_NE(a->request.bytes(), a->response.bytes());
+  // Another node cannot produce the same MAC.
+  SecretKey other = SecretKey::generate_private();
+  auto c = derive_session_keys(other, cp, np, cp);
+  ASSERT_TRUE(c);
+  EXPECT_NE(c->request.bytes(), a->request.bytes());
+}
+
+TEST(CoordAuth, MacCoversEveryField) {
+  SecretKey k = SecretKey::generate_preshared();
+  std::string base = request_mac(k, "GET", "/v1/map?since=1", 1000, "nonce-nonce-nonce-1", "");
+  EXPECT_TRUE(mac_equal(base, request_mac(k, "GET", "/v1/map?since=1", 1000, "nonce-nonce-nonce-1", "")));
+  EXPECT_NE(base, request_mac(k, "POST", "/v1/map?since=1", 1000, "nonce-nonce-nonce-1", ""));
+  EXPECT_NE(base, request_mac(k, "GET", "/v1/map?since=2", 1000, "nonce-nonce-nonce-1", ""));
+  EXPECT_NE(base, request_mac(k, "GET", "/v1/map?since=1", 1001, "nonce-nonce-nonce-1", ""));
+  EXPECT_NE(base, request_mac(k, "GET", "/v1/map?since=1", 1000, "nonce-nonce-nonce-2", ""));
+  EXPECT_NE(base, request_mac(k, "GET", "/v1/map?since=1", 1000, "nonce-nonce-nonce-1", "x"));
+  EXPECT_NE(response_mac(k, 200, "n", "body"), response_mac(k, 204, "n", "body"));
+  EXPECT_NE(response_mac(k, 200, "n", "body"), response_mac(k, 200, "m", "body"));
+}
+
+TEST(CoordAuth, StaleAndReplayedRefused) {
+  EXPECT_TRUE(check_time(1000, 1000));
+  EXPECT_TRUE(check_time(1060, 1000));
+  EXPECT_EQ(check_time(1061, 1000).code(), Exit::NoPerm);
+  EXPECT_EQ(check_time(939, 1000).code(), Exit::NoPerm);
+  NonceCache nc(3);
+  EXPECT_TRUE(nc.check_and_insert("aaaaaaaaaaaaaaaaaaaaaa", 1000));
+  auto again = nc.check_and_insert("aaaaaaaaaaaaaaaaaaaaaa", 1100);
+  EXPECT_EQ(again.code(), Exit::NoPerm);
+  EXPECT_NE(again.message().find("replayed"), std::string::npos);
+  EXPECT_EQ(nc.check_and_insert("short", 1000).code(), Exit::NoPerm);
+  EXPECT_TRUE(nc.check_and_insert("bbbbbbbbbbbbbbbbbbbbbb", 1000));
+  EXPECT_TRUE(nc.check_and_insert("cccccccccccccccccccccc", 1000));
+  // Full: refuse rather than forget a nonce that could still be replayed.
+  EXPECT_EQ(nc.check_and_insert("dddddddddddddddddddddd", 1000).code(), Exit::TempFail);
+  // Once no request carrying them can be fresh, old nonces are forgotten.
+  EXPECT_TRUE(nc.check_and_insert("dddddddddddddddddddddd", 1000 + 2 * kMaxSkewSeconds + 2));
+}
+
+TEST(CoordRelay, TurnPasswordIsCoturnRestHmacSha1) {
+  // RFC 2202-style check: HMAC-SHA1("key", "The quick brown fox jumps over the lazy dog").
+  EXPECT_EQ(turn_password("key", "The quick brown fox jumps over the lazy dog"),
+            "3nybhbi3iqa8ino29wqQcBydtNk=");
+}
+
+namespace {
+
+ModelConfig config() {
+  ModelConfig c;
+  c.ipv4 = *Prefix::parse("100.64.0.0/10");
+  c.ipv6 = *Prefix::parse("fd00:1:2::/48");
+  return c;
+}
+
+std::unique_ptr<Peer> make_peer(Model& m, const std::string& name,
+                                std::vector<std::string> groups) {
+  auto p = std::make_unique<Peer>();
+  p->id = m.new_peer_id();
+  p->name = name;
+  p->public_key = SecretKey::generate_private().public_key();
+  p->host_index = *m.allocate_host();
+  p->ipv4 = m.host_v4(p->host_index);
+  p->ipv6 = m.host_v6(p->host_index);
+  p->listen_port = m.pick_listen_port(p->id);
+  p->groups = std::move(groups);
+  return p;
+}
+
+Policy policy(const std::string& text) {
+  auto j = parse_json(text, "p");
+  auto p = parse_policy(*j, "p");
+  EXPECT_TRUE(p) << p.status().message();
+  return *p;
+}
+
+const char* kWebPolicy = R"({
+  "groups": {"web": {}, "db": {}, "ops": {}},
+  "rules": [
+    {"name": "web-db", "src": ["web"], "dst": ["db"], "proto": "tcp", "ports": [5432]},
+    {"name": "ops-all", "src": ["ops"], "dst": ["all"], "proto": "any"}
+  ]})";
+
+std::vector<std::string> names(const NetMap& m) {
+  std::vector<std::string> out;
+  for (const auto& p : m.peers) out.push_back(p.name);
+  return out;
+}
+
+}  // namespace
+
+TEST(CoordModel, AllocatesDistinctAddressesAndPorts) {
+  Model m(config());
+  m.rebuild(0);
+  std::set<std::string> addrs;
+  for (int i = 0; i < 50; ++i) {
+    auto p = make_peer(m, "p" + std::to_string(i), {});
+    addrs.insert(p->ipv4.to_string());
+    addrs.insert(p->ipv6.to_string());
+    m.add_peer(std::move(p), 1);
+  }
+  EXPECT_EQ(addrs.size(), 100u);
+  const Peer* first = m.by_name("p0");
+  EXPECT_EQ(first->ipv4.to_string(), "100.64.0.1");
+  EXPECT_EQ(first->ipv6.to_string(), "fd00:1:2::1");
+  EXPECT_GE(first->listen_port, 20000);
+  EXPECT_LT(first->listen_port, 60000);
+  // A deleted peer's address is not handed out again at once.
+  m.remove_peer(first->id, 2);
+  auto next = make_peer(m, "new", {});
+  EXPECT_EQ(next->ipv4.to_string(), "100.64.0.51");
+}
+
+TEST(CoordModel, MapsShowExactlyWhatThePolicyAllows) {
+  Model m(config());
+  m.rebuild(0);
+  m.add_peer(make_peer(m, "web1", {"web"}), 1);
+  m.add_peer(make_peer(m, "web2", {"web"}), 1);
+  m.add_peer(make_peer(m, "db1", {"db"}), 1);
+  m.add_peer(make_peer(m, "ops1", {"ops"}), 1);
+  m.add_peer(make_peer(m, "lonely", {}), 1);
+  m.set_policy(policy(kWebPolicy), 2);
+
+  NetMap web1 = m.build_map(*m.by_name("web1"));
+  EXPECT_EQ(names(web1), (std::vector<std::string>{"db1", "ops1"}));
+  EXPECT_TRUE(web1.inbound.size() == 1 && web1.inbound[0].rule == "ops-all");
+  NetMap db1 = m.build_map(*m.by_name("db1"));
+  EXPECT_EQ(names(db1), (std::vector<std::string>{"web1", "web2", "ops1"}));
+  ASSERT_EQ(db1.inbound.size(), 2u);
+  EXPECT_EQ(db1.inbound[0].rule, "web-db");
+  EXPECT_EQ(db1.inbound[0].proto, "tcp");
+  EXPECT_EQ(db1.inbound[0].ports[0].lo, 5432);
+  EXPECT_EQ(db1.inbound[0].sources.size(), 4u);  // web1, web2: v4 + v6
+  NetMap lonely = m.build_map(*m.by_name("lonely"));
+  EXPECT_EQ(names(lonely), (std::vector<std::string>{"ops1"}));
+  NetMap ops = m.build_map(*m.by_name("ops1"));
+  EXPECT_EQ(ops.peers.size(), 4u);
+  EXPECT_TRUE(ops.inbound.empty());
+  // Self addresses carry the overlay prefix length; peers are host routes.
+  EXPECT_EQ(db1.self.addresses[0].len, 10);
+  EXPECT_EQ(db1.self.addresses[1].len, 48);
+  EXPECT_EQ(db1.peers[0].addresses[0].len, 32);
+  EXPECT_EQ(db1.peers[0].keepalive, 25);
+  // The JSON validates with the shared parser.
+  auto again = parse_netmap(netmap_to_json(db1), "db1", ParseOptions{true});
+  EXPECT_TRUE(again) << again.status().message();
+}
+
+TEST(CoordModel, IncrementalChangesTouchOnlyAffectedMaps) {
+  Model m(config());
+  m.rebuild(0);
+  m.set_policy(policy(kWebPolicy), 0);
+  for (auto [n, g] : std::vector<std::pair<std::string, std::string>>{
+           {"web1", "web"}, {"web2", "web"}, {"db1", "db"}, {"x1", "x"}, {"x2", "x"}})
+    m.add_peer(make_peer(m, n, {g}), 1);
+  uint64_t x1 = m.by_name("x1")->serial, web2 = m.by_name("web2")->serial;
+  uint64_t db1 = m.by_name("db1")->serial;
+
+  // A new web server: db1 and itself change; web2 and x1 do not.
+  Changes ch = m.add_peer(make_peer(m, "web3", {"web"}), 2);
+  EXPECT_EQ(ch.changed.size(), 2u);
+  EXPECT_GT(m.by_name("db1")->serial, db1);
+  EXPECT_EQ(m.by_name("web2")->serial, web2);
+  EXPECT_EQ(m.by_name("x1")->serial, x1);
+
+  // Announcing endpoints changes the maps of those who see the peer.
+  uint32_t web3 = m.by_name("web3")->id;
+  ch = m.update_peer(web3, false, 3, [](Peer& p) {
+    p.endpoints = {Candidate{*SockAddr::parse("192.0.2.7:51820"), "srflx"}};
+  });
+  EXPECT_NE(std::find(ch.changed.begin(), ch.changed.end(), m.by_name("db1")->id), ch.changed.end());
+  NetMap db = m.build_map(*m.by_name("db1"));
+  ASSERT_EQ(db.peers.back().name, "web3");
+  EXPECT_EQ(db.peers.back().endpoints.at(0).endpoint.to_string(), "192.0.2.7:51820");
+
+  // Disabling removes it from every map; deleting likewise.
+  m.update_peer(web3, true, 4, [](Peer& p) { p.disabled = true; });
+  EXPECT_EQ(names(m.build_map(*m.by_name("db1"))), (std::vector<std::string>{"web1", "web2"}));
+  m.update_peer(web3, true, 5, [](Peer& p) { p.disabled = false; });
+  EXPECT_EQ(m.build_map(*m.by_name("db1")).peers.size(), 3u);
+  uint64_t before = m.by_name("db1")->serial;
+  m.remove_peer(m.by_name("web1")->id, 6);
+  EXPECT_GT(m.by_name("db1")->serial, before);
+  EXPECT_EQ(names(m.build_map(*m.by_name("db1"))), (std::vector<std::string>{"web2", "web3"}));
+
+  // Group change moves a peer between rules.
+  m.update_peer(m.by_name("x1")->id, true, 7, [](Peer& p) { p.groups = {"web"}; });
+  EXPECT_EQ(names(m.build_map(*m.by_name("x1"))), (std::vector<std::string>{"db1"}));
+
+  // A policy change that changes nothing for a peer keeps its serial.
+  uint64_t x2 = m.by_name("x2")->serial;
+  m.set_policy(policy(kWebPolicy), 8);
+  EXPECT_EQ(m.by_name("x2")->serial, x2);
+}
+
+TEST(CoordModel, IncrementalEqualsFullRebuild) {
+  // Random operations applied incrementally must leave every map equal to a
+  // model rebuilt from scratch from the same peers and policy.
+  Model m(config());
+  m.rebuild(0);
+  m.set_policy(policy(R"({
+    "groups": {"g0": {}, "g1": {}, "g2": {"members": ["p3"]}, "g3": {"tags": ["t"]}},
+    "rules": [
+      {"src": ["g0"], "dst": ["g1"], "proto": "tcp", "ports": [22]},
+      {"src": ["g1", "g2"], "dst": ["g3"], "proto": "udp"},
+      {"src": ["g3"], "dst": ["g0", "peer:p5"]},
+      {"src": ["100.64.0.0/28"], "dst": ["g2"], "proto": "icmp"}
+    ]})"), 0);
+  uint32_t seed = 7;
+  auto rnd = [&](uint32_t n) {
+    seed = seed * 1103515245 + 12345;
+    return (seed >> 16) % n;
+  };
+  int t = 1;
+  for (int i = 0; i < 300; ++i, ++t) {
+    auto ps = m.peers();
+    uint32_t op = ps.empty() ? 0 : rnd(5);
+    if (op == 0 || ps.size() < 4) {
+      auto p = make_peer(m, "p" + std::to_string(m.new_peer_id()), {"g" + std::to_string(rnd(4))});
+      if (rnd(3) == 0) p->tags = {"t"};
+      m.add_peer(std::move(p), t);
+    } else {
+      const Peer* p = ps[rnd(static_cast<uint32_t>(ps.size()))];
+      if (op == 1) m.remove_peer(p->id, t);
+      else if (op == 2) m.update_peer(p->id, true, t, [&](Peer& q) { q.groups = {"g" + std::to_string(rnd(4))}; });
+      else if (op == 3) m.update_peer(p->id, true, t, [&](Peer& q) { q.disabled = !q.disabled; });
+      else m.update_peer(p->id, false, t, [&](Peer& q) {
+        q.endpoints = {Candidate{*SockAddr::parse("198.51.100." + std::to_string(rnd(200) + 1) + ":4000"), "host"}};
+      });
+    }
+  }
+  Model fresh(config());
+  for (const Peer* p : m.peers()) {
+    auto copy = Peer::from_record(p->to_record());
+    ASSERT_TRUE(copy);
+    fresh.load_peer(std::move(*copy));
+  }
+  fresh.load_policy(m.policy());
+  fresh.rebuild(0);
+  for (const Peer* p : m.peers()) {
+    NetMap a = m.build_map(*p), b = fresh.build_map(*fresh.by_id(p->id));
+    a.serial = b.serial = 0;
+    a.generated_at = b.generated_at = 0;
+    EXPECT_EQ(netmap_to_json(a), netmap_to_json(b)) << p->name;
+  }
+}
+
+TEST(CoordModel, PlanListsGainedAndLostAccess) {
+  Model m(config());
+  m.rebuild(0);
+  m.add_peer(make_peer(m, "a", {"web"}), 1);
+  m.add_peer(make_peer(m, "b", {"db"}), 1);
+  m.set_policy(policy(R"({"groups":{"web":{},"db":{}},"rules":[
+    {"src":["web"],"dst":["db"],"proto":"tcp","ports":[22, 5432]}]})"), 2);
+  auto plan = m.plan(policy(R"({"groups":{"web":{},"db":{}},"rules":[
+    {"src":["web"],"dst":["db"],"proto":"tcp","ports":["20-30"]},
+    {"src":["db"],"dst":["web"],"proto":"icmp"}]})"));
+  std::vector<AccessEntry> gained{{"a", "b", "tcp/20-21"}, {"a", "b", "tcp/23-30"}, {"b", "a", "icmp"}};
+  std::vector<AccessEntry> lost{{"a", "b", "tcp/5432"}};
+  EXPECT_EQ(plan.gained, gained);
+  EXPECT_EQ(plan.lost, lost);
+}
+
+TEST(CoordModel, PolicyTestsRunAgainstPeersAndGroups) {
+  Model m(config());
+  m.rebuild(0);
+  m.add_peer(make_peer(m, "alice", {"ops"}), 1);
+  auto ok = policy(R"({"groups":{"ops":{}},"rules":[{"src":["ops"],"dst":["all"],"proto":"tcp","ports":[22]}],
+    "tests":[{"from":"alice","to":"group:ops","port":"22/tcp","expect":"allow"},
+             {"from":"group:ops","to":"alice","port":"23/tcp","expect":"deny"}]})");
+  EXPECT_TRUE(m.run_tests(ok));
+  auto bad = policy(R"({"groups":{"ops":{}},"rules":[],
+    "tests":[{"from":"alice","to":"group:ops","port":"22/tcp","expect":"allow"}]})");
+  Status s = m.run_tests(bad);
+  EXPECT_EQ(s.code(), Exit::DataErr);
+  EXPECT_NE(s.message().find("tests[0]: alice -> group:ops 22/tcp: expected allow"), std::string::npos) << s.message();
+  auto unknown = policy(R"({"tests":[{"from":"zed","to":"alice","expect":"deny"}]})");
+  EXPECT_NE(m.run_tests(unknown).message().find("tests[0].from: unknown peer 'zed'"), std::string::npos);
+}
+
+TEST(CoordModel, TurnCredentialsRefreshAtHalfLife) {
+  ModelConfig c = config();
+  c.relay_secret = "s3cret";
+  c.turn = {TurnConfig{"192.0.2.1:3478", "udp"}};
+  c.credential_lifetime = 86400;
+  Model m(c);
+  m.set_cred_window(m.credential_window(1000000));
+  m.rebuild(0);
+  m.add_peer(make_peer(m, "a", {}), 1000000);
+  NetMap a = m.build_map(*m.by_name("a"));
+  ASSERT_EQ(a.turn.size(), 1u);
+  EXPECT_GE(a.turn[0].expires_at - 1000000, 43200);
+  EXPECT_LE(a.turn[0].expires_at - 1000000, 86400);
+  EXPECT_EQ(a.turn[0].username, std::to_string(a.turn[0].expires_at) + ":a");
+  EXPECT_EQ(a.turn[0].password, turn_password("s3cret", a.turn[0].username));
+  uint64_t serial = a.serial;
+  EXPECT_TRUE(m.tick_credentials(1000001).changed.empty());
+  Changes ch = m.tick_credentials(a.turn[0].expires_at - 43200);
+  EXPECT_EQ(ch.changed.size(), 1u);
+  EXPECT_GT(m.by_name("a")->serial, serial);
+  EXPECT_GT(m.build_map(*m.by_name("a")).turn[0].expires_at, a.turn[0].expires_at);
+}
