@@ -108,6 +108,7 @@ check_doc() {
   require_root
   lab_internet
   lab_peer_public p
+  [ -n "${LAB_ADDR6[p]:-}" ] || skip "no IPv6 in this kernel"
   lab_wg p 51820 100.64.0.1/10
   MESH_LOG=info mrun -s 0 ip netns exec "$(lab_ns p)" mesh-punch stun \
     --server "$LAB_STUN6_1" --server "$LAB_STUN6_2" --port 51820 --json

@@ -26,7 +26,7 @@
 #                 2001:db8::1 and 2001:db8::2 (coturn listens there too:
 #                 LAB_STUN6_1="[2001:db8::1]:3478", LAB_STUN6_2), and every
 #                 link to inet carries 2001:db8:0:n::/64 without NAT (routers'
-#                 LANs are IPv4 only).
+#                 LANs are IPv4 only). IPv6 is skipped when the kernel has none.
 #   lab_nat NAME eim|symmetric [drop|open]
 #                 a NAT router namespace NAME with a WAN link to inet
 #                 (nftables masquerade on the WAN interface):
@@ -86,6 +86,7 @@
 declare -gA LAB_ADDR LAB_ADDR6 LAB_WAN LAB_LAN LAB_ROUTER LAB_PUB LAB_WG LAB_OVERLAY LAB_PORT LAB_NPEERS
 _lab_links=0
 _lab_routers=0
+_lab_v6=
 
 # _lab_uplink NAME: a /30 link from inet to NAME; sets LAB_ADDR[NAME].
 _lab_uplink() {
@@ -102,10 +103,13 @@ _lab_uplink() {
   ip -n "${MESH_RUN}$name" route add default via "203.0.113.$((base + 1))"
   LAB_ADDR[$name]="203.0.113.$((base + 2))"
   # IPv6 (documentation prefix, no NAT): 2001:db8:0:n::1 inet, ::2 the node.
-  ip -n "${MESH_RUN}inet" -6 addr add "2001:db8:0:$n::1/64" dev "$a" nodad
-  ip -n "${MESH_RUN}$name" -6 addr add "2001:db8:0:$n::2/64" dev "$b" nodad
-  ip -n "${MESH_RUN}$name" -6 route add default via "2001:db8:0:$n::1"
-  LAB_ADDR6[$name]="2001:db8:0:$n::2"
+  # Best effort: a kernel without IPv6 leaves LAB_ADDR6[NAME] empty.
+  if [ -n "$_lab_v6" ] &&
+    ip -n "${MESH_RUN}inet" -6 addr add "2001:db8:0:$n::1/64" dev "$a" nodad 2>/dev/null &&
+    ip -n "${MESH_RUN}$name" -6 addr add "2001:db8:0:$n::2/64" dev "$b" nodad 2>/dev/null &&
+    ip -n "${MESH_RUN}$name" -6 route add default via "2001:db8:0:$n::1" 2>/dev/null; then
+    LAB_ADDR6[$name]="2001:db8:0:$n::2"
+  fi
   _lab_ifname="$b"
 }
 
@@ -116,9 +120,12 @@ lab_internet() {
   nsx inet sysctl -qw net.ipv4.ip_forward=1
   ip -n "${MESH_RUN}inet" addr add 203.0.113.1/32 dev lo
   ip -n "${MESH_RUN}inet" addr add 203.0.113.2/32 dev lo
-  ip -n "${MESH_RUN}inet" -6 addr add 2001:db8::1/128 dev lo nodad
-  ip -n "${MESH_RUN}inet" -6 addr add 2001:db8::2/128 dev lo nodad
-  nsx inet sysctl -qw net.ipv6.conf.all.forwarding=1
+  _lab_v6=
+  if ip -n "${MESH_RUN}inet" -6 addr add 2001:db8::1/128 dev lo nodad 2>/dev/null &&
+    ip -n "${MESH_RUN}inet" -6 addr add 2001:db8::2/128 dev lo nodad 2>/dev/null &&
+    nsx inet sysctl -qw net.ipv6.conf.all.forwarding=1 2>/dev/null; then
+    _lab_v6=1
+  fi
   LAB_STUN1=203.0.113.1:3478
   LAB_STUN2=203.0.113.2:3478
   LAB_STUN6_1="[2001:db8::1]:3478"
@@ -126,9 +133,10 @@ lab_internet() {
   export LAB_STUN1 LAB_STUN2 LAB_STUN6_1 LAB_STUN6_2
   [ "$stun" = none ] && return 0
   # -n: never read the system configuration; STUN only, no TLS/DTLS, no CLI.
+  local v6=()
+  [ -n "$_lab_v6" ] && v6=(-L 2001:db8::1 -L 2001:db8::2)
   start_daemon turnserver nsx inet turnserver -n --no-cli --stun-only \
-    -L 203.0.113.1 -L 203.0.113.2 -L 2001:db8::1 -L 2001:db8::2 \
-    -p 3478 --alt-listening-port 3479 \
+    -L 203.0.113.1 -L 203.0.113.2 "${v6[@]}" -p 3478 --alt-listening-port 3479 \
     --no-tls --no-dtls --log-file stdout --simple-log \
     --pidfile "$BATS_TEST_TMPDIR/turnserver.pid" --db "$BATS_TEST_TMPDIR/turndb"
   wait_until 15 _lab_stun_listening
