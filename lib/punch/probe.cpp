@@ -61,7 +61,6 @@ struct PeerState {
   std::vector<Cand> cands;
   bool heard = false;       // one of our checks was answered
   bool they_heard = false;  // they sent USE-CANDIDATE
-  Clock::time_point first_ok{};
 
   const Cand* best() const {
     const Cand* b = nullptr;
@@ -113,7 +112,9 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
     for (const auto& ps : peers) {
       const Cand* b = ps.best();
       if (!b || !ps.they_heard) return false;
-      if (b->kind != "host" && now - ps.first_ok < opt.settle) return false;
+      // A same-LAN host path answers within `settle` of the start if it
+      // exists; srflx paths only work after the opening window anyway.
+      if (b->kind != "host" && now - start < opt.settle) return false;
     }
     return true;
   };
@@ -208,7 +209,6 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
               " works (" + std::to_string(rtt) + " ms)");
         if (!ps.heard) {
           ps.heard = true;
-          ps.first_ok = now;
           c.next = now;  // tell them at once (USE-CANDIDATE)
         }
       }

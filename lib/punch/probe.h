@@ -55,9 +55,9 @@ struct ProbeOptions {
   std::chrono::milliseconds timeout{5000};
   std::chrono::milliseconds open_window{150};
   std::chrono::milliseconds interval{50};
-  // Wait this long after the first working path before settling on a
-  // non-host path, so a same-LAN host path can still win.
-  std::chrono::milliseconds settle{100};
+  // A non-host path is only settled on this long after the start, so a
+  // same-LAN host path (checked from t = 0) can still win.
+  std::chrono::milliseconds settle{200};
   int open_ttl = 2;  // 0: no opening packets
   std::function<std::chrono::steady_clock::time_point()> now = [] {
     return std::chrono::steady_clock::now();

@@ -102,13 +102,7 @@ class RawTransport final : public Transport {
   explicit RawTransport(rawsock::RawUdp raw) : raw_(std::move(raw)) {}
 
   Status send(const SockAddr& to, std::span<const uint8_t> data, int ttl) override {
-    Status s = raw_.send(to, data, ttl);
-    if (!s && (s.code() == Exit::IoErr || s.code() == Exit::NoInput)) {
-      // Route lookups and sends to unreachable candidates fail with errno
-      // codes that are normal while probing: report them as unavailable.
-      return unavailable(s.message());
-    }
-    return s;
+    return raw_.send(to, data, ttl);
   }
 
   Result<std::optional<Received>> recv(int timeout_ms, std::span<uint8_t> buf) override {

@@ -166,7 +166,7 @@ Result<IpAddr> RawUdp::source_for(const SockAddr& to) {
   sockaddr_storage ss;
   socklen_t sl = to.to_sockaddr(&ss);
   if (::connect(u.get(), reinterpret_cast<sockaddr*>(&ss), sl) != 0)
-    return errno_status("no route to " + to.ip.to_string(), errno);
+    return unavailable("no route to " + to.ip.to_string() + ": " + std::strerror(errno));
   sockaddr_storage me;
   socklen_t ml = sizeof me;
   if (::getsockname(u.get(), reinterpret_cast<sockaddr*>(&me), &ml) != 0)
@@ -195,8 +195,16 @@ Status RawUdp::send(const SockAddr& to, Bytes payload, int ttl) {
   if (n == 0) return data_error("datagram too large for the raw socket");
   sockaddr_storage ss;
   socklen_t sl = SockAddr{to.ip, 0}.to_sockaddr(&ss);  // port must be 0 on raw sockets
-  if (::sendto(fd, buf, n, 0, reinterpret_cast<sockaddr*>(&ss), sl) < 0)
-    return errno_status("sending to " + to.to_string(), errno);
+  if (::sendto(fd, buf, n, 0, reinterpret_cast<sockaddr*>(&ss), sl) < 0) {
+    int e = errno;
+    // A destination we cannot reach (no route, refused by a local firewall:
+    // EPERM from netfilter) is a normal outcome of probing, not a failure
+    // of the socket.
+    if (e == ENETUNREACH || e == EHOSTUNREACH || e == EPERM || e == EACCES || e == EINVAL ||
+        e == EMSGSIZE || e == EADDRNOTAVAIL)
+      return unavailable("sending to " + to.to_string() + ": " + std::strerror(e));
+    return errno_status("sending to " + to.to_string(), e);
+  }
   return Status::ok();
 }
 

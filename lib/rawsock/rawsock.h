@@ -71,6 +71,8 @@ class RawUdp {
 
   // Sends `payload` from local port `port` to `to`. ttl > 0 sets the IPv4
   // TTL / IPv6 hop limit of this datagram; 0 uses the system default.
+  // Unavailable when `to` cannot be reached (no route, dropped by a local
+  // firewall); other errors are the socket's.
   Status send(const SockAddr& to, Bytes payload, int ttl = 0);
 
   // File descriptors to poll for input (one or two).

@@ -2,7 +2,6 @@
 # mesh-punch stun: STUN discovery and NAT classification in the NAT lab
 # (tests/lab/lab.bash) against coturn's turnserver, with the port free (plain
 # socket) and with wireguard-go holding it (raw socket + BPF).
-bats_require_minimum_version 1.5.0
 load helpers
 load ../lab/lab
 
@@ -103,4 +102,18 @@ check_doc() {
   [ "$(jq -r '.nat.filtering' <<<"$output")" = endpoint-independent ]
   jq -e --arg h "${LAB_ADDR[p]}:51820" '[.candidates[] | select(.kind == "host")][0].endpoint == $h' <<<"$output"
   ! jq -e '.candidates[] | select(.kind == "srflx")' <<<"$output"
+}
+
+@test "stun: IPv6 through raw sockets while wireguard-go owns the port" {
+  require_root
+  lab_internet
+  lab_peer_public p
+  [ -n "${LAB_ADDR6[p]:-}" ] || skip "no IPv6 in this kernel"
+  lab_wg p 51820 100.64.0.1/10
+  MESH_LOG=info mrun -s 0 ip netns exec "$(lab_ns p)" mesh-punch stun \
+    --server "$LAB_STUN6_1" --server "$LAB_STUN6_2" --port 51820 --json
+  [[ "$stderr" == *"using a raw socket"* ]]
+  jq -e --arg m "[${LAB_ADDR6[p]}]:51820" '.stun | length == 2 and all(.[]; .mapped == $m)' <<<"$output"
+  [ "$(jq -r '.nat.mapping' <<<"$output")" = none ]
+  jq -e --arg h "[${LAB_ADDR6[p]}]:51820" '.candidates[] | select(.kind == "host" and .endpoint == $h)' <<<"$output"
 }

@@ -1,41 +1,51 @@
 #!/usr/bin/env bats
 # mesh-punch probe in the NAT lab: authenticated hole punching from the
 # WireGuard port (owned by wireguard-go), then WireGuard through the path.
-bats_require_minimum_version 1.5.0
 load helpers
 load ../lab/lab
 
-# probe_pair A B [ARGS...]: runs `mesh-punch probe` on A and B at the same
-# time (maps from lab_map, candidates from lab_stun); results in
-# $BATS_TEST_TMPDIR/NAME.probe.json, exit statuses in $probe_a_status/$probe_b_status.
-probe_pair() {
-  local a=$1 b=$2; shift 2
-  lab_map "$a" "$b" >"$BATS_TEST_TMPDIR/$a.map.json"
-  lab_map "$b" "$a" >"$BATS_TEST_TMPDIR/$b.map.json"
-  local n pids=()
-  for n in "$a" "$b"; do
-    timeout 30 ip netns exec "$(lab_ns "$n")" mesh-punch probe --key "$BATS_TEST_TMPDIR/$n.key" \
-      --port "${LAB_PORT[$n]}" --candidates "$BATS_TEST_TMPDIR/$n.endpoints.json" "$@" \
+# probe_nodes "A B C..." [ARGS...]: runs `mesh-punch probe` on every node at
+# the same time, each with a map of all the others (lab_map) and its own
+# candidates (lab_stun); results in $BATS_TEST_TMPDIR/NAME.probe.json, exit
+# statuses in probe_status[NAME] (124 when killed after $probe_limit seconds,
+# default 30).
+declare -gA probe_status
+probe_nodes() {
+  local names=($1); shift
+  local n m others pids=()
+  for n in "${names[@]}"; do
+    others=()
+    for m in "${names[@]}"; do [ "$m" = "$n" ] || others+=("$m"); done
+    lab_map "$n" "${others[@]}" >"$BATS_TEST_TMPDIR/$n.map.json"
+  done
+  for n in "${names[@]}"; do
+    timeout "${probe_limit:-30}" ip netns exec "$(lab_ns "$n")" mesh-punch probe \
+      --key "$BATS_TEST_TMPDIR/$n.key" --port "${LAB_PORT[$n]}" --candidates "$BATS_TEST_TMPDIR/$n.endpoints.json" "$@" \
       "$BATS_TEST_TMPDIR/$n.map.json" >"$BATS_TEST_TMPDIR/$n.probe.json" \
       2>"$BATS_TEST_TMPDIR/$n.probe.err" 3>&- &
     pids+=($!)
   done
-  wait "${pids[0]}" && probe_a_status=0 || probe_a_status=$?
-  wait "${pids[1]}" && probe_b_status=0 || probe_b_status=$?
-  cat "$BATS_TEST_TMPDIR/$a.probe.err" "$BATS_TEST_TMPDIR/$b.probe.err" >&2
+  local i=0
+  for n in "${names[@]}"; do
+    wait "${pids[$i]}" && probe_status[$n]=0 || probe_status[$n]=$?
+    i=$((i + 1))
+    cat "$BATS_TEST_TMPDIR/$n.probe.err" >&2
+  done
+}
+
+# peer_field NAME PEER FIELD: FIELD of PEER's entry in NAME's probe result.
+peer_field() {
+  jq -r --arg k "${LAB_PUB[$2]}" ".peers[] | select(.public_key == \$k) | .$3" \
+    "$BATS_TEST_TMPDIR/$1.probe.json"
 }
 
 # path NAME FIELD: FIELD of the first peer in NAME's probe result.
 path() { jq -r ".peers[0].$2" "$BATS_TEST_TMPDIR/$1.probe.json"; }
 
-# wg_peer NAME PEER: configure PEER on NAME's interface with the endpoint
-# NAME's probe chose.
-# TODO(lead): switch to `mesh-apply --endpoints NAME.probe.json` once the
-# apply branch is merged; the endpoints document is its input.
+# wg_peer NAME: mesh-apply NAME's map with the endpoints its probe chose.
 wg_peer() {
-  local n=$1 p=$2
-  nsx "$n" wg set "${LAB_WG[$n]}" peer "${LAB_PUB[$p]}" endpoint "$(path "$n" endpoint)" \
-    allowed-ips "${LAB_OVERLAY[$p]%/*}/32"
+  lab_apply "$1" "$BATS_TEST_TMPDIR/$1.probe.json"
+  [ "$status" -eq 0 ]
 }
 
 setup_pair() {  # setup_pair TYPE_A FILTER_A TYPE_B FILTER_B
@@ -53,8 +63,8 @@ setup_pair() {  # setup_pair TYPE_A FILTER_A TYPE_B FILTER_B
 @test "probe: two peers behind two endpoint-independent NATs punch through, then WireGuard works" {
   require_root
   setup_pair eim drop eim drop
-  probe_pair a b --timeout 10
-  [ "$probe_a_status" -eq 0 ] && [ "$probe_b_status" -eq 0 ]
+  probe_nodes "a b" --timeout 10
+  [ "${probe_status[a]}" -eq 0 ] && [ "${probe_status[b]}" -eq 0 ]
   # Each side picked the other NAT's public address and WireGuard's port.
   [ "$(path a status)" = direct ] && [ "$(path b status)" = direct ]
   [ "$(path a endpoint)" = "${LAB_WAN[r2]}:51820" ]
@@ -65,8 +75,8 @@ setup_pair() {  # setup_pair TYPE_A FILTER_A TYPE_B FILTER_B
   # The document is a valid endpoints document with our own candidates.
   jq -e --arg k "${LAB_PUB[a]}" '.public_key == $k and (.candidates | length >= 2) and .nat.mapping == "endpoint-independent"' \
     "$BATS_TEST_TMPDIR/a.probe.json"
-  wg_peer a b
-  wg_peer b a
+  wg_peer a
+  wg_peer b
   wait_until 20 nsx a ping -c1 -W1 100.64.0.2
   nsx b ping -c1 -W2 100.64.0.1
   nsx a wg show "${LAB_WG[a]}" endpoints | grep -q "${LAB_WAN[r2]}:51820"
@@ -83,12 +93,12 @@ setup_pair() {  # setup_pair TYPE_A FILTER_A TYPE_B FILTER_B
   lab_wg b 51821 100.64.0.2/10
   lab_stun a 51820; [ "$status" -eq 0 ]
   lab_stun b 51821; [ "$status" -eq 0 ]
-  probe_pair a b --timeout 10
-  [ "$probe_a_status" -eq 0 ] && [ "$probe_b_status" -eq 0 ]
+  probe_nodes "a b" --timeout 10
+  [ "${probe_status[a]}" -eq 0 ] && [ "${probe_status[b]}" -eq 0 ]
   [ "$(path a endpoint)" = "${LAB_ADDR[b]}:51821" ] && [ "$(path a kind)" = host ]
   [ "$(path b endpoint)" = "${LAB_ADDR[a]}:51820" ] && [ "$(path b kind)" = host ]
-  wg_peer a b
-  wg_peer b a
+  wg_peer a
+  wg_peer b
   wait_until 20 nsx a ping -c1 -W1 100.64.0.2
   nsx a wg show "${LAB_WG[a]}" endpoints | grep -q "${LAB_ADDR[b]}:51821"
 }
@@ -96,54 +106,79 @@ setup_pair() {  # setup_pair TYPE_A FILTER_A TYPE_B FILTER_B
 @test "probe: a peer behind a symmetric NAT is reported relay-needed within the timeout" {
   require_root
   setup_pair symmetric drop eim drop
-  local t0=$SECONDS
-  probe_pair a b --timeout 2
-  [ "$probe_a_status" -eq 0 ] && [ "$probe_b_status" -eq 0 ]
+  # --timeout 2: each probe must give up by itself (a probe still running
+  # after 15 s is killed and its status is 124, not 0).
+  probe_limit=15 probe_nodes "a b" --timeout 2
+  [ "${probe_status[a]}" -eq 0 ] && [ "${probe_status[b]}" -eq 0 ]
   [ "$(path a status)" = relay-needed ] && [ "$(path a endpoint)" = null ]
   [ "$(path b status)" = relay-needed ]
-  [ $((SECONDS - t0)) -le 10 ]
+}
+
+# probe_staggered ARGS...: probe on a, then 0.3 s later on b (maps from
+# lab_map); results in NAME.probe.json.
+probe_staggered() {
+  lab_map a b >"$BATS_TEST_TMPDIR/a.map.json"
+  lab_map b a >"$BATS_TEST_TMPDIR/b.map.json"
+  local n pids=()
+  for n in a b; do
+    timeout 30 ip netns exec "$(lab_ns "$n")" mesh-punch probe --key "$BATS_TEST_TMPDIR/$n.key" \
+      --port 51820 "$@" "$BATS_TEST_TMPDIR/$n.map.json" >"$BATS_TEST_TMPDIR/$n.probe.json" 3>&- &
+    pids+=($!)
+    sleep 0.3
+  done
+  wait "${pids[@]}"
 }
 
 @test "probe: router without an input firewall (conntrack collision): short-TTL opening packets win" {
   require_root
   setup_pair eim open eim open
-  lab_map a b >"$BATS_TEST_TMPDIR/a.map.json"
-  lab_map b a >"$BATS_TEST_TMPDIR/b.map.json"
   # b starts 0.3 s after a. Naive probing (no opening packets): a's first
   # packets reach r2 before b sent anything, r2 accepts them locally and the
   # conntrack entry they leave makes r2 give b a different port: no path.
-  timeout 30 ip netns exec "$(lab_ns a)" mesh-punch probe --key "$BATS_TEST_TMPDIR/a.key" --port 51820 \
-    --timeout 3 --open-ttl 0 "$BATS_TEST_TMPDIR/a.map.json" >"$BATS_TEST_TMPDIR/a.probe.json" 3>&- &
-  local pa=$!
-  sleep 0.3
-  mrun ip netns exec "$(lab_ns b)" mesh-punch probe --key "$BATS_TEST_TMPDIR/b.key" --port 51820 \
-    --timeout 3 --open-ttl 0 "$BATS_TEST_TMPDIR/b.map.json"
-  wait "$pa"
-  [ "$(jq -r '.peers[0].status' <<<"$output")" = relay-needed ]
-  [ "$(path a status)" = relay-needed ]
+  probe_staggered --timeout 3 --open-ttl 0
+  [ "$(path a status)" = relay-needed ] && [ "$(path b status)" = relay-needed ]
   # The lab reproduces the collision: r2 holds an entry for a's packets to
-  # its own port 51820 (no NAT), and b's mapping towards r1 got another port.
+  # its own port 51820 (no NAT).
   local w1=${LAB_WAN[r1]//./\\.} w2=${LAB_WAN[r2]//./\\.}
   nsx r2 grep -Eq "src=$w1 dst=$w2 sport=51820 dport=51820 \\[UNREPLIED\\] src=$w2 dst=$w1 sport=51820 dport=51820" \
     /proc/net/nf_conntrack
   # Fresh routers (the bogus entries live 30 s); same stagger, with opening
   # packets (TTL 2: past our own NAT, expired before the other one) during a
-  # 1 s window: both mappings exist before any packet arrives.
+  # 2 s window: both mappings exist before any packet arrives.
   mesh_teardown
   setup_pair eim open eim open
-  lab_map a b >"$BATS_TEST_TMPDIR/a.map.json"
-  lab_map b a >"$BATS_TEST_TMPDIR/b.map.json"
-  timeout 30 ip netns exec "$(lab_ns a)" mesh-punch probe --key "$BATS_TEST_TMPDIR/a.key" --port 51820 \
-    --timeout 10 --open-window 1000 "$BATS_TEST_TMPDIR/a.map.json" >"$BATS_TEST_TMPDIR/a.probe.json" 3>&- &
-  pa=$!
-  sleep 0.3
-  mrun -s 0 ip netns exec "$(lab_ns b)" mesh-punch probe --key "$BATS_TEST_TMPDIR/b.key" --port 51820 \
-    --timeout 10 --open-window 1000 "$BATS_TEST_TMPDIR/b.map.json"
-  printf '%s\n' "$output" >"$BATS_TEST_TMPDIR/b.probe.json"
-  wait "$pa"
-  [ "$(jq -r '.peers[0].endpoint' <<<"$output")" = "${LAB_WAN[r1]}:51820" ]
+  probe_staggered --timeout 10 --open-window 2000
   [ "$(path a endpoint)" = "${LAB_WAN[r2]}:51820" ]
-  wg_peer a b
-  wg_peer b a
+  [ "$(path b endpoint)" = "${LAB_WAN[r1]}:51820" ]
+  wg_peer a
+  wg_peer b
+  wait_until 20 nsx a ping -c1 -W1 100.64.0.2
+}
+
+@test "probe: two nodes on the same port behind one NAT get distinct mappings (NetBird #2703)" {
+  require_root
+  lab_internet
+  lab_nat r1 eim drop
+  lab_nat r2 eim drop
+  lab_peer a r1
+  lab_peer b r1
+  lab_peer c r2
+  lab_wg a 51820 100.64.0.1/10
+  lab_wg b 51820 100.64.0.2/10
+  lab_wg c 51820 100.64.0.3/10
+  local n
+  for n in a b c; do lab_stun "$n" 51820; [ "$status" -eq 0 ]; done
+  # r1 gave a and b different public ports for the same listen port.
+  local sa sb
+  sa=$(jq -r '.candidates[] | select(.kind == "srflx") | .endpoint' "$BATS_TEST_TMPDIR/a.endpoints.json")
+  sb=$(jq -r '.candidates[] | select(.kind == "srflx") | .endpoint' "$BATS_TEST_TMPDIR/b.endpoints.json")
+  [ "${sa%:*}" = "${LAB_WAN[r1]}" ] && [ "${sb%:*}" = "${LAB_WAN[r1]}" ] && [ "$sa" != "$sb" ]
+  probe_nodes "a b c" --timeout 10
+  for n in a b c; do [ "${probe_status[$n]}" -eq 0 ]; done
+  [ "$(peer_field c a endpoint)" = "$sa" ] && [ "$(peer_field c b endpoint)" = "$sb" ]
+  [ "$(peer_field a b kind)" = host ] && [ "$(peer_field a b endpoint)" = "${LAB_ADDR[b]}:51820" ]
+  for n in a b c; do lab_apply "$n" "$BATS_TEST_TMPDIR/$n.probe.json"; [ "$status" -eq 0 ]; done
+  wait_until 20 nsx c ping -c1 -W1 100.64.0.1
+  wait_until 20 nsx c ping -c1 -W1 100.64.0.2
   wait_until 20 nsx a ping -c1 -W1 100.64.0.2
 }

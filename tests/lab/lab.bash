@@ -22,7 +22,11 @@
 #                 3479 (RFC 5780: OTHER-ADDRESS, CHANGE-REQUEST), and waits
 #                 until it answers. Sets LAB_STUN1=203.0.113.1:3478,
 #                 LAB_STUN2=203.0.113.2:3478. The server's log is
-#                 $BATS_TEST_TMPDIR/turnserver.out.
+#                 $BATS_TEST_TMPDIR/turnserver.out. IPv6: inet also owns
+#                 2001:db8::1 and 2001:db8::2 (coturn listens there too:
+#                 LAB_STUN6_1="[2001:db8::1]:3478", LAB_STUN6_2), and every
+#                 link to inet carries 2001:db8:0:n::/64 without NAT (routers'
+#                 LANs are IPv4 only). IPv6 is skipped when the kernel has none.
 #   lab_nat NAME eim|symmetric [drop|open]
 #                 a NAT router namespace NAME with a WAN link to inet
 #                 (nftables masquerade on the WAN interface):
@@ -62,19 +66,27 @@
 #   lab_map SELF PEER...         print a network map (man/mesh-netmap.5) for
 #                 SELF listing each PEER with its public key, overlay address
 #                 and the candidates of $BATS_TEST_TMPDIR/PEER.endpoints.json
-#                 (none when that file is missing).
+#                 (none when that file is missing), keepalive 25, and an inbound
+#                 firewall rule accepting anything from the peers' overlay
+#                 addresses; self has LAB_OVERLAY[SELF] and LAB_PORT[SELF].
+#   lab_apply SELF [ENDPOINTS_FILE...]  run mesh-apply in SELF on its
+#                 wireguard-go interface with $BATS_TEST_TMPDIR/SELF.map.json
+#                 and the given endpoints documents (status in $status, like run).
 # Addresses and variables (associative arrays indexed by namespace name):
 #   LAB_ADDR[NAME]  the address of a router's WAN side, of a peer on its LAN,
 #                   or of a public peer (203.0.113.4n+2 for the n-th link to
 #                   inet; inet's side of that /30 is 203.0.113.4n+1)
+#   LAB_ADDR6[NAME] the IPv6 address of a router's WAN side or a public peer
+#                   (2001:db8:0:n::2)
 #   LAB_WAN[NAME]   a router's public address (same as LAB_ADDR for routers)
 #   LAB_LAN[NAME]   a router's LAN prefix; LAB_ROUTER[PEER] the peer's router
 # Only test ranges are used (DEVELOPERS.md); everything is removed by
 # mesh_teardown (namespaces, and so interfaces and nftables tables; daemons).
 
-declare -gA LAB_ADDR LAB_WAN LAB_LAN LAB_ROUTER LAB_PUB LAB_WG LAB_OVERLAY LAB_PORT LAB_NPEERS
+declare -gA LAB_ADDR LAB_ADDR6 LAB_WAN LAB_LAN LAB_ROUTER LAB_PUB LAB_WG LAB_OVERLAY LAB_PORT LAB_NPEERS
 _lab_links=0
 _lab_routers=0
+_lab_v6=
 
 # _lab_uplink NAME: a /30 link from inet to NAME; sets LAB_ADDR[NAME].
 _lab_uplink() {
@@ -90,6 +102,14 @@ _lab_uplink() {
   ip -n "${MESH_RUN}$name" link set "$b" up
   ip -n "${MESH_RUN}$name" route add default via "203.0.113.$((base + 1))"
   LAB_ADDR[$name]="203.0.113.$((base + 2))"
+  # IPv6 (documentation prefix, no NAT): 2001:db8:0:n::1 inet, ::2 the node.
+  # Best effort: a kernel without IPv6 leaves LAB_ADDR6[NAME] empty.
+  if [ -n "$_lab_v6" ] &&
+    ip -n "${MESH_RUN}inet" -6 addr add "2001:db8:0:$n::1/64" dev "$a" nodad 2>/dev/null &&
+    ip -n "${MESH_RUN}$name" -6 addr add "2001:db8:0:$n::2/64" dev "$b" nodad 2>/dev/null &&
+    ip -n "${MESH_RUN}$name" -6 route add default via "2001:db8:0:$n::1" 2>/dev/null; then
+    LAB_ADDR6[$name]="2001:db8:0:$n::2"
+  fi
   _lab_ifname="$b"
 }
 
@@ -100,13 +120,23 @@ lab_internet() {
   nsx inet sysctl -qw net.ipv4.ip_forward=1
   ip -n "${MESH_RUN}inet" addr add 203.0.113.1/32 dev lo
   ip -n "${MESH_RUN}inet" addr add 203.0.113.2/32 dev lo
+  _lab_v6=
+  if ip -n "${MESH_RUN}inet" -6 addr add 2001:db8::1/128 dev lo nodad 2>/dev/null &&
+    ip -n "${MESH_RUN}inet" -6 addr add 2001:db8::2/128 dev lo nodad 2>/dev/null &&
+    nsx inet sysctl -qw net.ipv6.conf.all.forwarding=1 2>/dev/null; then
+    _lab_v6=1
+  fi
   LAB_STUN1=203.0.113.1:3478
   LAB_STUN2=203.0.113.2:3478
-  export LAB_STUN1 LAB_STUN2
+  LAB_STUN6_1="[2001:db8::1]:3478"
+  LAB_STUN6_2="[2001:db8::2]:3478"
+  export LAB_STUN1 LAB_STUN2 LAB_STUN6_1 LAB_STUN6_2
   [ "$stun" = none ] && return 0
   # -n: never read the system configuration; STUN only, no TLS/DTLS, no CLI.
+  local v6=()
+  [ -n "$_lab_v6" ] && v6=(-L 2001:db8::1 -L 2001:db8::2)
   start_daemon turnserver nsx inet turnserver -n --no-cli --stun-only \
-    -L 203.0.113.1 -L 203.0.113.2 -p 3478 --alt-listening-port 3479 \
+    -L 203.0.113.1 -L 203.0.113.2 "${v6[@]}" -p 3478 --alt-listening-port 3479 \
     --no-tls --no-dtls --log-file stdout --simple-log \
     --pidfile "$BATS_TEST_TMPDIR/turnserver.pid" --db "$BATS_TEST_TMPDIR/turndb"
   wait_until 15 _lab_stun_listening
@@ -221,12 +251,25 @@ lab_map() {
       '. + [{name: $n, public_key: $k,
              addresses: (if $a == "" then [] else [$a + "/32"] end),
              allowed_ips: (if $a == "" then [] else [$a + "/32"] end),
-             endpoints: $c}]' <<<"$peers")
+             endpoints: $c, keepalive: 25}]' <<<"$peers")
   done
+  local fw
+  fw=$(jq -c '[.[] | .addresses[]] | if length == 0 then [] else
+             [{sources: ., proto: "any", rule: "lab"}] end' <<<"$peers")
   jq -n --arg k "${LAB_PUB[$self]}" --arg n "$self" --arg a "${LAB_OVERLAY[$self]:-}" \
-    --argjson peers "$peers" --argjson port "${LAB_PORT[$self]:-0}" \
+    --argjson peers "$peers" --argjson port "${LAB_PORT[$self]:-0}" --argjson fw "$fw" \
     '{version: 1, serial: 1,
       self: ({name: $n, public_key: $k, addresses: (if $a == "" then [] else [$a] end)}
              + (if $port > 0 then {listen_port: $port} else {} end)),
-      peers: $peers}'
+      peers: $peers, firewall: {inbound: $fw}}'
+}
+
+lab_apply() {
+  local self=$1; shift
+  local args=() f
+  for f in "$@"; do args+=(--endpoints "$f"); done
+  run --separate-stderr timeout 30 ip netns exec "${MESH_RUN}$self" mesh-apply \
+    --interface "${LAB_WG[$self]}" --key "$BATS_TEST_TMPDIR/$self.key" "${args[@]}" \
+    "$BATS_TEST_TMPDIR/$self.map.json"
+  [ "$status" -eq 0 ] || printf 'lab_apply %s: status %s\n%s\n' "$self" "$status" "$stderr" >&2
 }
