@@ -246,6 +246,7 @@ void Model::load_peer(std::unique_ptr<Peer> p) {
   used_hosts_.insert(p->host_index);
   used_ports_.insert(p->listen_port);
   next_id_ = std::max(next_id_, id + 1);
+  next_host_ = std::max(next_host_, p->host_index + 1);  // the server restores the stored value after loading
   p->version = ++version_counter_;
   by_id_[id] = std::move(p);
 }

@@ -451,12 +451,14 @@ Result<PeerAuth> Coordinator::keys_for(const PublicKey& k) {
 Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool require_enrolled,
                                         uint32_t* id) {
   int64_t now = unix_now();
+  // Bad signatures are counted but not rate limited: a 256-bit MAC cannot
+  // be guessed, and one peer with a wrong clock must not lock out every
+  // peer behind the same NAT. Setup keys (join) are rate limited.
   auto fail = [&](const std::string& m) -> Status {
     ++auth_failures_;
-    limiter_.failed(req.remote_addr, now);
     return Status(Exit::NoPerm, m);
   };
-  if (limiter_.blocked(req.remote_addr, now)) {
+  if (!require_enrolled && limiter_.blocked(req.remote_addr, now)) {
     ++rate_limited_;
     return temp_failure("too many failed authentications from " + req.remote_addr +
                         "; retry in a minute");
@@ -1219,6 +1221,16 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
     pool = new ElasticPool(max_threads);
     return pool;
   };
+  // httplib listens with a backlog of 5; a burst of watchers reconnecting
+  // (a coordinator restart) would see SYNs dropped and 1-3 s retransmits.
+  // Capture the socket and widen the backlog after bind (Linux allows
+  // listen() again on a listening socket).
+  int listen_fd = -1;
+  svr->set_socket_options([&listen_fd](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    listen_fd = sock;  // the last socket created is the one that bound
+  });
   svr->set_payload_max_length(opt.max_body);
   svr->set_keep_alive_max_count(100000);
   svr->set_keep_alive_timeout(75);
@@ -1234,6 +1246,7 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
   } else if (!svr->bind_to_port(host, port)) {
     return unavailable("cannot listen on " + opt.listen + " (address in use?)");
   }
+  if (listen_fd >= 0) ::listen(listen_fd, 4096);
   std::string shown = sa->ip.is_v4() ? host : "[" + host + "]";
 
   // Signals are taken synchronously by one thread, which stops the server.
