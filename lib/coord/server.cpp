@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "coord/auth.h"
+#include "coord/mapjson.h"
 #include "coord/store.h"
 #include "core/base64.h"
 #include "core/file.h"
@@ -682,7 +683,7 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
     if (p->disabled) return peer_error(&*a, res, {403, "peer is disabled"});
     if (p->serial != since) {
       auto t0 = std::chrono::steady_clock::now();
-      std::string body = dump_json(netmap_to_json(model_.build_map(*p))) + "\n";
+      std::string body = netmap_json_text(model_.build_map(*p)) + "\n";
       lk.unlock();
       map_build_us_ += static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
                                                  std::chrono::steady_clock::now() - t0)
