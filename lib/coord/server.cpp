@@ -190,6 +190,14 @@ class Coordinator {
   void routes(httplib::Server& s);
   void janitor(const std::atomic<bool>& stop);
   void set_pool(ElasticPool* p) { pool_ = p; }
+  // Wakes every long-poll so the server can stop without waiting them out.
+  void shutdown() {
+    {
+      std::unique_lock lk(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+  }
 
  private:
   // ---- plumbing
@@ -241,6 +249,7 @@ class Coordinator {
   std::mutex keycache_mu_;
   std::map<PublicKey, SessionKeys> keycache_;
   ElasticPool* pool_ = nullptr;
+  bool stopping_ = false;  // guarded by mu_
   // metrics
   std::atomic<int64_t> watchers_{0};
   std::atomic<uint64_t> requests_{0}, auth_failures_{0}, maps_served_{0}, pushes_{0};
@@ -693,6 +702,7 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
       res.set_content(std::move(body), "application/json");
       return sign(*a, res);
     }
+    if (stopping_) return peer_error(&*a, res, {503, "coordinator is shutting down"});
     if (wait == 0 || std::chrono::steady_clock::now() >= deadline) break;
     if (!counted) {
       counted = true;
@@ -1265,6 +1275,7 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
       if (s == SIGINT || s == SIGTERM || stopping || (stop && *stop)) break;
     }
     stopping = true;
+    coord.shutdown();
     svr->stop();
   });
   std::thread jan([&] { coord.janitor(stopping); });
