@@ -165,7 +165,7 @@ int bench_model() {
   const Peer* sample = m.by_name("p42");
   auto b0 = Clock::now();
   std::string body;
-  for (int i = 0; i < 100; ++i) body = netmap_json_text(m.build_map(*sample));
+  for (int i = 0; i < 100; ++i) body = m.map_json(*sample);
   double build_ms = ms(b0, Clock::now()) / 100;
 
   {

@@ -46,7 +46,82 @@ struct Writer {
   }
 };
 
+void write_rule_head(Writer& w, const FirewallRule& r) {
+  w.out += '{';
+  w.key("ports");
+  w.out += '[';
+  for (size_t j = 0; j < r.ports.size(); ++j) {
+    if (j) w.out += ',';
+    w.str(r.ports[j].to_string());
+  }
+  w.out += "],";
+  w.key("proto");
+  w.str(r.proto);
+  if (!r.rule.empty()) {
+    w.out += ',';
+    w.key("rule");
+    w.str(r.rule);
+  }
+  w.out += ',';
+  w.key("sources");
+}
+
+void write_peer(Writer& w, const MapPeer& p) {
+  w.out += '{';
+  w.key("addresses");
+  w.prefixes(p.addresses);
+  w.out += ',';
+  w.key("allowed_ips");
+  w.prefixes(p.allowed_ips);
+  w.out += ',';
+  w.key("endpoints");
+  w.out += '[';
+  for (size_t j = 0; j < p.endpoints.size(); ++j) {
+    if (j) w.out += ',';
+    w.out += '{';
+    w.key("endpoint");
+    w.str(p.endpoints[j].endpoint.to_string());
+    w.out += ',';
+    w.key("kind");
+    w.str(p.endpoints[j].kind);
+    w.out += '}';
+  }
+  w.out += "],";
+  w.key("groups");
+  w.strings(p.groups);
+  w.out += ',';
+  w.key("keepalive");
+  w.num(p.keepalive);
+  w.out += ',';
+  w.key("name");
+  w.str(p.name);
+  if (p.preshared_key) {
+    w.out += ',';
+    w.key("preshared_key");
+    w.str(p.preshared_key->to_base64());
+  }
+  w.out += ',';
+  w.key("public_key");
+  w.str(p.public_key.to_base64());
+  w.out += '}';
+}
+
 }  // namespace
+
+bool peer_json_text(const MapPeer& p, std::string& out) {
+  Writer w;
+  write_peer(w, p);
+  out = std::move(w.out);
+  return w.ok;
+}
+
+bool rule_head_json_text(const FirewallRule& r, std::string& out) {
+  Writer w;
+  write_rule_head(w, r);
+  w.out += '[';
+  out = std::move(w.out);
+  return w.ok;
+}
 
 std::string netmap_json_text(const NetMap& m) {
   Writer w;
@@ -57,23 +132,7 @@ std::string netmap_json_text(const NetMap& m) {
   for (size_t i = 0; i < m.inbound.size(); ++i) {
     const FirewallRule& r = m.inbound[i];
     if (i) w.out += ',';
-    w.out += '{';
-    w.key("ports");
-    w.out += '[';
-    for (size_t j = 0; j < r.ports.size(); ++j) {
-      if (j) w.out += ',';
-      w.str(r.ports[j].to_string());
-    }
-    w.out += "],";
-    w.key("proto");
-    w.str(r.proto);
-    if (!r.rule.empty()) {
-      w.out += ',';
-      w.key("rule");
-      w.str(r.rule);
-    }
-    w.out += ',';
-    w.key("sources");
+    write_rule_head(w, r);
     w.prefixes(r.sources);
     w.out += '}';
   }
@@ -84,45 +143,8 @@ std::string netmap_json_text(const NetMap& m) {
   w.key("peers");
   w.out += '[';
   for (size_t i = 0; i < m.peers.size(); ++i) {
-    const MapPeer& p = m.peers[i];
     if (i) w.out += ',';
-    w.out += '{';
-    w.key("addresses");
-    w.prefixes(p.addresses);
-    w.out += ',';
-    w.key("allowed_ips");
-    w.prefixes(p.allowed_ips);
-    w.out += ',';
-    w.key("endpoints");
-    w.out += '[';
-    for (size_t j = 0; j < p.endpoints.size(); ++j) {
-      if (j) w.out += ',';
-      w.out += '{';
-      w.key("endpoint");
-      w.str(p.endpoints[j].endpoint.to_string());
-      w.out += ',';
-      w.key("kind");
-      w.str(p.endpoints[j].kind);
-      w.out += '}';
-    }
-    w.out += "],";
-    w.key("groups");
-    w.strings(p.groups);
-    w.out += ',';
-    w.key("keepalive");
-    w.num(p.keepalive);
-    w.out += ',';
-    w.key("name");
-    w.str(p.name);
-    if (p.preshared_key) {
-      w.out += ',';
-      w.key("preshared_key");
-      w.str(p.preshared_key->to_base64());
-    }
-    w.out += ',';
-    w.key("public_key");
-    w.str(p.public_key.to_base64());
-    w.out += '}';
+    write_peer(w, m.peers[i]);
   }
   w.out += "],";
   w.key("self");

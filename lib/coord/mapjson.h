@@ -14,4 +14,10 @@ namespace mesh::coord {
 
 std::string netmap_json_text(const NetMap& m);
 
+// One peers[] entry as netmap_json_text writes it; false (and `out`
+// unspecified) when a string would need escaping.
+bool peer_json_text(const MapPeer& p, std::string& out);
+// A firewall rule's text up to and including `"sources":[`; false as above.
+bool rule_head_json_text(const FirewallRule& r, std::string& out);
+
 }  // namespace mesh::coord

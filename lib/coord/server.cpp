@@ -692,7 +692,7 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
     if (p->disabled) return peer_error(&*a, res, {403, "peer is disabled"});
     if (p->serial != since) {
       auto t0 = std::chrono::steady_clock::now();
-      std::string body = netmap_json_text(model_.build_map(*p)) + "\n";
+      std::string body = model_.map_json(*p) + "\n";
       lk.unlock();
       map_build_us_ += static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
                                                  std::chrono::steady_clock::now() - t0)

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "coord/auth.h"
+#include "coord/mapjson.h"
 #include "coord/model.h"
 
 using namespace mesh;
@@ -258,6 +259,7 @@ TEST(CoordModel, IncrementalEqualsFullRebuild) {
   fresh.load_policy(m.policy());
   fresh.rebuild(0);
   for (const Peer* p : m.peers()) {
+    EXPECT_EQ(m.map_json(*p), netmap_json_text(m.build_map(*p))) << p->name;
     NetMap a = m.build_map(*p), b = fresh.build_map(*fresh.by_id(p->id));
     a.serial = b.serial = 0;
     a.generated_at = b.generated_at = 0;
@@ -321,8 +323,6 @@ TEST(CoordModel, TurnCredentialsRefreshAtHalfLife) {
   EXPECT_GT(m.build_map(*m.by_name("a")).turn[0].expires_at, a.turn[0].expires_at);
 }
 
-#include "coord/mapjson.h"
-
 TEST(CoordMapJson, FastWriterMatchesNetmapToJsonByteForByte) {
   ModelConfig c = config();
   c.stun = {"192.0.2.1:3478", "stun.example.org:3478"};
@@ -341,6 +341,7 @@ TEST(CoordMapJson, FastWriterMatchesNetmapToJsonByteForByte) {
   for (const Peer* p : m.peers()) {
     NetMap nm = m.build_map(*p);
     EXPECT_EQ(netmap_json_text(nm), dump_json(netmap_to_json(nm))) << p->name;
+    EXPECT_EQ(m.map_json(*p), dump_json(netmap_to_json(nm))) << p->name;
     nm.peers.at(0).preshared_key = SecretKey::generate_preshared();
     nm.inbound.push_back(FirewallRule{{*Prefix::parse("100.64.0.1/32")}, "any", {}, ""});
     EXPECT_EQ(netmap_json_text(nm), dump_json(netmap_to_json(nm))) << p->name;
