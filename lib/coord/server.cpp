@@ -211,6 +211,7 @@ class Coordinator {
   bool auth_admin(const httplib::Request& req, httplib::Response& res);
   void sign(const PeerAuth& a, httplib::Response& res);
   void peer_error(const PeerAuth* a, httplib::Response& res, const ApiError& e);
+  void auth_error(const httplib::Request& req, httplib::Response& res, const Status& s);
 
   // ---- handlers
   void h_info(const httplib::Request&, httplib::Response&);
@@ -499,8 +500,8 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
   if (require_enrolled) {
     std::shared_lock lk(mu_);
     Peer* p = model_.by_key(*key);
-    if (!p) return Status(Exit::NoPerm, "peer is not enrolled (deleted or never joined)");
-    if (p->disabled) return Status(Exit::NoPerm, "peer is disabled");
+    if (!p) return Status(Exit::NoInput, "peer is not enrolled (deleted or never joined)");
+    if (p->disabled) return Status(Exit::NoInput, "peer is disabled");
     p->last_seen = now;
     *id = p->id;
   }
@@ -509,6 +510,19 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
 
 void Coordinator::sign(const PeerAuth& a, httplib::Response& res) {
   res.set_header(kHdrAuth, response_mac(a.keys.response, res.status, a.nonce, res.body));
+}
+
+// A failed peer authentication: 429 when rate limited, 401 when the request
+// is not authentic, 403 (signed: the request was authentic) when the key is
+// not enrolled or disabled (auth_peer reports those as NoInput).
+void Coordinator::auth_error(const httplib::Request& req, httplib::Response& res, const Status& s) {
+  if (s.code() == Exit::TempFail) return send_error(res, from_status(s, 429));
+  if (s.code() != Exit::NoInput) return send_error(res, from_status(s, 401));
+  auto key = PublicKey::from_base64(req.get_header_value(kHdrKey));
+  auto keys = key ? keys_for(*key) : Result<PeerAuth>(s);
+  if (!keys) return send_error(res, from_status(s, 403));
+  keys->nonce = req.get_header_value(kHdrNonce);
+  peer_error(&*keys, res, from_status(s, 403));
 }
 
 void Coordinator::peer_error(const PeerAuth* a, httplib::Response& res, const ApiError& e) {
@@ -564,7 +578,7 @@ void Coordinator::h_info(const httplib::Request&, httplib::Response& res) {
 
 void Coordinator::h_join(const httplib::Request& req, httplib::Response& res) {
   auto a = auth_peer(req, false, nullptr);
-  if (!a) return peer_error(nullptr, res, from_status(a.status(), a.status().code() == Exit::TempFail ? 429 : 401));
+  if (!a) return auth_error(req, res, a.status());
   auto j = json_body(req, 16384);
   if (!j) return peer_error(&*a, res, from_status(j.status()));
   JsonView v(*j, "request");
@@ -656,17 +670,7 @@ void Coordinator::h_join(const httplib::Request& req, httplib::Response& res) {
 void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
   uint32_t id = 0;
   auto a = auth_peer(req, true, &id);
-  if (!a) {
-    int http = a.status().code() == Exit::TempFail ? 429 : (a.status().message().find("enrolled") != std::string::npos || a.status().message().find("disabled") != std::string::npos) ? 403 : 401;
-    auto keys = keys_for(PublicKey::from_base64(req.get_header_value(kHdrKey)).is_ok()
-                             ? *PublicKey::from_base64(req.get_header_value(kHdrKey))
-                             : PublicKey{});
-    if (http == 403 && keys) {
-      keys->nonce = req.get_header_value(kHdrNonce);
-      return peer_error(&*keys, res, from_status(a.status(), http));
-    }
-    return peer_error(nullptr, res, from_status(a.status(), http));
-  }
+  if (!a) return auth_error(req, res, a.status());
   uint64_t since = 0;
   int wait = 0;
   try {
@@ -718,7 +722,7 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
 void Coordinator::h_announce(const httplib::Request& req, httplib::Response& res) {
   uint32_t id = 0;
   auto a = auth_peer(req, true, &id);
-  if (!a) return peer_error(nullptr, res, from_status(a.status(), a.status().code() == Exit::TempFail ? 429 : 401));
+  if (!a) return auth_error(req, res, a.status());
   auto j = json_body(req, 65536);
   if (!j) return peer_error(&*a, res, from_status(j.status()));
   auto doc = parse_endpoints(*j, "request");
