@@ -493,17 +493,22 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
   if (!mac_equal(req.get_header_value(kHdrAuth), want))
     return fail("bad request signature (wrong key, or the request was altered)");
   if (Status s = check_time(t, now); !s) return fail(s.message());
+  // Enrolment is checked before the nonce is remembered, so keys that are
+  // not enrolled cannot fill the nonce cache (join is rate limited instead).
+  if (require_enrolled) {
+    std::shared_lock lk(mu_);
+    Peer* p = model_.by_key(*key);
+    if (!p) return Status(Exit::NoInput, "peer is not enrolled (deleted or never joined)");
+    if (p->disabled) return Status(Exit::NoInput, "peer is disabled");
+    *id = p->id;
+  }
   if (Status s = nonces_.check_and_insert(a.nonce, now); !s) {
     if (s.code() == Exit::NoPerm) return fail(s.message());
     return s;
   }
   if (require_enrolled) {
     std::shared_lock lk(mu_);
-    Peer* p = model_.by_key(*key);
-    if (!p) return Status(Exit::NoInput, "peer is not enrolled (deleted or never joined)");
-    if (p->disabled) return Status(Exit::NoInput, "peer is disabled");
-    p->last_seen = now;
-    *id = p->id;
+    if (Peer* p = model_.by_id(*id)) p->last_seen = now;
   }
   return a;
 }
