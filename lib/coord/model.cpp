@@ -6,6 +6,7 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 
+#include "coord/mapjson.h"
 #include "core/base64.h"
 
 namespace mesh::coord {
@@ -246,8 +247,23 @@ void Model::load_peer(std::unique_ptr<Peer> p) {
   used_hosts_.insert(p->host_index);
   used_ports_.insert(p->listen_port);
   next_id_ = std::max(next_id_, id + 1);
+  next_host_ = std::max(next_host_, p->host_index + 1);  // the server restores the stored value after loading
   p->version = ++version_counter_;
+  render(*p);
   by_id_[id] = std::move(p);
+}
+
+void Model::render(Peer& p) const {
+  MapPeer mp;
+  mp.name = p.name;
+  mp.public_key = p.public_key;
+  mp.addresses = {Prefix{p.ipv4, 32}, Prefix{p.ipv6, 128}};
+  mp.allowed_ips = mp.addresses;
+  mp.endpoints = p.endpoints;
+  mp.keepalive = cfg_.keepalive;
+  mp.groups = p.groups;
+  p.text_ok = peer_json_text(mp, p.entry_text);
+  p.sources_text = "\"" + mp.addresses[0].to_string() + "\",\"" + mp.addresses[1].to_string() + "\"";
 }
 
 void Model::compile() {
@@ -305,6 +321,7 @@ void Model::compile() {
     const PolicyRule& r = policy_.rules[i];
     CompiledRule& c = rules_[i];
     c.content_hash = t_content(r, i);
+    c.text_ok = rule_head_json_text(FirewallRule{{}, r.proto, r.ports, r.name}, c.head_text);
     for (const auto& s : r.src) select(s, c.src);
     for (const auto& s : r.dst) select(s, c.dst);
     for (auto* v : {&c.src, &c.dst}) {
@@ -504,7 +521,7 @@ Changes Model::tick_credentials(int64_t now) {
 
 // ---------------------------------------------------------------- maps
 
-NetMap Model::build_map(const Peer& p) const {
+NetMap Model::build_map(const Peer& p, bool lists) const {
   NetMap m;
   m.serial = p.serial;
   m.generated_at = p.generated_at;
@@ -514,7 +531,7 @@ NetMap Model::build_map(const Peer& p) const {
   m.self.groups = p.groups;
   m.self.listen_port = p.listen_port;
   m.self.mtu = cfg_.mtu;
-  if (!p.disabled) {
+  if (!p.disabled && lists) {
     for (uint32_t id : visible(p.id)) {
       const Peer& q = *by_id_[id];
       MapPeer mp;
@@ -558,6 +575,44 @@ NetMap Model::build_map(const Peer& p) const {
     }
   }
   return m;
+}
+
+std::string Model::map_json(const Peer& p) const {
+  std::string text = netmap_json_text(build_map(p, false));
+  if (p.disabled) return text;
+  std::vector<uint32_t> ids = visible(p.id);
+  std::string peers, inbound;
+  peers.reserve(ids.size() * 320);
+  for (uint32_t id : ids) {
+    const Peer& q = *by_id_[id];
+    if (!q.text_ok) return netmap_json_text(build_map(p));
+    if (!peers.empty()) peers += ',';
+    peers += q.entry_text;
+  }
+  for (uint32_t r : p.dst_rules) {
+    const CompiledRule& c = rules_[r];
+    if (!c.text_ok) return netmap_json_text(build_map(p));
+    size_t mark = inbound.size();
+    if (!inbound.empty()) inbound += ',';
+    inbound += c.head_text;
+    bool any = false;
+    for (uint32_t id : c.src) {
+      if (id == p.id) continue;
+      if (any) inbound += ',';
+      inbound += by_id_[id]->sources_text;
+      any = true;
+    }
+    if (!any) inbound.resize(mark);  // a rule with no other source is left out
+    else inbound += "]}";
+  }
+  // The skeleton has empty lists at fixed places: firewall.inbound comes
+  // first and peers right after generated_at (keys are sorted).
+  const std::string in_key = "\"inbound\":[", peers_key = "\"peers\":[";
+  size_t at = text.find(in_key);
+  text.insert(at + in_key.size(), inbound);
+  at = text.find(peers_key, at + in_key.size() + inbound.size());
+  text.insert(at + peers_key.size(), peers);
+  return text;
 }
 
 // ---------------------------------------------------------------- policy

@@ -88,6 +88,10 @@ struct Peer {
   uint64_t version = 0;  // bumped when what others see of this peer changes
   std::vector<uint32_t> src_rules, dst_rules;  // compiled rule indices
   mutable std::atomic<int64_t> last_seen{0};
+  // This peer's entry in other peers' maps, and its addresses as firewall
+  // sources, pre-rendered as JSON text (see map_json).
+  std::string entry_text, sources_text;
+  bool text_ok = false;
 
   PeerAttrs attrs() const;
   Json to_json() const;  // admin view
@@ -141,7 +145,11 @@ class Model {
 
   // Ids of peers in `id`'s map (sorted).
   std::vector<uint32_t> visible(uint32_t id) const;
-  NetMap build_map(const Peer& p) const;
+  NetMap build_map(const Peer& p, bool lists = true) const;
+  // The map's JSON text, byte-for-byte netmap_json_text(build_map(p)), made
+  // from per-peer and per-rule pieces rendered when they change, so that
+  // serving 1,000 maps after one change does not re-render every entry.
+  std::string map_json(const Peer& p) const;
 
   // --- allocation (pure: nothing is reserved until add_peer)
   Result<uint32_t> allocate_host() const;
@@ -163,6 +171,7 @@ class Model {
     if (membership) unindex_rules(*p);
     mutate(*p);
     p->version = ++version_counter_;
+    render(*p);
     if (membership) index_rules(*p);
     std::vector<uint32_t> after = neighbours(*p);
     before.insert(before.end(), after.begin(), after.end());
@@ -198,7 +207,10 @@ class Model {
     std::vector<uint32_t> src, dst;  // sorted peer ids
     uint64_t src_hash = 0;           // XOR of mix(id) over src
     uint64_t content_hash = 0;       // name, proto, ports, index
+    std::string head_text;           // JSON of the firewall rule up to "sources":[
+    bool text_ok = false;
   };
+  void render(Peer& p) const;
   void compile();
   void index_rules(Peer& p);
   void unindex_rules(Peer& p);

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "coord/auth.h"
+#include "coord/mapjson.h"
 #include "coord/store.h"
 #include "core/base64.h"
 #include "core/file.h"
@@ -189,6 +190,14 @@ class Coordinator {
   void routes(httplib::Server& s);
   void janitor(const std::atomic<bool>& stop);
   void set_pool(ElasticPool* p) { pool_ = p; }
+  // Wakes every long-poll so the server can stop without waiting them out.
+  void shutdown() {
+    {
+      std::unique_lock lk(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+  }
 
  private:
   // ---- plumbing
@@ -202,6 +211,7 @@ class Coordinator {
   bool auth_admin(const httplib::Request& req, httplib::Response& res);
   void sign(const PeerAuth& a, httplib::Response& res);
   void peer_error(const PeerAuth* a, httplib::Response& res, const ApiError& e);
+  void auth_error(const httplib::Request& req, httplib::Response& res, const Status& s);
 
   // ---- handlers
   void h_info(const httplib::Request&, httplib::Response&);
@@ -240,6 +250,7 @@ class Coordinator {
   std::mutex keycache_mu_;
   std::map<PublicKey, SessionKeys> keycache_;
   ElasticPool* pool_ = nullptr;
+  bool stopping_ = false;  // guarded by mu_
   // metrics
   std::atomic<int64_t> watchers_{0};
   std::atomic<uint64_t> requests_{0}, auth_failures_{0}, maps_served_{0}, pushes_{0};
@@ -451,12 +462,14 @@ Result<PeerAuth> Coordinator::keys_for(const PublicKey& k) {
 Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool require_enrolled,
                                         uint32_t* id) {
   int64_t now = unix_now();
+  // Bad signatures are counted but not rate limited: a 256-bit MAC cannot
+  // be guessed, and one peer with a wrong clock must not lock out every
+  // peer behind the same NAT. Setup keys (join) are rate limited.
   auto fail = [&](const std::string& m) -> Status {
     ++auth_failures_;
-    limiter_.failed(req.remote_addr, now);
     return Status(Exit::NoPerm, m);
   };
-  if (limiter_.blocked(req.remote_addr, now)) {
+  if (!require_enrolled && limiter_.blocked(req.remote_addr, now)) {
     ++rate_limited_;
     return temp_failure("too many failed authentications from " + req.remote_addr +
                         "; retry in a minute");
@@ -480,23 +493,41 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
   if (!mac_equal(req.get_header_value(kHdrAuth), want))
     return fail("bad request signature (wrong key, or the request was altered)");
   if (Status s = check_time(t, now); !s) return fail(s.message());
+  // Enrolment is checked before the nonce is remembered, so keys that are
+  // not enrolled cannot fill the nonce cache (join is rate limited instead).
+  if (require_enrolled) {
+    std::shared_lock lk(mu_);
+    Peer* p = model_.by_key(*key);
+    if (!p) return Status(Exit::NoInput, "peer is not enrolled (deleted or never joined)");
+    if (p->disabled) return Status(Exit::NoInput, "peer is disabled");
+    *id = p->id;
+  }
   if (Status s = nonces_.check_and_insert(a.nonce, now); !s) {
     if (s.code() == Exit::NoPerm) return fail(s.message());
     return s;
   }
   if (require_enrolled) {
     std::shared_lock lk(mu_);
-    Peer* p = model_.by_key(*key);
-    if (!p) return Status(Exit::NoPerm, "peer is not enrolled (deleted or never joined)");
-    if (p->disabled) return Status(Exit::NoPerm, "peer is disabled");
-    p->last_seen = now;
-    *id = p->id;
+    if (Peer* p = model_.by_id(*id)) p->last_seen = now;
   }
   return a;
 }
 
 void Coordinator::sign(const PeerAuth& a, httplib::Response& res) {
   res.set_header(kHdrAuth, response_mac(a.keys.response, res.status, a.nonce, res.body));
+}
+
+// A failed peer authentication: 429 when rate limited, 401 when the request
+// is not authentic, 403 (signed: the request was authentic) when the key is
+// not enrolled or disabled (auth_peer reports those as NoInput).
+void Coordinator::auth_error(const httplib::Request& req, httplib::Response& res, const Status& s) {
+  if (s.code() == Exit::TempFail) return send_error(res, from_status(s, 429));
+  if (s.code() != Exit::NoInput) return send_error(res, from_status(s, 401));
+  auto key = PublicKey::from_base64(req.get_header_value(kHdrKey));
+  auto keys = key ? keys_for(*key) : Result<PeerAuth>(s);
+  if (!keys) return send_error(res, from_status(s, 403));
+  keys->nonce = req.get_header_value(kHdrNonce);
+  peer_error(&*keys, res, from_status(s, 403));
 }
 
 void Coordinator::peer_error(const PeerAuth* a, httplib::Response& res, const ApiError& e) {
@@ -552,7 +583,7 @@ void Coordinator::h_info(const httplib::Request&, httplib::Response& res) {
 
 void Coordinator::h_join(const httplib::Request& req, httplib::Response& res) {
   auto a = auth_peer(req, false, nullptr);
-  if (!a) return peer_error(nullptr, res, from_status(a.status(), a.status().code() == Exit::TempFail ? 429 : 401));
+  if (!a) return auth_error(req, res, a.status());
   auto j = json_body(req, 16384);
   if (!j) return peer_error(&*a, res, from_status(j.status()));
   JsonView v(*j, "request");
@@ -644,17 +675,7 @@ void Coordinator::h_join(const httplib::Request& req, httplib::Response& res) {
 void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
   uint32_t id = 0;
   auto a = auth_peer(req, true, &id);
-  if (!a) {
-    int http = a.status().code() == Exit::TempFail ? 429 : (a.status().message().find("enrolled") != std::string::npos || a.status().message().find("disabled") != std::string::npos) ? 403 : 401;
-    auto keys = keys_for(PublicKey::from_base64(req.get_header_value(kHdrKey)).is_ok()
-                             ? *PublicKey::from_base64(req.get_header_value(kHdrKey))
-                             : PublicKey{});
-    if (http == 403 && keys) {
-      keys->nonce = req.get_header_value(kHdrNonce);
-      return peer_error(&*keys, res, from_status(a.status(), http));
-    }
-    return peer_error(nullptr, res, from_status(a.status(), http));
-  }
+  if (!a) return auth_error(req, res, a.status());
   uint64_t since = 0;
   int wait = 0;
   try {
@@ -680,7 +701,7 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
     if (p->disabled) return peer_error(&*a, res, {403, "peer is disabled"});
     if (p->serial != since) {
       auto t0 = std::chrono::steady_clock::now();
-      std::string body = dump_json(netmap_to_json(model_.build_map(*p))) + "\n";
+      std::string body = model_.map_json(*p) + "\n";
       lk.unlock();
       map_build_us_ += static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
                                                  std::chrono::steady_clock::now() - t0)
@@ -690,6 +711,7 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
       res.set_content(std::move(body), "application/json");
       return sign(*a, res);
     }
+    if (stopping_) return peer_error(&*a, res, {503, "coordinator is shutting down"});
     if (wait == 0 || std::chrono::steady_clock::now() >= deadline) break;
     if (!counted) {
       counted = true;
@@ -705,7 +727,7 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
 void Coordinator::h_announce(const httplib::Request& req, httplib::Response& res) {
   uint32_t id = 0;
   auto a = auth_peer(req, true, &id);
-  if (!a) return peer_error(nullptr, res, from_status(a.status(), a.status().code() == Exit::TempFail ? 429 : 401));
+  if (!a) return auth_error(req, res, a.status());
   auto j = json_body(req, 65536);
   if (!j) return peer_error(&*a, res, from_status(j.status()));
   auto doc = parse_endpoints(*j, "request");
@@ -1219,6 +1241,16 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
     pool = new ElasticPool(max_threads);
     return pool;
   };
+  // httplib listens with a backlog of 5; a burst of watchers reconnecting
+  // (a coordinator restart) would see SYNs dropped and 1-3 s retransmits.
+  // Capture the socket and widen the backlog after bind (Linux allows
+  // listen() again on a listening socket).
+  int listen_fd = -1;
+  svr->set_socket_options([&listen_fd](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    listen_fd = sock;  // the last socket created is the one that bound
+  });
   svr->set_payload_max_length(opt.max_body);
   svr->set_keep_alive_max_count(100000);
   svr->set_keep_alive_timeout(75);
@@ -1234,6 +1266,7 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
   } else if (!svr->bind_to_port(host, port)) {
     return unavailable("cannot listen on " + opt.listen + " (address in use?)");
   }
+  if (listen_fd >= 0) ::listen(listen_fd, 4096);
   std::string shown = sa->ip.is_v4() ? host : "[" + host + "]";
 
   // Signals are taken synchronously by one thread, which stops the server.
@@ -1251,6 +1284,7 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
       if (s == SIGINT || s == SIGTERM || stopping || (stop && *stop)) break;
     }
     stopping = true;
+    coord.shutdown();
     svr->stop();
   });
   std::thread jan([&] { coord.janitor(stopping); });

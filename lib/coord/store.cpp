@@ -38,7 +38,10 @@ Json Event::to_json() const {
               {"action", action}, {"target", target}, {"detail", detail}};
 }
 
-Store::~Store() { sqlite3_close_v2(db_); }
+Store::~Store() {
+  sqlite3_finalize(serial_stmt_);
+  sqlite3_close_v2(db_);
+}
 
 Status Store::error(const std::string& what) const {
   return io_error(what + ": " + sqlite3_errmsg(db_));
@@ -72,8 +75,11 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path) {
   MESH_TRY(s->exec(
       "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
       "CREATE TABLE IF NOT EXISTS peers(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
-      "  public_key TEXT NOT NULL UNIQUE, record TEXT NOT NULL,"
-      "  map_serial INTEGER NOT NULL DEFAULT 0, map_at INTEGER NOT NULL DEFAULT 0);"
+      "  public_key TEXT NOT NULL UNIQUE, record TEXT NOT NULL);"
+      // Map serials change for thousands of peers at once (a policy change):
+      // a narrow table keeps that transaction small.
+      "CREATE TABLE IF NOT EXISTS map_serials(id INTEGER PRIMARY KEY, serial INTEGER NOT NULL,"
+      "  at INTEGER NOT NULL);"
       "CREATE TABLE IF NOT EXISTS setup_keys(id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE,"
       "  record TEXT NOT NULL);"
       "CREATE TABLE IF NOT EXISTS events(seq INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -115,21 +121,32 @@ Status Store::put_peer(int64_t id, const std::string& name, const std::string& k
 }
 
 Status Store::set_map_serial(int64_t id, uint64_t serial, int64_t at) {
-  Stmt st(db_, "UPDATE peers SET map_serial=?, map_at=? WHERE id=?");
-  if (!st.ok()) return error("set_map_serial");
-  st.bind(1, static_cast<int64_t>(serial)).bind(2, at).bind(3, id);
-  return st.step() == SQLITE_DONE ? Status::ok() : error("set_map_serial");
+  // Prepared once: a policy change writes one row per changed map.
+  if (!serial_stmt_ &&
+      sqlite3_prepare_v3(db_, "INSERT OR REPLACE INTO map_serials(id,serial,at) VALUES(?,?,?)", -1,
+                         SQLITE_PREPARE_PERSISTENT, &serial_stmt_, nullptr) != SQLITE_OK)
+    return error("set_map_serial");
+  sqlite3_reset(serial_stmt_);
+  sqlite3_bind_int64(serial_stmt_, 1, id);
+  sqlite3_bind_int64(serial_stmt_, 2, static_cast<int64_t>(serial));
+  sqlite3_bind_int64(serial_stmt_, 3, at);
+  return sqlite3_step(serial_stmt_) == SQLITE_DONE ? Status::ok() : error("set_map_serial");
 }
 
 Status Store::delete_peer(int64_t id) {
-  Stmt st(db_, "DELETE FROM peers WHERE id=?");
-  if (!st.ok()) return error("delete_peer");
-  st.bind(1, id);
-  return st.step() == SQLITE_DONE ? Status::ok() : error("delete_peer");
+  for (const char* sql : {"DELETE FROM peers WHERE id=?", "DELETE FROM map_serials WHERE id=?"}) {
+    Stmt st(db_, sql);
+    if (!st.ok()) return error("delete_peer");
+    st.bind(1, id);
+    if (st.step() != SQLITE_DONE) return error("delete_peer");
+  }
+  return Status::ok();
 }
 
 Result<std::vector<StoredPeer>> Store::load_peers() {
-  Stmt st(db_, "SELECT record, map_serial, map_at FROM peers ORDER BY id");
+  Stmt st(db_,
+          "SELECT p.record, coalesce(m.serial, 0), coalesce(m.at, 0) FROM peers p "
+          "LEFT JOIN map_serials m ON m.id = p.id ORDER BY p.id");
   if (!st.ok()) return error("load_peers");
   std::vector<StoredPeer> out;
   int rc;

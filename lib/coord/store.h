@@ -69,6 +69,7 @@ class Store {
   Status exec(const std::string& sql);
   Status error(const std::string& what) const;
   sqlite3* db_;
+  sqlite3_stmt* serial_stmt_ = nullptr;
 };
 
 }  // namespace mesh::coord

@@ -271,16 +271,18 @@ Result<NetMap> read_netmap_file(const std::string& path, ParseOptions opt) {
 
 Json netmap_to_json(const NetMap& m) {
   Json peers = Json::array();
+  peers.get_ref<Json::array_t&>().reserve(m.peers.size());
   for (const auto& p : m.peers) {
     Json eps = Json::array();
     for (const auto& c : p.endpoints) eps.push_back(candidate_to_json(c));
-    Json jp{{"name", p.name},
-            {"public_key", p.public_key.to_base64()},
-            {"addresses", prefixes_json(p.addresses)},
-            {"allowed_ips", prefixes_json(p.allowed_ips)},
-            {"endpoints", eps},
-            {"keepalive", p.keepalive},
-            {"groups", p.groups}};
+    Json jp = Json::object();
+    jp["name"] = p.name;
+    jp["public_key"] = p.public_key.to_base64();
+    jp["addresses"] = prefixes_json(p.addresses);
+    jp["allowed_ips"] = prefixes_json(p.allowed_ips);
+    jp["endpoints"] = std::move(eps);
+    jp["keepalive"] = p.keepalive;
+    jp["groups"] = p.groups;
     if (p.preshared_key) jp["preshared_key"] = p.preshared_key->to_base64();
     peers.push_back(std::move(jp));
   }
@@ -288,7 +290,10 @@ Json netmap_to_json(const NetMap& m) {
   for (const auto& r : m.inbound) {
     Json ports = Json::array();
     for (const auto& pr : r.ports) ports.push_back(pr.to_string());
-    Json jr{{"sources", prefixes_json(r.sources)}, {"proto", r.proto}, {"ports", ports}};
+    Json jr = Json::object();
+    jr["sources"] = prefixes_json(r.sources);
+    jr["proto"] = r.proto;
+    jr["ports"] = std::move(ports);
     if (!r.rule.empty()) jr["rule"] = r.rule;
     inbound.push_back(std::move(jr));
   }
@@ -305,10 +310,18 @@ Json netmap_to_json(const NetMap& m) {
             {"groups", m.self.groups},
             {"listen_port", m.self.listen_port},
             {"mtu", m.self.mtu}};
-  return Json{{"version", m.version},   {"serial", m.serial},
-              {"generated_at", m.generated_at}, {"self", self},
-              {"peers", peers},         {"firewall", {{"inbound", inbound}}},
-              {"stun", m.stun},         {"turn", turn}};
+  // Members are moved in, not copied: a map can hold thousands of entries.
+  Json out = Json::object();
+  out["version"] = m.version;
+  out["serial"] = m.serial;
+  out["generated_at"] = m.generated_at;
+  out["self"] = std::move(self);
+  out["peers"] = std::move(peers);
+  out["firewall"] = Json::object();
+  out["firewall"]["inbound"] = std::move(inbound);
+  out["stun"] = m.stun;
+  out["turn"] = std::move(turn);
+  return out;
 }
 
 }  // namespace mesh

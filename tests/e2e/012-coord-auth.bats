@@ -61,7 +61,7 @@ replay() {  # replay [NONCE] [BODY]
   [ "$(replay)" = 401 ]
 }
 
-@test "a stale request is refused" {
+@test "changing a signed request's time breaks its signature" {
   capture mesh-coord map --registration a.json --key a.key
   REQ_TIME=$((REQ_TIME - 3600))
   [ "$(replay CCCCCCCCCCCCCCCCCCCCCC)" = 401 ]

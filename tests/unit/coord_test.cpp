@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "coord/auth.h"
+#include "coord/mapjson.h"
 #include "coord/model.h"
 
 using namespace mesh;
@@ -258,6 +259,7 @@ TEST(CoordModel, IncrementalEqualsFullRebuild) {
   fresh.load_policy(m.policy());
   fresh.rebuild(0);
   for (const Peer* p : m.peers()) {
+    EXPECT_EQ(m.map_json(*p), netmap_json_text(m.build_map(*p))) << p->name;
     NetMap a = m.build_map(*p), b = fresh.build_map(*fresh.by_id(p->id));
     a.serial = b.serial = 0;
     a.generated_at = b.generated_at = 0;
@@ -319,4 +321,33 @@ TEST(CoordModel, TurnCredentialsRefreshAtHalfLife) {
   EXPECT_EQ(ch.changed.size(), 1u);
   EXPECT_GT(m.by_name("a")->serial, serial);
   EXPECT_GT(m.build_map(*m.by_name("a")).turn[0].expires_at, a.turn[0].expires_at);
+}
+
+TEST(CoordMapJson, FastWriterMatchesNetmapToJsonByteForByte) {
+  ModelConfig c = config();
+  c.stun = {"192.0.2.1:3478", "stun.example.org:3478"};
+  c.turn = {TurnConfig{"192.0.2.1:3478", "udp"}, TurnConfig{"[2001:db8::1]:5349", "tls"}};
+  c.relay_secret = "x";
+  Model m(c);
+  m.rebuild(0);
+  m.add_peer(make_peer(m, "web1", {"web"}), 1);
+  m.add_peer(make_peer(m, "db1", {"db", "extra"}), 1);
+  m.add_peer(make_peer(m, "ops1", {"ops"}), 1);
+  m.update_peer(1, false, 2, [](Peer& p) {
+    p.endpoints = {Candidate{*SockAddr::parse("192.0.2.9:1"), "host"},
+                   Candidate{*SockAddr::parse("[2001:db8::9]:65535"), "relay"}};
+  });
+  m.set_policy(policy(kWebPolicy), 3);
+  for (const Peer* p : m.peers()) {
+    NetMap nm = m.build_map(*p);
+    EXPECT_EQ(netmap_json_text(nm), dump_json(netmap_to_json(nm))) << p->name;
+    EXPECT_EQ(m.map_json(*p), dump_json(netmap_to_json(nm))) << p->name;
+    nm.peers.at(0).preshared_key = SecretKey::generate_preshared();
+    nm.inbound.push_back(FirewallRule{{*Prefix::parse("100.64.0.1/32")}, "any", {}, ""});
+    EXPECT_EQ(netmap_json_text(nm), dump_json(netmap_to_json(nm))) << p->name;
+    nm.self.name = "needs \"escaping\"\n\xc3\xa9";
+    EXPECT_EQ(netmap_json_text(nm), dump_json(netmap_to_json(nm))) << p->name;
+  }
+  NetMap empty;
+  EXPECT_EQ(netmap_json_text(empty), dump_json(netmap_to_json(empty)));
 }

@@ -1,0 +1,375 @@
+// Coordinator benchmark (bench/coord runs it). Two parts:
+//   bench_coord model            in-process: a synthetic mesh of 10,000 peers,
+//                                200 groups and 500 rules; times a full recompute,
+//                                one join (incremental map work), one policy change,
+//                                and, as the in-run reference, what a join would
+//                                cost if every map were recomputed (Headscale-style).
+//   bench_coord push MESH_COORD STATE_DIR
+//                                writes the same mesh into STATE_DIR, starts the real
+//                                `mesh-coord serve` on it, parks 1,000 signed
+//                                long-poll watchers, changes the policy and measures
+//                                when each watcher has its new map; reports the
+//                                server's RSS.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "coord/client.h"
+#include "coord/mapjson.h"
+#include "coord/model.h"
+#include "coord/store.h"
+#include "core/file.h"
+
+using namespace mesh;
+using namespace mesh::coord;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr int kPeers = 10000, kGroups = 200, kRules = 500, kWatchers = 1000;
+
+double ms(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+long rss_kb(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+
+std::string policy_text(uint32_t seed, int changed_rule = -1, bool monitor = false) {
+  std::mt19937 rng(seed);
+  Json groups = Json::object();
+  for (int g = 0; g < kGroups; ++g) groups["g" + std::to_string(g)] = Json::object();
+  Json rules = Json::array();
+  for (int r = 0; r < kRules; ++r) {
+    Json rule{{"name", "r" + std::to_string(r)},
+              {"src", {"g" + std::to_string(rng() % kGroups)}},
+              {"dst", {"g" + std::to_string(rng() % kGroups)}}};
+    switch (rng() % 3) {
+      case 0: rule["proto"] = "tcp"; rule["ports"] = {int(rng() % 1000 + 1), "8000-8080"}; break;
+      case 1: rule["proto"] = "udp"; rule["ports"] = {int(rng() % 1000 + 1)}; break;
+      default: rule["proto"] = "any";
+    }
+    if (r == changed_rule) rule["ports"] = {443}, rule["proto"] = "tcp";
+    rules.push_back(rule);
+  }
+  if (monitor) {
+    // A monitoring group that may reach every peer: a peer joining it
+    // enters all 10,000 maps (the worst case for a push).
+    groups["mon"] = Json::object();
+    rules.push_back({{"name", "monitoring"}, {"src", {"mon"}}, {"dst", {"all"}}, {"proto", "tcp"},
+                     {"ports", {9100}}});
+  }
+  return dump_json(Json{{"groups", groups}, {"rules", rules}});
+}
+
+Policy parse(const std::string& text) {
+  auto j = parse_json(text, "bench policy");
+  auto p = parse_policy(*j, "bench policy");
+  if (!p) {
+    std::cerr << p.status().message() << "\n";
+    std::exit(1);
+  }
+  return *p;
+}
+
+ModelConfig config() {
+  ModelConfig c;
+  c.ipv4 = *Prefix::parse("100.64.0.0/10");
+  c.ipv6 = *Prefix::parse("fd00:b:c::/48");
+  return c;
+}
+
+std::unique_ptr<Peer> synth_peer(Model& m, int i, const PublicKey& key) {
+  auto p = std::make_unique<Peer>();
+  p->id = m.new_peer_id();
+  p->name = "p" + std::to_string(i);
+  p->public_key = key;
+  p->host_index = *m.allocate_host();
+  p->ipv4 = m.host_v4(p->host_index);
+  p->ipv6 = m.host_v6(p->host_index);
+  p->listen_port = static_cast<uint16_t>(20000 + i % 40000);
+  p->groups = {"g" + std::to_string(i % kGroups)};
+  p->endpoints = {Candidate{SockAddr{IpAddr::v4(0xC6120000u + static_cast<uint32_t>(i)), 51820}, "srflx"}};
+  p->created_at = 1;
+  return p;
+}
+
+int bench_model() {
+  Model m(config());
+  m.rebuild(0);
+  std::vector<PublicKey> keys;
+  for (int i = 0; i < kPeers + 100; ++i) {
+    PublicKey k;
+    random_bytes(k.bytes.data(), k.bytes.size());
+    keys.push_back(k);
+  }
+  for (int i = 0; i < kPeers; ++i) m.load_peer(synth_peer(m, i, keys[i]));
+  Policy pol = parse(policy_text(1));
+  auto t0 = Clock::now();
+  Changes all = m.set_policy(pol, 1);
+  auto t1 = Clock::now();
+  std::vector<double> full;
+  for (int i = 0; i < 5; ++i) {
+    auto a = Clock::now();
+    m.set_policy(parse(policy_text(1)), 2);
+    full.push_back(ms(a, Clock::now()));
+  }
+  std::sort(full.begin(), full.end());
+  size_t visible = 0;
+  for (const Peer* p : m.peers()) visible += m.visible(p->id).size();
+
+  // One join: incremental map work (index the peer into its rules, recompute
+  // the digests of the maps it enters). Averaged over 100 joins.
+  std::vector<double> joins;
+  size_t touched = 0;
+  for (int i = 0; i < 100; ++i) {
+    auto p = synth_peer(m, kPeers + i, keys[kPeers + i]);
+    auto a = Clock::now();
+    Changes ch = m.add_peer(std::move(p), 3);
+    joins.push_back(ms(a, Clock::now()));
+    touched += ch.changed.size();
+  }
+  std::sort(joins.begin(), joins.end());
+  // Reference: the same join if every map had to be recomputed.
+  auto r0 = Clock::now();
+  m.set_policy(parse(policy_text(1)), 4);
+  double naive = ms(r0, Clock::now());
+
+  // One policy change: one rule's ports differ.
+  Policy changed = parse(policy_text(1, 7));
+  auto c0 = Clock::now();
+  Changes pc = m.set_policy(changed, 5);
+  double policy_ms = ms(c0, Clock::now());
+
+  // Building one map's JSON (what a watcher is sent).
+  const Peer* sample = m.by_name("p42");
+  auto b0 = Clock::now();
+  std::string body;
+  for (int i = 0; i < 100; ++i) body = m.map_json(*sample);
+  double build_ms = ms(b0, Clock::now()) / 100;
+
+  {
+    auto x0 = Clock::now();
+    NetMap nm;
+    for (int i = 0; i < 100; ++i) nm = m.build_map(*sample);
+    auto x1 = Clock::now();
+    Json jj;
+    int reps = getenv("BENCH_JSON_REPS") ? atoi(getenv("BENCH_JSON_REPS")) : 100;
+    for (int i = 0; i < reps; ++i) jj = netmap_to_json(nm);
+    auto x2 = Clock::now();
+    for (int i = 0; i < 100; ++i) body = dump_json(jj);
+    auto x3 = Clock::now();
+    std::printf("reference, one map through the nlohmann tree: build_map %.3f ms, netmap_to_json %.3f ms, dump %.3f ms\n",
+                ms(x0, x1) / 100, ms(x1, x2) / reps, ms(x2, x3) / 100);
+  }
+  std::printf("synthetic mesh: %d peers, %d groups, %d rules, %.0f peers per map on average\n",
+              kPeers, kGroups, kRules, double(visible) / kPeers);
+  std::printf("full recompute (policy set, compile + %zu maps): first %.1f ms, median %.1f ms\n",
+              all.changed.size(), ms(t0, t1), full[full.size() / 2]);
+  std::printf("one join, map work: median %.3f ms, p99 %.3f ms (%.0f maps recomputed per join)\n",
+              joins[joins.size() / 2], joins[joins.size() * 99 / 100], double(touched) / 100);
+  std::printf("reference, a join recomputing every map: %.1f ms (incremental is %.0fx faster)\n",
+              naive, naive / joins[joins.size() / 2]);
+  std::printf("one policy change (one rule's ports): %.1f ms, %zu maps changed\n", policy_ms,
+              pc.changed.size());
+  std::printf("one map to JSON as served (%zu bytes): %.3f ms\n", body.size(), build_ms);
+  std::printf("bench process RSS with the model: %.1f MB\n", rss_kb(getpid()) / 1024.0);
+  return 0;
+}
+
+// ---------------------------------------------------------------- push
+
+Status write_state(const std::string& dir, std::vector<SecretKey>& watcher_keys) {
+  MESH_TRY(make_dirs(dir, 0700));
+  MESH_ASSIGN(auto st, Store::open(dir + "/coord.db"));
+  Model m(config());
+  MESH_TRY(st->begin());
+  for (int i = 0; i < kPeers; ++i) {
+    PublicKey pub;
+    if (i < kWatchers) {
+      watcher_keys.push_back(SecretKey::generate_private());
+      pub = watcher_keys.back().public_key();
+    } else {
+      random_bytes(pub.bytes.data(), pub.bytes.size());
+    }
+    auto p = synth_peer(m, i, pub);
+    MESH_TRY(st->put_peer(p->id, p->name, pub.to_base64(), dump_json(p->to_record())));
+    MESH_TRY(st->set_map_serial(p->id, 1, 1));
+    m.load_peer(std::move(p));
+  }
+  MESH_TRY(st->set_meta("policy", policy_text(1, -1, true)));
+  MESH_TRY(st->set_meta("serial_counter", "1"));
+  MESH_TRY(st->set_meta("next_host", std::to_string(kPeers + 1)));
+  MESH_TRY(st->set_meta("next_peer_id", std::to_string(kPeers + 1)));
+  MESH_TRY(st->set_meta("ipv4_prefix", "100.64.0.0/10"));
+  MESH_TRY(st->set_meta("ipv6_prefix", "fd00:b:c::/48"));
+  return st->commit();
+}
+
+int bench_push(const std::string& prog, const std::string& dir) {
+  std::vector<SecretKey> wkeys;
+  if (Status s = write_state(dir, wkeys); !s) {
+    std::cerr << "bench: " << s.message() << "\n";
+    return 1;
+  }
+  int pipefd[2];
+  if (pipe(pipefd) != 0) return 1;
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
+  posix_spawn_file_actions_addclose(&fa, pipefd[0]);
+  std::vector<std::string> args{prog, "serve", "--listen", "127.0.0.1:0", "--state", dir};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  auto start = Clock::now();
+  if (posix_spawn(&pid, prog.c_str(), &fa, nullptr, argv.data(), environ) != 0) {
+    std::cerr << "bench: cannot start " << prog << "\n";
+    return 1;
+  }
+  close(pipefd[1]);
+  std::string line;
+  char c;
+  while (read(pipefd[0], &c, 1) == 1 && c != '\n') line += c;
+  double startup = ms(start, Clock::now());
+  const std::string pre = "listening on ";
+  if (line.rfind(pre, 0) != 0) {
+    std::cerr << "bench: server said '" << line << "'\n";
+    kill(pid, SIGTERM);
+    return 1;
+  }
+  std::string url = line.substr(pre.size());
+  std::string token(trim_key_text(*read_file(dir + "/admin.token")));
+  PublicKey coord = *PublicKey::from_base64(trim_key_text(*read_file(dir + "/coordinator.pub")));
+  Log log("bench", std::cerr);
+  long rss_idle = rss_kb(pid);
+
+  std::atomic<int> parked{0}, done{0}, failed{0};
+  std::atomic<bool> go{false};
+  std::vector<double> latency(kWatchers, -1);
+  Clock::time_point t0;
+  std::mutex t0_mu;
+  std::vector<std::thread> ws;
+  for (int i = 0; i < kWatchers; ++i) {
+    ws.emplace_back([&, i] {
+      Client cli(url, "", log);
+      uint64_t serial = 0;
+      // First fetch: the current map (retry: a burst of 1,000 connects).
+      for (int tries = 0; tries < 50; ++tries) {
+        auto r = cli.peer("GET", "/v1/map", wkeys[i], coord, "", 60);
+        if (!r && i % 100 == 0) std::cerr << "watcher " << i << ": " << r.status().message() << "\n";
+        if (r) {
+          serial = parse_json(r->body, "map")->at("serial").get<uint64_t>();
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      if (serial == 0) {
+        ++failed;
+        return;
+      }
+      ++parked;
+      for (int tries = 0; tries < 5; ++tries) {
+        auto r = cli.peer("GET", "/v1/map?since=" + std::to_string(serial) + "&wait=90",
+                          wkeys[i], coord, "", 120);
+        auto now = Clock::now();
+        if (r && r->status == 200) {
+          std::lock_guard lk(t0_mu);
+          latency[i] = ms(t0, now);
+          ++done;
+          return;
+        }
+        if (!go) continue;  // a 204 before the change: poll again
+      }
+      ++failed;
+    });
+  }
+  // Wait until every watcher is parked in the server.
+  Client admin(url, "", log);
+  auto deadline = Clock::now() + std::chrono::seconds(120);
+  int watching = 0;
+  // Poll the watcher gauge through /metrics (plain text, not JSON).
+  for (;;) {
+    std::FILE* f = popen(("curl -s -H 'Authorization: Bearer " + token + "' " + url +
+                          "/metrics | sed -n 's/^mesh_coord_watchers //p'")
+                             .c_str(),
+                         "r");
+    char buf[64] = {0};
+    if (f) {
+      if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+      pclose(f);
+    }
+    watching = std::atoi(buf);
+    if (watching >= kWatchers - failed || Clock::now() > deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  long rss_watch = rss_kb(pid);
+  auto sk = admin.admin("POST", "/v1/admin/setup-keys", token,
+                        R"({"name": "monitor", "groups": ["mon"]})");
+  if (!sk) {
+    std::cerr << "bench: " << sk.status().message() << "\n";
+    kill(pid, SIGTERM);
+    return 1;
+  }
+  SecretKey mon = SecretKey::generate_private();
+  std::string join = dump_json(Json{{"setup_key", (*sk)["key"]}, {"name", "monitor"}});
+  {
+    std::lock_guard lk(t0_mu);
+    t0 = Clock::now();
+    go = true;
+  }
+  auto r = admin.peer("POST", "/v1/join", mon, coord, join, 60);
+  double put_ms = ms(t0, Clock::now());
+  std::string changed = r ? "10001" : r.status().message();
+  for (auto& t : ws) t.join();
+  long rss_after = rss_kb(pid);
+  kill(pid, SIGTERM);
+  int st = 0;
+  waitpid(pid, &st, 0);
+
+  std::vector<double> l;
+  for (double x : latency)
+    if (x >= 0) l.push_back(x);
+  std::sort(l.begin(), l.end());
+  std::printf("server start with %d peers: %.0f ms\n", kPeers, startup);
+  std::printf("watchers parked: %d of %d (failed %d)\n", watching, kWatchers, failed.load());
+  std::printf("join of a peer entering every map acknowledged in %.1f ms (%s maps changed)\n",
+              put_ms, changed.c_str());
+  if (!l.empty())
+    std::printf("push latency to %zu watchers: p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", l.size(),
+                l[l.size() / 2], l[std::min(l.size() - 1, l.size() * 99 / 100)], l.back());
+  std::printf("server RSS: idle %.1f MB, with %d watchers %.1f MB, after push %.1f MB\n",
+              rss_idle / 1024.0, kWatchers, rss_watch / 1024.0, rss_after / 1024.0);
+  return l.size() == static_cast<size_t>(kWatchers) ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "model") return bench_model();
+  if (mode == "push" && argc == 4) return bench_push(argv[2], argv[3]);
+  std::cerr << "usage: bench_coord model | push MESH_COORD STATE_DIR\n";
+  return 64;
+}
