@@ -1,11 +1,16 @@
 #include "apply/nft.h"
 
+#include <libmnl/libmnl.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
 #include <sodium.h>
 
 #include <algorithm>
 #include <map>
 #include <set>
 
+#include "apply/netlink.h"
 #include "apply/process.h"
 #include "core/base64.h"
 
@@ -206,21 +211,51 @@ std::string firewall_transaction(const FirewallScript& s) {
   return "add table inet " + s.table + "\ndelete table inet " + s.table + "\n" + body;
 }
 
-Result<std::optional<std::string>> firewall_current_digest(const std::string& table) {
-  MESH_ASSIGN(auto r, run_process({"nft", "-t", "list", "table", "inet", table}, "", 20s));
-  if (r.exit_code != 0) {
-    if (r.err.find("No such file or directory") != std::string::npos)
-      return std::optional<std::string>();
-    if (r.err.find("Operation not permitted") != std::string::npos)
-      return no_permission("nft: cannot list table inet " + table + ": operation not permitted");
-    return io_error("nft list table inet " + table + ": " + r.err.substr(0, r.err.find('\n')));
+NlMsg nft_get_table_msg(const std::string& table, uint32_t seq) {
+  NlMsg b;
+  auto* h = nl_put_header(&b, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+                          NLM_F_REQUEST | NLM_F_ACK, seq, 512);
+  auto* g = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(h, sizeof(nfgenmsg)));
+  g->nfgen_family = NFPROTO_INET;
+  g->version = NFNETLINK_V0;
+  g->res_id = 0;
+  mnl_attr_put_strz(h, NFTA_TABLE_NAME, table.c_str());
+  nl_finish(&b);
+  return b;
+}
+
+std::optional<std::string> nft_parse_table_digest(const nlmsghdr* h) {
+  if ((h->nlmsg_type & 0xff) != NFT_MSG_NEWTABLE || h->nlmsg_len < NLMSG_LENGTH(sizeof(nfgenmsg)))
+    return std::nullopt;
+  MESH_NL_ATTRS(a, h, sizeof(nfgenmsg)) {
+    if (mnl_attr_get_type(a) != NFTA_TABLE_USERDATA) continue;
+    // nft keeps the comment as a TLV in the table's user data; the marker
+    // is unique enough to find it without decoding the TLV layout.
+    std::string_view ud(static_cast<const char*>(mnl_attr_get_payload(a)), mnl_attr_get_payload_len(a));
+    constexpr std::string_view kMark = "mesh-apply sha256:";
+    auto at = ud.find(kMark);
+    if (at == std::string_view::npos || ud.size() < at + kMark.size() + 64) return std::nullopt;
+    return std::string(ud.substr(at + kMark.size(), 64));
   }
-  auto at = r.out.find("comment \"mesh-apply sha256:");
-  if (at == std::string::npos) return std::optional<std::string>();
-  at += std::string_view("comment \"mesh-apply sha256:").size();
-  auto end = r.out.find('"', at);
-  if (end == std::string::npos) return std::optional<std::string>();
-  return std::optional<std::string>(r.out.substr(at, end - at));
+  return std::nullopt;
+}
+
+Result<std::optional<std::string>> firewall_current_digest(const std::string& table) {
+  // One nfnetlink request instead of running nft: no fork, no ruleset cache.
+  MESH_ASSIGN(auto nl, NlSocket::open(NETLINK_NETFILTER));
+  std::optional<std::string> digest;
+  bool found = false;
+  Status s = nl.dump(nft_get_table_msg(table, nl.next_seq()), [&](const nlmsghdr* h) {
+    found = true;
+    digest = nft_parse_table_digest(h);
+    return Status::ok();
+  });
+  if (!s) {
+    if (s.code() == Exit::NoInput) return std::optional<std::string>();  // ENOENT: no table
+    return s.with_context("cannot read nftables table inet " + table);
+  }
+  (void)found;
+  return digest;
 }
 
 static Status nft_error(const std::string& what, const ProcResult& r) {
