@@ -1,7 +1,8 @@
 // bench_apply: writes the inputs bench/apply measures with.
-//   bench_apply DIR N
+//   bench_apply DIR N [few|per-peer]
 // DIR/self.key        this node's private key
-// DIR/map.json        a network map with N peers (+ one inbound tcp/22 rule per peer)
+// DIR/map.json        a network map with N peers and either a few group-wide
+//                     inbound rules (default) or one tcp/22 rule per peer
 // DIR/map1.json       the same map plus one peer
 // DIR/full.conf       the wg(8) configuration equivalent to map.json
 // DIR/plus1.conf      ... to map1.json
@@ -20,10 +21,11 @@
 using namespace mesh;
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::fprintf(stderr, "usage: bench_apply DIR N\n");
+  if (argc != 3 && argc != 4) {
+    std::fprintf(stderr, "usage: bench_apply DIR N [few|per-peer]\n");
     return 64;
   }
+  bool per_peer = argc == 4 && std::string(argv[3]) == "per-peer";
   std::string dir = argv[1];
   int n = std::atoi(argv[2]);
   if (n < 1 || n > 60000) return 64;
@@ -42,9 +44,15 @@ int main(int argc, char** argv) {
                        {"public_key", keys[i].to_base64()},
                        {"addresses", {addr(i) + "/32"}},
                        {"endpoints", {{{"endpoint", ep(i)}, {"kind", "host"}}}}});
-      inbound.push_back({{"sources", {addr(i) + "/32"}}, {"proto", "tcp"}, {"ports", {22}}});
+      if (per_peer)
+        inbound.push_back({{"sources", {addr(i) + "/32"}}, {"proto", "tcp"}, {"ports", {22}}});
       conf += "\n[Peer]\nPublicKey = " + keys[i].to_base64() + "\nAllowedIPs = " + addr(i) +
               "/32\nEndpoint = " + ep(i) + "\n";
+    }
+    if (!per_peer) {
+      inbound.push_back({{"sources", {"100.64.0.0/10"}}, {"proto", "icmp"}});
+      inbound.push_back({{"sources", {"100.64.0.0/10"}}, {"proto", "tcp"}, {"ports", {22, "8000-8080"}}});
+      inbound.push_back({{"sources", {"100.65.0.0/16"}}, {"proto", "udp"}, {"ports", {53}}});
     }
     Json m{{"version", 1},
            {"serial", count},

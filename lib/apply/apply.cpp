@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <fstream>
+#include <future>
 #include <nlohmann/json.hpp>
 
 #include "apply/nft.h"
@@ -42,7 +44,7 @@ struct Observed {
 };
 
 Result<Observed> observe(const std::string& ifname, WgBackend& wg, Rtnl& rt,
-                         const std::string& table, bool need_firewall) {
+                         const std::string& table, bool need_firewall, std::string* fw_warning) {
   Observed o;
   MESH_ASSIGN(o.link, rt.get_link(ifname));
   MESH_ASSIGN(bool wg_exists, wg.exists());
@@ -60,20 +62,63 @@ Result<Observed> observe(const std::string& ifname, WgBackend& wg, Rtnl& rt,
     MESH_ASSIGN(o.cur.link.routes, rt.routes(o.link->ifindex));
     MESH_ASSIGN(o.cur.device, wg.get());
   }
-  if (need_firewall) { MESH_ASSIGN(o.cur.firewall_digest, firewall_current_digest(table)); }
+  if (need_firewall) {
+    auto d = firewall_current_digest(table);
+    if (d)
+      o.cur.firewall_digest = *d;
+    else if (fw_warning)
+      *fw_warning = d.status().message();  // read-only runs: report, carry on
+    else
+      return d.status();
+  }
   return o;
+}
+
+// Everything observed about the interface, with the handles to change it.
+struct Session {
+  std::unique_ptr<WgBackend> wg;
+  std::optional<Rtnl> rt;
+  Observed obs;
+  std::string fw_warning;
+};
+
+Result<Session> open_session(const ApplyOptions& opt, const BackendEnv& env,
+                             const std::string& table) {
+  Session s;
+  MESH_ASSIGN(s.wg, choose_backend(opt.backend, opt.interface, env));
+  MESH_ASSIGN(Rtnl rt, Rtnl::open());
+  s.rt.emplace(std::move(rt));
+  bool read_only = opt.dry_run || opt.print_conf;
+  MESH_ASSIGN(s.obs, observe(opt.interface, *s.wg, *s.rt, table, !opt.print_conf,
+                             read_only ? &s.fw_warning : nullptr));
+  return s;
 }
 
 }  // namespace
 
 Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, const Log& log) {
-  // 1. Every input, validated before anything is touched.
   MESH_TRY(check_interface_name(opt.interface));
+  auto t0 = std::chrono::steady_clock::now();
+  auto lap = [&](const char* what) {
+    if (log.level() < LogLevel::Debug) return;
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                  std::chrono::steady_clock::now() - t0).count();
+    log.debug(std::string(what) + " at " + std::to_string(us / 1000.0) + " ms");
+  };
+  const std::string table_name = firewall_table_name(opt.interface);
+  // Observing the interface (a UAPI/netlink dump of every peer) needs only
+  // its name: do it while the inputs are parsed. It is read-only, so bad
+  // input still leaves everything as it was.
+  auto observed = std::async(std::launch::async,
+                             [&] { return open_session(opt, env, table_name); });
+
+  // 1. Every input, validated before anything is touched.
   std::string warning;
   MESH_ASSIGN(SecretKey key, read_private_key_file(opt.key_file, &warning));
   if (!warning.empty()) log.warn(warning);
   ParseOptions po{opt.strict};
   MESH_ASSIGN(NetMap map, read_netmap_file(opt.map_file, po));
+  lap("map parsed");
   std::vector<EndpointsDoc> docs;
   for (const auto& f : opt.endpoints_files) {
     MESH_ASSIGN(auto d, read_endpoints_file(f, po));
@@ -84,40 +129,31 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   FirewallScript fw = firewall_script(opt.interface, map.inbound);
   want.firewall_digest = fw.digest;
   want.firewall_rules = map.inbound.size();
+  lap("desired state and firewall compiled");
 
   bool read_only = opt.dry_run || opt.print_conf;
   if (!read_only && !have_net_admin())
     return no_permission("configuring " + opt.interface + " needs root (CAP_NET_ADMIN)");
 
   // 2. What is there now.
-  MESH_ASSIGN(auto wg, choose_backend(opt.backend, opt.interface, env));
-  MESH_ASSIGN(Rtnl rt, Rtnl::open());
-  Observed obs;
-  {
-    auto o = observe(opt.interface, *wg, rt, fw.table, !opt.print_conf);
-    if (!o && o.status().code() == Exit::Unavailable && read_only && !opt.print_conf) {
-      // A dry run without nft can still show the rest of the plan.
-      log.warn(o.status().message());
-      auto o2 = observe(opt.interface, *wg, rt, fw.table, false);
-      if (!o2) return o2.status();
-      obs = std::move(*o2);
-    } else if (!o) {
-      return o.status();
-    } else {
-      obs = std::move(*o);
-    }
-  }
+  MESH_ASSIGN(Session session, observed.get());
+  lap("interface observed");
+  if (!session.fw_warning.empty()) log.warn(session.fw_warning);
+  WgBackend& wg = *session.wg;
+  Rtnl& rt = *session.rt;
+  Observed& obs = session.obs;
   if (opt.print_conf) return wg_quick_conf(want, obs.cur);
 
   // 3. The plan.
   Plan plan = diff(want, obs.cur);
+  lap("plan computed");
   std::string table = "inet " + fw.table;
-  if (opt.dry_run) return dump_json(plan_to_json(plan, opt.interface, wg->name(), table, true)) + "\n";
+  if (opt.dry_run) return dump_json(plan_to_json(plan, opt.interface, wg.name(), table, true)) + "\n";
 
   // 4. Carry it out. The firewall goes in before the link comes up, so a
   // new interface is never reachable without it.
   if (plan.create_interface) {
-    MESH_TRY(wg->create());
+    MESH_TRY(wg.create());
     MESH_ASSIGN(obs.link, rt.get_link(opt.interface));
     if (!obs.link) return io_error("interface " + opt.interface + " vanished after creation");
     // A fresh wireguard-go TUN starts with its own MTU and down; re-read
@@ -126,12 +162,13 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     plan.set_up = !obs.link->up;
   }
   int ifindex = obs.link->ifindex;
-  MESH_TRY(wg->set(device_update(plan, want)));
+  MESH_TRY(wg.set(device_update(plan, want)));
   if (plan.firewall) MESH_TRY(firewall_install(fw));
   MESH_TRY(rt.change_addresses(ifindex, plan.addresses_add, plan.addresses_del));
   if (plan.set_mtu || plan.set_up) MESH_TRY(rt.set_link(ifindex, plan.set_mtu, true));
   MESH_TRY(rt.change_routes(ifindex, plan.routes_add, plan.routes_del));
-  return dump_json(plan_to_json(plan, opt.interface, wg->name(), table, false)) + "\n";
+  lap("applied");
+  return dump_json(plan_to_json(plan, opt.interface, wg.name(), table, false)) + "\n";
 }
 
 Result<std::string> run_down(const std::string& interface, const std::string& backend,

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <type_traits>
 
 #include "apply/netlink.h"
 #include "apply/process.h"
@@ -35,12 +36,27 @@ std::vector<Prefix> disjoint(std::vector<Prefix> ps) {
   return out;
 }
 
-// True when a prefix of `set` strictly or equally encloses p (checks each
-// shorter length: at most 129 lookups).
+// The prefix lengths present among the keys of `set` (usually one or two).
 template <typename Set>
-bool enclosed(const Set& set, const Prefix& p, bool strictly) {
-  for (int l = 0; l <= p.len - (strictly ? 1 : 0); ++l)
+std::vector<int> lengths(const Set& set) {
+  std::set<int> ls;
+  for (const auto& e : set) {
+    if constexpr (std::is_same_v<typename Set::value_type, Prefix>)
+      ls.insert(e.len);
+    else
+      ls.insert(e.first.len);
+  }
+  return {ls.begin(), ls.end()};
+}
+
+// True when a prefix of `set` encloses p (strictly: and is not p), looking
+// up p's ancestors only at the lengths the set uses.
+template <typename Set>
+bool enclosed(const Set& set, const std::vector<int>& lens, const Prefix& p, bool strictly) {
+  for (int l : lens) {
+    if (l > p.len || (strictly && l == p.len)) break;
     if (set.count(Prefix{p.addr, l}.canonical())) return true;
+  }
   return false;
 }
 
@@ -75,19 +91,22 @@ struct Sets {
 std::vector<std::pair<Prefix, PortRange>> concat_elements(
     const std::map<Prefix, std::vector<PortRange>>& m, const std::vector<Prefix>& covered_any) {
   std::set<Prefix> any(covered_any.begin(), covered_any.end());
+  std::vector<int> any_lens = lengths(any);
   std::map<Prefix, std::vector<PortRange>> merged;
   for (const auto& [p, rs] : m) {
-    if (!enclosed(any, p.canonical(), false)) {
+    if (!enclosed(any, any_lens, p.canonical(), false)) {
       auto& v = merged[p.canonical()];
       v.insert(v.end(), rs.begin(), rs.end());
     }
   }
   for (auto& [p, rs] : merged) rs = merge_ports(rs);
+  std::vector<int> lens = lengths(merged);
   std::vector<std::pair<Prefix, PortRange>> out;
   for (const auto& [p, rs] : merged) {
     // Subtract ranges allowed by any strictly enclosing prefix.
     std::vector<PortRange> cur = rs;
-    for (int l = 0; l < p.len; ++l) {
+    for (int l : lens) {
+      if (l >= p.len) break;
       auto it = merged.find(Prefix{p.addr, l}.canonical());
       if (it == merged.end()) continue;
       const auto& qs = it->second;
