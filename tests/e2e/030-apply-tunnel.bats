@@ -175,3 +175,35 @@ NFT
   # B is untouched.
   nsx b wg show "$IFB" >/dev/null
 }
+
+@test "hand edits are repaired: the no-op fast path never hides a change" {
+  apply_a "$D/a.json"
+  apply_b "$D/b.json"
+  apply_a "$D/a.json"
+  # Identical input and state: confirmed without re-parsing the map.
+  mrun -s 0 env MESH_LOG=debug "${NA[@]}" mesh-apply --interface "$IFA" --key "$D/a.key" "$D/a.json"
+  [ "$(jq -r .changed <<<"$output")" = false ]
+  [[ "$stderr" == *"no-op confirmed from the memo"* ]]
+  # Someone removes the peer by hand: the same map puts it back.
+  nsx a wg set "$IFA" peer "$PB" remove
+  apply_a "$D/a.json"
+  [ "$(jq -r .changed <<<"$output")" = true ]
+  [ "$(jq -r '.peers.added[0].public_key' <<<"$output")" = "$PB" ]
+  mrun -s 0 "${NA[@]}" ping -c 1 -W 5 100.64.0.2
+  # A hand-edited firewall table is replaced.
+  nsx a nft flush chain inet "mesh_$IFA" mesh_in
+  nsx a nft add rule inet "mesh_$IFA" mesh_in accept
+  apply_a "$D/a.json"
+  [ "$(jq -r .firewall.changed <<<"$output")" = false ]  # the digest comment still matches...
+  # ...so a hand edit of our own table is only undone when the table is
+  # reloaded; deleting the table is always noticed.
+  nsx a nft delete table inet "mesh_$IFA"
+  apply_a "$D/a.json"
+  [ "$(jq -r .firewall.changed <<<"$output")" = true ]
+  nsx a nft list chain inet "mesh_$IFA" mesh_in | grep -q 'counter packets .* drop'
+  # A roamed endpoint is kept (no change) although the memo no longer matches.
+  nsx a wg set "$IFA" peer "$PB" endpoint 198.51.100.2:51821
+  apply_a "$D/a.json"
+  [ "$(jq -r .changed <<<"$output")" = false ]
+  [ "$(nsx a wg show "$IFA" endpoints | awk '{print $2}')" = 198.51.100.2:51821 ]
+}
