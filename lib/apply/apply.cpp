@@ -107,6 +107,9 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     log.debug(std::string(what) + " at " + std::to_string(us / 1000.0) + " ms");
   };
   const std::string table_name = firewall_table_name(opt.interface);
+  UniqueFd lock;
+  if (!opt.dry_run && !opt.print_conf && have_net_admin())
+    lock = lock_interface(env.state_dir, opt.interface);
   // Observing the interface (a UAPI/netlink dump of every peer) needs only
   // its name: do it while the inputs are parsed. It is read-only, so bad
   // input still leaves everything as it was.
@@ -228,6 +231,7 @@ Result<std::string> run_down(const std::string& interface, const std::string& ba
   MESH_TRY(check_interface_name(interface));
   if (!have_net_admin()) return no_permission("removing " + interface + " needs root (CAP_NET_ADMIN)");
   std::string table = firewall_table_name(interface);
+  UniqueFd lock = lock_interface(env.state_dir, interface);
   MESH_ASSIGN(auto digest, firewall_current_digest(table));
   MESH_ASSIGN(auto wg, choose_backend(backend, interface, env));
   MESH_ASSIGN(Rtnl rt, Rtnl::open());
@@ -241,6 +245,7 @@ Result<std::string> run_down(const std::string& interface, const std::string& ba
   MESH_TRY(firewall_remove(table));
   if (wg_exists || link) MESH_TRY(wg->destroy());
   bool removed = wg_exists || link.has_value();
+  ::unlink((env.state_dir + "/" + interface + ".lock").c_str());  // still held: nothing left
   if (!removed && !fw_existed) log.info("nothing to remove for " + interface);
   Json doc{{"interface", interface},
            {"backend", wg->name()},

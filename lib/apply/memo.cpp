@@ -1,7 +1,11 @@
 #include "apply/memo.h"
 
 #include <sodium.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <map>
 
@@ -108,6 +112,15 @@ void store_memo(const std::string& dir, const std::string& interface, const Memo
   if (!make_dirs(dir, 0700)) return;
   (void)write_file_atomic(memo_path(dir, interface),
                           m.inputs + "\n" + m.state + "\n" + std::to_string(m.peers) + "\n", 0600);
+}
+
+UniqueFd lock_interface(const std::string& dir, const std::string& interface) {
+  if (!make_dirs(dir, 0700)) return UniqueFd();
+  UniqueFd fd(::open((dir + "/" + interface + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd) return fd;
+  while (::flock(fd.get(), LOCK_EX) != 0)
+    if (errno != EINTR) return UniqueFd();
+  return fd;
 }
 
 void remove_memo(const std::string& dir, const std::string& interface) {

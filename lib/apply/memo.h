@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "apply/plan.h"
+#include "core/fd.h"
 
 namespace mesh::apply {
 
@@ -47,5 +48,10 @@ std::optional<Memo> load_memo(const std::string& path);
 // Best effort: failures only cost the fast path next time.
 void store_memo(const std::string& dir, const std::string& interface, const Memo& m);
 void remove_memo(const std::string& dir, const std::string& interface);
+
+// Serialises runs on one interface (cron and mesh-up at once): an exclusive
+// flock(2) on DIR/IF.lock, held until the returned fd closes. Invalid fd
+// when the lock cannot be set up (unprivileged runs, which fail later).
+UniqueFd lock_interface(const std::string& dir, const std::string& interface);
 
 }  // namespace mesh::apply

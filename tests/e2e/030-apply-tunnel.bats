@@ -167,6 +167,7 @@ NFT
   [ ! -e "/var/run/wireguard/$IFA.sock" ]
   ! nsx a nft list table inet "mesh_$IFA" 2>/dev/null
   [ -z "$(ip -n "${MESH_RUN}a" route show | grep -E '100\.64|198\.18')" ]
+  ! ls /run/mesh-apply/"$IFA".* 2>/dev/null
   # The daemon that served the interface is gone (or a zombie awaiting its reaper).
   wait_until 10 sh -c "! kill -0 $pid 2>/dev/null || grep -q '^State:.*Z' /proc/$pid/status"
   # Idempotent: a second down has nothing to do.
@@ -206,4 +207,18 @@ NFT
   apply_a "$D/a.json"
   [ "$(jq -r .changed <<<"$output")" = false ]
   [ "$(nsx a wg show "$IFA" endpoints | awk '{print $2}')" = 198.51.100.2:51821 ]
+}
+
+@test "concurrent runs on one interface are serialised" {
+  local i
+  for i in 1 2 3; do
+    start_daemon "run$i" nsx a mesh-apply --interface "$IFA" --key "$D/a.key" "$D/a.json"
+  done
+  for i in 1 2 3; do
+    local v="run${i}_pid"
+    wait "${!v}"  # each must exit 0
+  done
+  [ "$(cat "$BATS_TEST_TMPDIR"/run*.out | jq -s '[.[] | select(.created)] | length')" = 1 ]
+  [ "$(cat "$BATS_TEST_TMPDIR"/run*.out | jq -s '[.[] | select(.changed)] | length')" = 1 ]
+  [ "$(nsx a wg show "$IFA" peers)" = "$PB" ]
 }
