@@ -9,7 +9,7 @@ BackendEnv backend_env(const Context& ctx) {
   BackendEnv env;
   if (const char* impl = ctx.env("WG_USERSPACE_IMPLEMENTATION"); impl && *impl)
     env.userspace_impl = impl;
-  if (const char* dir = ctx.env("MESH_WG_UAPI_DIR"); dir && *dir) env.uapi_dir = dir;
+  if (const char* dir = ctx.env("MESH_APPLY_STATE_DIR"); dir && *dir) env.state_dir = dir;
   return env;
 }
 

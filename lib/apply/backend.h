@@ -32,6 +32,7 @@ struct BackendEnv {
   std::string uapi_dir = "/var/run/wireguard";
   std::string userspace_impl = "wireguard-go";  // $WG_USERSPACE_IMPLEMENTATION
   int start_timeout_ms = 10000;
+  std::string state_dir = "/run/mesh-apply";  // memo.h; $MESH_APPLY_STATE_DIR
 };
 
 std::unique_ptr<WgBackend> make_userspace_backend(const std::string& ifname, const BackendEnv& env);

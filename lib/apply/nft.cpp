@@ -1,10 +1,17 @@
 #include "apply/nft.h"
 
+#include <libmnl/libmnl.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
 #include <sodium.h>
 
 #include <algorithm>
 #include <map>
+#include <set>
+#include <type_traits>
 
+#include "apply/netlink.h"
 #include "apply/process.h"
 #include "core/base64.h"
 
@@ -15,19 +22,42 @@ using namespace std::chrono_literals;
 
 // Drops prefixes contained in another one of the list (prefixes either nest
 // or are disjoint, so what remains is disjoint, as interval sets require).
+// Sorted by (family, address, length), an enclosing prefix comes before
+// everything it contains, and only the last kept one can contain the next:
+// O(n log n) for thousands of rules.
 std::vector<Prefix> disjoint(std::vector<Prefix> ps) {
   for (auto& p : ps) p = p.canonical();
-  std::sort(ps.begin(), ps.end(), [](const Prefix& a, const Prefix& b) {
-    return a.len != b.len ? a.len < b.len : a < b;
-  });
+  std::sort(ps.begin(), ps.end());
   std::vector<Prefix> out;
   for (const auto& p : ps) {
-    bool covered = false;
-    for (const auto& o : out) covered = covered || o.contains(p);
-    if (!covered) out.push_back(p);
+    if (!out.empty() && out.back().addr.family == p.addr.family && out.back().contains(p)) continue;
+    out.push_back(p);
   }
-  std::sort(out.begin(), out.end());
   return out;
+}
+
+// The prefix lengths present among the keys of `set` (usually one or two).
+template <typename Set>
+std::vector<int> lengths(const Set& set) {
+  std::set<int> ls;
+  for (const auto& e : set) {
+    if constexpr (std::is_same_v<typename Set::value_type, Prefix>)
+      ls.insert(e.len);
+    else
+      ls.insert(e.first.len);
+  }
+  return {ls.begin(), ls.end()};
+}
+
+// True when a prefix of `set` encloses p (strictly: and is not p), looking
+// up p's ancestors only at the lengths the set uses.
+template <typename Set>
+bool enclosed(const Set& set, const std::vector<int>& lens, const Prefix& p, bool strictly) {
+  for (int l : lens) {
+    if (l > p.len || (strictly && l == p.len)) break;
+    if (set.count(Prefix{p.addr, l}.canonical())) return true;
+  }
+  return false;
 }
 
 // Union of port ranges: sorted, merged, disjoint.
@@ -60,22 +90,26 @@ struct Sets {
 // allow, since overlapping concatenated intervals are rejected by nft.
 std::vector<std::pair<Prefix, PortRange>> concat_elements(
     const std::map<Prefix, std::vector<PortRange>>& m, const std::vector<Prefix>& covered_any) {
+  std::set<Prefix> any(covered_any.begin(), covered_any.end());
+  std::vector<int> any_lens = lengths(any);
   std::map<Prefix, std::vector<PortRange>> merged;
   for (const auto& [p, rs] : m) {
-    bool all = false;
-    for (const auto& a : covered_any) all = all || a.contains(p);
-    if (!all) {
+    if (!enclosed(any, any_lens, p.canonical(), false)) {
       auto& v = merged[p.canonical()];
       v.insert(v.end(), rs.begin(), rs.end());
     }
   }
   for (auto& [p, rs] : merged) rs = merge_ports(rs);
+  std::vector<int> lens = lengths(merged);
   std::vector<std::pair<Prefix, PortRange>> out;
   for (const auto& [p, rs] : merged) {
     // Subtract ranges allowed by any strictly enclosing prefix.
     std::vector<PortRange> cur = rs;
-    for (const auto& [q, qs] : merged) {
-      if (q == p || !q.contains(p)) continue;
+    for (int l : lens) {
+      if (l >= p.len) break;
+      auto it = merged.find(Prefix{p.addr, l}.canonical());
+      if (it == merged.end()) continue;
+      const auto& qs = it->second;
       std::vector<PortRange> next;
       for (auto r : cur) {
         std::vector<PortRange> pieces{r};
@@ -196,21 +230,51 @@ std::string firewall_transaction(const FirewallScript& s) {
   return "add table inet " + s.table + "\ndelete table inet " + s.table + "\n" + body;
 }
 
-Result<std::optional<std::string>> firewall_current_digest(const std::string& table) {
-  MESH_ASSIGN(auto r, run_process({"nft", "-t", "list", "table", "inet", table}, "", 20s));
-  if (r.exit_code != 0) {
-    if (r.err.find("No such file or directory") != std::string::npos)
-      return std::optional<std::string>();
-    if (r.err.find("Operation not permitted") != std::string::npos)
-      return no_permission("nft: cannot list table inet " + table + ": operation not permitted");
-    return io_error("nft list table inet " + table + ": " + r.err.substr(0, r.err.find('\n')));
+NlMsg nft_get_table_msg(const std::string& table, uint32_t seq) {
+  NlMsg b;
+  auto* h = nl_put_header(&b, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+                          NLM_F_REQUEST | NLM_F_ACK, seq, 512);
+  auto* g = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(h, sizeof(nfgenmsg)));
+  g->nfgen_family = NFPROTO_INET;
+  g->version = NFNETLINK_V0;
+  g->res_id = 0;
+  mnl_attr_put_strz(h, NFTA_TABLE_NAME, table.c_str());
+  nl_finish(&b);
+  return b;
+}
+
+std::optional<std::string> nft_parse_table_digest(const nlmsghdr* h) {
+  if ((h->nlmsg_type & 0xff) != NFT_MSG_NEWTABLE || h->nlmsg_len < NLMSG_LENGTH(sizeof(nfgenmsg)))
+    return std::nullopt;
+  MESH_NL_ATTRS(a, h, sizeof(nfgenmsg)) {
+    if (mnl_attr_get_type(a) != NFTA_TABLE_USERDATA) continue;
+    // nft keeps the comment as a TLV in the table's user data; the marker
+    // is unique enough to find it without decoding the TLV layout.
+    std::string_view ud(static_cast<const char*>(mnl_attr_get_payload(a)), mnl_attr_get_payload_len(a));
+    constexpr std::string_view kMark = "mesh-apply sha256:";
+    auto at = ud.find(kMark);
+    if (at == std::string_view::npos || ud.size() < at + kMark.size() + 64) return std::nullopt;
+    return std::string(ud.substr(at + kMark.size(), 64));
   }
-  auto at = r.out.find("comment \"mesh-apply sha256:");
-  if (at == std::string::npos) return std::optional<std::string>();
-  at += std::string_view("comment \"mesh-apply sha256:").size();
-  auto end = r.out.find('"', at);
-  if (end == std::string::npos) return std::optional<std::string>();
-  return std::optional<std::string>(r.out.substr(at, end - at));
+  return std::nullopt;
+}
+
+Result<std::optional<std::string>> firewall_current_digest(const std::string& table) {
+  // One nfnetlink request instead of running nft: no fork, no ruleset cache.
+  MESH_ASSIGN(auto nl, NlSocket::open(NETLINK_NETFILTER));
+  std::optional<std::string> digest;
+  bool found = false;
+  Status s = nl.dump(nft_get_table_msg(table, nl.next_seq()), [&](const nlmsghdr* h) {
+    found = true;
+    digest = nft_parse_table_digest(h);
+    return Status::ok();
+  });
+  if (!s) {
+    if (s.code() == Exit::NoInput) return std::optional<std::string>();  // ENOENT: no table
+    return s.with_context("cannot read nftables table inet " + table);
+  }
+  (void)found;
+  return digest;
 }
 
 static Status nft_error(const std::string& what, const ProcResult& r) {

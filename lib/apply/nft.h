@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "apply/netlink.h"
 #include "core/status.h"
 #include "netmap/netmap.h"
 
@@ -36,7 +37,9 @@ FirewallScript firewall_script(const std::string& interface,
 std::string firewall_transaction(const FirewallScript& s);
 
 // Reads the digest in the comment of our table: nullopt when the table does
-// not exist (or has no digest). Runs `nft -t list table inet NAME`.
+// not exist (or has no digest). One nfnetlink NFT_MSG_GETTABLE request.
+NlMsg nft_get_table_msg(const std::string& table, uint32_t seq);
+std::optional<std::string> nft_parse_table_digest(const nlmsghdr* h);
 Result<std::optional<std::string>> firewall_current_digest(const std::string& table);
 
 // Installs the table (one transaction). Unavailable when nft is missing.

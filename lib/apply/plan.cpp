@@ -284,7 +284,13 @@ std::string wg_quick_conf(const Desired& d, const Current& c) {
   for (const auto& p : c.device.peers) cur[p.public_key] = &p;
   for (const auto& p : d.peers) {
     o += "\n[Peer]\n";
-    if (!p.name.empty()) o += "# " + p.name + "\n";
+    if (!p.name.empty()) {
+      // A comment line only: control characters could start a new key.
+      std::string name = p.name;
+      for (char& ch : name)
+        if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ch = '?';
+      o += "# " + name + "\n";
+    }
     o += "PublicKey = " + p.public_key.to_base64() + "\n";
     if (p.preshared_key) o += "PresharedKey = " + p.preshared_key->to_base64() + "\n";
     if (!p.allowed_ips.empty()) {

@@ -6,6 +6,10 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <vector>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -160,37 +164,59 @@ class Userspace final : public WgBackend {
     return Status::ok();
   }
 
-  Status destroy() override {
-    // The daemon serving the socket is found by SO_PEERCRED, so we stop
-    // exactly the process that served IF and nothing else.
-    pid_t pid = 0;
-    if (auto fd = connect_sock(); fd) {
-      ucred cr{};
-      socklen_t len = sizeof cr;
-      if (::getsockopt(fd->get(), SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0) pid = cr.pid;
+  // The daemon serving IF: the process whose command line is exactly
+  // `IMPL IF`, as create() started it. (SO_PEERCRED on the socket names the
+  // launcher that called listen(), which exits once the daemon runs.)
+  std::vector<pid_t> daemon_pids() const {
+    std::vector<pid_t> out;
+    std::string impl_base = env_.userspace_impl.substr(env_.userspace_impl.rfind('/') + 1);
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+      const std::string name = e.path().filename();
+      if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::ifstream f(e.path() / "cmdline", std::ios::binary);
+      std::string cmd((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      std::vector<std::string> args;
+      for (size_t pos = 0; pos < cmd.size();) {
+        size_t z = cmd.find('\0', pos);
+        if (z == std::string::npos) z = cmd.size();
+        args.push_back(cmd.substr(pos, z - pos));
+        pos = z + 1;
+      }
+      if (args.size() != 2 || args[1] != if_) continue;
+      if (args[0].substr(args[0].rfind('/') + 1) != impl_base) continue;
+      out.push_back(static_cast<pid_t>(std::stol(name)));
     }
+    return out;
+  }
+
+  Status destroy() override {
+    std::vector<pid_t> pids = daemon_pids();
     MESH_ASSIGN(auto rt, Rtnl::open());
     MESH_ASSIGN(auto link, rt.get_link(if_));
     // Deleting the TUN link makes wireguard-go shut down and remove its socket.
     if (link) MESH_TRY(rt.delete_link(link->ifindex));
-    if (pid > 0) {
-      auto deadline = Clock::now() + std::chrono::seconds(5);
-      bool term_sent = !link;  // no link: nothing will make it exit by itself
-      if (term_sent) ::kill(pid, SIGTERM);
-      while (alive(pid)) {
-        if (Clock::now() > deadline) {
-          if (term_sent) {
-            ::kill(pid, SIGKILL);
-            break;
-          }
-          ::kill(pid, SIGTERM);
-          term_sent = true;
-          deadline = Clock::now() + std::chrono::seconds(3);
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    auto gone = [&] {
+      for (pid_t p : pids)
+        if (alive(p)) return false;
+      auto e = exists();
+      return e && !*e;
+    };
+    auto wait = [&](std::chrono::milliseconds limit) {
+      auto deadline = Clock::now() + limit;
+      while (!gone() && Clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      return gone();
+    };
+    if (!wait(std::chrono::seconds(link ? 5 : 0))) {
+      for (pid_t p : pids) ::kill(p, SIGTERM);
+      if (!wait(std::chrono::seconds(3))) {
+        for (pid_t p : pids) ::kill(p, SIGKILL);
+        wait(std::chrono::seconds(2));
       }
     }
     if (auto e = exists(); e && !*e) ::unlink(sock_path().c_str());  // stale, if any
+    else if (e && *e) return io_error("the daemon serving " + sock_path() + " did not exit");
     return Status::ok();
   }
 

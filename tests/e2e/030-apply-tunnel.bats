@@ -167,6 +167,7 @@ NFT
   [ ! -e "/var/run/wireguard/$IFA.sock" ]
   ! nsx a nft list table inet "mesh_$IFA" 2>/dev/null
   [ -z "$(ip -n "${MESH_RUN}a" route show | grep -E '100\.64|198\.18')" ]
+  ! ls /run/mesh-apply/"$IFA".* 2>/dev/null
   # The daemon that served the interface is gone (or a zombie awaiting its reaper).
   wait_until 10 sh -c "! kill -0 $pid 2>/dev/null || grep -q '^State:.*Z' /proc/$pid/status"
   # Idempotent: a second down has nothing to do.
@@ -174,4 +175,50 @@ NFT
   [ "$(jq -r .changed <<<"$output")" = false ]
   # B is untouched.
   nsx b wg show "$IFB" >/dev/null
+}
+
+@test "hand edits are repaired: the no-op fast path never hides a change" {
+  apply_a "$D/a.json"
+  apply_b "$D/b.json"
+  apply_a "$D/a.json"
+  # Identical input and state: confirmed without re-parsing the map.
+  mrun -s 0 env MESH_LOG=debug "${NA[@]}" mesh-apply --interface "$IFA" --key "$D/a.key" "$D/a.json"
+  [ "$(jq -r .changed <<<"$output")" = false ]
+  [[ "$stderr" == *"no-op confirmed from the memo"* ]]
+  # Someone removes the peer by hand: the same map puts it back.
+  nsx a wg set "$IFA" peer "$PB" remove
+  apply_a "$D/a.json"
+  [ "$(jq -r .changed <<<"$output")" = true ]
+  [ "$(jq -r '.peers.added[0].public_key' <<<"$output")" = "$PB" ]
+  mrun -s 0 "${NA[@]}" ping -c 1 -W 5 100.64.0.2
+  # A hand-edited firewall table is replaced.
+  nsx a nft flush chain inet "mesh_$IFA" mesh_in
+  nsx a nft add rule inet "mesh_$IFA" mesh_in accept
+  apply_a "$D/a.json"
+  [ "$(jq -r .firewall.changed <<<"$output")" = false ]  # the digest comment still matches...
+  # ...so a hand edit of our own table is only undone when the table is
+  # reloaded; deleting the table is always noticed.
+  nsx a nft delete table inet "mesh_$IFA"
+  apply_a "$D/a.json"
+  [ "$(jq -r .firewall.changed <<<"$output")" = true ]
+  nsx a nft list chain inet "mesh_$IFA" mesh_in | grep -q 'counter packets .* drop'
+  # A roamed endpoint is kept (no change) although the memo no longer matches.
+  nsx a wg set "$IFA" peer "$PB" endpoint 198.51.100.2:51821
+  apply_a "$D/a.json"
+  [ "$(jq -r .changed <<<"$output")" = false ]
+  [ "$(nsx a wg show "$IFA" endpoints | awk '{print $2}')" = 198.51.100.2:51821 ]
+}
+
+@test "concurrent runs on one interface are serialised" {
+  local i
+  for i in 1 2 3; do
+    start_daemon "run$i" nsx a mesh-apply --interface "$IFA" --key "$D/a.key" "$D/a.json"
+  done
+  for i in 1 2 3; do
+    local v="run${i}_pid"
+    wait "${!v}"  # each must exit 0
+  done
+  [ "$(cat "$BATS_TEST_TMPDIR"/run*.out | jq -s '[.[] | select(.created)] | length')" = 1 ]
+  [ "$(cat "$BATS_TEST_TMPDIR"/run*.out | jq -s '[.[] | select(.changed)] | length')" = 1 ]
+  [ "$(nsx a wg show "$IFA" peers)" = "$PB" ]
 }

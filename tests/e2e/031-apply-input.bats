@@ -172,3 +172,23 @@ expect_unchanged() {
   ip -n "${MESH_RUN}a" link show "$IFA" | grep -q "$IFA"
   ip -n "${MESH_RUN}a" link del "$IFA"
 }
+
+@test "IPv6 overlay: addresses, routes, endpoints and firewall sets" {
+  jq -n --arg k "$PA" --arg b "$PB" '{version:1, serial:1,
+    self:{public_key:$k, addresses:["100.64.0.1/10","fd00:64::1/64"], listen_port:51820},
+    peers:[{name:"b\nPublicKey = evil", public_key:$b, addresses:["100.64.0.2/32","fd00:64::2/128"],
+            allowed_ips:["fd00:7::/64"], endpoints:[{endpoint:"[2001:db8::2]:51820"}]}],
+    firewall:{inbound:[{sources:["fd00:64::2/128"], proto:"tcp", ports:[22]},
+                       {sources:["fd00:64::/64"], proto:"icmp"}]}}' >"$D/v6.json"
+  apply_a "$D/v6.json"
+  [ "$(jq -c .routes.added <<<"$output")" = '["fd00:7::/64"]' ]
+  ip -n "${MESH_RUN}a" -6 route show dev "$IFA" | grep -q '^fd00:7::/64 proto 77'
+  ip -n "${MESH_RUN}a" -6 addr show dev "$IFA" | grep -q 'fd00:64::1/64'
+  [ "$(nsx a wg show "$IFA" endpoints | awk '{print $2}')" = '[2001:db8::2]:51820' ]
+  nsx a nft list set inet "mesh_$IFA" tcp6 | grep -q 'fd00:64::2 . 22'
+  apply_a "$D/v6.json"
+  [ "$(jq -r .changed <<<"$output")" = false ]
+  # A peer name cannot inject configuration into --print-conf.
+  mrun -s 0 "${NA[@]}" mesh-apply --print-conf --interface "$IFA" --key "$D/a.key" "$D/v6.json"
+  [ "$(grep -c '^PublicKey' <<<"$output")" = 1 ]
+}
