@@ -12,6 +12,8 @@ load ../tests/e2e/relay
 WG_SECS=${WG_SECS:-5}
 WG_REPEAT=${WG_REPEAT:-1}
 WG_UDP_RATE=${WG_UDP_RATE:-2G}
+WG_SERVERS=${WG_SERVERS:-mesh-relay coturn}  # order of the relayed runs
+RELAY_ARGS=${RELAY_ARGS:-}                    # extra mesh-relay serve flags
 
 # measure LABEL: iperf3 TCP and UDP from a to b over the tunnel.
 measure() {
@@ -82,7 +84,7 @@ stop_clients() {
   # credentials from the same secret, the lab's addresses allowed as peers.
   start_daemon relay ip netns exec "$(lab_ns inet)" mesh-relay serve \
     --listen 203.0.113.1:3478 --relay-ports 50000-50999 --threads 1 \
-    --auth-secret-file "$BATS_TEST_TMPDIR/secret" --allow-peer 203.0.113.0/24
+    --auth-secret-file "$BATS_TEST_TMPDIR/secret" --allow-peer 203.0.113.0/24 $RELAY_ARGS
   start_daemon turnserver ip netns exec "$(lab_ns inet)" turnserver -n \
     --listening-ip 203.0.113.2 --listening-port 3478 --relay-ip 203.0.113.2 \
     --min-port 50000 --max-port 50999 --relay-threads 1 \
@@ -91,13 +93,13 @@ stop_clients() {
     --db "$BATS_TEST_TMPDIR/turndb" --log-file stdout --simple-log
   wait_for_line "$BATS_TEST_TMPDIR/relay.out" '^listening udp 203.0.113.1:3478$' 10
   wait_until 15 eval "nsx inet ss -Hunl | grep -q 203.0.113.2:3478"
-  echo "# $(nproc) cpus, load:$(uptime | sed 's/.*load average://'); WG_SECS=$WG_SECS WG_UDP_RATE=$WG_UDP_RATE" >&3
+  echo "# $(nproc) cpus, load:$(uptime | sed 's/.*load average://'); WG_SECS=$WG_SECS WG_UDP_RATE=$WG_UDP_RATE RELAY_ARGS=$RELAY_ARGS" >&3
 
   direct_peers
   measure direct
 
   local name addr
-  for name in mesh-relay coturn; do
+  for name in $WG_SERVERS; do
     addr=203.0.113.1:3478
     [ "$name" = coturn ] && addr=203.0.113.2:3478
     relay_turn_entry "$addr" "$BATS_TEST_TMPDIR/secret" >"$BATS_TEST_TMPDIR/turn.json"
