@@ -1,6 +1,8 @@
 #include "relay/client.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
@@ -33,6 +35,7 @@ constexpr size_t kSlot = 65536 + kHeadroom;
 constexpr uint32_t kLifetime = 600;         // requested allocation lifetime
 constexpr int64_t kPermRefreshMs = 240000;  // permissions live 300 s
 constexpr int64_t kChanRefreshMs = 300000;  // channels live 600 s
+constexpr size_t kTcpOutCap = 4u << 20;     // queued toward a TCP server, then data is dropped
 
 int64_t mono_ms() {
   timespec ts;
@@ -146,7 +149,13 @@ class Client {
   void start_allocate();
   void send_txn(Txn t);
   void build(Txn& t);
-  void on_server();
+  void on_server(uint32_t events);
+  void on_frame(uint8_t* p, size_t len);
+  // To the TURN server: a datagram over UDP; over TCP, a frame appended to
+  // the stream (ChannelData padded to 4 bytes, RFC 8656 section 12.5) and
+  // written when the socket takes it. `data`: droppable when the queue is full.
+  void srv_send(const uint8_t* p, size_t len, bool data);
+  void tcp_flush();
   void on_response(const stun::MessageView& m);
   void on_data_indication(const stun::MessageView& m);
   void on_local(Peer& p);
@@ -173,6 +182,12 @@ class Client {
   Creds creds_;
   UniqueFd srv_;
   SockAddr server_addr_;
+  bool tcp_ = false;              // the session runs over TCP (map transport "tcp")
+  std::vector<uint8_t> tin_;      // TCP: bytes received, not yet a whole frame
+  size_t tin_len_ = 0;
+  std::vector<uint8_t> tout_;     // TCP: bytes to write
+  size_t tout_off_ = 0;
+  bool tout_want_ = false;        // EPOLLOUT requested
   enum class State { Idle, Allocating, Allocated } state_ = State::Idle;
   std::string realm_, nonce_;
   std::array<uint8_t, 16> key_{};
@@ -303,15 +318,15 @@ void Client::apply_map() {
   // Credentials: the first TURN server we can speak to.
   Creds c;
   for (const auto& t : map_->turn) {
-    if (t.transport == "udp") {
+    if (t.transport == "udp" || t.transport == "tcp") {
       c = {t.server, t.transport, t.username, t.password, t.expires_at};
       break;
     }
   }
   if (c.server.empty() && !map_->turn.empty())
-    log_.warn("no UDP TURN server in the map (TCP and TLS are not supported by the client yet)");
+    log_.warn("no UDP or TCP TURN server in the map (TLS is not supported by the client yet)");
   if (!(c == creds_)) {
-    bool server_changed = c.server != creds_.server;
+    bool server_changed = c.server != creds_.server || c.transport != creds_.transport;
     creds_ = c;
     have_key_ = false;
     if (server_changed) reset_session("TURN server changed", 0);
@@ -405,6 +420,10 @@ void Client::reset_session(const std::string& why, int64_t delay_ms) {
     epoll_ctl(ep_.get(), EPOLL_CTL_DEL, srv_.get(), nullptr);
     srv_.reset();
   }
+  tin_len_ = 0;
+  tout_.clear();
+  tout_off_ = 0;
+  tout_want_ = false;
   state_ = State::Idle;
   txns_.clear();
   relayed_.reset();
@@ -430,7 +449,25 @@ void Client::start_allocate() {
     return;
   }
   server_addr_ = *addr;
-  auto fd = open_udp(SockAddr{IpAddr{addr->ip.family, {}}, 0}, opt_.socket_buffer);
+  tcp_ = creds_.transport == "tcp";
+  Result<UniqueFd> fd = UniqueFd();
+  if (tcp_) {
+    // RFC 8656 section 3.1: TURN over TCP between client and server; the
+    // relay side stays UDP. A fresh connection per session (after a relay
+    // restart the old one is gone anyway).
+    UniqueFd t(socket(addr->ip.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (t) {
+      int one = 1;
+      setsockopt(t.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      set_buffers(t.get(), opt_.socket_buffer);
+      fd = std::move(t);
+    } else {
+      fd = errno_status("socket", errno);
+    }
+    if (tin_.empty()) tin_.resize(65536 + 64);  // the largest frame: 20 + 65535
+  } else {
+    fd = open_udp(SockAddr{IpAddr{addr->ip.family, {}}, 0}, opt_.socket_buffer);
+  }
   if (!fd) {
     log_.error(fd.status().message());
     alloc_at_ = mono_ms() + 5000;
@@ -438,13 +475,15 @@ void Client::start_allocate() {
   }
   sockaddr_storage ss;
   socklen_t sl = server_addr_.to_sockaddr(&ss);
-  if (connect(fd->get(), reinterpret_cast<sockaddr*>(&ss), sl) < 0) {
+  if (connect(fd->get(), reinterpret_cast<sockaddr*>(&ss), sl) < 0 && !(tcp_ && errno == EINPROGRESS)) {
     log_.error(errno_status("connect " + server_addr_.to_string(), errno).message());
     alloc_at_ = mono_ms() + 5000;
     return;
   }
   srv_ = std::move(*fd);
-  epoll_event e{EPOLLIN, {}};
+  // TCP: EPOLLOUT until connected (the Allocate waits in tout_).
+  tout_want_ = tcp_;
+  epoll_event e{EPOLLIN | (tcp_ ? EPOLLOUT : 0u), {}};
   e.data.ptr = nullptr;
   epoll_ctl(ep_.get(), EPOLL_CTL_ADD, srv_.get(), &e);
   state_ = State::Allocating;
@@ -481,8 +520,7 @@ void Client::build(Txn& t) {
   t.msg.assign(m.begin(), m.end());
   txns_.erase(tx);
   t.next_ms = mono_ms() + t.rto_ms;
-  ssize_t r = ::send(srv_.get(), t.msg.data(), t.msg.size(), MSG_DONTWAIT);
-  (void)r;
+  srv_send(t.msg.data(), t.msg.size(), false);
   txns_.emplace(tx, std::move(t));
 }
 
@@ -493,34 +531,122 @@ void Client::send_txn(Txn t) {
   build(t);
 }
 
-void Client::on_server() {
-  for (int round = 0; round < 16 && srv_; ++round) {
-    rx_.prepare();
-    int n = recvmmsg(srv_.get(), rx_.msgs, kBatch, MSG_DONTWAIT, nullptr);
-    if (n <= 0) break;
-    for (int i = 0; i < n; ++i) {
-      uint8_t* p = rx_.slot(i) + kHeadroom;
-      size_t len = rx_.msgs[i].msg_len;
-      if (len < 4 || (rx_.msgs[i].msg_hdr.msg_flags & MSG_TRUNC)) continue;
-      if ((p[0] & 0xC0) == 0x40) {
-        uint16_t ch = static_cast<uint16_t>(p[0] << 8 | p[1]);
-        size_t dlen = static_cast<size_t>(p[2] << 8 | p[3]);
-        if (dlen > len - 4 || ch < 0x4000 || ch > 0x4FFF) continue;
-        Peer* peer = by_channel_[ch - 0x4000];
-        if (!peer || !peer->local) continue;
-        out_.add(peer->local.get(), &wg_ss_, wg_sl_, p + 4, dlen);
-      } else if (stun::looks_like_stun({p, len})) {
-        out_.flush();
-        auto m = stun::parse({p, len});
-        if (!m) continue;
-        if (m->cls == stun::kIndication && m->method == stun::kData) on_data_indication(*m);
-        else if (m->cls == stun::kSuccess || m->cls == stun::kError) on_response(*m);
-        if (!srv_) break;
+void Client::srv_send(const uint8_t* p, size_t len, bool data) {
+  if (!srv_) return;
+  if (!tcp_) {
+    ssize_t r = ::send(srv_.get(), p, len, MSG_DONTWAIT);
+    (void)r;
+    return;
+  }
+  size_t pad = (p[0] & 0xC0) == 0x40 ? (4 - len % 4) % 4 : 0;
+  if (data && tout_.size() - tout_off_ + len > kTcpOutCap) return;  // congested: drop
+  if (tout_off_ > 0 && tout_off_ == tout_.size()) {
+    tout_.clear();
+    tout_off_ = 0;
+  }
+  tout_.insert(tout_.end(), p, p + len);
+  tout_.insert(tout_.end(), pad, 0);
+  if (!data) tcp_flush();
+}
+
+void Client::tcp_flush() {
+  if (!srv_ || !tcp_) return;
+  while (tout_off_ < tout_.size()) {
+    ssize_t r = ::send(srv_.get(), tout_.data() + tout_off_, tout_.size() - tout_off_,
+                       MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) break;  // EAGAIN (or not connected yet); errors show up on read
+    tout_off_ += static_cast<size_t>(r);
+  }
+  if (tout_off_ == tout_.size()) {
+    tout_.clear();
+    tout_off_ = 0;
+  } else if (tout_off_ > (1u << 20)) {
+    tout_.erase(tout_.begin(), tout_.begin() + static_cast<long>(tout_off_));
+    tout_off_ = 0;
+  }
+  bool want = tout_off_ < tout_.size();
+  if (want != tout_want_) {
+    tout_want_ = want;
+    epoll_event e{EPOLLIN | (want ? EPOLLOUT : 0u), {}};
+    e.data.ptr = nullptr;
+    epoll_ctl(ep_.get(), EPOLL_CTL_MOD, srv_.get(), &e);
+  }
+}
+
+// One datagram (UDP) or frame (TCP) from the TURN server.
+void Client::on_frame(uint8_t* p, size_t len) {
+  if (len < 4) return;
+  if ((p[0] & 0xC0) == 0x40) {
+    uint16_t ch = static_cast<uint16_t>(p[0] << 8 | p[1]);
+    size_t dlen = static_cast<size_t>(p[2] << 8 | p[3]);
+    if (dlen > len - 4 || ch < 0x4000 || ch > 0x4FFF) return;
+    Peer* peer = by_channel_[ch - 0x4000];
+    if (!peer || !peer->local) return;
+    out_.add(peer->local.get(), &wg_ss_, wg_sl_, p + 4, dlen);
+  } else if (stun::looks_like_stun({p, len})) {
+    out_.flush();
+    auto m = stun::parse({p, len});
+    if (!m) return;
+    if (m->cls == stun::kIndication && m->method == stun::kData) on_data_indication(*m);
+    else if (m->cls == stun::kSuccess || m->cls == stun::kError) on_response(*m);
+  }
+}
+
+void Client::on_server(uint32_t events) {
+  if (!tcp_) {
+    for (int round = 0; round < 16 && srv_; ++round) {
+      rx_.prepare();
+      int n = recvmmsg(srv_.get(), rx_.msgs, kBatch, MSG_DONTWAIT, nullptr);
+      if (n <= 0) break;
+      for (int i = 0; i < n && srv_; ++i) {
+        if (rx_.msgs[i].msg_hdr.msg_flags & MSG_TRUNC) continue;
+        on_frame(rx_.slot(i) + kHeadroom, rx_.msgs[i].msg_len);
       }
+      out_.flush();
+      if (n < kBatch) break;
+    }
+    return;
+  }
+  if (events & EPOLLOUT) tcp_flush();
+  for (int round = 0; round < 16 && srv_; ++round) {
+    ssize_t r = ::read(srv_.get(), tin_.data() + tin_len_, tin_.size() - tin_len_);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) break;
+    if (r <= 0) {
+      out_.flush();
+      return reset_session(r == 0 ? "the TURN server closed the connection"
+                                  : "TCP connection to the TURN server: " + std::string(strerror(errno)),
+                           std::min(backoff_ms_ = std::max(500, backoff_ms_ * 2), 5000));
+    }
+    tin_len_ += static_cast<size_t>(r);
+    // Frames: STUN (20-byte header + length) or ChannelData (4 + length,
+    // padded to 4 on streams: RFC 8656 section 12.5).
+    size_t off = 0;
+    while (srv_ && tin_len_ - off >= 4) {
+      uint8_t* p = tin_.data() + off;
+      size_t body = static_cast<size_t>(p[2] << 8 | p[3]), need;
+      if ((p[0] & 0xC0) == 0x40) {
+        need = 4 + ((body + 3) & ~size_t{3});
+        if (tin_len_ - off < need) break;
+        on_frame(p, 4 + body);
+      } else if ((p[0] & 0xC0) == 0) {
+        need = 20 + body;
+        if (tin_len_ - off < need) break;
+        on_frame(p, need);
+      } else {
+        out_.flush();
+        return reset_session("the TURN server sent a frame that is neither STUN nor ChannelData", 1000);
+      }
+      off += need;
     }
     out_.flush();
-    if (n < kBatch) break;
+    if (!srv_) return;
+    if (off) {
+      std::memmove(tin_.data(), tin_.data() + off, tin_len_ - off);
+      tin_len_ -= off;
+    }
   }
+  tcp_flush();
 }
 
 Peer* Client::peer_by_addr(const SockAddr& a) {
@@ -689,8 +815,9 @@ void Client::timers() {
     t.tries++;
     t.rto_ms = std::min(t.rto_ms * 2, 1000);
     t.next_ms = now + t.rto_ms;
-    ssize_t r = ::send(srv_.get(), t.msg.data(), t.msg.size(), MSG_DONTWAIT);
-    (void)r;
+    // Over TCP the stream delivers or fails: no resend (RFC 8489 section
+    // 6.2.2), but the same deadlines decide that the server is gone.
+    if (!tcp_) srv_send(t.msg.data(), t.msg.size(), false);
   }
   for (const auto& tx : expired) {
     auto it = txns_.find(tx);
@@ -763,7 +890,8 @@ void Client::on_local(Peer& p) {
         if (rx_.msgs[i].msg_hdr.msg_flags & MSG_TRUNC) continue;
         if (p.bound) {
           stun::write_channel_data_header(d - 4, p.channel, static_cast<uint16_t>(len));
-          out_.add(srv_.get(), nullptr, 0, d - 4, len + 4);
+          if (tcp_) srv_send(d - 4, len + 4, true);
+          else out_.add(srv_.get(), nullptr, 0, d - 4, len + 4);
         } else {
           // Before the channel is bound: a Send indication (the
           // permission comes with the map).
@@ -771,11 +899,11 @@ void Client::on_local(Peer& p) {
           b.add_xor_address(stun::kXorPeerAddress, *p.target).add(stun::kData_, {d, len});
           auto m = b.finish();
           out_.flush();
-          ssize_t r = ::send(srv_.get(), m.data(), m.size(), MSG_DONTWAIT);
-          (void)r;
+          srv_send(m.data(), m.size(), true);
         }
       }
       out_.flush();
+      tcp_flush();
     }
     if (n < kBatch) break;
   }
@@ -849,7 +977,7 @@ Status Client::run() {
       } else if (ptr == &stdin_buf_) {
         read_stdin();
       } else if (ptr == nullptr) {
-        on_server();
+        on_server(evs[i].events);
       } else {
         on_local(*static_cast<Peer*>(ptr));
       }

@@ -34,6 +34,12 @@ struct ServeOptions {
   turn::Config turn;                      // relay_ips empty: the listen addresses
   int threads = 1;
   int socket_buffer = 4 << 20;            // SO_RCVBUF/SO_SNDBUF bytes
+  // Wakeup coalescing (microseconds, 0: off): while data flows fast enough
+  // to gather two datagrams or more in that time, a worker that finds
+  // nothing ready sleeps this long before waiting, so the next wakeup takes
+  // a batch rather than one packet (as NIC interrupt moderation does). Adds
+  // at most this much latency.
+  int coalesce_us = 50;
   std::string stats_file;                 // JSON, rewritten every stats_interval
   int stats_interval_ms = 1000;
   std::optional<SockAddr> metrics;        // HTTP: /metrics (Prometheus), /stats (JSON)

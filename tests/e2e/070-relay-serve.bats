@@ -133,8 +133,9 @@ zero_loss() {
   [ "$(jq -r .users <<<"$output")" = 3 ]
   wait_until 5 jq -e '.requests > 0' "$T/stats.json"
   kill -TERM "$relay_pid"
-  run wait "$relay_pid"
-  [ "$status" -eq 0 ]
+  rc=0
+  wait "$relay_pid" || rc=$?
+  [ "$rc" -eq 0 ]
 }
 
 @test "bad command lines and credentials files: documented exit statuses" {

@@ -38,8 +38,15 @@ log-file=stdout
 simple-log
 CONF
   chmod 600 "$BATS_TEST_TMPDIR/turnserver.conf"
-  start_daemon turnserver ip netns exec "$(lab_ns inet)" turnserver -n -c "$BATS_TEST_TMPDIR/turnserver.conf"
+  # -c alone: with -n, coturn ignores the -c file too (it would run with
+  # defaults on every address and without authentication).
+  start_daemon turnserver ip netns exec "$(lab_ns inet)" turnserver -c "$BATS_TEST_TMPDIR/turnserver.conf"
   wait_until 15 eval "nsx inet ss -Hunl | grep -q 203.0.113.1:3478"
+
+  # coturn really runs with that configuration: no credentials, no relay.
+  run ip netns exec "$(lab_ns a)" mesh-relay check --server 203.0.113.1:3478
+  [ "$status" -ne 0 ]
+  [[ "$output" == "error 401"* ]]
 
   relay_turn_entry 203.0.113.1:3478 "$BATS_TEST_TMPDIR/secret" >"$BATS_TEST_TMPDIR/turn.json"
   relay_clients a b

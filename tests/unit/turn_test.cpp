@@ -1,0 +1,346 @@
+// TURN server state machine (lib/turn) driven with a fake Io and clock.
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "stun/stun.h"
+#include "turn/auth.h"
+#include "turn/server.h"
+
+namespace mesh::turn {
+namespace {
+
+TEST(TurnAuth, RestPasswordKnownValue) {
+  // openssl dgst -sha1 -hmac north -binary <<< "1700000000:alice" (no newline) | base64
+  EXPECT_EQ(rest_password("north", "1700000000:alice"), "Cd/49soE35ICqcJF/bCTn8Z4OyE=");
+  int64_t exp = 0;
+  std::string_view name;
+  ASSERT_TRUE(parse_rest_username("1700000000:alice", &exp, &name));
+  EXPECT_EQ(exp, 1700000000);
+  EXPECT_EQ(name, "alice");
+  ASSERT_TRUE(parse_rest_username("1700000000", &exp, &name));
+  EXPECT_EQ(name, "");
+  EXPECT_FALSE(parse_rest_username("alice", &exp, &name));
+  EXPECT_FALSE(parse_rest_username("-5:x", &exp, &name));
+}
+
+TEST(TurnAuth, UsersFile) {
+  auto u = Credentials::parse_users("# c\nalice:pw\n\nbob:0x00112233445566778899aabbccddeeff\n", "mesh", "f");
+  ASSERT_TRUE(u) << u.status().message();
+  EXPECT_EQ(u->at("alice"), stun::long_term_key("alice", "mesh", "pw"));
+  EXPECT_EQ(u->at("bob")[15], 0xff);
+  auto bad = Credentials::parse_users("alice:pw\nnocolon\n", "mesh", "users");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.status().code(), Exit::DataErr);
+  EXPECT_NE(bad.status().message().find("users:2:"), std::string::npos);
+  EXPECT_FALSE(Credentials::parse_users("a:1\na:2\n", "mesh", "f"));
+}
+
+TEST(TurnAuth, RestLookupAndExpiry) {
+  Credentials c;
+  c.set_realm("mesh");
+  c.add_secret("north");
+  std::vector<LongTermKey> keys;
+  std::string q;
+  EXPECT_EQ(c.keys_for("1700000000:alice", 1600000000, &keys, &q), Credentials::Lookup::Ok);
+  ASSERT_EQ(keys.size(), 1u);
+  EXPECT_EQ(keys[0], stun::long_term_key("1700000000:alice", "mesh", "Cd/49soE35ICqcJF/bCTn8Z4OyE="));
+  EXPECT_EQ(q, "alice");
+  EXPECT_EQ(c.keys_for("1700000000:alice", 1700000001, &keys, &q), Credentials::Lookup::Expired);
+  EXPECT_EQ(c.keys_for("mallory", 0, &keys, &q), Credentials::Lookup::Unknown);
+}
+
+TEST(TurnAuth, Nonces) {
+  NonceMint m;
+  std::string n = m.make(1000, 600);
+  EXPECT_EQ(m.check(n, 1000), NonceMint::Check::Valid);
+  EXPECT_EQ(m.check(n, 1601), NonceMint::Check::Stale);
+  std::string forged = n;
+  forged[5] = forged[5] == '0' ? '1' : '0';
+  EXPECT_EQ(m.check(forged, 1000), NonceMint::Check::Invalid);
+  EXPECT_EQ(NonceMint().check(n, 1000), NonceMint::Check::Invalid);  // another key
+}
+
+// ---- Engine -------------------------------------------------------------------
+
+struct FakeIo : Io {
+  std::vector<std::vector<uint8_t>> replies;
+  std::vector<std::pair<SockAddr, std::vector<uint8_t>>> sent;
+  int next_port = 50000, open = 0;
+  Result<RelaySocket> open_relay(int, bool, Allocation*) override {
+    ++open;
+    return RelaySocket{100 + open, SockAddr{*IpAddr::parse("203.0.113.1"), static_cast<uint16_t>(next_port++)}};
+  }
+  void close_relay(RelaySocket& s) override {
+    --open;
+    s.fd = -1;
+  }
+  void reply(const ClientKey&, stun::Bytes msg, uint32_t) override {
+    replies.emplace_back(msg.begin(), msg.end());
+  }
+  void send_to_peer(const RelaySocket&, const SockAddr& p, stun::Bytes d) override {
+    sent.emplace_back(p, std::vector<uint8_t>(d.begin(), d.end()));
+  }
+  bool origin(const ClientKey&, uint32_t change, Origin*) override { return change == 0; }
+};
+
+struct TurnEngineTest : ::testing::Test {
+  Config cfg;
+  std::unique_ptr<Shared> shared;
+  FakeIo io;
+  Stats stats;
+  std::unique_ptr<Engine> eng;
+  Now now{1000000, 1700000000};
+  ClientKey client{*SockAddr::parse("198.51.100.5:4000"), 0, kUdp};
+  std::string nonce;
+  std::array<uint8_t, 1500> buf{};
+
+  void SetUp() override { make(); }
+  void make() {
+    cfg.relay_ips = {*IpAddr::parse("203.0.113.1")};
+    cfg.deny_peers = default_denied_peers();
+    cfg.allow_peers = {*Prefix::parse("198.51.100.0/24")};
+    auto c = std::make_unique<Credentials>();
+    c->set_realm("mesh");
+    c->add_user("alice", stun::long_term_key("alice", "mesh", "pw"));
+    c->add_user("bob", stun::long_term_key("bob", "mesh", "pw"));
+    shared = std::make_unique<Shared>(cfg, std::move(c));
+    eng = std::make_unique<Engine>(*shared, io, stats);
+    nonce = shared->nonces().make(now.unix_s, 600);
+  }
+
+  // Sends a request; returns the parsed answer's bytes (kept in `last`).
+  std::vector<uint8_t> last;
+  stun::MessageView send(uint16_t method, std::function<void(stun::Builder&)> fill,
+                         const char* user = "alice", bool auth = true, const ClientKey* from = nullptr,
+                         stun::TxId tx = stun::random_txid()) {
+    stun::Builder b(buf, method, stun::kRequest, tx);
+    if (fill) fill(b);
+    if (auth) {
+      b.add_string(stun::kUsername, user).add_string(stun::kRealm, "mesh").add_string(stun::kNonce, nonce);
+      b.add_integrity(stun::long_term_key(user, "mesh", "pw"));
+    }
+    b.add_fingerprint();
+    io.replies.clear();
+    eng->on_message(from ? *from : client, b.finish(), now);
+    EXPECT_EQ(io.replies.size(), 1u);
+    last = io.replies.empty() ? std::vector<uint8_t>{} : io.replies.back();
+    auto m = stun::parse(last);
+    EXPECT_TRUE(m);
+    return m ? *m : stun::MessageView{};
+  }
+  static int code(const stun::MessageView& m) {
+    if (m.cls != stun::kError) return 0;
+    auto e = stun::decode_error_code(*m.find(stun::kErrorCode));
+    return e ? e->code : -1;
+  }
+  static void udp(stun::Builder& b) {
+    uint8_t rt[4] = {17, 0, 0, 0};
+    b.add(stun::kRequestedTransport, stun::Bytes(rt, 4));
+  }
+  SockAddr allocate() {
+    auto m = send(stun::kAllocate, udp);
+    EXPECT_EQ(m.cls, stun::kSuccess);
+    EXPECT_TRUE(stun::check_integrity(m, stun::long_term_key("alice", "mesh", "pw")));
+    return *stun::decode_xor_address(*m.find(stun::kXorRelayedAddress), m.tx);
+  }
+};
+
+TEST_F(TurnEngineTest, UnauthenticatedGets401WithRealmAndNonce) {
+  auto m = send(stun::kAllocate, udp, "alice", false);
+  EXPECT_EQ(code(m), 401);
+  ASSERT_TRUE(m.find(stun::kRealm));
+  EXPECT_EQ(stun::as_string(*m.find(stun::kRealm)), "mesh");
+  ASSERT_TRUE(m.find(stun::kNonce));
+  EXPECT_EQ(shared->nonces().check(stun::as_string(*m.find(stun::kNonce)), now.unix_s),
+            NonceMint::Check::Valid);
+  EXPECT_EQ(io.open, 0);
+}
+
+TEST_F(TurnEngineTest, WrongPasswordAndUnknownUserGet401) {
+  stun::Builder b(buf, stun::kAllocate, stun::kRequest, stun::random_txid());
+  udp(b);
+  b.add_string(stun::kUsername, "alice").add_string(stun::kRealm, "mesh").add_string(stun::kNonce, nonce);
+  b.add_integrity(stun::long_term_key("alice", "mesh", "wrong"));
+  eng->on_message(client, b.finish(), now);
+  EXPECT_EQ(code(*stun::parse(io.replies.back())), 401);
+  EXPECT_EQ(code(send(stun::kAllocate, udp, "mallory")), 401);
+  EXPECT_EQ(stats.auth_failures.load(), 2u);
+}
+
+TEST_F(TurnEngineTest, StaleNonceGets438) {
+  now.unix_s += 601;
+  auto m = send(stun::kAllocate, udp);
+  EXPECT_EQ(code(m), 438);
+  ASSERT_TRUE(m.find(stun::kNonce));
+}
+
+TEST_F(TurnEngineTest, AllocateRetransmitMismatchRefreshAndExpiry) {
+  stun::TxId tx = stun::random_txid();
+  auto m = send(stun::kAllocate, udp, "alice", true, nullptr, tx);
+  ASSERT_EQ(m.cls, stun::kSuccess);
+  auto relayed = *stun::decode_xor_address(*m.find(stun::kXorRelayedAddress), m.tx);
+  EXPECT_EQ(relayed.to_string(), "203.0.113.1:50000");
+  EXPECT_EQ(*stun::decode_u32(*m.find(stun::kLifetime)), 600u);
+  EXPECT_EQ(stun::decode_xor_address(*m.find(stun::kXorMappedAddress), m.tx)->to_string(),
+            "198.51.100.5:4000");
+  // A retransmission gets the same answer, a new Allocate 437.
+  m = send(stun::kAllocate, udp, "alice", true, nullptr, tx);
+  EXPECT_EQ(m.cls, stun::kSuccess);
+  EXPECT_EQ(code(send(stun::kAllocate, udp)), 437);
+  EXPECT_EQ(io.open, 1);
+  // Another user on the same 5-tuple: 441.
+  EXPECT_EQ(code(send(stun::kRefresh, nullptr, "bob")), 441);
+  // Refresh extends; expiry removes.
+  now.mono_ms += 500 * 1000;
+  m = send(stun::kRefresh, [](stun::Builder& b) { b.add_u32(stun::kLifetime, 700); });
+  EXPECT_EQ(m.cls, stun::kSuccess);
+  EXPECT_EQ(*stun::decode_u32(*m.find(stun::kLifetime)), 700u);
+  eng->expire(now.mono_ms + 699 * 1000);
+  EXPECT_EQ(eng->allocation_count(), 1u);
+  eng->expire(now.mono_ms + 700 * 1000);
+  EXPECT_EQ(eng->allocation_count(), 0u);
+  EXPECT_EQ(io.open, 0);
+  EXPECT_EQ(stats.allocations_expired.load(), 1u);
+  EXPECT_EQ(code(send(stun::kRefresh, nullptr)), 437);
+}
+
+TEST_F(TurnEngineTest, RefreshZeroDeletes) {
+  allocate();
+  auto m = send(stun::kRefresh, [](stun::Builder& b) { b.add_u32(stun::kLifetime, 0); });
+  EXPECT_EQ(m.cls, stun::kSuccess);
+  EXPECT_EQ(eng->allocation_count(), 0u);
+  eng->collect();
+}
+
+TEST_F(TurnEngineTest, RequestedTransportChecked) {
+  EXPECT_EQ(code(send(stun::kAllocate, nullptr)), 400);
+  EXPECT_EQ(code(send(stun::kAllocate, [](stun::Builder& b) {
+              uint8_t rt[4] = {6, 0, 0, 0};
+              b.add(stun::kRequestedTransport, stun::Bytes(rt, 4));
+            })),
+            442);
+  EXPECT_EQ(code(send(stun::kAllocate, [](stun::Builder& b) {
+              udp(b);
+              uint8_t f[4] = {2, 0, 0, 0};
+              b.add(stun::kRequestedAddressFamily, stun::Bytes(f, 4));
+            })),
+            440);
+}
+
+TEST_F(TurnEngineTest, PermissionsForbiddenPeersAndLifetimes) {
+  allocate();
+  auto perm = [&](const char* peer) {
+    SockAddr p = *SockAddr::parse(peer);
+    return send(stun::kCreatePermission, [p](stun::Builder& b) { b.add_xor_address(stun::kXorPeerAddress, p); });
+  };
+  EXPECT_EQ(code(perm("127.0.0.1:9")), 403);
+  EXPECT_EQ(code(perm("10.1.2.3:9")), 403);
+  EXPECT_EQ(code(perm("203.0.113.1:50123")), 0);  // our own relay address (self relay)
+  EXPECT_EQ(perm("198.51.100.9:9").cls, stun::kSuccess);  // allowed range
+  Allocation* a = eng->find(client);
+  ASSERT_TRUE(a);
+  SockAddr peer = *SockAddr::parse("198.51.100.9:7777");
+  EXPECT_EQ(eng->on_peer_data(*a, peer, 100, now.mono_ms), 0);  // Data indication
+  EXPECT_EQ(eng->on_peer_data(*a, *SockAddr::parse("198.51.100.10:1"), 100, now.mono_ms), -1);
+  eng->expire(now.mono_ms + 300 * 1000);
+  EXPECT_EQ(eng->on_peer_data(*a, peer, 100, now.mono_ms + 300 * 1000), -1);
+}
+
+TEST_F(TurnEngineTest, ChannelBindAndFastPath) {
+  allocate();
+  SockAddr peer = *SockAddr::parse("198.51.100.9:7777");
+  auto bind = [&](uint16_t ch, SockAddr p) {
+    return send(stun::kChannelBind, [&](stun::Builder& b) {
+      b.add_u32(stun::kChannelNumber, uint32_t{ch} << 16);
+      b.add_xor_address(stun::kXorPeerAddress, p);
+    });
+  };
+  EXPECT_EQ(code(bind(0x3FFF, peer)), 400);
+  EXPECT_EQ(bind(0x4001, peer).cls, stun::kSuccess);
+  EXPECT_EQ(bind(0x4001, peer).cls, stun::kSuccess);  // refresh
+  EXPECT_EQ(code(bind(0x4002, peer)), 400);           // peer bound to another channel
+  EXPECT_EQ(code(bind(0x4001, *SockAddr::parse("198.51.100.9:1"))), 400);
+  EXPECT_EQ(code(bind(0x4003, *SockAddr::parse("192.168.1.1:1"))), 403);
+  auto r = eng->route_channel(client, 0x4001, 1200, now.mono_ms);
+  ASSERT_TRUE(r.alloc);
+  EXPECT_EQ(*r.peer, peer);
+  EXPECT_FALSE(eng->route_channel(client, 0x4002, 1200, now.mono_ms).alloc);
+  ClientKey other{*SockAddr::parse("198.51.100.6:4000"), 0, kUdp};
+  EXPECT_FALSE(eng->route_channel(other, 0x4001, 1200, now.mono_ms).alloc);
+  Allocation* a = eng->find(client);
+  EXPECT_EQ(eng->on_peer_data(*a, peer, 1200, now.mono_ms), 0x4001);
+  // Channels live 600 s; the permission they install 300 s.
+  EXPECT_FALSE(eng->route_channel(client, 0x4001, 1, now.mono_ms + 600 * 1000).alloc);
+}
+
+TEST_F(TurnEngineTest, SendIndicationNeedsPermission) {
+  allocate();
+  SockAddr peer = *SockAddr::parse("198.51.100.9:7777");
+  auto ind = [&] {
+    stun::Builder b(buf, stun::kSend, stun::kIndication, stun::random_txid());
+    uint8_t d[3] = {1, 2, 3};
+    b.add_xor_address(stun::kXorPeerAddress, peer).add(stun::kData_, stun::Bytes(d, 3));
+    eng->on_message(client, b.finish(), now);
+  };
+  ind();
+  EXPECT_TRUE(io.sent.empty());
+  send(stun::kCreatePermission, [&](stun::Builder& b) { b.add_xor_address(stun::kXorPeerAddress, peer); });
+  ind();
+  ASSERT_EQ(io.sent.size(), 1u);
+  EXPECT_EQ(io.sent[0].first, peer);
+  EXPECT_EQ(io.sent[0].second.size(), 3u);
+}
+
+TEST_F(TurnEngineTest, UserQuotaGets486) {
+  cfg.user_quota = 1;
+  make();
+  allocate();
+  ClientKey second{*SockAddr::parse("198.51.100.5:4001"), 0, kUdp};
+  EXPECT_EQ(code(send(stun::kAllocate, udp, "alice", true, &second)), 486);
+  EXPECT_EQ(send(stun::kAllocate, udp, "bob", true, &second).cls, stun::kSuccess);
+  // Freed quota is reusable.
+  send(stun::kRefresh, [](stun::Builder& b) { b.add_u32(stun::kLifetime, 0); });
+  ClientKey third{*SockAddr::parse("198.51.100.5:4002"), 0, kUdp};
+  EXPECT_EQ(send(stun::kAllocate, udp, "alice", true, &third).cls, stun::kSuccess);
+}
+
+TEST_F(TurnEngineTest, BandwidthQuotaDrops) {
+  cfg.max_bps = 10000;
+  make();
+  allocate();
+  SockAddr peer = *SockAddr::parse("198.51.100.9:7777");
+  send(stun::kChannelBind, [&](stun::Builder& b) {
+    b.add_u32(stun::kChannelNumber, 0x40000000u);
+    b.add_xor_address(stun::kXorPeerAddress, peer);
+  });
+  int ok = 0;
+  for (int i = 0; i < 20; ++i) ok += eng->route_channel(client, 0x4000, 1000, now.mono_ms).alloc != nullptr;
+  EXPECT_EQ(ok, 10);
+  EXPECT_TRUE(eng->route_channel(client, 0x4000, 1000, now.mono_ms + 200).alloc);
+}
+
+TEST_F(TurnEngineTest, BindingAndUnknownAttributes) {
+  auto m = send(stun::kBinding, nullptr, "", false);
+  EXPECT_EQ(m.cls, stun::kSuccess);
+  EXPECT_EQ(stun::decode_xor_address(*m.find(stun::kXorMappedAddress), m.tx)->to_string(), "198.51.100.5:4000");
+  m = send(stun::kBinding, [](stun::Builder& b) { b.add_u32(stun::kChangeRequest, stun::kChangeIp); }, "", false);
+  EXPECT_EQ(code(m), 420);
+  m = send(stun::kAllocate, [](stun::Builder& b) { b.add_u32(0x0042, 1); }, "", false);
+  EXPECT_EQ(code(m), 420);
+  ASSERT_TRUE(m.find(stun::kUnknownAttributes));
+}
+
+TEST_F(TurnEngineTest, DataIndicationBuilds) {
+  uint8_t out[200];
+  uint8_t d[5] = {9, 8, 7, 6, 5};
+  auto msg = Engine::build_data_indication(out, *SockAddr::parse("198.51.100.9:7777"), stun::Bytes(d, 5));
+  auto m = stun::parse(msg);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->method, stun::kData);
+  EXPECT_EQ(m->cls, stun::kIndication);
+  EXPECT_EQ(m->find(stun::kData_)->value.size(), 5u);
+}
+
+}  // namespace
+}  // namespace mesh::turn
