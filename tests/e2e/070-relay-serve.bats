@@ -148,6 +148,7 @@ zero_loss() {
   [[ "$stderr" == *"bad:1:"* ]]
   mrun -s "$EX_USAGE" mesh-relay serve --listen 0.0.0.0:0 --users-file "$T/users"
   [[ "$stderr" == *"--relay-ip"* ]]
+  mrun -s "$EX_USAGE" mesh-relay serve --listen 127.0.0.1:0 --users-file "$T/users" --coalesce-us 20000
   mrun -s "$EX_USAGE" mesh-relay client --no-such-flag
   mrun -s "$EX_NOINPUT" mesh-relay client "$T/missing-map.json"
   echo '{"version": 1}' >"$T/badmap.json"

@@ -23,7 +23,7 @@ setup() {
 start_relay() {
   start_daemon relay ip netns exec "$(lab_ns inet)" mesh-relay serve \
     --listen 203.0.113.1:3478 --relay-ports 50000-50999 \
-    --auth-secret-file "$BATS_TEST_TMPDIR/secret" --threads 2
+    --auth-secret-file "$BATS_TEST_TMPDIR/secret" --threads 2 --coalesce-us 50
   wait_for_line "$BATS_TEST_TMPDIR/relay.out" '^listening udp 203.0.113.1:3478$' 10
 }
 
