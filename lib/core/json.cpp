@@ -51,8 +51,83 @@ static const char* type_name(const Json& j) {
   return j.type_name();
 }
 
+struct JsonView::PathLink {
+  std::shared_ptr<const PathLink> parent;  // null at the root
+  Step step = Step::Root;
+  std::string_view key;
+  size_t index = 0;
+  std::string source;     // root only
+  std::string root_path;  // root only
+};
+
+namespace {
+
+void append_key(std::string* path, std::string_view key) {
+  if (!path->empty()) *path += '.';
+  path->append(key);
+}
+
+void append_index(std::string* path, size_t i) {
+  *path += '[';
+  *path += std::to_string(i);
+  *path += ']';
+}
+
+}  // namespace
+
+JsonView::JsonView(const Json& j, std::string source, std::string path) : j_(&j) {
+  auto root = std::make_shared<PathLink>();
+  root->source = std::move(source);
+  root->root_path = std::move(path);
+  link_ = std::move(root);
+}
+
+const std::shared_ptr<const JsonView::PathLink>& JsonView::link() const {
+  if (!link_) {
+    auto l = std::make_shared<PathLink>();
+    l->parent = parent_;
+    l->step = step_;
+    l->key = key_;
+    l->index = index_;
+    link_ = std::move(l);
+  }
+  return link_;
+}
+
+const std::string& JsonView::source() const {
+  const PathLink* l = parent_ ? parent_.get() : link_.get();
+  while (l->parent) l = l->parent.get();
+  return l->source;
+}
+
+const std::string& JsonView::path() const {
+  if (path_built_) return path_;
+  if (step_ == Step::Root) {
+    path_ = link_->root_path;
+  } else {
+    // Collect the chain up to the root, then spell it out from the top.
+    std::vector<const PathLink*> chain;
+    for (const PathLink* l = parent_.get(); l; l = l->parent.get()) chain.push_back(l);
+    std::string p = chain.back()->root_path;
+    for (size_t i = chain.size() - 1; i-- > 0;) {
+      if (chain[i]->step == Step::Key)
+        append_key(&p, chain[i]->key);
+      else
+        append_index(&p, chain[i]->index);
+    }
+    if (step_ == Step::Key)
+      append_key(&p, key_);
+    else
+      append_index(&p, index_);
+    path_ = std::move(p);
+  }
+  path_built_ = true;
+  return path_;
+}
+
 Status JsonView::error(const std::string& message) const {
-  return data_error(source_ + ": " + (path_.empty() ? std::string("(top level)") : path_) + ": " +
+  const std::string& p = path();
+  return data_error(source() + ": " + (p.empty() ? std::string("(top level)") : p) + ": " +
                     message);
 }
 
@@ -65,16 +140,19 @@ bool JsonView::is_null() const { return j_->is_null(); }
 Result<JsonView> JsonView::field(std::string_view key) const {
   if (!j_->is_object()) return error(std::string("expected object, got ") + type_name(*j_));
   auto it = j_->find(key);
-  std::string p = path_.empty() ? std::string(key) : path_ + "." + std::string(key);
-  if (it == j_->end()) return data_error(source_ + ": " + p + ": required field is missing");
-  return JsonView(*it, source_, p);
+  if (it == j_->end()) {
+    std::string p = path();
+    append_key(&p, key);
+    return data_error(source() + ": " + p + ": required field is missing");
+  }
+  return JsonView(*it, link(), Step::Key, it.key(), 0);
 }
 
 bool JsonView::optional_field(std::string_view key, JsonView* out) const {
   if (!j_->is_object()) return false;
   auto it = j_->find(key);
   if (it == j_->end() || it->is_null()) return false;
-  *out = JsonView(*it, source_, path_.empty() ? std::string(key) : path_ + "." + std::string(key));
+  *out = JsonView(*it, link(), Step::Key, it.key(), 0);
   return true;
 }
 
@@ -82,9 +160,15 @@ Result<std::vector<JsonView>> JsonView::elements() const {
   if (!j_->is_array()) return error(std::string("expected array, got ") + type_name(*j_));
   std::vector<JsonView> out;
   out.reserve(j_->size());
-  for (size_t i = 0; i < j_->size(); ++i)
-    out.emplace_back((*j_)[i], source_, path_ + "[" + std::to_string(i) + "]");
+  const auto& self = link();
+  const auto& arr = j_->get_ref<const Json::array_t&>();
+  for (size_t i = 0; i < arr.size(); ++i) out.push_back(JsonView(arr[i], self, Step::Index, {}, i));
   return out;
+}
+
+Result<std::string_view> JsonView::as_string_view() const {
+  if (!j_->is_string()) return error(std::string("expected string, got ") + type_name(*j_));
+  return std::string_view(j_->get_ref<const std::string&>());
 }
 
 Result<std::string> JsonView::as_string() const {
@@ -129,6 +213,7 @@ Result<std::vector<std::string>> JsonView::as_string_list() const {
   auto els = elements();
   if (!els) return els.status();
   std::vector<std::string> out;
+  out.reserve(els->size());
   for (auto& e : *els) {
     auto s = e.as_string();
     if (!s) return s.status();
@@ -154,9 +239,11 @@ Status JsonView::check_keys(std::initializer_list<std::string_view> allowed) con
   for (auto it = j_->begin(); it != j_->end(); ++it) {
     bool ok = false;
     for (auto a : allowed) ok = ok || a == it.key();
-    if (!ok)
-      return data_error(source_ + ": " + (path_.empty() ? "" : path_ + ".") + it.key() +
-                        ": unknown field");
+    if (!ok) {
+      std::string p = path();
+      append_key(&p, it.key());
+      return data_error(source() + ": " + p + ": unknown field");
+    }
   }
   return Status::ok();
 }

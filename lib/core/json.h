@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
@@ -29,13 +30,16 @@ std::string dump_json(const Json& j, bool pretty = false);
 
 // A cursor into a JSON document that remembers its path for errors.
 // Every getter returns DataErr "SOURCE: PATH: expected TYPE, got TYPE".
+// The path is kept as a chain of (parent, key or index) links shared by
+// the views of one document and only spelled out when an error (or
+// path()) needs it, so walking a large document costs no string building.
+// A view refers into the Json it was made from: keep that alive.
 class JsonView {
  public:
-  JsonView(const Json& j, std::string source, std::string path = "")
-      : j_(&j), source_(std::move(source)), path_(std::move(path)) {}
+  JsonView(const Json& j, std::string source, std::string path = "");
 
   const Json& json() const { return *j_; }
-  const std::string& path() const { return path_; }
+  const std::string& path() const;
   bool has(std::string_view key) const;
   bool is_null() const;
 
@@ -46,6 +50,8 @@ class JsonView {
   Result<std::vector<JsonView>> elements() const;
 
   Result<std::string> as_string() const;
+  // The string without a copy; it points into the document.
+  Result<std::string_view> as_string_view() const;
   Result<int64_t> as_int(int64_t min = INT64_MIN, int64_t max = INT64_MAX) const;
   Result<uint64_t> as_uint() const;
   Result<double> as_number() const;
@@ -63,10 +69,26 @@ class JsonView {
   // An error at this path: "SOURCE: PATH: message" (DataErr).
   Status error(const std::string& message) const;
 
+  // One link of a path chain (json.cpp).
+  struct PathLink;
+
  private:
+  enum class Step : uint8_t { Root, Key, Index };
+  JsonView(const Json& j, std::shared_ptr<const PathLink> parent, Step step, std::string_view key,
+           size_t index)
+      : j_(&j), parent_(std::move(parent)), step_(step), key_(key), index_(index) {}
+  // The link naming this view, made on first use and shared by its children.
+  const std::shared_ptr<const PathLink>& link() const;
+  const std::string& source() const;
+
   const Json* j_;
-  std::string source_;
-  std::string path_;
+  std::shared_ptr<const PathLink> parent_;  // Root: null
+  Step step_ = Step::Root;
+  std::string_view key_;  // Step::Key: a key stored in the document
+  size_t index_ = 0;      // Step::Index
+  mutable std::shared_ptr<const PathLink> link_;
+  mutable std::string path_;
+  mutable bool path_built_ = false;
 };
 
 }  // namespace mesh

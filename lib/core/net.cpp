@@ -8,19 +8,23 @@
 namespace mesh {
 
 Result<IpAddr> IpAddr::parse(std::string_view text) {
-  std::string s(text);
+  // inet_pton needs a C string; a stack copy avoids a heap one per address
+  // (a network map has thousands). Longer than any address: invalid.
+  char s[INET6_ADDRSTRLEN + 1];
+  auto bad = [&] { return data_error("invalid IP address '" + std::string(text) + "'"); };
+  if (text.size() >= sizeof s || text.find('\0') != std::string_view::npos) return bad();
+  std::memcpy(s, text.data(), text.size());
+  s[text.size()] = '\0';
   IpAddr a;
-  if (s.find(':') == std::string::npos) {
+  if (text.find(':') == std::string_view::npos) {
     in_addr v4{};
-    if (inet_pton(AF_INET, s.c_str(), &v4) != 1)
-      return data_error("invalid IP address '" + s + "'");
+    if (inet_pton(AF_INET, s, &v4) != 1) return bad();
     a.family = AF_INET;
     std::memcpy(a.bytes.data(), &v4, 4);
     return a;
   }
   in6_addr v6{};
-  if (inet_pton(AF_INET6, s.c_str(), &v6) != 1)
-    return data_error("invalid IP address '" + s + "'");
+  if (inet_pton(AF_INET6, s, &v6) != 1) return bad();
   a.family = AF_INET6;
   std::memcpy(a.bytes.data(), &v6, 16);
   return a;

@@ -1,12 +1,33 @@
 #include "netmap/netmap.h"
 
 #include <charconv>
-#include <map>
+#include <cstring>
 #include <nlohmann/json.hpp>
-#include <set>
+#include <unordered_map>
+#include <unordered_set>
 
 namespace mesh {
 namespace {
+
+struct KeyHash {
+  size_t operator()(const PublicKey& k) const {
+    size_t h;  // keys are uniformly random: any 8 bytes are a good hash
+    std::memcpy(&h, k.bytes.data(), sizeof h);
+    return h;
+  }
+};
+
+struct PrefixHash {
+  size_t operator()(const Prefix& p) const {
+    // FNV-1a over family, length and address bytes.
+    size_t h = 1469598103934665603ull;
+    auto mix = [&](uint8_t b) { h = (h ^ b) * 1099511628211ull; };
+    mix(static_cast<uint8_t>(p.addr.family));
+    mix(static_cast<uint8_t>(p.len));
+    for (uint8_t b : p.addr.bytes) mix(b);
+    return h;
+  }
+};
 
 template <typename T>
 Status assign(Result<T> r, T* out) {
@@ -18,8 +39,9 @@ Status assign(Result<T> r, T* out) {
 Status parse_prefixes(const JsonView& v, std::vector<Prefix>* out) {
   auto els = v.elements();
   if (!els) return els.status();
+  out->reserve(out->size() + els->size());
   for (auto& e : *els) {
-    auto s = e.as_string();
+    auto s = e.as_string_view();
     if (!s) return s.status();
     auto p = Prefix::parse(*s);
     if (!p) return e.error(p.status().message());
@@ -29,7 +51,7 @@ Status parse_prefixes(const JsonView& v, std::vector<Prefix>* out) {
 }
 
 Status parse_key(const JsonView& v, PublicKey* out) {
-  auto s = v.as_string();
+  auto s = v.as_string_view();
   if (!s) return s.status();
   auto k = PublicKey::from_base64(*s);
   if (!k) return v.error(k.status().message());
@@ -83,7 +105,9 @@ std::string PortRange::to_string() const {
 Result<Candidate> parse_candidate(const JsonView& v, bool strict) {
   if (strict) MESH_TRY(v.check_keys({"endpoint", "kind"}));
   Candidate c;
-  auto ep = v.get_string("endpoint");
+  auto ep_view = v.field("endpoint");
+  if (!ep_view) return ep_view.status();
+  auto ep = ep_view->as_string_view();
   if (!ep) return ep.status();
   auto sa = SockAddr::parse(*ep);
   if (!sa) return v.error(sa.status().message());
@@ -91,10 +115,11 @@ Result<Candidate> parse_candidate(const JsonView& v, bool strict) {
   c.endpoint = *sa;
   JsonView k = v;
   if (v.optional_field("kind", &k)) {
-    auto s = k.as_string();
+    auto s = k.as_string_view();
     if (!s) return s.status();
     if (*s != "host" && *s != "srflx" && *s != "prflx" && *s != "relay")
-      return k.error("unknown candidate kind '" + *s + "' (expected host, srflx, prflx or relay)");
+      return k.error("unknown candidate kind '" + std::string(*s) +
+                     "' (expected host, srflx, prflx or relay)");
     c.kind = *s;
   }
   return c;
@@ -162,9 +187,10 @@ static Result<MapPeer> parse_peer(const JsonView& v, bool strict) {
   for (auto& a : p.allowed_ips) a = a.canonical();
   if (v.optional_field("endpoints", &f)) {
     MESH_ASSIGN(auto els, f.elements());
+    p.endpoints.reserve(els.size());
     for (auto& e : els) {
       MESH_ASSIGN(auto c, parse_candidate(e, strict));
-      p.endpoints.push_back(c);
+      p.endpoints.push_back(std::move(c));
     }
   }
   if (v.optional_field("keepalive", &f)) { MESH_ASSIGN(p.keepalive, f.as_int(0, 65535)); }
@@ -211,8 +237,12 @@ Result<NetMap> parse_netmap(const Json& j, const std::string& source, ParseOptio
 
   if (v.optional_field("peers", &f)) {
     MESH_ASSIGN(auto els, f.elements());
-    std::set<PublicKey> seen;
-    std::map<Prefix, size_t> owner;  // allowed IP -> peer index
+    // Hashed: a 5,000-peer map must not spend its time in tree nodes.
+    std::unordered_set<PublicKey, KeyHash> seen;
+    std::unordered_map<Prefix, size_t, PrefixHash> owner;  // allowed IP -> peer index
+    seen.reserve(els.size());
+    owner.reserve(els.size() * 2);
+    m.peers.reserve(els.size());
     for (size_t i = 0; i < els.size(); ++i) {
       MESH_ASSIGN(auto p, parse_peer(els[i], opt.strict));
       if (p.public_key == m.self.public_key)
