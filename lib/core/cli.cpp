@@ -26,8 +26,8 @@ static void print_usage(std::ostream& os, std::string_view program, std::span<co
     for (size_t i = name.size(); i < 12; ++i) os << ' ';
     os << "  " << v.description << "\n";
   }
-  os << "\nRun '" << program << " <command> --help' for a command's options; see " << program
-     << "(1).\n";
+  os << "\nRun '" << program << " <command> --help' for a command's options and 'man " << program
+     << "' for the manual.\n";
 }
 
 int run_program(std::string_view program, std::span<const Verb> verbs, int argc, char** argv) {
