@@ -54,13 +54,14 @@ setup() { cd "$BATS_TEST_TMPDIR"; }
 @test "bash completion offers each program's verbs and a verb's options" {
   source "$MESH_ROOT/dist/bash-completion/mesh"
   complete_words() { COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); _mesh_complete; echo "${COMPREPLY[*]}"; }
+  has() { local w; for w in "${@:2}"; do [[ " $1 " == *" $w "* ]] || { echo "no '$w' in: $1"; return 1; }; done; }
   [[ "$(complete_words mesh-keygen "")" == "genkey pubkey genpsk pair token" ]]
-  [[ " $(complete_words mesh-coord "")" == *" serve "*" watch "*" policy "* ]]
-  [[ " $(complete_words mesh-punch "")" == *" stun "*" probe"* ]]
-  [[ " $(complete_words mesh-relay "")" == *" serve "*" client"* ]]
-  [[ " $(complete_words mesh-coord join --)" == *" --setup-key-file"* ]]
-  [[ " $(complete_words mesh-apply --)" == *" --interface"* ]]
-  [[ " $(complete_words mesh-up --)" == *" --state"* ]]
+  has "$(complete_words mesh-coord "")" serve join map watch announce setup-key peer policy events
+  has "$(complete_words mesh-punch "")" stun probe
+  has "$(complete_words mesh-relay "")" serve client
+  has "$(complete_words mesh-coord join --)" --server --setup-key-file --key
+  has "$(complete_words mesh-apply --)" --interface --endpoints --dry-run
+  has "$(complete_words mesh-up --)" --server --state --interface
 }
 
 @test "systemd units and the cron example name real options" {
