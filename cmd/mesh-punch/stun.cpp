@@ -16,6 +16,7 @@ struct StunOptions {
   double timeout = 3;
   bool json = false;
   std::string socket = "auto";
+  bool no_nat_tests = false;
 };
 
 void print_human(std::ostream& os, const EndpointsDoc& d, const std::string& mode) {
@@ -41,9 +42,12 @@ int cmd_stun(Context& ctx, int argc, char** argv) {
   app.add_flag("--json", o.json, "print the endpoints document (default unless stdout is a tty)");
   app.add_option("--socket", o.socket, "auto (default), socket or raw")
       ->check(CLI::IsMember({"auto", "socket", "raw"}));
+  app.add_flag("--no-nat-tests", o.no_nat_tests,
+               "only find candidates: skip the RFC 5780 mapping and filtering tests (fast)");
   if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
 
   DiscoverOptions opt;
+  opt.nat_tests = !o.no_nat_tests;
   for (const auto& s : o.servers) {
     auto a = resolve_hostport(s);
     if (!a) return report(ctx, a.status().with_context("--server"));
