@@ -262,13 +262,16 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   }
   int ifindex = obs.link->ifindex;
   MESH_TRY(wg.set(device_update(plan, want)));
+  lap("WireGuard device set");
   if (plan.firewall) MESH_TRY(firewall_install(fw));
+  lap("firewall installed");
   MESH_TRY(rt.change_addresses(ifindex, plan.addresses_add, plan.addresses_del));
   if (plan.set_mtu || plan.set_up) MESH_TRY(rt.set_link(ifindex, plan.set_mtu, true));
   MESH_TRY(rt.change_routes(ifindex, plan.routes_add, plan.routes_del));
   lap("applied");
   next.ifindex = ifindex;
   store_memo(env.state_dir, opt.interface, next);
+  lap("memo stored");
   return dump_json(plan_to_json(plan, opt.interface, wg.name(), table, false)) + "\n";
 }
 
