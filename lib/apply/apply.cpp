@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
 #include <fstream>
 #include <future>
@@ -199,7 +200,9 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     MESH_ASSIGN(map_json, parse_json(map_text, map_source));
   }
   MESH_ASSIGN(NetMap map, parse_netmap(map_json, map_source, po));
-  map_json = Json();
+  // Freeing a 5,000-peer document takes milliseconds: let another thread do
+  // it while this one carries on (joined when run_apply returns).
+  auto freed = std::async(std::launch::async, [j = std::move(map_json)]() mutable { j = Json(); });
   lap("map parsed");
   std::vector<EndpointsDoc> docs;
   for (size_t i = 0; i < eps_texts.size(); ++i) {
@@ -240,11 +243,14 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   std::string table = "inet " + fw.table;
   if (opt.dry_run) return dump_json(plan_to_json(plan, opt.interface, wg.name(), table, true)) + "\n";
   Current after = expected_state(want, obs.cur);
-  Memo next{input_digest, state_digest(after), want.peers.size()};
-  next.link = link_digest(after);
+  Memo next{input_digest, "", want.peers.size()};
   next.backend = wg.name();
   next.verified_at = obs.device_from_memo ? memo->verified_at : env.now();
-  next.device_text = serialise_snapshot(snapshot_of(after.device));
+  // Digested and serialised while the device is being set (mostly waiting).
+  auto digested = std::async(std::launch::async, [&after] {
+    return std::array<std::string, 3>{state_digest(after), link_digest(after),
+                                      serialise_snapshot(snapshot_of(after.device))};
+  });
   // A run that fails midway must not leave a snapshot of the old state
   // behind (it would be trusted next time): drop it before touching anything.
   if (plan.changed()) remove_memo(env.state_dir, opt.interface);
@@ -270,6 +276,10 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   MESH_TRY(rt.change_routes(ifindex, plan.routes_add, plan.routes_del));
   lap("applied");
   next.ifindex = ifindex;
+  auto [state, link, snapshot] = digested.get();
+  next.state = std::move(state);
+  next.link = std::move(link);
+  next.device_text = std::move(snapshot);
   store_memo(env.state_dir, opt.interface, next);
   lap("memo stored");
   return dump_json(plan_to_json(plan, opt.interface, wg.name(), table, false)) + "\n";

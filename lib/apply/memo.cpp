@@ -51,15 +51,39 @@ std::string state_digest(const Current& c) {
                               : std::string_view());
   d.add("port", std::to_string(dev.listen_port));
   d.add("fwmark", std::to_string(dev.fwmark));
+  // Raw bytes, one update per peer: thousands of peers are digested on
+  // every run, so no text formatting here. Every field is fixed-size or
+  // length-prefixed, so distinct states give distinct byte strings.
+  std::string s;
+  s.reserve(1024);  // no reallocation (and stray key copies) for ordinary peers
   for (const auto& p : dev.peers) {
-    std::string s = p.public_key.to_base64();
-    s += '|';
-    if (p.preshared_key) s += std::string(reinterpret_cast<const char*>(p.preshared_key->bytes().data()), kKeyLen);
-    s += '|' + (p.endpoint ? p.endpoint->to_string() : "") + '|' + std::to_string(p.keepalive) + '|';
-    for (const auto& a : p.allowed_ips) s += a.to_string() + ',';
+    s.clear();
+    auto put = [&s](const void* b, size_t n) { s.append(static_cast<const char*>(b), n); };
+    put(p.public_key.bytes.data(), kKeyLen);
+    uint8_t has_psk = p.preshared_key ? 1 : 0;
+    put(&has_psk, 1);
+    if (p.preshared_key) put(p.preshared_key->bytes().data(), kKeyLen);
+    uint8_t has_ep = p.endpoint ? 1 : 0;
+    put(&has_ep, 1);
+    if (p.endpoint) {
+      uint8_t fam = p.endpoint->ip.is_v4() ? 4 : 6;
+      put(&fam, 1);
+      put(p.endpoint->ip.bytes.data(), p.endpoint->ip.bytes.size());
+      put(&p.endpoint->port, sizeof p.endpoint->port);
+    }
+    int32_t ka = p.keepalive;
+    put(&ka, sizeof ka);
+    uint32_t n = static_cast<uint32_t>(p.allowed_ips.size());
+    put(&n, sizeof n);
+    for (const auto& a : p.allowed_ips) {
+      uint8_t fam = a.addr.is_v4() ? 4 : 6, len = static_cast<uint8_t>(a.len);
+      put(&fam, 1);
+      put(&len, 1);
+      put(a.addr.bytes.data(), a.addr.bytes.size());
+    }
     d.add("peer", s);
-    wipe(s);
   }
+  wipe(s);
   add_link(&d, c);
   return d.hex();
 }
