@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
+#include <cstdlib>
 #include <charconv>
 #include <map>
 
@@ -15,21 +17,28 @@
 
 namespace mesh::apply {
 
-InputDigest::InputDigest() : state_(sizeof(crypto_hash_sha256_state)) {
-  crypto_hash_sha256_init(reinterpret_cast<crypto_hash_sha256_state*>(state_.data()));
+// BLAKE2b-256: about three times faster than SHA-256 in libsodium, and every
+// run digests the whole map. Its state must be 64-byte aligned.
+crypto_generichash_state* InputDigest::st() {
+  auto p = reinterpret_cast<uintptr_t>(state_.data());
+  return reinterpret_cast<crypto_generichash_state*>((p + 63) & ~uintptr_t{63});
+}
+
+InputDigest::InputDigest() : state_(sizeof(crypto_generichash_state) + 64) {
+  if (sodium_init() < 0) std::abort();  // only when the system has no randomness
+  crypto_generichash_init(st(), nullptr, 0, 32);
 }
 
 void InputDigest::add(std::string_view label, std::string_view bytes) {
-  auto* st = reinterpret_cast<crypto_hash_sha256_state*>(state_.data());
   // Length-prefixed so that no two sequences of fields collide.
   std::string head = std::string(label) + ":" + std::to_string(bytes.size()) + ":";
-  crypto_hash_sha256_update(st, reinterpret_cast<const unsigned char*>(head.data()), head.size());
-  crypto_hash_sha256_update(st, reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+  crypto_generichash_update(st(), reinterpret_cast<const unsigned char*>(head.data()), head.size());
+  crypto_generichash_update(st(), reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
 }
 
 std::string InputDigest::hex() {
-  unsigned char h[crypto_hash_sha256_BYTES];
-  crypto_hash_sha256_final(reinterpret_cast<crypto_hash_sha256_state*>(state_.data()), h);
+  unsigned char h[32];
+  crypto_generichash_final(st(), h, sizeof h);
   return hex_encode(std::span<const uint8_t>(h, sizeof h));
 }
 

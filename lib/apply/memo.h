@@ -28,6 +28,8 @@
 #include <string_view>
 #include <vector>
 
+#include <sodium.h>
+
 #include "apply/plan.h"
 #include "core/fd.h"
 
@@ -37,10 +39,11 @@ class InputDigest {
  public:
   InputDigest();
   void add(std::string_view label, std::string_view bytes);
-  std::string hex();  // finalises
+  std::string hex();  // finalises (64 hex digits)
 
  private:
-  std::vector<unsigned char> state_;
+  crypto_generichash_blake2b_state* st();
+  std::vector<unsigned char> state_;  // over-allocated: the state is aligned in it
 };
 
 // Digest of the state diff() compares (volatile fields excluded).
