@@ -1,5 +1,7 @@
 #include "apply/apply.h"
 
+#include <cstdlib>
+
 #include "core/cli11.h"
 #include "verbs.h"
 
@@ -10,6 +12,11 @@ BackendEnv backend_env(const Context& ctx) {
   if (const char* impl = ctx.env("WG_USERSPACE_IMPLEMENTATION"); impl && *impl)
     env.userspace_impl = impl;
   if (const char* dir = ctx.env("MESH_APPLY_STATE_DIR"); dir && *dir) env.state_dir = dir;
+  if (const char* v = ctx.env("MESH_APPLY_VERIFY_INTERVAL"); v && *v) {
+    char* end = nullptr;
+    long long s = std::strtoll(v, &end, 10);
+    if (end && *end == '\0' && s >= 0) env.verify_interval = s;  // else: the default
+  }
   return env;
 }
 
@@ -30,6 +37,8 @@ int cmd_apply(Context& ctx, int argc, char** argv) {
   app.add_flag("-n,--dry-run", o.dry_run, "print the plan as JSON and change nothing");
   app.add_flag("--print-conf", o.print_conf,
                "print an equivalent wg-quick configuration and change nothing");
+  app.add_flag("--verify", o.verify,
+               "read the whole device back even when the memo vouches for it");
   app.add_option("map", o.map_file, "network map file, '-' for stdin (default)");
   if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
   if (listen_port >= 0) o.listen_port = static_cast<uint16_t>(listen_port);

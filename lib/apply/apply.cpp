@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
 #include <fstream>
 #include <future>
@@ -42,10 +43,16 @@ namespace {
 struct Observed {
   Current cur;
   std::optional<LinkInfo> link;
+  // cur.device was not read: the memo's snapshot stands in for it
+  // (memo.h); fill it with device_from_snapshot() once the map is parsed.
+  bool device_from_memo = false;
 };
 
+// `memo` (may be null) lets the WireGuard dump be skipped when its
+// snapshot is trusted for this very interface.
 Result<Observed> observe(const std::string& ifname, WgBackend& wg, Rtnl& rt,
-                         const std::string& table, bool need_firewall, std::string* fw_warning) {
+                         const std::string& table, bool need_firewall, std::string* fw_warning,
+                         const Memo* memo, const BackendEnv& env) {
   Observed o;
   MESH_ASSIGN(o.link, rt.get_link(ifname));
   MESH_ASSIGN(bool wg_exists, wg.exists());
@@ -61,7 +68,11 @@ Result<Observed> observe(const std::string& ifname, WgBackend& wg, Rtnl& rt,
     o.cur.link.up = o.link->up;
     MESH_ASSIGN(o.cur.link.addresses, rt.addresses(o.link->ifindex));
     MESH_ASSIGN(o.cur.link.routes, rt.routes(o.link->ifindex));
-    MESH_ASSIGN(o.cur.device, wg.get());
+    if (memo && snapshot_trusted(*memo, wg.name(), o.link->ifindex, env.now(), env.verify_interval))
+      o.device_from_memo = true;
+    else {
+      MESH_ASSIGN(o.cur.device, wg.get());
+    }
   }
   if (need_firewall) {
     auto d = firewall_current_digest(table);
@@ -84,14 +95,14 @@ struct Session {
 };
 
 Result<Session> open_session(const ApplyOptions& opt, const BackendEnv& env,
-                             const std::string& table) {
+                             const std::string& table, const Memo* memo) {
   Session s;
   MESH_ASSIGN(s.wg, choose_backend(opt.backend, opt.interface, env));
   MESH_ASSIGN(Rtnl rt, Rtnl::open());
   s.rt.emplace(std::move(rt));
   bool read_only = opt.dry_run || opt.print_conf;
   MESH_ASSIGN(s.obs, observe(opt.interface, *s.wg, *s.rt, table, !opt.print_conf,
-                             read_only ? &s.fw_warning : nullptr));
+                             read_only ? &s.fw_warning : nullptr, memo, env));
   return s;
 }
 
@@ -110,11 +121,16 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   UniqueFd lock;
   if (!opt.dry_run && !opt.print_conf && have_net_admin())
     lock = lock_interface(env.state_dir, opt.interface);
+  std::optional<Memo> memo;
+  if (!opt.print_conf) memo = load_memo(memo_path(env.state_dir, opt.interface));
+  // Only a run that changes things may trust the memo's snapshot of the
+  // device: --dry-run shows what is really there.
+  const Memo* trust = memo && !opt.dry_run && !opt.verify ? &*memo : nullptr;
   // Observing the interface (a UAPI/netlink dump of every peer) needs only
   // its name: do it while the inputs are parsed. It is read-only, so bad
   // input still leaves everything as it was.
   auto observed = std::async(std::launch::async,
-                             [&] { return open_session(opt, env, table_name); });
+                             [&] { return open_session(opt, env, table_name, trust); });
 
   // 1. Every input, validated before anything is touched. The exact bytes
   // also make the memo key (memo.h).
@@ -150,12 +166,23 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
 
   // The fast path: byte-identical inputs and the very state the last run
   // left mean diff() is empty (memo.h explains why this is sound).
-  std::optional<Memo> memo;
-  if (!opt.print_conf) memo = load_memo(memo_path(env.state_dir, opt.interface));
   if (memo && memo->inputs == input_digest) {
     MESH_ASSIGN(Session session, observed.get());
-    if (state_digest(session.obs.cur) == memo->state) {
-      lap("no-op confirmed from the memo");
+    bool same = session.obs.device_from_memo
+                    ? !memo->link.empty() && link_digest(session.obs.cur) == memo->link
+                    : state_digest(session.obs.cur) == memo->state;
+    if (same) {
+      lap(session.obs.device_from_memo ? "no-op confirmed from the memo (device snapshot trusted)"
+                                       : "no-op confirmed from the memo");
+      if (!session.obs.device_from_memo && !opt.dry_run && session.obs.link) {
+        // The device was read in full and matches: the snapshot is verified.
+        Memo next = *memo;
+        next.verified_at = env.now();
+        next.ifindex = session.obs.link->ifindex;
+        next.backend = session.wg->name();
+        next.device_text = serialise_snapshot(snapshot_of(session.obs.cur.device));
+        store_memo(env.state_dir, opt.interface, next);
+      }
       Plan none;
       none.peers_unchanged = memo->peers;
       return dump_json(plan_to_json(none, opt.interface, session.wg->name(),
@@ -173,7 +200,9 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     MESH_ASSIGN(map_json, parse_json(map_text, map_source));
   }
   MESH_ASSIGN(NetMap map, parse_netmap(map_json, map_source, po));
-  map_json = Json();
+  // Freeing a 5,000-peer document takes milliseconds: let another thread do
+  // it while this one carries on (joined when run_apply returns).
+  auto freed = std::async(std::launch::async, [j = std::move(map_json)]() mutable { j = Json(); });
   lap("map parsed");
   std::vector<EndpointsDoc> docs;
   for (size_t i = 0; i < eps_texts.size(); ++i) {
@@ -195,6 +224,17 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   WgBackend& wg = *session.wg;
   Rtnl& rt = *session.rt;
   Observed& obs = session.obs;
+  if (obs.device_from_memo) {
+    auto snap = parse_snapshot(memo->device_text);
+    if (snap) {
+      obs.cur.device = device_from_snapshot(*snap, want);
+    } else {
+      log.debug("memo snapshot unreadable (" + snap.status().message() + "); reading the device");
+      obs.device_from_memo = false;
+      MESH_ASSIGN(obs.cur.device, wg.get());
+    }
+    lap("device taken from the memo snapshot");
+  }
   if (opt.print_conf) return wg_quick_conf(want, obs.cur);
 
   // 3. The plan.
@@ -202,7 +242,18 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   lap("plan computed");
   std::string table = "inet " + fw.table;
   if (opt.dry_run) return dump_json(plan_to_json(plan, opt.interface, wg.name(), table, true)) + "\n";
-  Memo next{input_digest, state_digest(expected_state(want, obs.cur)), want.peers.size()};
+  Current after = expected_state(want, obs.cur);
+  Memo next{input_digest, "", want.peers.size()};
+  next.backend = wg.name();
+  next.verified_at = obs.device_from_memo ? memo->verified_at : env.now();
+  // Digested and serialised while the device is being set (mostly waiting).
+  auto digested = std::async(std::launch::async, [&after] {
+    return std::array<std::string, 3>{state_digest(after), link_digest(after),
+                                      serialise_snapshot(snapshot_of(after.device))};
+  });
+  // A run that fails midway must not leave a snapshot of the old state
+  // behind (it would be trusted next time): drop it before touching anything.
+  if (plan.changed()) remove_memo(env.state_dir, opt.interface);
 
   // 4. Carry it out. The firewall goes in before the link comes up, so a
   // new interface is never reachable without it.
@@ -217,12 +268,20 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   }
   int ifindex = obs.link->ifindex;
   MESH_TRY(wg.set(device_update(plan, want)));
+  lap("WireGuard device set");
   if (plan.firewall) MESH_TRY(firewall_install(fw));
+  lap("firewall installed");
   MESH_TRY(rt.change_addresses(ifindex, plan.addresses_add, plan.addresses_del));
   if (plan.set_mtu || plan.set_up) MESH_TRY(rt.set_link(ifindex, plan.set_mtu, true));
   MESH_TRY(rt.change_routes(ifindex, plan.routes_add, plan.routes_del));
   lap("applied");
+  next.ifindex = ifindex;
+  auto [state, link, snapshot] = digested.get();
+  next.state = std::move(state);
+  next.link = std::move(link);
+  next.device_text = std::move(snapshot);
   store_memo(env.state_dir, opt.interface, next);
+  lap("memo stored");
   return dump_json(plan_to_json(plan, opt.interface, wg.name(), table, false)) + "\n";
 }
 

@@ -24,6 +24,7 @@ struct ApplyOptions {
   bool strict = false;
   bool dry_run = false;
   bool print_conf = false;
+  bool verify = false;  // always read the device back (no memo snapshot)
   std::string map_file = "-";
 };
 

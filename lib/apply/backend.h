@@ -7,6 +7,9 @@
 //    socket are ready, so mesh-apply can exit and leave it serving.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -33,6 +36,15 @@ struct BackendEnv {
   std::string userspace_impl = "wireguard-go";  // $WG_USERSPACE_IMPLEMENTATION
   int start_timeout_ms = 10000;
   std::string state_dir = "/run/mesh-apply";  // memo.h; $MESH_APPLY_STATE_DIR
+  // Seconds a memo snapshot may stand in for reading the device back
+  // (memo.h); 0: always read it. $MESH_APPLY_VERIFY_INTERVAL.
+  int64_t verify_interval = 60;
+  // Unix time in seconds (injected so tests can move it).
+  std::function<int64_t()> now = [] {
+    return static_cast<int64_t>(std::chrono::duration_cast<std::chrono::seconds>(
+                                    std::chrono::system_clock::now().time_since_epoch())
+                                    .count());
+  };
 };
 
 std::unique_ptr<WgBackend> make_userspace_backend(const std::string& ifname, const BackendEnv& env);

@@ -177,20 +177,33 @@ NFT
   nsx b wg show "$IFB" >/dev/null
 }
 
-@test "hand edits are repaired: the no-op fast path never hides a change" {
+@test "hand edits are repaired: at once with --verify, else once the memo snapshot expires" {
   apply_a "$D/a.json"
   apply_b "$D/b.json"
   apply_a "$D/a.json"
-  # Identical input and state: confirmed without re-parsing the map.
+  # Identical input and state: confirmed without re-parsing the map, and
+  # without reading the device back (its memo snapshot is fresh).
   mrun -s 0 env MESH_LOG=debug "${NA[@]}" mesh-apply --interface "$IFA" --key "$D/a.key" "$D/a.json"
   [ "$(jq -r .changed <<<"$output")" = false ]
-  [[ "$stderr" == *"no-op confirmed from the memo"* ]]
-  # Someone removes the peer by hand: the same map puts it back.
+  [[ "$stderr" == *"no-op confirmed from the memo (device snapshot trusted)"* ]]
+  # Someone removes the peer by hand: --verify reads the device back and
+  # the same map puts the peer back...
   nsx a wg set "$IFA" peer "$PB" remove
-  apply_a "$D/a.json"
+  apply_a --verify "$D/a.json"
   [ "$(jq -r .changed <<<"$output")" = true ]
   [ "$(jq -r '.peers.added[0].public_key' <<<"$output")" = "$PB" ]
   mrun -s 0 "${NA[@]}" ping -c 1 -W 5 100.64.0.2
+  # ...as does a run once the verification interval is over (0: always).
+  nsx a wg set "$IFA" peer "$PB" remove
+  mrun -s 0 env MESH_APPLY_VERIFY_INTERVAL=0 MESH_LOG=debug "${NA[@]}" mesh-apply --interface "$IFA" --key "$D/a.key" "$D/a.json"
+  [ "$(jq -r '.peers.added[0].public_key' <<<"$output")" = "$PB" ]
+  [[ "$stderr" != *"snapshot"* ]]
+  # A full read that finds the expected state refreshes the snapshot.
+  mrun -s 0 env MESH_APPLY_VERIFY_INTERVAL=0 MESH_LOG=debug "${NA[@]}" mesh-apply --interface "$IFA" --key "$D/a.key" "$D/a.json"
+  [[ "$stderr" == *"no-op confirmed from the memo"* ]]
+  [ "$(jq -r .changed <<<"$output")" = false ]
+  mrun -s 0 env MESH_LOG=debug "${NA[@]}" mesh-apply --interface "$IFA" --key "$D/a.key" "$D/a.json"
+  [[ "$stderr" == *"device snapshot trusted"* ]]
   # A hand-edited firewall table is replaced.
   nsx a nft flush chain inet "mesh_$IFA" mesh_in
   nsx a nft add rule inet "mesh_$IFA" mesh_in accept

@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "apply/memo.h"
+#include "core/file.h"
 
 namespace mesh::apply {
 namespace {
@@ -89,6 +90,92 @@ TEST(ApplyMemo, StoreAndLoad) {
   remove_memo(dir.string(), "wg0");
   EXPECT_FALSE(load_memo(memo_path(dir.string(), "wg0")));
   std::filesystem::remove_all(dir);
+}
+
+TEST(ApplyMemo, StoreAndLoadKeepsTheSnapshot) {
+  auto dir = std::filesystem::temp_directory_path() / ("mesh-apply-memo2-" + std::to_string(::getpid()));
+  Desired w = desired();
+  Current after = expected_state(w, Current{});
+  Memo m{std::string(64, 'a'), std::string(64, 'b'), 1};
+  m.link = link_digest(after);
+  m.ifindex = 7;
+  m.backend = "userspace";
+  m.verified_at = 1700000000;
+  m.device_text = serialise_snapshot(snapshot_of(after.device));
+  store_memo(dir.string(), "wg0", m);
+  auto l = load_memo(memo_path(dir.string(), "wg0"));
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->link, m.link);
+  EXPECT_EQ(l->ifindex, 7);
+  EXPECT_EQ(l->backend, "userspace");
+  EXPECT_EQ(l->verified_at, 1700000000);
+  EXPECT_EQ(l->device_text, m.device_text);
+  // No secret in the file: neither the private key nor its base64.
+  auto text = read_file(memo_path(dir.string(), "wg0")).value();
+  EXPECT_EQ(text.find(w.private_key.to_base64()), std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ApplyMemo, SnapshotStandsInForTheDevice) {
+  Desired w = desired();
+  w.peers[0].preshared_key = SecretKey::generate_preshared();
+  w.peers[0].keepalive = 25;
+  Current after = expected_state(w, Current{});
+  auto snap = parse_snapshot(serialise_snapshot(snapshot_of(after.device)));
+  ASSERT_TRUE(snap) << snap.status().message();
+  Current cur = after;
+  cur.device = device_from_snapshot(*snap, w);
+  EXPECT_FALSE(diff(w, cur).changed());
+  EXPECT_EQ(state_digest(cur), state_digest(after));
+
+  // A different wanted preshared key or private key: the digests do not
+  // match, so the plan sets the wanted ones.
+  Desired w2 = w;
+  w2.peers[0].preshared_key = SecretKey::generate_preshared();
+  w2.private_key = SecretKey::generate_private();
+  cur.device = device_from_snapshot(*snap, w2);
+  Plan p = diff(w2, cur);
+  EXPECT_TRUE(p.set_private_key);
+  ASSERT_EQ(p.peers.size(), 1u);
+  EXPECT_EQ(p.peers[0].fields, std::vector<std::string>{"preshared_key"});
+  // A peer added to the map is an addition against the snapshot.
+  Desired w3 = w;
+  DesiredPeer extra;
+  extra.public_key.bytes.fill(2);
+  extra.allowed_ips = {pfx("100.64.0.3/32")};
+  w3.peers.push_back(extra);
+  cur.device = device_from_snapshot(*snap, w3);
+  p = diff(w3, cur);
+  ASSERT_EQ(p.peers.size(), 1u);
+  EXPECT_EQ(p.peers[0].kind, PeerChange::Kind::Add);
+}
+
+TEST(ApplyMemo, MalformedSnapshotIsRejected) {
+  EXPECT_FALSE(parse_snapshot(""));
+  EXPECT_FALSE(parse_snapshot("device - 1 0"));  // no newline
+  EXPECT_FALSE(parse_snapshot("device - x 0\n"));
+  EXPECT_FALSE(parse_snapshot("device - 1 0\npeer nope - - 0 -\n"));
+  EXPECT_FALSE(parse_snapshot("peer AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= - - 0 -\n"));
+  EXPECT_TRUE(parse_snapshot("device - 1 0\npeer AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= - - 0 -\n"));
+  // Peers out of order (or twice): not something mesh-apply wrote.
+  std::string two = "device - 1 0\npeer AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE= - - 0 -\n";
+  EXPECT_FALSE(parse_snapshot(two + "peer AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE= - - 0 -\n"));
+}
+
+TEST(ApplyMemo, SnapshotIsTrustedOnlyOnTheSameInterfaceWithinTheInterval) {
+  Memo m;
+  m.ifindex = 7;
+  m.backend = "userspace";
+  m.verified_at = 1000;
+  m.device_text = "device - 1 0\n";
+  EXPECT_TRUE(snapshot_trusted(m, "userspace", 7, 1059, 60));
+  EXPECT_FALSE(snapshot_trusted(m, "userspace", 7, 1060, 60));  // interval over
+  EXPECT_FALSE(snapshot_trusted(m, "userspace", 8, 1001, 60));  // recreated interface
+  EXPECT_FALSE(snapshot_trusted(m, "kernel", 7, 1001, 60));
+  EXPECT_FALSE(snapshot_trusted(m, "userspace", 7, 999, 60));   // clock went back
+  EXPECT_FALSE(snapshot_trusted(m, "userspace", 7, 1001, 0));   // always verify
+  m.device_text.clear();
+  EXPECT_FALSE(snapshot_trusted(m, "userspace", 7, 1001, 60));
 }
 
 }  // namespace
