@@ -97,28 +97,7 @@ static Result<PolicyRule> parse_rule(const JsonView& v, const Policy& p, size_t 
       out->push_back(sel);
     }
   }
-  if (v.optional_field("proto", &f)) {
-    MESH_ASSIGN(r.proto, f.as_string());
-    if (r.proto != "tcp" && r.proto != "udp" && r.proto != "icmp" && r.proto != "any")
-      return f.error("unknown proto '" + r.proto + "' (expected tcp, udp, icmp or any)");
-  }
-  if (v.optional_field("ports", &f)) {
-    MESH_ASSIGN(auto els, f.elements());
-    for (auto& e : els) {
-      std::string text;
-      if (e.json().is_number_integer()) {
-        MESH_ASSIGN(auto n, e.as_int(1, 65535));
-        text = std::to_string(n);
-      } else {
-        MESH_ASSIGN(text, e.as_string());
-      }
-      auto pr = PortRange::parse(text);
-      if (!pr) return e.error(pr.status().message());
-      r.ports.push_back(*pr);
-    }
-    if (!r.ports.empty() && r.proto != "tcp" && r.proto != "udp")
-      return f.error("ports are only allowed with proto tcp or udp");
-  }
+  MESH_TRY(parse_proto_ports(v, &r.proto, &r.ports));
   return r;
 }
 

@@ -129,17 +129,12 @@ Json candidate_to_json(const Candidate& c) {
   return Json{{"endpoint", c.endpoint.to_string()}, {"kind", c.kind}};
 }
 
-static Result<FirewallRule> parse_rule(const JsonView& v, bool strict) {
-  if (strict) MESH_TRY(v.check_keys({"sources", "proto", "ports", "rule"}));
-  FirewallRule r;
-  MESH_ASSIGN(auto sources, v.field("sources"));
-  MESH_TRY(parse_prefixes(sources, &r.sources));
-  if (r.sources.empty()) return sources.error("at least one source prefix is required");
+Status parse_proto_ports(const JsonView& v, std::string* proto, std::vector<PortRange>* ports) {
   JsonView f = v;
   if (v.optional_field("proto", &f)) {
-    MESH_ASSIGN(r.proto, f.as_string());
-    if (r.proto != "tcp" && r.proto != "udp" && r.proto != "icmp" && r.proto != "any")
-      return f.error("unknown proto '" + r.proto + "' (expected tcp, udp, icmp or any)");
+    MESH_ASSIGN(*proto, f.as_string());
+    if (*proto != "tcp" && *proto != "udp" && *proto != "icmp" && *proto != "any")
+      return f.error("unknown proto '" + *proto + "' (expected tcp, udp, icmp or any)");
   }
   if (v.optional_field("ports", &f)) {
     MESH_ASSIGN(auto els, f.elements());
@@ -153,11 +148,22 @@ static Result<FirewallRule> parse_rule(const JsonView& v, bool strict) {
       }
       auto pr = PortRange::parse(text);
       if (!pr) return e.error(pr.status().message());
-      r.ports.push_back(*pr);
+      ports->push_back(*pr);
     }
-    if (!r.ports.empty() && (r.proto == "icmp" || r.proto == "any"))
+    if (!ports->empty() && *proto != "tcp" && *proto != "udp")
       return f.error("ports are only allowed with proto tcp or udp");
   }
+  return Status::ok();
+}
+
+static Result<FirewallRule> parse_rule(const JsonView& v, bool strict) {
+  if (strict) MESH_TRY(v.check_keys({"sources", "proto", "ports", "rule"}));
+  FirewallRule r;
+  MESH_ASSIGN(auto sources, v.field("sources"));
+  MESH_TRY(parse_prefixes(sources, &r.sources));
+  if (r.sources.empty()) return sources.error("at least one source prefix is required");
+  MESH_TRY(parse_proto_ports(v, &r.proto, &r.ports));
+  JsonView f = v;
   if (v.optional_field("rule", &f)) { MESH_ASSIGN(r.rule, f.as_string()); }
   return r;
 }

@@ -91,6 +91,10 @@ Json netmap_to_json(const NetMap& m);
 
 // Shared pieces, also used by the endpoints document.
 Result<Candidate> parse_candidate(const JsonView& v, bool strict);
+// The optional "proto" (tcp, udp, icmp, any) and "ports" (numbers or
+// "LOW-HIGH" strings; only with tcp/udp) members of a rule object, as the
+// map's firewall rules and mesh-policy(5) rules share them.
+Status parse_proto_ports(const JsonView& v, std::string* proto, std::vector<PortRange>* ports);
 Json candidate_to_json(const Candidate& c);
 
 }  // namespace mesh
