@@ -33,6 +33,13 @@ Result<Json> parse_json(std::string_view text, std::string_view source) {
     if (text.find_first_not_of(" \t\r\n") == std::string_view::npos) detail = "empty input, expected a JSON value";
     return data_error(std::string(source) + ":" + std::to_string(line) + ":" +
                       std::to_string(col) + ": " + detail);
+  } catch (const Json::exception& e) {
+    // Not a syntax error but a value nlohmann cannot hold (out_of_range 406:
+    // a number such as 1E400 that overflows a double). Found by netmap_fuzz.
+    std::string what = e.what();
+    auto pos = what.find("] ");
+    return data_error(std::string(source) + ": " +
+                      (pos != std::string::npos ? what.substr(pos + 2) : what));
   }
 }
 

@@ -213,6 +213,12 @@ TEST(Json, ParseErrorsGiveLineAndColumn) {
   auto e = parse_json("   ", "x");
   EXPECT_NE(e.status().message().find("empty input"), std::string::npos);
   EXPECT_FALSE(parse_json("{} trailing", "x").is_ok());
+  // A number too large for a double is out_of_range in nlohmann, not a parse
+  // error; it must still come back as a data error (netmap_fuzz found it).
+  auto big = parse_json("[1E400]", "n.json");
+  ASSERT_FALSE(big.is_ok());
+  EXPECT_EQ(big.status().code(), Exit::DataErr);
+  EXPECT_EQ(big.status().message().rfind("n.json: ", 0), 0u) << big.status().message();
 }
 
 TEST(Json, ViewErrorsNameThePath) {
