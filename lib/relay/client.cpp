@@ -43,23 +43,6 @@ int64_t mono_ms() {
   return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
 }
 
-struct Batch {
-  std::unique_ptr<uint8_t[]> buf{new uint8_t[kBatch * kSlot]};
-  mmsghdr msgs[kBatch];
-  iovec iov[kBatch];
-  sockaddr_storage addrs[kBatch];
-  uint8_t* slot(int i) { return buf.get() + static_cast<size_t>(i) * kSlot; }
-  void prepare() {
-    for (int i = 0; i < kBatch; ++i) {
-      iov[i] = {slot(i) + kHeadroom, kSlot - kHeadroom};
-      msgs[i].msg_hdr = {};
-      msgs[i].msg_hdr.msg_name = &addrs[i];
-      msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage);
-      msgs[i].msg_hdr.msg_iov = &iov[i];
-      msgs[i].msg_hdr.msg_iovlen = 1;
-    }
-  }
-};
 
 struct Out {
   mmsghdr msgs[kBatch];
@@ -202,7 +185,7 @@ class Client {
   std::array<Peer*, 0x1000> by_channel_{};
   std::string last_doc_;
   // I/O
-  Batch rx_;
+  RxBatch rx_;
   Out out_;
   std::array<uint8_t, 2048> ctl_{};
   std::unique_ptr<uint8_t[]> scratch_{new uint8_t[kSlot]};

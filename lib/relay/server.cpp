@@ -64,26 +64,6 @@ struct ListenerSpec {
   bool grid = false;  // part of the RFC 5780 grid
 };
 
-// Receive/send batch for recvmmsg/sendmmsg with in-place headroom.
-struct RxBatch {
-  std::unique_ptr<uint8_t[]> buf{new uint8_t[kBatch * kSlot]};
-  mmsghdr msgs[kBatch];
-  iovec iov[kBatch];
-  sockaddr_storage addrs[kBatch];
-  uint8_t* slot(int i) { return buf.get() + static_cast<size_t>(i) * kSlot; }
-  void prepare() {
-    for (int i = 0; i < kBatch; ++i) {
-      iov[i] = {slot(i) + kHeadroom, kSlot - kHeadroom};
-      msgs[i].msg_hdr = {};
-      msgs[i].msg_hdr.msg_name = &addrs[i];
-      msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage);
-      msgs[i].msg_hdr.msg_iov = &iov[i];
-      msgs[i].msg_hdr.msg_iovlen = 1;
-      msgs[i].msg_len = 0;
-    }
-  }
-};
-
 struct TxBatch {
   mmsghdr msgs[kBatch];
   iovec iov[kBatch];
