@@ -1,3 +1,5 @@
+#include <sys/stat.h>
+
 #include <ctime>
 #include <nlohmann/json.hpp>
 
@@ -5,6 +7,7 @@
 #include "core/json.h"
 #include "netmap/endpoints.h"
 #include "netmap/netmap.h"
+#include "punch/discover.h"
 #include "punch/probe.h"
 #include "verbs.h"
 
@@ -19,6 +22,7 @@ struct ProbeCliOptions {
   std::string candidates_file;
   std::string map_file = "-";
   bool json = false;
+  bool follow = false;
   std::string socket = "auto";
   int open_ttl = 2;
   int open_window_ms = 150;
@@ -52,9 +56,13 @@ int cmd_probe(Context& ctx, int argc, char** argv) {
   app.add_option("--open-window", o.open_window_ms,
                  "milliseconds of opening packets before full checks (default 150)")
       ->check(CLI::Range(0, 10000));
+  app.add_flag("--follow", o.follow,
+               "re-read MAP_FILE when it changes and check the new candidates of its peers");
   app.add_flag("--json", o.json, "print the endpoints document (default unless stdout is a tty)");
   app.add_option("map", o.map_file, "network map file, '-' for stdin (default)");
   if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
+  if (o.follow && o.map_file == "-")
+    return report(ctx, usage_error("--follow needs a map file, not standard input"));
 
   std::string warning;
   auto key = read_private_key_file(o.key_file, &warning);
@@ -79,6 +87,33 @@ int cmd_probe(Context& ctx, int argc, char** argv) {
   opt.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000));
   opt.open_ttl = o.open_ttl;
   opt.open_window = std::chrono::milliseconds(o.open_window_ms);
+  opt.local_subnets = local_subnets();
+  // --follow: mesh-coord watch --cache replaces the file (rename), so a
+  // changed inode, size or mtime means a new map. A map that does not parse
+  // or is for another node is skipped (the next one may be fine).
+  auto file_id = [](const std::string& path) {
+    struct stat st{};
+    if (::stat(path.c_str(), &st) != 0) return std::string();
+    return std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" +
+           std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec);
+  };
+  std::string seen = o.follow ? file_id(o.map_file) : std::string();
+  if (o.follow) {
+    opt.refresh = [&]() -> std::vector<ProbePeer> {
+      std::string id = file_id(o.map_file);
+      if (id.empty() || id == seen) return {};
+      seen = id;
+      auto m = read_netmap_file(o.map_file);
+      if (!m || (!m->self.public_key.is_zero() && m->self.public_key != own)) {
+        ctx.log.debug("--follow: skipping " + o.map_file +
+                      (m ? ": not this node's map" : ": " + m.status().message()));
+        return {};
+      }
+      std::vector<ProbePeer> peers;
+      for (const auto& p : m->peers) peers.push_back(ProbePeer{p.public_key, p.name, p.endpoints});
+      return peers;
+    };
+  }
   auto mode = parse_socket_mode(o.socket);
   if (!mode) return report(ctx, mode.status());
   auto t = open_transport(static_cast<uint16_t>(o.port), *mode);

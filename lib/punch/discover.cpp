@@ -61,6 +61,25 @@ std::vector<IpAddr> local_addresses() {
   return out;
 }
 
+std::vector<Prefix> local_subnets() {
+  std::vector<Prefix> out;
+  ifaddrs* ifa = nullptr;
+  if (::getifaddrs(&ifa) != 0) return out;
+  for (ifaddrs* i = ifa; i; i = i->ifa_next) {
+    if (!i->ifa_addr || !i->ifa_netmask || !(i->ifa_flags & IFF_UP)) continue;
+    if (i->ifa_flags & (IFF_LOOPBACK | IFF_POINTOPOINT)) continue;
+    int fam = i->ifa_addr->sa_family;
+    if (fam != AF_INET && fam != AF_INET6) continue;
+    IpAddr a = SockAddr::from_sockaddr(i->ifa_addr).ip;
+    IpAddr m = SockAddr::from_sockaddr(i->ifa_netmask).ip;
+    int len = 0;
+    for (size_t k = 0; k < a.size(); ++k) len += __builtin_popcount(m.bytes[k]);
+    out.push_back(Prefix{a, len});
+  }
+  ::freeifaddrs(ifa);
+  return out;
+}
+
 std::string classify_mapping(const std::vector<MappingObservation>& obs,
                              const std::vector<IpAddr>& local, uint16_t port) {
   for (const auto& o : obs)

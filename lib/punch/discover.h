@@ -76,4 +76,8 @@ Result<SockAddr> resolve_hostport(const std::string& text);
 // IPv6 link-local.
 std::vector<IpAddr> local_addresses();
 
+// The subnets of the same interfaces (address and netmask): where a peer's
+// host candidate may be on this node's own link.
+std::vector<Prefix> local_subnets();
+
 }  // namespace mesh::punch

@@ -52,6 +52,7 @@ struct Cand {
   double rtt_ms = -1;
   int sends = 0;
   Clock::time_point next{};
+  Clock::time_point open_until{};  // short-TTL opening requests until then
 };
 
 struct PeerState {
@@ -61,6 +62,7 @@ struct PeerState {
   std::vector<Cand> cands;
   bool heard = false;       // one of our checks was answered
   bool they_heard = false;  // they sent USE-CANDIDATE
+  bool told = false;        // we sent USE-CANDIDATE (so they can stop too)
 
   const Cand* best() const {
     const Cand* b = nullptr;
@@ -99,22 +101,49 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
     for (const auto& c : ps.peer->candidates) {
       bool dup = false;
       for (const auto& x : ps.cands) dup = dup || x.addr == c.endpoint;
-      if (!dup) ps.cands.push_back(Cand{c.endpoint, c.kind, false, false, -1, 0, start});
+      if (!dup) ps.cands.push_back(Cand{c.endpoint, c.kind, false, false, -1, 0, start, window_end});
     }
   }
+  // Candidates that arrive while probing (opt.refresh) get their own opening
+  // window, for the same reason as the first ones.
+  auto add_candidates = [&](const std::vector<ProbePeer>& update, Clock::time_point now) {
+    for (const auto& u : update) {
+      for (auto& ps : peers) {
+        if (ps.peer->public_key != u.public_key) continue;
+        for (const auto& c : u.candidates) {
+          bool dup = false;
+          for (const auto& x : ps.cands) dup = dup || x.addr == c.endpoint;
+          if (dup || ps.cands.size() >= 64) continue;
+          auto open_until = now + (opt.open_ttl > 0 ? opt.open_window : milliseconds(0));
+          ps.cands.push_back(Cand{c.endpoint, c.kind, false, false, -1, 0, now, open_until});
+          if (log) log->debug("new candidate " + c.endpoint.to_string() + " for " + ps.peer->name);
+        }
+      }
+    }
+  };
+  auto next_refresh = start + opt.interval;
   auto debug = [&](const std::string& m) {
     if (log) log->debug(m);
   };
 
   std::vector<Pending> pending;
   uint8_t buf[1500], out[1500];
+  auto maybe_same_lan = [&](const PeerState& ps) {
+    if (!opt.local_subnets) return true;
+    for (const auto& c : ps.cands) {
+      if (c.kind != "host") continue;
+      for (const auto& net : *opt.local_subnets)
+        if (net.contains(c.addr.ip)) return true;
+    }
+    return false;
+  };
   auto all_done = [&](Clock::time_point now) {
     for (const auto& ps : peers) {
       const Cand* b = ps.best();
-      if (!b || !ps.they_heard) return false;
+      if (!b || !ps.they_heard || !ps.told) return false;
       // A same-LAN host path answers within `settle` of the start if it
       // exists; srflx paths only work after the opening window anyway.
-      if (b->kind != "host" && now - start < opt.settle) return false;
+      if (b->kind != "host" && now - start < opt.settle && maybe_same_lan(ps)) return false;
     }
     return true;
   };
@@ -122,13 +151,17 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
   for (int guard = 0; guard < 1000000; ++guard) {
     auto now = opt.now();
     if (now >= end || all_done(now)) break;
-    auto next_wake = end;
+    if (opt.refresh && now >= next_refresh) {
+      add_candidates(opt.refresh(), now);
+      next_refresh = now + opt.interval;
+    }
+    auto next_wake = opt.refresh ? std::min(end, next_refresh) : end;
     for (size_t pi = 0; pi < peers.size(); ++pi) {
       PeerState& ps = peers[pi];
       for (size_t ci = 0; ci < ps.cands.size(); ++ci) {
         Cand& c = ps.cands[ci];
         if (now >= c.next) {
-          bool opening = c.kind != "host" && !c.triggered && now < window_end;
+          bool opening = c.kind != "host" && !c.triggered && now < c.open_until;
           stun::TxId id = stun::random_txid();
           stun::Builder b(out, stun::kBinding, stun::kRequest, id);
           b.add_string(stun::kUsername, ps.user_out);
@@ -136,6 +169,7 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
           b.add_integrity_sha256(as_bytes(ps.key)).add_fingerprint();
           Status s = t.send(c.addr, b.finish(), opening ? opt.open_ttl : 0);
           if (!s && s.code() != Exit::Unavailable) return s;
+          if (s && ps.heard && !opening) ps.told = true;
           if (s) {
             if (pending.size() >= 4096) pending.erase(pending.begin(), pending.begin() + 1024);
             pending.push_back({id, pi, ci, now});
@@ -145,7 +179,7 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
           // a working path is refreshed slowly (it carries USE-CANDIDATE).
           auto iv = opt.interval * (c.ok ? 4 : c.sends > 40 ? 4 : 1);
           c.next = now + iv;
-          if (opening && c.next > window_end) c.next = window_end;
+          if (opening && c.next > c.open_until) c.next = c.open_until;
         }
         next_wake = std::min(next_wake, c.next);
       }

@@ -31,6 +31,7 @@
 
 #include <chrono>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,7 +59,18 @@ struct ProbeOptions {
   // A non-host path is only settled on this long after the start, so a
   // same-LAN host path (checked from t = 0) can still win.
   std::chrono::milliseconds settle{200};
+  // This node's subnets (local_subnets()). When given, the wait above only
+  // applies to a peer with a host candidate inside one of them: a peer whose
+  // host candidates are all off our links cannot have a same-LAN path.
+  std::optional<std::vector<Prefix>> local_subnets;
   int open_ttl = 2;  // 0: no opening packets
+  // Optional: polled about every `interval`; returns the peers' current
+  // candidates when they changed (an empty vector: no change). Candidates
+  // new to a peer of `peers` join the checks with an opening window of their
+  // own; peers not in `peers` are ignored. mesh-punch probe --follow re-reads
+  // the map file with it, so a probe that started before the peer announced
+  // its candidates still reaches it.
+  std::function<std::vector<ProbePeer>()> refresh;
   std::function<std::chrono::steady_clock::time_point()> now = [] {
     return std::chrono::steady_clock::now();
   };

@@ -32,7 +32,8 @@ setup() {
   [ "$(jq -r '.groups[0]' web1.json)" = web ]
   [ "$(jq -r .server web1.json)" = "$COORD_URL" ]
   port1=$(jq -r .listen_port web1.json)
-  [ "$port1" -ge 20000 ] && [ "$port1" -le 59999 ]
+  [ "$port1" -ge 20000 ]
+  [ "$port1" -le 59999 ]
   coord_join web2 web
   [ "$(jq -r .listen_port web2.json)" != "$port1" ]
   coord_join db1 db
@@ -90,7 +91,8 @@ P
   want=$(printf %s "$user" | openssl dgst -sha1 -hmac test-relay-secret -binary | base64)
   [ "$(jq -r '.turn[0].password' <<<"$output")" = "$want" ]
   left=$(( ${user%%:*} - $(date +%s) ))
-  [ "$left" -gt 43000 ] && [ "$left" -le 86400 ]
+  [ "$left" -gt 43000 ]
+  [ "$left" -le 86400 ]
 }
 
 @test "announce publishes candidates into the maps of peers that see it" {

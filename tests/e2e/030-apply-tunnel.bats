@@ -60,7 +60,8 @@ handshake_of() { nsx "$1" wg show "$2" latest-handshakes | awk -v k="$3" '$1 == 
   mrun -s 0 "${NA[@]}" ping -c 1 -W 5 100.64.0.2
   local hs rx
   hs=$(handshake_of a "$IFA" "$PB")
-  [ -n "$hs" ] && [ "$hs" -gt 0 ]
+  [ -n "$hs" ]
+  [ "$hs" -gt 0 ]
   rx=$(nsx a wg show "$IFA" transfer | awk '{print $2}')
   local before; before=$(snapshot a "$IFA")
   sleep 1.1

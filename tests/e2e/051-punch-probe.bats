@@ -64,9 +64,11 @@ setup_pair() {  # setup_pair TYPE_A FILTER_A TYPE_B FILTER_B
   require_root
   setup_pair eim drop eim drop
   probe_nodes "a b" --timeout 10
-  [ "${probe_status[a]}" -eq 0 ] && [ "${probe_status[b]}" -eq 0 ]
+  [ "${probe_status[a]}" -eq 0 ]
+  [ "${probe_status[b]}" -eq 0 ]
   # Each side picked the other NAT's public address and WireGuard's port.
-  [ "$(path a status)" = direct ] && [ "$(path b status)" = direct ]
+  [ "$(path a status)" = direct ]
+  [ "$(path b status)" = direct ]
   [ "$(path a endpoint)" = "${LAB_WAN[r2]}:51820" ]
   [ "$(path b endpoint)" = "${LAB_WAN[r1]}:51820" ]
   [ "$(path a kind)" = srflx ]
@@ -83,6 +85,41 @@ setup_pair() {  # setup_pair TYPE_A FILTER_A TYPE_B FILTER_B
   nsx b wg show "${LAB_WG[b]}" endpoints | grep -q "${LAB_WAN[r1]}:51820"
 }
 
+@test "probe --follow: candidates that reach the map file while probing are used" {
+  require_root
+  setup_pair eim drop eim drop
+  # Neither map has the other's candidates when the probes start: without
+  # --follow both would end relay-needed (two NATs that drop unsolicited
+  # traffic need checks from both sides).
+  local n t0=$SECONDS
+  lab_map a b | jq '.peers[].endpoints = []' >"$BATS_TEST_TMPDIR/a.map.json"
+  lab_map b a | jq '.peers[].endpoints = []' >"$BATS_TEST_TMPDIR/b.map.json"
+  for n in a b; do
+    timeout 30 ip netns exec "$(lab_ns "$n")" mesh-punch probe --follow --timeout 15 \
+      --key "$BATS_TEST_TMPDIR/$n.key" --port 51820 "$BATS_TEST_TMPDIR/$n.map.json" \
+      >"$BATS_TEST_TMPDIR/$n.probe.json" 2>"$BATS_TEST_TMPDIR/$n.probe.err" 3>&- &
+    eval "pid_$n=\$!"
+  done
+  # The maps are replaced (as mesh-coord watch --cache does) while the probes
+  # run, a's first, b's half a second later.
+  sleep 1
+  lab_map a b >"$BATS_TEST_TMPDIR/a.map.new"
+  mv "$BATS_TEST_TMPDIR/a.map.new" "$BATS_TEST_TMPDIR/a.map.json"
+  sleep 0.5
+  lab_map b a >"$BATS_TEST_TMPDIR/b.map.new"
+  mv "$BATS_TEST_TMPDIR/b.map.new" "$BATS_TEST_TMPDIR/b.map.json"
+  wait "$pid_a"
+  wait "$pid_b"
+  [ "$(path a status)" = direct ]
+  [ "$(path b status)" = direct ]
+  [ "$(path a endpoint)" = "${LAB_WAN[r2]}:51820" ]
+  [ "$(path b endpoint)" = "${LAB_WAN[r1]}:51820" ]
+  # Both stopped once confirmed, not at the 15 s limit.
+  [ $((SECONDS - t0)) -lt 12 ]
+  mrun -s 64 mesh-punch probe --follow --key "$BATS_TEST_TMPDIR/a.key" --port 51820 - </dev/null
+  [[ "$stderr" == *"--follow needs a map file"* ]]
+}
+
 @test "probe: two peers behind the same NAT use their LAN addresses" {
   require_root
   lab_internet
@@ -94,9 +131,12 @@ setup_pair() {  # setup_pair TYPE_A FILTER_A TYPE_B FILTER_B
   lab_stun a 51820; [ "$status" -eq 0 ]
   lab_stun b 51821; [ "$status" -eq 0 ]
   probe_nodes "a b" --timeout 10
-  [ "${probe_status[a]}" -eq 0 ] && [ "${probe_status[b]}" -eq 0 ]
-  [ "$(path a endpoint)" = "${LAB_ADDR[b]}:51821" ] && [ "$(path a kind)" = host ]
-  [ "$(path b endpoint)" = "${LAB_ADDR[a]}:51820" ] && [ "$(path b kind)" = host ]
+  [ "${probe_status[a]}" -eq 0 ]
+  [ "${probe_status[b]}" -eq 0 ]
+  [ "$(path a endpoint)" = "${LAB_ADDR[b]}:51821" ]
+  [ "$(path a kind)" = host ]
+  [ "$(path b endpoint)" = "${LAB_ADDR[a]}:51820" ]
+  [ "$(path b kind)" = host ]
   wg_peer a
   wg_peer b
   wait_until 20 nsx a ping -c1 -W1 100.64.0.2
@@ -109,8 +149,10 @@ setup_pair() {  # setup_pair TYPE_A FILTER_A TYPE_B FILTER_B
   # --timeout 2: each probe must give up by itself (a probe still running
   # after 15 s is killed and its status is 124, not 0).
   probe_limit=15 probe_nodes "a b" --timeout 2
-  [ "${probe_status[a]}" -eq 0 ] && [ "${probe_status[b]}" -eq 0 ]
-  [ "$(path a status)" = relay-needed ] && [ "$(path a endpoint)" = null ]
+  [ "${probe_status[a]}" -eq 0 ]
+  [ "${probe_status[b]}" -eq 0 ]
+  [ "$(path a status)" = relay-needed ]
+  [ "$(path a endpoint)" = null ]
   [ "$(path b status)" = relay-needed ]
 }
 
@@ -120,6 +162,7 @@ probe_staggered() {
   lab_map a b >"$BATS_TEST_TMPDIR/a.map.json"
   lab_map b a >"$BATS_TEST_TMPDIR/b.map.json"
   local n pids=()
+  local t0=$SECONDS
   for n in a b; do
     timeout 30 ip netns exec "$(lab_ns "$n")" mesh-punch probe --key "$BATS_TEST_TMPDIR/$n.key" \
       --port 51820 "$@" "$BATS_TEST_TMPDIR/$n.map.json" >"$BATS_TEST_TMPDIR/$n.probe.json" 3>&- &
@@ -136,7 +179,8 @@ probe_staggered() {
   # packets reach r2 before b sent anything, r2 accepts them locally and the
   # conntrack entry they leave makes r2 give b a different port: no path.
   probe_staggered --timeout 3 --open-ttl 0
-  [ "$(path a status)" = relay-needed ] && [ "$(path b status)" = relay-needed ]
+  [ "$(path a status)" = relay-needed ]
+  [ "$(path b status)" = relay-needed ]
   # The lab reproduces the collision: r2 holds an entry for a's packets to
   # its own port 51820 (no NAT).
   local w1=${LAB_WAN[r1]//./\\.} w2=${LAB_WAN[r2]//./\\.}
@@ -172,11 +216,15 @@ probe_staggered() {
   local sa sb
   sa=$(jq -r '.candidates[] | select(.kind == "srflx") | .endpoint' "$BATS_TEST_TMPDIR/a.endpoints.json")
   sb=$(jq -r '.candidates[] | select(.kind == "srflx") | .endpoint' "$BATS_TEST_TMPDIR/b.endpoints.json")
-  [ "${sa%:*}" = "${LAB_WAN[r1]}" ] && [ "${sb%:*}" = "${LAB_WAN[r1]}" ] && [ "$sa" != "$sb" ]
+  [ "${sa%:*}" = "${LAB_WAN[r1]}" ]
+  [ "${sb%:*}" = "${LAB_WAN[r1]}" ]
+  [ "$sa" != "$sb" ]
   probe_nodes "a b c" --timeout 10
   for n in a b c; do [ "${probe_status[$n]}" -eq 0 ]; done
-  [ "$(peer_field c a endpoint)" = "$sa" ] && [ "$(peer_field c b endpoint)" = "$sb" ]
-  [ "$(peer_field a b kind)" = host ] && [ "$(peer_field a b endpoint)" = "${LAB_ADDR[b]}:51820" ]
+  [ "$(peer_field c a endpoint)" = "$sa" ]
+  [ "$(peer_field c b endpoint)" = "$sb" ]
+  [ "$(peer_field a b kind)" = host ]
+  [ "$(peer_field a b endpoint)" = "${LAB_ADDR[b]}:51820" ]
   for n in a b c; do lab_apply "$n" "$BATS_TEST_TMPDIR/$n.probe.json"; [ "$status" -eq 0 ]; done
   wait_until 20 nsx c ping -c1 -W1 100.64.0.1
   wait_until 20 nsx c ping -c1 -W1 100.64.0.2

@@ -59,7 +59,9 @@ teardown() { save_lab; }
     esac
     wait_until 30 test "$(mesh_lab_path "$a" "$b")" = "$want" ||
       { echo "$a -> $b: $(mesh_lab_path "$a" "$b") ($(mesh_lab_endpoint "$a" "$b")), want $want"; false; }
-    mesh_lab_ping "$a" "$b"
+    # (a path that just changed may wait for WireGuard's next handshake)
+    wait_until 10 mesh_lab_ping "$a" "$b" ||
+      { echo "$a -> $b ($want, $(mesh_lab_endpoint "$a" "$b")): no ping reply"; false; }
   done
   # Two nodes behind one NAT reach each other on their LAN addresses.
   ep=$(mesh_lab_endpoint lan1 lan2)

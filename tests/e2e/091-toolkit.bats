@@ -17,7 +17,8 @@ setup() { cd "$BATS_TEST_TMPDIR"; }
   # Not enrolled yet and no server given: nothing to do.
   mrun -s "$EX_USAGE" mesh-up --interface x --state st
   [[ "$stderr" == *"not enrolled yet"* ]]
-  [ -s st/node.key ] && [ "$(stat -c %a st/node.key)" = 600 ]
+  [ -s st/node.key ]
+  [ "$(stat -c %a st/node.key)" = 600 ]
 }
 
 @test "mesh-up: an unreachable coordinator at enrolment exits 69 and leaves no registration" {

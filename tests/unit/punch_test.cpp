@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <cstring>
 #include <future>
 #include <thread>
@@ -227,6 +228,43 @@ TEST(Punch, ProbeFindsAndConfirmsAPathOnLoopback) {
   EXPECT_EQ((*ra)[0].kind, "host");
   EXPECT_EQ((*rb)[0].endpoint, aa);
   EXPECT_GE((*rb)[0].rtt_ms, 0);
+}
+
+// Neither side knows the other's candidates when it starts; a learns b's
+// through refresh (as mesh-punch probe --follow does when the map file
+// changes), and b finds a through a's checks (peer-reflexive).
+TEST(Punch, ProbeTakesCandidatesThatArriveWhileItRuns) {
+  auto ta = punch::open_ephemeral();
+  auto tb = punch::open_ephemeral();
+  ASSERT_TRUE(ta && tb);
+  SecretKey ka = SecretKey::generate_private(), kb = SecretKey::generate_private();
+  SockAddr aa{ip("127.0.0.1"), (*ta)->port()}, ab{ip("127.0.0.1"), (*tb)->port()};
+  punch::ProbeOptions oa, ob;
+  oa.peers = {{kb.public_key(), "b", {}}};
+  ob.peers = {{ka.public_key(), "a", {}}};
+  oa.timeout = ob.timeout = std::chrono::seconds(10);
+  // No subnet of a's holds a host candidate of b's: no wait for a LAN path.
+  oa.local_subnets = std::vector<Prefix>{*Prefix::parse("198.51.100.0/24")};
+  std::atomic<int> polls{0};
+  oa.refresh = [&]() -> std::vector<punch::ProbePeer> {
+    // The "map" changes on the third poll; other peers are ignored.
+    if (++polls != 3) return {};
+    return {{SecretKey::generate_private().public_key(), "stranger", {{sa("127.0.0.1:9"), "host"}}},
+            {kb.public_key(), "b", {{ab, "srflx"}}}};
+  };
+  auto start = std::chrono::steady_clock::now();
+  auto fa = std::async(std::launch::async, [&] { return punch::probe(**ta, ka, oa); });
+  auto fb = std::async(std::launch::async, [&] { return punch::probe(**tb, kb, ob); });
+  auto ra = fa.get();
+  auto rb = fb.get();
+  ASSERT_TRUE(ra.is_ok() && rb.is_ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(9));  // stopped early
+  EXPECT_GE(polls.load(), 3);
+  EXPECT_EQ((*ra)[0].status, "direct");
+  EXPECT_EQ((*ra)[0].endpoint, ab);
+  EXPECT_EQ((*rb)[0].status, "direct");
+  EXPECT_EQ((*rb)[0].endpoint, aa);
+  EXPECT_EQ((*rb)[0].kind, "prflx");
 }
 
 TEST(Punch, ProbeIgnoresAPeerWithTheWrongKey) {
