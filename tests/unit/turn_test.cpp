@@ -497,6 +497,22 @@ TEST_F(TurnInternalHopTest, DeletedReceiverFallsBackToKernelPath) {
   EXPECT_EQ(r.local, nullptr);  // sent to the (closed) port by the kernel, as before
 }
 
+TEST_F(TurnInternalHopTest, ExpiredReceiverIsGone) {
+  ASSERT_EQ(bind(nullptr, "alice", 0x4001, rb), 0);
+  ASSERT_EQ(permit(&bob_key, "bob", ra), 0);
+  // alice refreshes, bob does not: after bob's 600 s lifetime only alice is left.
+  now.mono_ms += 500 * 1000;
+  send(stun::kRefresh, [](stun::Builder& bb) { bb.add_u32(stun::kLifetime, 600); });
+  ASSERT_EQ(bind(nullptr, "alice", 0x4001, rb), 0);
+  eng->expire(now.mono_ms + 100 * 1000);
+  EXPECT_EQ(eng->find(bob_key), nullptr);
+  EXPECT_EQ(eng->find_relayed(rb), nullptr);
+  EXPECT_EQ(eng->find_relayed(ra), a);
+  auto r = eng->route_channel(client, 0x4001, 100, now.mono_ms + 100 * 1000);
+  EXPECT_EQ(r.alloc, a);
+  EXPECT_EQ(r.local, nullptr);
+}
+
 TEST_F(TurnInternalHopTest, NoSelfRelayMeansNoPermissionToOurAddresses) {
   // With self relay off, our relayed addresses (documentation range here)
   // are denied peers: neither the kernel nor the internal path carries data.
