@@ -3,8 +3,11 @@
 // address; A sends SIZE-byte ChannelData at RATE packets/s for SECONDS, B
 // counts what arrives (the "both peers relayed" case). With --raw TARGET it
 // instead sends plain datagrams to TARGET (a bare forwarder) and counts
-// what comes back to B's socket.
-// Usage: bench_relay_load SERVER USER PASSWORD RATE SECONDS SIZE [--raw FWD RECV_PORT]
+// what comes back to B's socket. With --b-side, B installs less toward A:
+// "permission" (a permission for A's relayed address, no channel: B gets
+// Data indications) or "none" (nothing: B must get nothing); tests use it.
+// Usage: bench_relay_load SERVER USER PASSWORD RATE SECONDS SIZE
+//        [--raw FWD RECV_PORT | --b-side channel|permission|none]
 // Prints one JSON line: {"sent":N,"received":M,"loss_pct":X,"pps":R}.
 #include <fcntl.h>
 #include <poll.h>
@@ -74,14 +77,18 @@ struct Session {
 
 int main(int argc, char** argv) {
   if (argc < 7) {
-    std::fprintf(stderr, "usage: %s SERVER USER PASSWORD RATE SECONDS SIZE [--raw FWD RECV_PORT]\n", argv[0]);
+    std::fprintf(stderr,
+                 "usage: %s SERVER USER PASSWORD RATE SECONDS SIZE [--raw FWD RECV_PORT | --b-side "
+                 "channel|permission|none]\n",
+                 argv[0]);
     return 64;
   }
   auto server = SockAddr::parse(argv[1]);
   double rate = std::atof(argv[4]), secs = std::atof(argv[5]);
   size_t size = static_cast<size_t>(std::atoi(argv[6]));
   bool raw = argc >= 9 && std::string(argv[7]) == "--raw";
-  if (!server) return 64;
+  std::string b_side = argc >= 9 && std::string(argv[7]) == "--b-side" ? argv[8] : "channel";
+  if (!server || (b_side != "channel" && b_side != "permission" && b_side != "none")) return 64;
   Session s[2];
   SockAddr relayed[2];
   for (int i = 0; i < 2; ++i) {
@@ -111,8 +118,10 @@ int main(int argc, char** argv) {
   if (!raw) {
     for (int i = 0; i < 2; ++i) {
       SockAddr peer = relayed[1 - i];
-      auto r = s[i].txn(stun::kChannelBind, [&](stun::Builder& b) {
-        b.add_u32(stun::kChannelNumber, 0x40000000u);
+      if (i == 1 && b_side == "none") break;
+      bool perm_only = i == 1 && b_side == "permission";
+      auto r = s[i].txn(perm_only ? stun::kCreatePermission : stun::kChannelBind, [&](stun::Builder& b) {
+        if (!perm_only) b.add_u32(stun::kChannelNumber, 0x40000000u);
         b.add_xor_address(stun::kXorPeerAddress, peer);
       });
       if (r.empty()) {
@@ -149,7 +158,13 @@ int main(int argc, char** argv) {
         }
         int n = recvmmsg(s[1].fd.get(), rm, kB, MSG_DONTWAIT, nullptr);
         if (n <= 0) break;
-        got += static_cast<uint64_t>(n);
+        // Count what B should get: ChannelData, or Data indications (0x0017).
+        for (int i = 0; i < n; ++i) {
+          const uint8_t* b = rbuf[i];
+          bool ok = raw || (b_side == "permission" ? rm[i].msg_len >= 20 && b[0] == 0 && b[1] == 0x17
+                                                   : rm[i].msg_len >= 4 && (b[0] & 0xC0) == 0x40);
+          got += ok;
+        }
         if (n < kB) break;
       }
     }

@@ -12,7 +12,8 @@ load ../tests/e2e/relay
 WG_SECS=${WG_SECS:-5}
 WG_REPEAT=${WG_REPEAT:-1}
 WG_UDP_RATE=${WG_UDP_RATE:-2G}
-WG_SERVERS=${WG_SERVERS:-mesh-relay coturn}  # order of the relayed runs
+BASE=${BASE:-}                                # another mesh-relay binary: mesh-base
+WG_SERVERS=${WG_SERVERS:-mesh-relay coturn${BASE:+ mesh-base}}  # order of the relayed runs
 RELAY_ARGS=${RELAY_ARGS:-}                    # extra mesh-relay serve flags
 
 # measure LABEL: iperf3 TCP and UDP from a to b over the tunnel.
@@ -91,6 +92,14 @@ stop_clients() {
     --use-auth-secret --static-auth-secret "$secret" --realm mesh \
     --no-tls --no-dtls --no-cli --pidfile "$BATS_TEST_TMPDIR/turnserver.pid" \
     --db "$BATS_TEST_TMPDIR/turndb" --log-file stdout --simple-log
+  if [ -n "$BASE" ]; then
+    # The same flags on 203.0.113.3: before/after figures in one run.
+    ip -n "$(lab_ns inet)" addr add 203.0.113.3/32 dev lo
+    start_daemon relaybase ip netns exec "$(lab_ns inet)" "$BASE" serve \
+      --listen 203.0.113.3:3478 --relay-ports 50000-50999 --threads 1 \
+      --auth-secret-file "$BATS_TEST_TMPDIR/secret" --allow-peer 203.0.113.0/24 $RELAY_ARGS
+    wait_for_line "$BATS_TEST_TMPDIR/relaybase.out" '^listening udp 203.0.113.3:3478$' 10
+  fi
   wait_for_line "$BATS_TEST_TMPDIR/relay.out" '^listening udp 203.0.113.1:3478$' 10
   wait_until 15 eval "nsx inet ss -Hunl | grep -q 203.0.113.2:3478"
   echo "# $(nproc) cpus, load:$(uptime | sed 's/.*load average://'); WG_SECS=$WG_SECS WG_UDP_RATE=$WG_UDP_RATE RELAY_ARGS=$RELAY_ARGS" >&3
@@ -102,6 +111,7 @@ stop_clients() {
   for name in $WG_SERVERS; do
     addr=203.0.113.1:3478
     [ "$name" = coturn ] && addr=203.0.113.2:3478
+    [ "$name" = mesh-base ] && addr=203.0.113.3:3478
     relay_turn_entry "$addr" "$BATS_TEST_TMPDIR/secret" >"$BATS_TEST_TMPDIR/turn.json"
     one_allocation
     measure "$name-1-alloc"
@@ -119,8 +129,8 @@ stop_clients() {
     END {
       d = tcp["direct"] / n["direct"]; du = udp["direct"] / n["direct"]
       printf "%-20s %10s %8s %10s %8s %7s\n", "path", "tcp Mbit/s", "% direct", "udp Mbit/s", "% direct", "loss%"
-      split("direct mesh-relay-1-alloc coturn-1-alloc mesh-relay-2-alloc coturn-2-alloc", o, " ")
-      for (i = 1; i <= 5; i++) {
+      split("direct mesh-relay-1-alloc coturn-1-alloc mesh-base-1-alloc mesh-relay-2-alloc coturn-2-alloc mesh-base-2-alloc", o, " ")
+      for (i = 1; i <= 7; i++) {
         k = o[i]; if (!n[k]) continue
         t = tcp[k] / n[k]; u = udp[k] / n[k]
         printf "%-20s %10.1f %7.1f%% %10.1f %7.1f%% %7.2f\n", k, t, 100 * t / d, u, 100 * u / du, loss[k] / n[k]

@@ -1,6 +1,7 @@
 #include "relay/server.h"
 
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -86,6 +87,7 @@ struct Conn {
   std::vector<size_t> frame_ends;
   size_t frames_done = 0;
   bool want_out = false;
+  bool dirty = false;  // in Worker::dirty_: data queued, to flush
   bool dead = false;
   ~Conn() {
     if (ssl) SSL_free(ssl);
@@ -109,6 +111,7 @@ class Worker final : public turn::Io {
   void close_relay(turn::RelaySocket& s) override;
   void reply(const ClientKey& to, stun::Bytes msg, uint32_t change) override;
   void send_to_peer(const turn::RelaySocket& from, const SockAddr& peer, stun::Bytes data) override;
+  void deliver(turn::Allocation& to, const SockAddr& peer, int channel, stun::Bytes data) override;
   bool origin(const ClientKey& from, uint32_t change, Origin* out) override;
 
  private:
@@ -122,6 +125,12 @@ class Worker final : public turn::Io {
   void conn_close(Conn* c);
   void queue_out(int fd, const SockAddr& to, const uint8_t* p, size_t len);
   void flush_out();
+  void send_batch(int fd, int from, int to);
+  bool send_gso(int fd, int from, int to);
+  void forward(const turn::Engine::Route& r, uint8_t* p, size_t len);
+  bool to_client(turn::Allocation& a, const SockAddr& peer, int ch, uint8_t* p, size_t len);
+  void flush_conns();
+  void publish();
 
   int index_;
   Server& srv_;
@@ -131,10 +140,16 @@ class Worker final : public turn::Io {
   TxBatch tx_;
   std::unordered_map<uint32_t, std::unique_ptr<Conn>> conns_;
   std::vector<std::unique_ptr<Conn>> dead_conns_;
+  std::vector<Conn*> dirty_;  // connections with relayed data queued
+  bool gso_ = true;           // UDP_SEGMENT works (cleared on the first refusal)
+  // Relayed datagrams counted since the last publish() (one atomic add per
+  // loop iteration rather than per packet).
+  uint64_t c2p_pkts_ = 0, c2p_bytes_ = 0, p2c_pkts_ = 0, p2c_bytes_ = 0;
   uint32_t next_conn_ = 1;
   std::mt19937 rng_;
   int64_t now_ms_ = 0;
   std::unique_ptr<uint8_t[]> scratch_{new uint8_t[kSlot]};
+  std::unique_ptr<uint8_t[]> handover_{new uint8_t[kSlot]};  // deliver()'s copy
 };
 
 struct Server {
@@ -165,6 +180,14 @@ Status Worker::init() {
   if (!ep_) return errno_status("epoll_create1", errno);
   wake_.reset(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (!wake_) return errno_status("eventfd", errno);
+  {
+    // Kernels before 4.18 ignore a SOL_UDP cmsg and would send a GSO train
+    // as one big datagram: use GSO only where the socket option exists.
+    UniqueFd probe(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    int v = 0;
+    socklen_t vl = sizeof v;
+    gso_ = probe && getsockopt(probe.get(), SOL_UDP, UDP_SEGMENT, &v, &vl) == 0;
+  }
   epoll_event ev{EPOLLIN, {}};
   ev.data.u64 = tag(nullptr, kTagWake);
   epoll_ctl(ep_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
@@ -231,6 +254,8 @@ void Worker::run() {
         }
       }
     }
+    flush_conns();
+    publish();
     if (now_ns - bucket_ns >= 1000000) {
       uint64_t relayed = stats.client_to_peer_packets.load(std::memory_order_relaxed) +
                          stats.peer_to_client_packets.load(std::memory_order_relaxed);
@@ -246,6 +271,7 @@ void Worker::run() {
     dead_conns_.clear();
   }
   engine_->clear();
+  dirty_.clear();
   for (auto& [id, c] : conns_)
     if (c->ssl) SSL_shutdown(c->ssl);
   conns_.clear();
@@ -267,30 +293,92 @@ void Worker::queue_out(int fd, const SockAddr& to, const uint8_t* p, size_t len)
 void Worker::flush_out() {
   int i = 0;
   while (i < tx_.n) {
+    int fd = tx_.fds[i];
     int j = i;
-    while (j < tx_.n && tx_.fds[j] == tx_.fds[i]) ++j;
-    int k = i;
-    for (int tries = 0; k < j && tries < 4; ++tries) {
-      int r = sendmmsg(tx_.fds[i], tx_.msgs + k, static_cast<unsigned>(j - k), MSG_DONTWAIT);
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        // EAGAIN (socket buffer full) or a per-destination error (ICMP
-        // unreachable from an earlier send): drop this datagram, go on.
-        ++k;
-        tx_drops.fetch_add(1, std::memory_order_relaxed);
-        continue;
+    while (j < tx_.n && tx_.fds[j] == fd) ++j;
+    // Runs of datagrams to one destination with one size (the last may be
+    // shorter) leave as one UDP GSO send (UDP_SEGMENT, Linux 4.18): one
+    // trip through the stack instead of one per datagram. The rest keeps
+    // its sendmmsg batches.
+    int pending = i;
+    for (int k = i; k < j;) {
+      int g = k + 1;
+      if (gso_) {
+        size_t seg = tx_.iov[k].iov_len, total = seg;
+        const auto& hk = tx_.msgs[k].msg_hdr;
+        while (g < j && g - k < 64) {
+          const auto& hg = tx_.msgs[g].msg_hdr;
+          size_t len = tx_.iov[g].iov_len;
+          if (len > seg || total + len > 65000 || hg.msg_namelen != hk.msg_namelen ||
+              std::memcmp(hg.msg_name, hk.msg_name, hk.msg_namelen) != 0)
+            break;
+          total += len;
+          ++g;
+          if (len < seg) break;  // only the last segment may be shorter
+        }
       }
-      k += r;
+      if (g - k >= 2) {
+        send_batch(fd, pending, k);  // in order
+        pending = send_gso(fd, k, g) ? g : k;
+      }
+      k = g;
     }
-    if (k < j) tx_drops.fetch_add(static_cast<uint64_t>(j - k), std::memory_order_relaxed);
+    send_batch(fd, pending, j);
     i = j;
   }
   tx_.n = 0;
 }
 
+// Sends tx_[from, to) as one GSO datagram train. False when nothing was
+// sent (the caller sends them one by one).
+bool Worker::send_gso(int fd, int from, int to) {
+  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(uint16_t))] = {};
+  msghdr h = tx_.msgs[from].msg_hdr;
+  h.msg_iov = &tx_.iov[from];
+  h.msg_iovlen = static_cast<size_t>(to - from);
+  h.msg_control = ctl;
+  h.msg_controllen = sizeof ctl;
+  cmsghdr* cm = CMSG_FIRSTHDR(&h);
+  cm->cmsg_level = SOL_UDP;
+  cm->cmsg_type = UDP_SEGMENT;
+  cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+  uint16_t seg = static_cast<uint16_t>(tx_.iov[from].iov_len);
+  std::memcpy(CMSG_DATA(cm), &seg, sizeof seg);
+  for (int tries = 0; tries < 4; ++tries) {
+    if (sendmsg(fd, &h, MSG_DONTWAIT) >= 0) return true;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
+      tx_drops.fetch_add(static_cast<uint64_t>(to - from), std::memory_order_relaxed);
+      return true;  // as sendmmsg would: the socket buffer is full
+    }
+    // EIO: the device cannot checksum GSO trains; give up GSO. Others
+    // (EINVAL: a segment over the path MTU; an ICMP error from an earlier
+    // send): this train goes one datagram at a time.
+    if (errno == EIO || errno == ENOPROTOOPT || errno == EOPNOTSUPP) gso_ = false;
+    return false;
+  }
+  return false;
+}
+
+void Worker::send_batch(int fd, int from, int to) {
+  int k = from;
+  for (int tries = 0; k < to && tries < 4; ++tries) {
+    int r = sendmmsg(fd, tx_.msgs + k, static_cast<unsigned>(to - k), MSG_DONTWAIT);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      // EAGAIN (socket buffer full) or a per-destination error (ICMP
+      // unreachable from an earlier send): drop this datagram, go on.
+      ++k;
+      tx_drops.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    k += r;
+  }
+  if (k < to) tx_drops.fetch_add(static_cast<uint64_t>(to - k), std::memory_order_relaxed);
+}
+
 void Worker::on_udp(uint32_t j) {
   int fd = srv_.sockets[index_][j].get();
-  uint64_t pkts = 0, bytes = 0;
   for (int round = 0; round < 16; ++round) {
     rx_.prepare();
     int n = recvmmsg(fd, rx_.msgs, kBatch, MSG_DONTWAIT, nullptr);
@@ -306,10 +394,7 @@ void Worker::on_udp(uint32_t j) {
         size_t dlen = static_cast<size_t>(p[2] << 8 | p[3]);
         if (dlen > len - 4) continue;
         auto r = engine_->route_channel(key, ch, dlen, now_ms_);
-        if (!r.alloc) continue;
-        queue_out(r.alloc->relay.fd, *r.peer, p + 4, dlen);
-        ++pkts;
-        bytes += dlen;
+        if (r.alloc) forward(r, p + 4, dlen);
       } else if ((p[0] & 0xC0) == 0) {
         // Control path: earlier data first (a Refresh may close a socket).
         flush_out();
@@ -317,71 +402,109 @@ void Worker::on_udp(uint32_t j) {
       }
     }
     flush_out();
+    flush_conns();
     if (n < kBatch) break;
   }
-  stats.client_to_peer_packets.fetch_add(pkts, std::memory_order_relaxed);
-  stats.client_to_peer_bytes.fetch_add(bytes, std::memory_order_relaxed);
+}
+
+void Worker::forward(const turn::Engine::Route& r, uint8_t* p, size_t len) {
+  ++c2p_pkts_;
+  c2p_bytes_ += len;
+  if (!r.local) {
+    queue_out(r.alloc->relay.fd, *r.peer, p, len);
+    return;
+  }
+  // The internal hop: the peer is another allocation's relayed address on
+  // this worker, which the engine has checked as its relay socket would
+  // (see turn::Engine::Route). Handing the datagram straight to that
+  // allocation's client saves a sendmmsg and a recvmmsg per datagram (the
+  // kernel would loop it back to us).
+  if (r.local_channel >= 0 && to_client(*r.local, r.alloc->relay.addr, r.local_channel, p, len)) {
+    ++p2c_pkts_;
+    p2c_bytes_ += len;
+  }
+}
+
+bool Worker::to_client(turn::Allocation& a, const SockAddr& peer, int ch, uint8_t* p, size_t len) {
+  Conn* conn = nullptr;
+  if (a.client.transport == turn::kTcp) {
+    auto it = conns_.find(a.client.conn);
+    if (it == conns_.end() || it->second->dead) return false;
+    conn = it->second.get();
+    if (!conn->dirty) {
+      conn->dirty = true;
+      dirty_.push_back(conn);
+    }
+  }
+  if (ch > 0) {
+    // RFC 8656 section 12.5: ChannelData, header in the headroom; padded to
+    // 4 bytes on streams.
+    uint8_t* h = p - 4;
+    stun::write_channel_data_header(h, static_cast<uint16_t>(ch), static_cast<uint16_t>(len));
+    size_t olen = len + 4;
+    if (conn) {
+      size_t pad = (4 - len % 4) % 4;
+      std::memset(p + len, 0, pad);
+      conn_send(conn, h, olen + pad, false);
+    } else {
+      queue_out(srv_.sockets[index_][a.client.conn].get(), a.client.addr, h, olen);
+    }
+    return true;
+  }
+  auto m = turn::Engine::build_data_indication({scratch_.get(), kSlot}, peer, {p, len});
+  if (m.empty()) return false;
+  if (conn) {
+    conn_send(conn, m.data(), m.size(), false);
+  } else {
+    // scratch_ is reused by the next indication: send this one now.
+    flush_out();
+    queue_out(srv_.sockets[index_][a.client.conn].get(), a.client.addr, m.data(), m.size());
+    flush_out();
+  }
+  return true;
+}
+
+void Worker::flush_conns() {
+  for (Conn* c : dirty_) {
+    c->dirty = false;
+    conn_flush(c);
+  }
+  dirty_.clear();
+}
+
+void Worker::publish() {
+  if (c2p_pkts_) {
+    stats.client_to_peer_packets.fetch_add(c2p_pkts_, std::memory_order_relaxed);
+    stats.client_to_peer_bytes.fetch_add(c2p_bytes_, std::memory_order_relaxed);
+  }
+  if (p2c_pkts_) {
+    stats.peer_to_client_packets.fetch_add(p2c_pkts_, std::memory_order_relaxed);
+    stats.peer_to_client_bytes.fetch_add(p2c_bytes_, std::memory_order_relaxed);
+  }
+  c2p_pkts_ = c2p_bytes_ = p2c_pkts_ = p2c_bytes_ = 0;
 }
 
 void Worker::on_relay(turn::Allocation* a) {
-  uint64_t pkts = 0, bytes = 0;
   for (int round = 0; round < 16; ++round) {
     if (a->relay.fd < 0) break;  // deleted earlier in this loop iteration
     rx_.prepare();
     int n = recvmmsg(a->relay.fd, rx_.msgs, kBatch, MSG_DONTWAIT, nullptr);
     if (n <= 0) break;
-    Conn* conn = nullptr;
-    if (a->client.transport == turn::kTcp) {
-      auto it = conns_.find(a->client.conn);
-      if (it == conns_.end()) break;
-      conn = it->second.get();
-    }
-    int cfd = conn ? -1 : srv_.sockets[index_][a->client.conn].get();
     for (int i = 0; i < n; ++i) {
       uint8_t* p = rx_.slot(i) + kHeadroom;
       size_t len = rx_.msgs[i].msg_len;
       if ((rx_.msgs[i].msg_hdr.msg_flags & MSG_TRUNC) || len > 0xFFFF) continue;
       SockAddr peer = SockAddr::from_sockaddr(reinterpret_cast<sockaddr*>(&rx_.addrs[i]));
       int ch = engine_->on_peer_data(*a, peer, len, now_ms_);
-      if (ch < 0) continue;
-      const uint8_t* out;
-      size_t olen;
-      if (ch > 0) {
-        // RFC 8656 section 12.5: ChannelData, header in the headroom.
-        uint8_t* h = p - 4;
-        stun::write_channel_data_header(h, static_cast<uint16_t>(ch), static_cast<uint16_t>(len));
-        out = h;
-        olen = len + 4;
-        if (conn) {
-          size_t pad = (4 - len % 4) % 4;
-          std::memset(p + len, 0, pad);  // the slot has room
-          olen += pad;
-        }
-      } else {
-        auto m = turn::Engine::build_data_indication({scratch_.get(), kSlot}, peer, {p, len});
-        if (m.empty()) continue;
-        if (conn) {
-          conn_send(conn, m.data(), m.size(), false);
-        } else {
-          flush_out();
-          queue_out(cfd, a->client.addr, m.data(), m.size());
-          flush_out();
-        }
-        ++pkts;
-        bytes += len;
-        continue;
+      if (ch >= 0 && to_client(*a, peer, ch, p, len)) {
+        ++p2c_pkts_;
+        p2c_bytes_ += len;
       }
-      ++pkts;
-      bytes += len;
-      if (conn) conn_send(conn, out, olen, false);
-      else queue_out(cfd, a->client.addr, out, olen);
     }
     flush_out();
-    if (conn) conn_flush(conn);
+    flush_conns();
     if (n < kBatch) break;
   }
-  stats.peer_to_client_packets.fetch_add(pkts, std::memory_order_relaxed);
-  stats.peer_to_client_bytes.fetch_add(bytes, std::memory_order_relaxed);
 }
 
 // ---- TCP / TLS ------------------------------------------------------------------
@@ -466,11 +589,7 @@ void Worker::conn_read(Conn* c) {
         uint16_t ch = static_cast<uint16_t>(p[0] << 8 | p[1]);
         size_t dlen = static_cast<size_t>(p[2] << 8 | p[3]);
         auto rt = engine_->route_channel(key, ch, dlen, now_ms_);
-        if (rt.alloc) {
-          queue_out(rt.alloc->relay.fd, *rt.peer, p + 4, dlen);
-          stats.client_to_peer_packets.fetch_add(1, std::memory_order_relaxed);
-          stats.client_to_peer_bytes.fetch_add(dlen, std::memory_order_relaxed);
-        }
+        if (rt.alloc) forward(rt, p + 4, dlen);
       } else {
         flush_out();
         engine_->on_message(key, {p, need}, {now_ms_, static_cast<int64_t>(::time(nullptr))});
@@ -635,6 +754,19 @@ void Worker::send_to_peer(const turn::RelaySocket& from, const SockAddr& peer, s
   ::sendto(from.fd, data.data(), data.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&ss), sl);
 }
 
+void Worker::deliver(turn::Allocation& to, const SockAddr& peer, int channel, stun::Bytes data) {
+  // A Send indication's payload (slow path): copied so that the ChannelData
+  // header has room in front of it.
+  if (data.size() > kSlot - kHeadroom - 4) return;
+  uint8_t* p = handover_.get() + kHeadroom;
+  std::memcpy(p, data.data(), data.size());
+  if (to_client(to, peer, channel, p, data.size())) {
+    ++p2c_pkts_;
+    p2c_bytes_ += data.size();
+  }
+  flush_out();  // handover_ is reused by the next one
+}
+
 bool Worker::origin(const ClientKey& from, uint32_t change, Origin* out) {
   if (from.transport != turn::kUdp || from.conn >= srv_.specs.size()) return change == 0;
   const auto& s = srv_.specs[from.conn];
@@ -673,19 +805,19 @@ Status open_listeners(Server& srv, int threads) {
 
 Json stats_json(const Server& srv) {
   Json workers = Json::array();
-  uint64_t tot[12] = {};
+  uint64_t tot[14] = {};
   int64_t gauges[3] = {};
   for (const auto& w : srv.workers) {
     const auto& s = w->stats;
-    uint64_t v[12] = {s.requests.load(), s.auth_failures.load(), s.allocations_created.load(),
+    uint64_t v[14] = {s.requests.load(), s.auth_failures.load(), s.allocations_created.load(),
                       s.allocations_expired.load(), s.quota_rejections.load(),
                       s.forbidden_peers.load(), s.client_to_peer_packets.load(),
                       s.client_to_peer_bytes.load(), s.peer_to_client_packets.load(),
                       s.peer_to_client_bytes.load(),
                       s.dropped_no_permission.load() + s.dropped_no_channel.load() +
                           s.dropped_rate.load() + s.dropped_other.load() + w->tx_drops.load(),
-                      s.bindings.load()};
-    for (int i = 0; i < 12; ++i) tot[i] += v[i];
+                      s.bindings.load(), s.internal_packets.load(), s.internal_bytes.load()};
+    for (int i = 0; i < 14; ++i) tot[i] += v[i];
     gauges[0] += s.allocations.load();
     gauges[1] += s.permissions.load();
     gauges[2] += s.channels.load();
@@ -709,6 +841,8 @@ Json stats_json(const Server& srv) {
          {"peer_to_client_bytes", tot[9]},
          {"dropped_packets", tot[10]},
          {"binding_requests", tot[11]},
+         {"internal_packets", tot[12]},
+         {"internal_bytes", tot[13]},
          {"threads", srv.workers.size()}};
   return j;
 }
@@ -735,6 +869,9 @@ std::string prometheus(const Json& j) {
       {"peer_to_client_bytes", "counter", "Payload bytes relayed from peers to clients"},
       {"dropped_packets", "counter", "Datagrams dropped (no permission/channel, rate, full buffers)"},
       {"binding_requests", "counter", "STUN Binding requests answered"},
+      {"internal_packets", "counter",
+       "Datagrams relayed between two allocations of one worker without the kernel"},
+      {"internal_bytes", "counter", "Payload bytes of internal_packets"},
       {"uptime_s", "gauge", "Seconds since start"},
   };
   std::string out;

@@ -107,6 +107,12 @@ Allocation* Engine::find(const ClientKey& k) {
   return it == allocs_.end() ? nullptr : it->second.get();
 }
 
+Allocation* Engine::find_relayed(const SockAddr& relayed) {
+  if (by_relayed_.empty()) return nullptr;
+  auto it = by_relayed_.find(ClientKey{relayed, 0, kUdp});
+  return it == by_relayed_.end() ? nullptr : it->second;
+}
+
 void Engine::on_message(const ClientKey& from, Bytes pkt, Now now) {
   auto r = stun::parse(pkt);
   if (!r) {
@@ -373,6 +379,7 @@ void Engine::allocate(const ClientKey& from, const MessageView& m, Now now, cons
   b.add_xor_address(stun::kXorRelayedAddress, a->relay.addr);
   b.add_u32(stun::kLifetime, lifetime);
   b.add_xor_address(stun::kXorMappedAddress, from.addr);
+  by_relayed_[ClientKey{a->relay.addr, 0, kUdp}] = a.get();
   allocs_.emplace(from, std::move(a));
   last_alloc_ = nullptr;
   stats_.allocations_created.fetch_add(1, std::memory_order_relaxed);
@@ -520,7 +527,30 @@ void Engine::handle_send(const ClientKey& from, const MessageView& m, Now now) {
   a->bytes_out += data->value.size();
   stats_.client_to_peer_packets.fetch_add(1, std::memory_order_relaxed);
   stats_.client_to_peer_bytes.fetch_add(data->value.size(), std::memory_order_relaxed);
+  if (Allocation* to = find_relayed(*peer)) {
+    int ch = hand_over(*a, *to, data->value.size(), now.mono_ms);
+    if (ch >= 0) io_.deliver(*to, a->relay.addr, ch, data->value);
+    return;
+  }
   io_.send_to_peer(a->relay, *peer, data->value);
+}
+
+// Both peers relayed through this server: the kernel would carry the
+// datagram from `from`'s relay socket to `to`'s, and `to` would see it come
+// from `from`'s relayed address. Apply exactly what on_peer_data() applies
+// then: `to`'s permission for that address (RFC 8656 section 9: checked,
+// with its expiry, at the receiving allocation), its bandwidth quota and
+// counters, and its channel for the address if one is bound. The sending
+// side's checks (channel or permission, quota) were made by the caller, and
+// the peer-address rules (denied ranges, self relay) at CreatePermission and
+// ChannelBind on both sides, as for the kernel path.
+int Engine::hand_over(Allocation& from, Allocation& to, size_t len, int64_t now_ms) {
+  int ch = on_peer_data(to, from.relay.addr, len, now_ms);
+  if (ch >= 0) {
+    stats_.internal_packets.fetch_add(1, std::memory_order_relaxed);
+    stats_.internal_bytes.fetch_add(len, std::memory_order_relaxed);
+  }
+  return ch;
 }
 
 bool Engine::take_tokens(Allocation& a, size_t len, int64_t now_ms) {
@@ -562,7 +592,9 @@ Engine::Route Engine::route_channel(const ClientKey& from, uint16_t channel, siz
   }
   a->packets_out++;
   a->bytes_out += len;
-  return {a, &c->peer};
+  Route r{a, &c->peer};
+  if ((r.local = find_relayed(c->peer))) r.local_channel = hand_over(*a, *r.local, len, now_ms);
+  return r;
 }
 
 int Engine::on_peer_data(Allocation& a, const SockAddr& peer, size_t len, int64_t now_ms) {
@@ -590,6 +622,7 @@ void Engine::remove(const ClientKey& k, bool expired) {
   auto it = allocs_.find(k);
   if (it == allocs_.end()) return;
   Allocation& a = *it->second;
+  by_relayed_.erase(ClientKey{a.relay.addr, 0, kUdp});
   io_.close_relay(a.relay);
   shared_.release(a.quota_name);
   stats_.allocations.fetch_sub(1, std::memory_order_relaxed);

@@ -97,6 +97,12 @@ class Io {
   virtual void reply(const ClientKey& to, stun::Bytes msg, uint32_t change) = 0;
   // Sends a Send indication's payload from an allocation's relay socket.
   virtual void send_to_peer(const RelaySocket& from, const SockAddr& peer, stun::Bytes data) = 0;
+  // The internal hop: hands `data`, relayed from `peer` (another allocation's
+  // relayed address on this engine), to allocation `to`'s client as
+  // ChannelData on `channel` (> 0) or as a Data indication (0), as if it had
+  // arrived on `to`'s relay socket. The engine has already applied `to`'s
+  // permission, bandwidth quota and counters.
+  virtual void deliver(Allocation& to, const SockAddr& peer, int channel, stun::Bytes data) = 0;
   // RFC 5780: where an answer to `from` with CHANGE-REQUEST flags `change`
   // leaves from (RESPONSE-ORIGIN) and the alternate address to advertise
   // (OTHER-ADDRESS). False when the change cannot be honoured (no
@@ -117,6 +123,12 @@ struct Stats {
   std::atomic<uint64_t> peer_to_client_packets{0}, peer_to_client_bytes{0};
   std::atomic<uint64_t> dropped_no_permission{0}, dropped_no_channel{0}, dropped_rate{0},
       dropped_other{0};
+  // Client -> peer datagrams whose peer was another allocation's relayed
+  // address on the same engine and that were handed to that allocation's
+  // client without a trip through the kernel (also counted in
+  // client_to_peer_* and peer_to_client_*; those the receiving allocation
+  // refused count in dropped_* as on the kernel path).
+  std::atomic<uint64_t> internal_packets{0}, internal_bytes{0};
   std::atomic<int64_t> allocations{0}, permissions{0}, channels{0};
 };
 
@@ -203,11 +215,22 @@ class Engine {
   void on_message(const ClientKey& from, stun::Bytes pkt, Now now);
 
   // ChannelData fast path, client -> peer: the allocation and peer to send
-  // `len` bytes to, or nullptr (unknown client, unbound channel, no live
-  // permission, or over the bandwidth quota; counted in Stats).
+  // `len` bytes to, or alloc == nullptr (unknown client, unbound or expired
+  // channel, or over the bandwidth quota; counted in Stats).
+  //
+  // When the peer is the relayed address of another allocation of this
+  // engine (both peers relayed through this server), `local` is that
+  // allocation and the datagram must not go through the kernel: the
+  // receiving side's rules have been applied as on_peer_data() applies them
+  // to a datagram arriving on its relay socket from our relayed address, and
+  // `local_channel` says what to send to `local`'s client: ChannelData on
+  // that channel (> 0), a Data indication (0), or nothing (-1: no permission
+  // for our relayed address at `local`, or its bandwidth quota).
   struct Route {
     Allocation* alloc = nullptr;
     const SockAddr* peer = nullptr;
+    Allocation* local = nullptr;
+    int local_channel = -1;
   };
   Route route_channel(const ClientKey& from, uint16_t channel, size_t len, int64_t now_ms);
 
@@ -231,6 +254,8 @@ class Engine {
   void clear();
 
   Allocation* find(const ClientKey& k);
+  // The allocation whose relayed transport address is `relayed`, or nullptr.
+  Allocation* find_relayed(const SockAddr& relayed);
   size_t allocation_count() const { return allocs_.size(); }
   template <typename Fn>
   void for_each(Fn fn) const {
@@ -253,11 +278,15 @@ class Engine {
   void remove(const ClientKey& k, bool expired);
   void add_permission(Allocation& a, const IpAddr& ip, int64_t now_ms);
   bool take_tokens(Allocation& a, size_t len, int64_t now_ms);
+  // The internal hop from `from`'s relayed address to `to` (see Route).
+  int hand_over(Allocation& from, Allocation& to, size_t len, int64_t now_ms);
 
   Shared& shared_;
   Io& io_;
   Stats& stats_;
   std::unordered_map<ClientKey, std::unique_ptr<Allocation>, ClientKeyHash> allocs_;
+  // Relayed transport address (as a ClientKey: conn 0, UDP) -> allocation.
+  std::unordered_map<ClientKey, Allocation*, ClientKeyHash> by_relayed_;
   std::vector<std::unique_ptr<Allocation>> graveyard_;
   std::array<uint8_t, 1500> out_{};  // control responses
   std::vector<LongTermKey> keys_;    // scratch for authentication

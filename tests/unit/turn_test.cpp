@@ -81,6 +81,16 @@ struct FakeIo : Io {
   void send_to_peer(const RelaySocket&, const SockAddr& p, stun::Bytes d) override {
     sent.emplace_back(p, std::vector<uint8_t>(d.begin(), d.end()));
   }
+  struct Delivery {
+    Allocation* to;
+    SockAddr peer;
+    int channel;
+    std::vector<uint8_t> data;
+  };
+  std::vector<Delivery> delivered;
+  void deliver(Allocation& to, const SockAddr& peer, int channel, stun::Bytes d) override {
+    delivered.push_back({&to, peer, channel, std::vector<uint8_t>(d.begin(), d.end())});
+  }
   bool origin(const ClientKey&, uint32_t change, Origin*) override { return change == 0; }
 };
 
@@ -340,6 +350,178 @@ TEST_F(TurnEngineTest, DataIndicationBuilds) {
   EXPECT_EQ(m->method, stun::kData);
   EXPECT_EQ(m->cls, stun::kIndication);
   EXPECT_EQ(m->find(stun::kData_)->value.size(), 5u);
+}
+
+// ---- The internal hop: both peers relayed through this engine ----------------
+
+struct TurnInternalHopTest : TurnEngineTest {
+  ClientKey bob_key{*SockAddr::parse("198.51.100.7:5000"), 0, kUdp};
+  SockAddr ra, rb;  // alice's and bob's relayed addresses
+  Allocation* a = nullptr;
+  Allocation* b = nullptr;
+  void SetUp() override {
+    make();
+    ra = allocate();
+    auto m = send(stun::kAllocate, udp, "bob", true, &bob_key);
+    ASSERT_EQ(m.cls, stun::kSuccess);
+    rb = *stun::decode_xor_address(*m.find(stun::kXorRelayedAddress), m.tx);
+    a = eng->find(client);
+    b = eng->find(bob_key);
+    ASSERT_TRUE(a && b);
+    ASSERT_EQ(eng->find_relayed(ra), a);
+    ASSERT_EQ(eng->find_relayed(rb), b);
+  }
+  int bind(const ClientKey* who, const char* user, uint16_t ch, SockAddr peer) {
+    return code(send(stun::kChannelBind, [&](stun::Builder& bb) {
+      bb.add_u32(stun::kChannelNumber, uint32_t{ch} << 16);
+      bb.add_xor_address(stun::kXorPeerAddress, peer);
+    }, user, true, who));
+  }
+  int permit(const ClientKey* who, const char* user, SockAddr peer) {
+    return code(send(stun::kCreatePermission,
+                     [&](stun::Builder& bb) { bb.add_xor_address(stun::kXorPeerAddress, peer); },
+                     user, true, who));
+  }
+};
+
+TEST_F(TurnInternalHopTest, PermissionAtReceiverChannelOrDataIndicationAndCounters) {
+  ASSERT_EQ(bind(nullptr, "alice", 0x4001, rb), 0);
+  // bob has no permission for alice's relayed address: dropped at bob, as
+  // the kernel path drops it on bob's relay socket.
+  auto r = eng->route_channel(client, 0x4001, 1000, now.mono_ms);
+  ASSERT_EQ(r.alloc, a);
+  EXPECT_EQ(*r.peer, rb);
+  EXPECT_EQ(r.local, b);
+  EXPECT_EQ(r.local_channel, -1);
+  EXPECT_EQ(stats.dropped_no_permission.load(), 1u);
+  EXPECT_EQ(b->packets_in, 0u);
+  EXPECT_EQ(stats.internal_packets.load(), 0u);
+  // A permission for another address does not help (checked by IP).
+  ASSERT_EQ(permit(&bob_key, "bob", *SockAddr::parse("198.51.100.9:1")), 0);
+  EXPECT_EQ(eng->route_channel(client, 0x4001, 1000, now.mono_ms).local_channel, -1);
+  // Permission, no channel: a Data indication from alice's relayed address.
+  ASSERT_EQ(permit(&bob_key, "bob", SockAddr{ra.ip, 1}), 0);
+  r = eng->route_channel(client, 0x4001, 1000, now.mono_ms);
+  EXPECT_EQ(r.local, b);
+  EXPECT_EQ(r.local_channel, 0);
+  // bob binds a channel to alice's relayed address: ChannelData on it.
+  ASSERT_EQ(bind(&bob_key, "bob", 0x4007, ra), 0);
+  r = eng->route_channel(client, 0x4001, 1000, now.mono_ms);
+  EXPECT_EQ(r.local_channel, 0x4007);
+  // And the other way round, bob -> alice: alice has a permission for rb's
+  // IP (her channel installed it), no channel to ra: Data indication.
+  r = eng->route_channel(bob_key, 0x4007, 500, now.mono_ms);
+  EXPECT_EQ(r.alloc, b);
+  EXPECT_EQ(r.local, a);
+  EXPECT_EQ(r.local_channel, 0x4001);  // alice's channel 0x4001 is bound to rb
+  EXPECT_EQ(a->packets_out, 4u);
+  EXPECT_EQ(a->packets_in, 1u);
+  EXPECT_EQ(b->packets_out, 1u);
+  EXPECT_EQ(b->packets_in, 2u);
+  EXPECT_EQ(b->bytes_in, 2000u);
+  EXPECT_EQ(stats.internal_packets.load(), 3u);
+  EXPECT_EQ(stats.internal_bytes.load(), 2500u);
+  EXPECT_EQ(stats.dropped_no_permission.load(), 2u);
+}
+
+TEST_F(TurnInternalHopTest, PermissionExpiresAtReceiver) {
+  ASSERT_EQ(bind(nullptr, "alice", 0x4001, rb), 0);
+  ASSERT_EQ(permit(&bob_key, "bob", ra), 0);
+  EXPECT_EQ(eng->route_channel(client, 0x4001, 100, now.mono_ms).local_channel, 0);
+  // Permissions live 300 s, alice's channel 600 s: after 300 s bob refuses.
+  int64_t later = now.mono_ms + 300 * 1000;
+  eng->expire(later);
+  auto r = eng->route_channel(client, 0x4001, 100, later);
+  EXPECT_EQ(r.local, b);
+  EXPECT_EQ(r.local_channel, -1);
+  // Refreshed at bob: delivered again.
+  now.mono_ms = later;
+  ASSERT_EQ(permit(&bob_key, "bob", ra), 0);
+  EXPECT_EQ(eng->route_channel(client, 0x4001, 100, later).local_channel, 0);
+}
+
+TEST_F(TurnInternalHopTest, ReceiverBandwidthQuotaApplies) {
+  cfg.max_bps = 10000;
+  eng.reset();  // before make() replaces the Shared it releases quotas to
+  SetUp();
+  ASSERT_EQ(bind(nullptr, "alice", 0x4001, rb), 0);
+  ASSERT_EQ(permit(&bob_key, "bob", ra), 0);
+  // bob's bucket is drained by traffic reaching him from elsewhere.
+  ASSERT_EQ(permit(&bob_key, "bob", *SockAddr::parse("198.51.100.8:1")), 0);
+  EXPECT_EQ(eng->on_peer_data(*b, *SockAddr::parse("198.51.100.8:1"), 10000, now.mono_ms), 0);
+  auto r = eng->route_channel(client, 0x4001, 100, now.mono_ms);
+  EXPECT_EQ(r.local, b);
+  EXPECT_EQ(r.local_channel, -1);
+  EXPECT_EQ(stats.dropped_rate.load(), 1u);
+}
+
+TEST_F(TurnInternalHopTest, SendIndicationDeliveredInternally) {
+  auto ind = [&](SockAddr to) {
+    stun::Builder bb(buf, stun::kSend, stun::kIndication, stun::random_txid());
+    uint8_t d[3] = {1, 2, 3};
+    bb.add_xor_address(stun::kXorPeerAddress, to).add(stun::kData_, stun::Bytes(d, 3));
+    eng->on_message(client, bb.finish(), now);
+  };
+  ASSERT_EQ(permit(nullptr, "alice", rb), 0);
+  ind(rb);  // no permission at bob
+  EXPECT_TRUE(io.delivered.empty());
+  EXPECT_TRUE(io.sent.empty());
+  ASSERT_EQ(permit(&bob_key, "bob", ra), 0);
+  ind(rb);
+  ASSERT_EQ(io.delivered.size(), 1u);
+  EXPECT_EQ(io.delivered[0].to, b);
+  EXPECT_EQ(io.delivered[0].peer, ra);
+  EXPECT_EQ(io.delivered[0].channel, 0);
+  EXPECT_EQ(io.delivered[0].data, (std::vector<uint8_t>{1, 2, 3}));
+  ASSERT_EQ(bind(&bob_key, "bob", 0x4100, ra), 0);
+  ind(rb);
+  ASSERT_EQ(io.delivered.size(), 2u);
+  EXPECT_EQ(io.delivered[1].channel, 0x4100);
+  EXPECT_TRUE(io.sent.empty());  // never through the kernel
+  // A port of ours that no allocation holds: the kernel path.
+  SockAddr none{rb.ip, static_cast<uint16_t>(rb.port + 100)};
+  ASSERT_EQ(permit(nullptr, "alice", none), 0);
+  ind(none);
+  EXPECT_EQ(io.sent.size(), 1u);
+  EXPECT_EQ(stats.internal_packets.load(), 2u);
+}
+
+TEST_F(TurnInternalHopTest, DeletedReceiverFallsBackToKernelPath) {
+  ASSERT_EQ(bind(nullptr, "alice", 0x4001, rb), 0);
+  ASSERT_EQ(permit(&bob_key, "bob", ra), 0);
+  EXPECT_EQ(eng->route_channel(client, 0x4001, 100, now.mono_ms).local, b);
+  send(stun::kRefresh, [](stun::Builder& bb) { bb.add_u32(stun::kLifetime, 0); }, "bob", true, &bob_key);
+  EXPECT_EQ(eng->find_relayed(rb), nullptr);
+  auto r = eng->route_channel(client, 0x4001, 100, now.mono_ms);
+  EXPECT_EQ(r.alloc, a);
+  EXPECT_EQ(r.local, nullptr);  // sent to the (closed) port by the kernel, as before
+}
+
+TEST_F(TurnInternalHopTest, ExpiredReceiverIsGone) {
+  ASSERT_EQ(bind(nullptr, "alice", 0x4001, rb), 0);
+  ASSERT_EQ(permit(&bob_key, "bob", ra), 0);
+  // alice refreshes, bob does not: after bob's 600 s lifetime only alice is left.
+  now.mono_ms += 500 * 1000;
+  send(stun::kRefresh, [](stun::Builder& bb) { bb.add_u32(stun::kLifetime, 600); });
+  ASSERT_EQ(bind(nullptr, "alice", 0x4001, rb), 0);
+  eng->expire(now.mono_ms + 100 * 1000);
+  EXPECT_EQ(eng->find(bob_key), nullptr);
+  EXPECT_EQ(eng->find_relayed(rb), nullptr);
+  EXPECT_EQ(eng->find_relayed(ra), a);
+  auto r = eng->route_channel(client, 0x4001, 100, now.mono_ms + 100 * 1000);
+  EXPECT_EQ(r.alloc, a);
+  EXPECT_EQ(r.local, nullptr);
+}
+
+TEST_F(TurnInternalHopTest, NoSelfRelayMeansNoPermissionToOurAddresses) {
+  // With self relay off, our relayed addresses (documentation range here)
+  // are denied peers: neither the kernel nor the internal path carries data.
+  cfg.self_relay = false;
+  eng.reset();
+  SetUp();
+  EXPECT_EQ(bind(nullptr, "alice", 0x4001, rb), 403);
+  EXPECT_EQ(permit(nullptr, "alice", rb), 403);
+  EXPECT_FALSE(eng->route_channel(client, 0x4001, 100, now.mono_ms).alloc);
 }
 
 }  // namespace
