@@ -186,8 +186,8 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
       }
       Plan none;
       none.peers_unchanged = memo->peers;
-      return dump_json(plan_to_json(none, opt.interface, session.wg->name(),
-                                    "inet " + table_name, opt.dry_run)) + "\n";
+      return plan_json_text(none, opt.interface, session.wg->name(), "inet " + table_name,
+                            opt.dry_run) + "\n";
     }
     // Something changed: take the full path, reusing this observation.
     observed = std::async(std::launch::deferred,
@@ -237,7 +237,7 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   Plan plan = diff(want, obs.cur);
   lap("plan computed");
   std::string table = "inet " + fw.table;
-  if (opt.dry_run) return dump_json(plan_to_json(plan, opt.interface, wg.name(), table, true)) + "\n";
+  if (opt.dry_run) return plan_json_text(plan, opt.interface, wg.name(), table, true) + "\n";
   Current after = expected_state(want, obs.cur);
   Memo next{input_digest, "", want.peers.size()};
   next.backend = wg.name();
@@ -278,7 +278,7 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   next.device_text = std::move(snapshot);
   store_memo(env.state_dir, opt.interface, next);
   lap("memo stored");
-  return dump_json(plan_to_json(plan, opt.interface, wg.name(), table, false)) + "\n";
+  return plan_json_text(plan, opt.interface, wg.name(), table, false) + "\n";
 }
 
 Result<std::string> run_down(const std::string& interface, const std::string& backend,

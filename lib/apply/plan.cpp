@@ -4,6 +4,8 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "apply/format.h"
+
 namespace mesh::apply {
 namespace {
 
@@ -267,6 +269,167 @@ Json plan_to_json(const Plan& plan, const std::string& interface, const std::str
       {"link", {{"mtu", plan.set_mtu ? Json(*plan.set_mtu) : Json(nullptr)}, {"up", plan.set_up}}},
       {"firewall", {{"table", firewall_table}, {"changed", plan.firewall}}},
   };
+}
+
+namespace {
+
+// A JSON string as dump_json() writes it: plain printable ASCII as is,
+// anything else through nlohmann (escapes, invalid UTF-8 replaced).
+void put_string(std::string* o, const std::string& s) {
+  for (unsigned char c : s)
+    if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') {
+      o->append(dump_json(Json(s)));
+      return;
+    }
+  o->push_back('"');
+  o->append(s);
+  o->push_back('"');
+}
+
+void put_prefixes(std::string* o, const std::vector<Prefix>& ps) {
+  o->push_back('[');
+  for (size_t i = 0; i < ps.size(); ++i) {
+    if (i) o->push_back(',');
+    o->push_back('"');
+    append_prefix(o, ps[i]);
+    o->push_back('"');
+  }
+  o->push_back(']');
+}
+
+void put_endpoint(std::string* o, const SockAddr& ep) {
+  o->push_back('"');
+  append_sockaddr(o, ep);
+  o->push_back('"');
+}
+
+const char* boolean(bool b) { return b ? "true" : "false"; }
+
+// One peer entry; members in the order nlohmann's std::map keeps them.
+void put_peer(std::string* o, const PeerChange& c) {
+  static constexpr char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  auto name_and_key = [&] {
+    if (!c.name.empty()) {
+      o->append("\"name\":");
+      put_string(o, c.name);
+      o->push_back(',');
+    }
+    // Standard base64 with padding, as PublicKey::to_base64().
+    static_assert(kKeyLen % 3 == 2);
+    o->append("\"public_key\":\"");
+    const auto& b = c.public_key.bytes;
+    size_t i = 0;
+    for (; i + 3 <= b.size(); i += 3) {
+      uint32_t v = (uint32_t{b[i]} << 16) | (uint32_t{b[i + 1]} << 8) | b[i + 2];
+      for (int k = 18; k >= 0; k -= 6) o->push_back(kB64[(v >> k) & 63]);
+    }
+    uint32_t v = uint32_t{b[i]} << 16 | (i + 1 < b.size() ? uint32_t{b[i + 1]} << 8 : 0);
+    o->push_back(kB64[(v >> 18) & 63]);
+    o->push_back(kB64[(v >> 12) & 63]);
+    o->push_back(i + 1 < b.size() ? kB64[(v >> 6) & 63] : '=');
+    o->push_back('=');
+    o->append("\"}");
+  };
+  o->push_back('{');
+  switch (c.kind) {
+    case PeerChange::Kind::Add:
+      o->append("\"allowed_ips\":");
+      put_prefixes(o, c.allowed_ips);
+      o->append(",\"endpoint\":");
+      if (c.endpoint)
+        put_endpoint(o, *c.endpoint);
+      else
+        o->append("null");
+      o->push_back(',');
+      break;
+    case PeerChange::Kind::Update:
+      if (!c.ips_added.empty()) {
+        o->append("\"allowed_ips_added\":");
+        put_prefixes(o, c.ips_added);
+        o->push_back(',');
+      }
+      if (!c.ips_removed.empty()) {
+        o->append("\"allowed_ips_removed\":");
+        put_prefixes(o, c.ips_removed);
+        o->push_back(',');
+      }
+      o->append("\"changes\":[");
+      for (size_t i = 0; i < c.fields.size(); ++i) {
+        if (i) o->push_back(',');
+        put_string(o, c.fields[i]);
+      }
+      o->append("],");
+      if (c.endpoint) {
+        o->append("\"endpoint\":");
+        put_endpoint(o, *c.endpoint);
+        o->push_back(',');
+      }
+      if (c.keepalive) {
+        o->append("\"keepalive\":");
+        o->append(std::to_string(*c.keepalive));
+        o->push_back(',');
+      }
+      break;
+    case PeerChange::Kind::Remove:
+      o->append("\"allowed_ips\":");
+      put_prefixes(o, c.ips_removed);
+      o->push_back(',');
+      break;
+  }
+  name_and_key();
+}
+
+void put_peers(std::string* o, const Plan& plan, PeerChange::Kind kind) {
+  o->push_back('[');
+  bool first = true;
+  for (const auto& c : plan.peers) {
+    if (c.kind != kind) continue;
+    if (!first) o->push_back(',');
+    first = false;
+    put_peer(o, c);
+  }
+  o->push_back(']');
+}
+
+}  // namespace
+
+std::string plan_json_text(const Plan& plan, const std::string& interface, const std::string& backend,
+                           const std::string& firewall_table, bool dry_run) {
+  std::string o;
+  o.reserve(512 + plan.peers.size() * 160);
+  o.append("{\"addresses\":{\"added\":");
+  put_prefixes(&o, plan.addresses_add);
+  o.append(",\"removed\":");
+  put_prefixes(&o, plan.addresses_del);
+  o.append("},\"backend\":");
+  put_string(&o, backend);
+  o.append(",\"changed\":").append(boolean(plan.changed()));
+  o.append(",\"created\":").append(boolean(plan.create_interface));
+  o.append(",\"dry_run\":").append(boolean(dry_run));
+  o.append(",\"firewall\":{\"changed\":").append(boolean(plan.firewall));
+  o.append(",\"table\":");
+  put_string(&o, firewall_table);
+  o.append("},\"interface\":");
+  put_string(&o, interface);
+  o.append(",\"link\":{\"mtu\":");
+  o.append(plan.set_mtu ? std::to_string(*plan.set_mtu) : "null");
+  o.append(",\"up\":").append(boolean(plan.set_up));
+  o.append("},\"listen_port\":");
+  o.append(plan.set_listen_port ? std::to_string(*plan.set_listen_port) : "null");
+  o.append(",\"peers\":{\"added\":");
+  put_peers(&o, plan, PeerChange::Kind::Add);
+  o.append(",\"removed\":");
+  put_peers(&o, plan, PeerChange::Kind::Remove);
+  o.append(",\"unchanged\":").append(std::to_string(plan.peers_unchanged));
+  o.append(",\"updated\":");
+  put_peers(&o, plan, PeerChange::Kind::Update);
+  o.append("},\"private_key_changed\":").append(boolean(plan.set_private_key));
+  o.append(",\"routes\":{\"added\":");
+  put_prefixes(&o, plan.routes_add);
+  o.append(",\"removed\":");
+  put_prefixes(&o, plan.routes_del);
+  o.append("}}");
+  return o;
 }
 
 std::string wg_quick_conf(const Desired& d, const Current& c) {

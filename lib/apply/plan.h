@@ -104,6 +104,12 @@ DeviceUpdate device_update(const Plan& plan, const Desired& desired);
 Json plan_to_json(const Plan& plan, const std::string& interface, const std::string& backend,
                   const std::string& firewall_table, bool dry_run);
 
+// Exactly dump_json(plan_to_json(...)), written straight into a string: a
+// full apply lists thousands of added peers, and the DOM plus its
+// serialisation cost more than the rest of the run's own work.
+std::string plan_json_text(const Plan& plan, const std::string& interface, const std::string& backend,
+                           const std::string& firewall_table, bool dry_run);
+
 // An equivalent wg-quick(8) configuration (Address, MTU in [Interface]).
 std::string wg_quick_conf(const Desired& d, const Current& c);
 
