@@ -129,8 +129,9 @@ Snapshot snapshot_of(const DeviceState& d) {
     q.allowed_ips = p.allowed_ips;
     s.peers.push_back(std::move(q));
   }
-  std::sort(s.peers.begin(), s.peers.end(),
-            [](const SnapshotPeer& a, const SnapshotPeer& b) { return a.public_key < b.public_key; });
+  auto by_key = [](const SnapshotPeer& a, const SnapshotPeer& b) { return a.public_key < b.public_key; };
+  if (!std::is_sorted(s.peers.begin(), s.peers.end(), by_key))
+    std::sort(s.peers.begin(), s.peers.end(), by_key);
   return s;
 }
 
@@ -338,17 +339,33 @@ Current expected_state(const Desired& want, const Current& before) {
   c.device.private_key = want.private_key;
   c.device.listen_port = want.listen_port ? *want.listen_port : before.device.listen_port;
   c.device.fwmark = before.device.fwmark;
+  // The current peers by key: a binary search when they are sorted (as
+  // normalise() leaves them), a map otherwise.
+  const auto& before_peers = before.device.peers;
+  auto by_key = [](const PeerState& a, const PeerState& b) { return a.public_key < b.public_key; };
+  bool sorted = std::is_sorted(before_peers.begin(), before_peers.end(), by_key);
   std::map<PublicKey, const PeerState*> cur;
-  for (const auto& p : before.device.peers) cur[p.public_key] = &p;
+  if (!sorted)
+    for (const auto& p : before_peers) cur[p.public_key] = &p;
+  auto current = [&](const PublicKey& k) -> const PeerState* {
+    if (!sorted) {
+      auto it = cur.find(k);
+      return it == cur.end() ? nullptr : it->second;
+    }
+    auto it = std::lower_bound(before_peers.begin(), before_peers.end(), k,
+                               [](const PeerState& a, const PublicKey& key) { return a.public_key < key; });
+    return it != before_peers.end() && it->public_key == k ? &*it : nullptr;
+  };
+  c.device.peers.reserve(want.peers.size());
   for (const auto& d : want.peers) {
     PeerState p;
     p.public_key = d.public_key;
     p.preshared_key = d.preshared_key;
-    auto it = cur.find(d.public_key);
+    const PeerState* now = current(d.public_key);
     if (d.forced_endpoint)
       p.endpoint = d.forced_endpoint;
-    else if (it != cur.end() && it->second->endpoint)
-      p.endpoint = it->second->endpoint;
+    else if (now && now->endpoint)
+      p.endpoint = now->endpoint;
     else
       p.endpoint = d.map_endpoint;
     p.keepalive = d.keepalive;

@@ -80,7 +80,16 @@ Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key,
   d.mtu = map.self.mtu;
   d.addresses = map.self.addresses;
   sort_unique(&d.addresses);
-  for (const auto& mp : map.peers) {
+  // Sorted by key through a permutation: moving whole DesiredPeers around
+  // in a sort of thousands costs more than building them in order.
+  std::vector<uint32_t> order(map.peers.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<uint32_t>(i);
+  std::sort(order.begin(), order.end(), [&map](uint32_t a, uint32_t b) {
+    return map.peers[a].public_key < map.peers[b].public_key;
+  });
+  d.peers.reserve(order.size());
+  for (uint32_t idx : order) {
+    const MapPeer& mp = map.peers[idx];
     DesiredPeer p;
     p.name = mp.name;
     p.public_key = mp.public_key;
@@ -94,8 +103,6 @@ Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key,
       p.forced_endpoint = path->endpoint;  // relay-needed without endpoint: keep current/map
     d.peers.push_back(std::move(p));
   }
-  std::sort(d.peers.begin(), d.peers.end(),
-            [](const DesiredPeer& a, const DesiredPeer& b) { return a.public_key < b.public_key; });
   d.routes = routes_for(d.addresses, d.peers);
   return d;
 }

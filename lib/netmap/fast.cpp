@@ -1,11 +1,19 @@
 #include "netmap/fast.h"
 
+#include <array>
 #include <cstring>
 #include <unordered_map>
 #include <unordered_set>
 
 namespace mesh {
 namespace {
+
+// Printable ASCII other than '"' and '\\': taken as is inside a string.
+constexpr std::array<bool, 256> kPlain = [] {
+  std::array<bool, 256> t{};
+  for (int c = 0x20; c < 0x80; ++c) t[c] = c != '"' && c != '\\';
+  return t;
+}();
 
 // Every function here returns false to decline: the text is then handed
 // to parse_json() + parse_netmap(), which either accept it (something this
@@ -40,6 +48,8 @@ class Reader {
     if (!eat('"')) return false;
     const char* start = p_;
     while (p_ < end_) {
+      while (p_ < end_ && kPlain[static_cast<unsigned char>(*p_)]) ++p_;
+      if (p_ == end_) break;
       auto c = static_cast<unsigned char>(*p_);
       if (c == '"') {
         *out = std::string_view(start, static_cast<size_t>(p_ - start));
