@@ -222,10 +222,96 @@ bool string_list(Reader& r, std::vector<std::string>* out) {
   });
 }
 
+// Shortcuts for the common spellings, each accepting a subset of what the
+// general parser accepts and giving the same value; anything else goes to
+// the general parser (Prefix/SockAddr::parse, PublicKey::from_base64).
+
+// Up to `max_digits` decimal digits (at least one) at the front of `s`.
+bool digits(std::string_view* s, int max_digits, unsigned* out) {
+  unsigned v = 0;
+  int n = 0;
+  while (n < static_cast<int>(s->size()) && (*s)[n] >= '0' && (*s)[n] <= '9') {
+    if (++n > max_digits) return false;
+    v = v * 10 + static_cast<unsigned>((*s)[n - 1] - '0');
+  }
+  if (n == 0) return false;
+  s->remove_prefix(static_cast<size_t>(n));
+  *out = v;
+  return true;
+}
+
+// Dotted-quad IPv4 as inet_pton(3) takes it: four octets 0-255 without
+// leading zeros. Consumes it from the front of `s`.
+bool quick_v4(std::string_view* s, IpAddr* a) {
+  a->family = AF_INET;
+  for (int i = 0; i < 4; ++i) {
+    if (i) {
+      if (s->empty() || s->front() != '.') return false;
+      s->remove_prefix(1);
+    }
+    bool leading_zero = !s->empty() && s->front() == '0';
+    unsigned v;
+    std::string_view before = *s;
+    if (!digits(s, 3, &v) || v > 255 || (leading_zero && before.size() - s->size() > 1)) return false;
+    a->bytes[static_cast<size_t>(i)] = static_cast<uint8_t>(v);
+  }
+  return true;
+}
+
+bool quick_prefix(std::string_view s, Prefix* p) {
+  unsigned len;
+  if (!quick_v4(&s, &p->addr) || s.empty() || s.front() != '/') return false;
+  s.remove_prefix(1);
+  if (!digits(&s, 2, &len) || !s.empty() || len > 32) return false;
+  p->len = static_cast<int>(len);
+  return true;
+}
+
+bool quick_endpoint(std::string_view s, SockAddr* e) {
+  unsigned port;
+  if (!quick_v4(&s, &e->ip) || s.empty() || s.front() != ':') return false;
+  s.remove_prefix(1);
+  if (!digits(&s, 5, &port) || !s.empty() || port > 65535) return false;
+  e->port = static_cast<uint16_t>(port);
+  return true;
+}
+
+// 44 characters of standard base64, the last '=' and the two spare bits
+// zero: what decode_key() accepts without trimming.
+bool quick_key(std::string_view s, PublicKey* k) {
+  static constexpr auto kRev = [] {
+    std::array<int8_t, 256> t{};
+    for (auto& v : t) v = -1;
+    constexpr char kStd[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (int i = 0; i < 64; ++i) t[static_cast<unsigned char>(kStd[i])] = static_cast<int8_t>(i);
+    return t;
+  }();
+  if (s.size() != 44 || s[43] != '=') return false;
+  uint32_t acc = 0;
+  int bits = 0;
+  size_t o = 0;
+  for (size_t i = 0; i < 43; ++i) {
+    int v = kRev[static_cast<unsigned char>(s[i])];
+    if (v < 0) return false;
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      k->bytes[o++] = static_cast<uint8_t>(acc >> bits);
+    }
+  }
+  return o == kKeyLen && (acc & ((1u << bits) - 1)) == 0;
+}
+
 bool prefixes(Reader& r, std::vector<Prefix>* out) {
   return r.array([&] {
     std::string_view s;
     if (!r.string(&s)) return false;
+    Prefix quick;
+    if (quick_prefix(s, &quick)) {
+      out->push_back(quick);
+      return true;
+    }
     auto p = Prefix::parse(s);
     if (!p) return false;
     out->push_back(*p);
@@ -236,6 +322,7 @@ bool prefixes(Reader& r, std::vector<Prefix>* out) {
 bool public_key(Reader& r, PublicKey* out) {
   std::string_view s;
   if (!r.string(&s)) return false;
+  if (quick_key(s, out)) return true;
   auto k = PublicKey::from_base64(s);
   if (!k) return false;
   *out = *k;
@@ -255,6 +342,13 @@ bool candidate(Reader& r, bool strict, Candidate* c) {
     std::string_view s;
     if (!r.string(&s)) return false;
     if (i == 0) {
+      SockAddr quick;
+      if (quick_endpoint(s, &quick)) {
+        if (quick.port == 0) return false;
+        c->endpoint = quick;
+        have_endpoint = true;
+        return true;
+      }
       auto sa = SockAddr::parse(s);
       if (!sa || sa->port == 0) return false;
       c->endpoint = *sa;

@@ -141,6 +141,42 @@ TEST(NetMapFast, DeclinesWhatItLeavesToTheSlowPath) {
   for (size_t n = 0; n + 1 < s.size(); n += 7) EXPECT_FALSE(parse_netmap_fast(s.substr(0, n)));
 }
 
+TEST(NetMapFast, AddressAndKeySpellingsAgree) {
+  Keys k;
+  const std::string s = sample(k);
+  // The quick IPv4/key readers take a subset; the rest must reach the
+  // general parsers with the same outcome, valid or not.
+  std::vector<std::pair<std::string, std::string>> edits = {
+      {"\"100.64.0.2/32\"", "\"100.64.0.2/032\""},   // general parser: valid
+      {"\"100.64.0.2/32\"", "\"100.064.0.2/32\""},   // leading zero: invalid
+      {"\"100.64.0.2/32\"", "\"100.64.0.2\""},       // bare address: /32
+      {"\"100.64.0.2/32\"", "\"100.64.0.256/32\""},
+      {"\"100.64.0.2/32\"", "\"100.64.0/32\""},
+      {"\"100.64.0.2/32\"", "\"100.64.0.2/-0\""},
+      {"\"100.64.0.2/32\"", "\"100.64.0.2/\""},
+      {"\"100.64.0.2/32\"", "\"100.64.0.2/33\""},
+      {"\"100.64.0.2/32\"", "\"0.0.0.0/0\""},
+      {"\"203.0.113.5:40000\"", "\"203.0.113.5:040000\""},
+      {"\"203.0.113.5:40000\"", "\"203.0.113.5:65536\""},
+      {"\"203.0.113.5:40000\"", "\"203.0.113.5:00000\""},
+      {"\"203.0.113.5:40000\"", "\"203.0.113.5:\""},
+      {"\"203.0.113.5:40000\"", "\"203.0.113.05:1\""},
+      {"\"203.0.113.5:40000\"", "\"255.255.255.255:65535\""},
+      {"\"public_key\": \"" + k.b + "\"", "\"public_key\": \" " + k.b + " \""},  // trimmed: valid
+      {"\"public_key\": \"" + k.b + "\"", "\"public_key\": \"" + k.b.substr(0, 42) + "==\""},
+      {"\"public_key\": \"" + k.b + "\"", "\"public_key\": \"" + k.b.substr(0, 42) + "B=\""},
+      {"\"public_key\": \"" + k.b + "\"", "\"public_key\": \"" + k.b.substr(0, 42) + "-=\""},
+      {"\"public_key\": \"" + k.b + "\"", "\"public_key\": \"" + k.b.substr(0, 43) + "\""},
+  };
+  for (const auto& [from, to] : edits)
+    for (bool strict : {false, true}) agrees(replace(s, from, to), strict);
+  // Every canonical key (spare bits zero) takes the quick reader.
+  for (int i = 0; i < 64; ++i) {
+    Keys other;
+    EXPECT_TRUE(agrees(replace(s, k.b, other.b), true));
+  }
+}
+
 TEST(NetMapFast, ErrorsAreTheValidatorsOwn) {
   Keys k;
   auto t = replace(sample(k), "\"public_key\": \"" + k.b + "\"", "\"public_key\": \"nope\"");
