@@ -263,9 +263,17 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     plan.set_up = !obs.link->up;
   }
   int ifindex = obs.link->ifindex;
-  MESH_TRY(wg.set(device_update(plan, want)));
+  // The firewall table (an nft(8) run) and the WireGuard SET do not depend
+  // on each other: install it while the device digests the SET. Both are
+  // done before the link comes up or the memo is written.
+  std::future<Status> fw_installed;
+  if (plan.firewall)
+    fw_installed = std::async(std::launch::async, [&fw] { return firewall_install(fw); });
+  Status set = wg.set(device_update(plan, want));
   lap("WireGuard device set");
-  if (plan.firewall) MESH_TRY(firewall_install(fw));
+  Status fw_status = plan.firewall ? fw_installed.get() : Status::ok();
+  MESH_TRY(set);
+  MESH_TRY(fw_status);
   lap("firewall installed");
   MESH_TRY(rt.change_addresses(ifindex, plan.addresses_add, plan.addresses_del));
   if (plan.set_mtu || plan.set_up) MESH_TRY(rt.set_link(ifindex, plan.set_mtu, true));
