@@ -181,7 +181,7 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
         next.verified_at = env.now();
         next.ifindex = session.obs.link->ifindex;
         next.backend = session.wg->name();
-        next.device_text = serialise_snapshot(snapshot_of(session.obs.cur.device));
+        next.device_text = serialise_snapshot(session.obs.cur.device);
         store_memo(env.state_dir, opt.interface, next);
       }
       Plan none;
@@ -207,8 +207,9 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     docs.push_back(std::move(d));
   }
   EndpointsDoc eps = merge_endpoints(docs);
-  MESH_ASSIGN(Desired want, desired_from_map(map, key, eps, opt.listen_port));
   FirewallScript fw = firewall_script(opt.interface, map.inbound);
+  // The map's peers are not needed again: their lists move into `want`.
+  MESH_ASSIGN(Desired want, desired_from_map(std::move(map), key, eps, opt.listen_port));
   want.firewall_digest = fw.digest;
   want.firewall_rules = map.inbound.size();
   lap("desired state and firewall compiled");
@@ -223,7 +224,7 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   if (obs.device_from_memo) {
     auto snap = parse_snapshot(memo->device_text);
     if (snap) {
-      obs.cur.device = device_from_snapshot(*snap, want);
+      obs.cur.device = device_from_snapshot(std::move(*snap), want);
     } else {
       log.debug("memo snapshot unreadable (" + snap.status().message() + "); reading the device");
       obs.device_from_memo = false;
@@ -245,7 +246,7 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   // Digested and serialised while the device is being set (mostly waiting).
   auto digested = std::async(std::launch::async, [&after] {
     return std::array<std::string, 3>{state_digest(after), link_digest(after),
-                                      serialise_snapshot(snapshot_of(after.device))};
+                                      serialise_snapshot(after.device)};
   });
   // A run that fails midway must not leave a snapshot of the old state
   // behind (it would be trusted next time): drop it before touching anything.

@@ -135,6 +135,16 @@ Snapshot snapshot_of(const DeviceState& d) {
   return s;
 }
 
+DeviceState device_from_snapshot(Snapshot&& s, const Desired& want) {
+  // The copying version, then the peers' lists moved in instead of copied.
+  std::vector<std::vector<Prefix>> ips;
+  ips.reserve(s.peers.size());
+  for (auto& q : s.peers) ips.push_back(std::move(q.allowed_ips));
+  DeviceState d = device_from_snapshot(static_cast<const Snapshot&>(s), want);
+  for (size_t i = 0; i < ips.size(); ++i) d.peers[i].allowed_ips = std::move(ips[i]);
+  return d;
+}
+
 DeviceState device_from_snapshot(const Snapshot& s, const Desired& want) {
   // A stand-in for a key we only know the digest of: random, so it matches
   // nothing that is wanted and diff() sets the wanted key.
@@ -252,16 +262,21 @@ bool digest_ok(const std::string& d) {
 
 }  // namespace
 
-std::string serialise_snapshot(const Snapshot& s) {
-  Writer w(64 + s.peers.size() * 72);
+namespace {
+
+// One writer for both forms: `psk(p)` gives a peer's preshared-key digest.
+template <typename Peers, typename Psk>
+std::string write_snapshot(const std::string& private_key, uint16_t listen_port, uint32_t fwmark,
+                           const Peers& peers, Psk psk) {
+  Writer w(64 + peers.size() * 72);
   w.bytes(kSnapshotMagic.data(), kSnapshotMagic.size());
-  w.str(s.private_key);
-  w.num(s.listen_port);
-  w.num(s.fwmark);
-  w.num(static_cast<uint32_t>(s.peers.size()));
-  for (const auto& p : s.peers) {
+  w.str(private_key);
+  w.num(listen_port);
+  w.num(fwmark);
+  w.num(static_cast<uint32_t>(peers.size()));
+  for (const auto& p : peers) {
     w.bytes(p.public_key.bytes.data(), kKeyLen);
-    w.str(p.psk);
+    w.str(psk(p));
     w.num(static_cast<uint8_t>(!p.endpoint ? 0 : p.endpoint->ip.is_v4() ? 4 : 6));
     if (p.endpoint) {
       w.addr(p.endpoint->ip);
@@ -276,6 +291,23 @@ std::string serialise_snapshot(const Snapshot& s) {
     }
   }
   return w.finish();
+}
+
+}  // namespace
+
+std::string serialise_snapshot(const Snapshot& s) {
+  return write_snapshot(s.private_key, s.listen_port, s.fwmark, s.peers,
+                        [](const SnapshotPeer& p) -> const std::string& { return p.psk; });
+}
+
+std::string serialise_snapshot(const DeviceState& d) {
+  auto by_key = [](const PeerState& a, const PeerState& b) { return a.public_key < b.public_key; };
+  if (!std::is_sorted(d.peers.begin(), d.peers.end(), by_key)) return serialise_snapshot(snapshot_of(d));
+  // Straight from the device: no copy of every peer's allowed IPs.
+  return write_snapshot(d.private_key ? key_digest(*d.private_key) : std::string(), d.listen_port,
+                        d.fwmark, d.peers, [](const PeerState& p) {
+                          return p.preshared_key ? key_digest(*p.preshared_key) : std::string();
+                        });
 }
 
 Result<Snapshot> parse_snapshot(std::string_view text) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <type_traits>
 #include <nlohmann/json.hpp>
 
 #include "apply/format.h"
@@ -64,9 +65,13 @@ std::vector<Prefix> routes_for(const std::vector<Prefix>& addresses,
   return out;
 }
 
-Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key,
-                                 const EndpointsDoc& endpoints,
-                                 std::optional<uint16_t> listen_port_override) {
+namespace {
+
+// Map is const NetMap (copied from) or NetMap (moved from).
+template <typename Map>
+Result<Desired> build_desired(Map& map, const SecretKey& key, const EndpointsDoc& endpoints,
+                              std::optional<uint16_t> listen_port_override) {
+  constexpr bool kMove = !std::is_const_v<Map>;
   Desired d;
   if (key.public_key() != map.self.public_key)
     return data_error("the private key does not belong to this map (its public key is " +
@@ -89,12 +94,14 @@ Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key,
   });
   d.peers.reserve(order.size());
   for (uint32_t idx : order) {
-    const MapPeer& mp = map.peers[idx];
+    auto& mp = map.peers[idx];
     DesiredPeer p;
-    p.name = mp.name;
+    if constexpr (kMove) p.name = std::move(mp.name);
+    else p.name = mp.name;
     p.public_key = mp.public_key;
     if (mp.preshared_key) p.preshared_key = *mp.preshared_key;
-    p.allowed_ips = mp.allowed_ips;
+    if constexpr (kMove) p.allowed_ips = std::move(mp.allowed_ips);
+    else p.allowed_ips = mp.allowed_ips;
     for (auto& a : p.allowed_ips) a = a.canonical();
     sort_unique(&p.allowed_ips);
     p.keepalive = mp.keepalive;
@@ -105,6 +112,18 @@ Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key,
   }
   d.routes = routes_for(d.addresses, d.peers);
   return d;
+}
+
+}  // namespace
+
+Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key, const EndpointsDoc& endpoints,
+                                 std::optional<uint16_t> listen_port_override) {
+  return build_desired(map, key, endpoints, listen_port_override);
+}
+
+Result<Desired> desired_from_map(NetMap&& map, const SecretKey& key, const EndpointsDoc& endpoints,
+                                 std::optional<uint16_t> listen_port_override) {
+  return build_desired(map, key, endpoints, listen_port_override);
 }
 
 Plan diff(const Desired& want, const Current& cur) {

@@ -89,6 +89,11 @@ struct Plan {
 Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key,
                                  const EndpointsDoc& endpoints,
                                  std::optional<uint16_t> listen_port_override);
+// The same, moving the peers' names and allowed IPs out of `map` (whose
+// other members are left as they were).
+Result<Desired> desired_from_map(NetMap&& map, const SecretKey& key,
+                                 const EndpointsDoc& endpoints,
+                                 std::optional<uint16_t> listen_port_override);
 
 // Routes the interface needs: every peer allowed IP not already covered by
 // the on-link prefix of one of the interface addresses. Canonical, sorted.

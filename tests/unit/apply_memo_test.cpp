@@ -232,3 +232,29 @@ TEST(ApplyMemo, SnapshotIsTrustedOnlyOnTheSameInterfaceWithinTheInterval) {
 
 }  // namespace
 }  // namespace mesh::apply
+
+namespace mesh::apply {
+namespace {
+
+TEST(ApplyMemo, ShortcutsMatchTheGeneralForms) {
+  Desired w = desired();
+  w.peers[0].preshared_key = SecretKey::generate_preshared();
+  Current after = expected_state(w, Current{});
+  // Straight from the device or through snapshot_of(): the same bytes.
+  EXPECT_EQ(serialise_snapshot(after.device), serialise_snapshot(snapshot_of(after.device)));
+  DeviceState unsorted = after.device;
+  PeerState extra = unsorted.peers.front();
+  extra.public_key.bytes.fill(0);
+  unsorted.peers.push_back(extra);  // out of order: sorted on the way
+  EXPECT_EQ(serialise_snapshot(unsorted), serialise_snapshot(snapshot_of(unsorted)));
+  // Moving out of the snapshot gives the same device.
+  auto snap = parse_snapshot(serialise_snapshot(after.device)).value();
+  Current a = after, b = after;
+  a.device = device_from_snapshot(snap, w);
+  b.device = device_from_snapshot(std::move(snap), w);
+  EXPECT_EQ(state_digest(a), state_digest(b));
+  EXPECT_EQ(state_digest(a), state_digest(after));
+}
+
+}  // namespace
+}  // namespace mesh::apply
