@@ -13,6 +13,7 @@
 #include "apply/rtnl.h"
 #include "core/file.h"
 #include "netmap/endpoints.h"
+#include "netmap/fast.h"
 
 namespace mesh::apply {
 
@@ -180,13 +181,13 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
         next.verified_at = env.now();
         next.ifindex = session.obs.link->ifindex;
         next.backend = session.wg->name();
-        next.device_text = serialise_snapshot(snapshot_of(session.obs.cur.device));
+        next.device_text = serialise_snapshot(session.obs.cur.device);
         store_memo(env.state_dir, opt.interface, next);
       }
       Plan none;
       none.peers_unchanged = memo->peers;
-      return dump_json(plan_to_json(none, opt.interface, session.wg->name(),
-                                    "inet " + table_name, opt.dry_run)) + "\n";
+      return plan_json_text(none, opt.interface, session.wg->name(), "inet " + table_name,
+                            opt.dry_run) + "\n";
     }
     // Something changed: take the full path, reusing this observation.
     observed = std::async(std::launch::deferred,
@@ -195,14 +196,9 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
                           });
   }
 
-  Json map_json;
-  {
-    MESH_ASSIGN(map_json, parse_json(map_text, map_source));
-  }
-  MESH_ASSIGN(NetMap map, parse_netmap(map_json, map_source, po));
-  // Freeing a 5,000-peer document takes milliseconds: let another thread do
-  // it while this one carries on (joined when run_apply returns).
-  auto freed = std::async(std::launch::async, [j = std::move(map_json)]() mutable { j = Json(); });
+  // Straight from the text (netmap/fast.h); the same validation and errors
+  // as parse_json() + parse_netmap().
+  MESH_ASSIGN(NetMap map, parse_netmap_text(map_text, map_source, po));
   lap("map parsed");
   std::vector<EndpointsDoc> docs;
   for (size_t i = 0; i < eps_texts.size(); ++i) {
@@ -211,8 +207,9 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     docs.push_back(std::move(d));
   }
   EndpointsDoc eps = merge_endpoints(docs);
-  MESH_ASSIGN(Desired want, desired_from_map(map, key, eps, opt.listen_port));
   FirewallScript fw = firewall_script(opt.interface, map.inbound);
+  // The map's peers are not needed again: their lists move into `want`.
+  MESH_ASSIGN(Desired want, desired_from_map(std::move(map), key, eps, opt.listen_port));
   want.firewall_digest = fw.digest;
   want.firewall_rules = map.inbound.size();
   lap("desired state and firewall compiled");
@@ -227,7 +224,7 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   if (obs.device_from_memo) {
     auto snap = parse_snapshot(memo->device_text);
     if (snap) {
-      obs.cur.device = device_from_snapshot(*snap, want);
+      obs.cur.device = device_from_snapshot(std::move(*snap), want);
     } else {
       log.debug("memo snapshot unreadable (" + snap.status().message() + "); reading the device");
       obs.device_from_memo = false;
@@ -241,7 +238,7 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   Plan plan = diff(want, obs.cur);
   lap("plan computed");
   std::string table = "inet " + fw.table;
-  if (opt.dry_run) return dump_json(plan_to_json(plan, opt.interface, wg.name(), table, true)) + "\n";
+  if (opt.dry_run) return plan_json_text(plan, opt.interface, wg.name(), table, true) + "\n";
   Current after = expected_state(want, obs.cur);
   Memo next{input_digest, "", want.peers.size()};
   next.backend = wg.name();
@@ -249,7 +246,7 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   // Digested and serialised while the device is being set (mostly waiting).
   auto digested = std::async(std::launch::async, [&after] {
     return std::array<std::string, 3>{state_digest(after), link_digest(after),
-                                      serialise_snapshot(snapshot_of(after.device))};
+                                      serialise_snapshot(after.device)};
   });
   // A run that fails midway must not leave a snapshot of the old state
   // behind (it would be trusted next time): drop it before touching anything.
@@ -267,9 +264,17 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     plan.set_up = !obs.link->up;
   }
   int ifindex = obs.link->ifindex;
-  MESH_TRY(wg.set(device_update(plan, want)));
+  // The firewall table (an nft(8) run) and the WireGuard SET do not depend
+  // on each other: install it while the device digests the SET. Both are
+  // done before the link comes up or the memo is written.
+  std::future<Status> fw_installed;
+  if (plan.firewall)
+    fw_installed = std::async(std::launch::async, [&fw] { return firewall_install(fw); });
+  Status set = wg.set(device_update(plan, want));
   lap("WireGuard device set");
-  if (plan.firewall) MESH_TRY(firewall_install(fw));
+  Status fw_status = plan.firewall ? fw_installed.get() : Status::ok();
+  MESH_TRY(set);
+  MESH_TRY(fw_status);
   lap("firewall installed");
   MESH_TRY(rt.change_addresses(ifindex, plan.addresses_add, plan.addresses_del));
   if (plan.set_mtu || plan.set_up) MESH_TRY(rt.set_link(ifindex, plan.set_mtu, true));
@@ -282,7 +287,7 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   next.device_text = std::move(snapshot);
   store_memo(env.state_dir, opt.interface, next);
   lap("memo stored");
-  return dump_json(plan_to_json(plan, opt.interface, wg.name(), table, false)) + "\n";
+  return plan_json_text(plan, opt.interface, wg.name(), table, false) + "\n";
 }
 
 Result<std::string> run_down(const std::string& interface, const std::string& backend,

@@ -29,8 +29,11 @@ void normalise(PeerState* p) {
 
 void normalise(DeviceState* d) {
   for (auto& p : d->peers) normalise(&p);
-  std::sort(d->peers.begin(), d->peers.end(),
-            [](const PeerState& a, const PeerState& b) { return a.public_key < b.public_key; });
+  auto by_key = [](const PeerState& a, const PeerState& b) { return a.public_key < b.public_key; };
+  // Usually sorted already (built from sorted lists): checking is cheaper
+  // than sorting thousands of peers again.
+  if (!std::is_sorted(d->peers.begin(), d->peers.end(), by_key))
+    std::sort(d->peers.begin(), d->peers.end(), by_key);
   if (d->private_key && is_zero(*d->private_key)) d->private_key.reset();
 }
 

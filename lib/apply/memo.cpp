@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <charconv>
+#include <cstring>
 #include <map>
 
 #include "core/base64.h"
@@ -128,9 +129,20 @@ Snapshot snapshot_of(const DeviceState& d) {
     q.allowed_ips = p.allowed_ips;
     s.peers.push_back(std::move(q));
   }
-  std::sort(s.peers.begin(), s.peers.end(),
-            [](const SnapshotPeer& a, const SnapshotPeer& b) { return a.public_key < b.public_key; });
+  auto by_key = [](const SnapshotPeer& a, const SnapshotPeer& b) { return a.public_key < b.public_key; };
+  if (!std::is_sorted(s.peers.begin(), s.peers.end(), by_key))
+    std::sort(s.peers.begin(), s.peers.end(), by_key);
   return s;
+}
+
+DeviceState device_from_snapshot(Snapshot&& s, const Desired& want) {
+  // The copying version, then the peers' lists moved in instead of copied.
+  std::vector<std::vector<Prefix>> ips;
+  ips.reserve(s.peers.size());
+  for (auto& q : s.peers) ips.push_back(std::move(q.allowed_ips));
+  DeviceState d = device_from_snapshot(static_cast<const Snapshot&>(s), want);
+  for (size_t i = 0; i < ips.size(); ++i) d.peers[i].allowed_ips = std::move(ips[i]);
+  return d;
 }
 
 DeviceState device_from_snapshot(const Snapshot& s, const Desired& want) {
@@ -165,42 +177,73 @@ DeviceState device_from_snapshot(const Snapshot& s, const Desired& want) {
   return d;
 }
 
-std::string serialise_snapshot(const Snapshot& s) {
-  std::string out;
-  out.reserve(64 + s.peers.size() * 128);
-  out += "device " + (s.private_key.empty() ? "-" : s.private_key) + " " +
-         std::to_string(s.listen_port) + " " + std::to_string(s.fwmark) + "\n";
-  for (const auto& p : s.peers) {
-    out += "peer ";
-    out += p.public_key.to_base64();
-    out += ' ';
-    out += p.psk.empty() ? "-" : p.psk;
-    out += ' ';
-    out += p.endpoint ? p.endpoint->to_string() : "-";
-    out += ' ';
-    out += std::to_string(p.keepalive);
-    out += ' ';
-    if (p.allowed_ips.empty()) out += '-';
-    for (size_t i = 0; i < p.allowed_ips.size(); ++i) {
-      if (i) out += ',';
-      out += p.allowed_ips[i].to_string();
-    }
-    out += '\n';
-  }
-  return out;
-}
+// The snapshot is binary (host byte order: it never leaves this machine's
+// /run): formatting and parsing thousands of addresses and base64 keys as
+// text cost more than the rest of a one-peer run. Layout:
+//   kSnapshotMagic
+//   str private-key digest; u16 listen port; u32 fwmark; u32 peer count
+//   per peer: 32-byte public key; str preshared-key digest;
+//             u8 endpoint family (0 none, 4, 6) [address (4|16), u16 port];
+//             i32 keepalive; u32 allowed-IP count,
+//             per allowed IP: u8 family (4, 6), u8 length, address (4|16)
+//   32-byte BLAKE2b of everything before it
+// (str: u8 length, then that many bytes). Anything else, a failed checksum
+// or peers out of order is malformed: the caller reads the device instead.
+static constexpr std::string_view kSnapshotMagic = "mesh-apply snapshot 1\n";
 
 namespace {
 
-std::vector<std::string_view> split(std::string_view s, char sep) {
-  std::vector<std::string_view> out;
-  for (;;) {
-    auto at = s.find(sep);
-    out.push_back(s.substr(0, at));
-    if (at == std::string_view::npos) return out;
-    s.remove_prefix(at + 1);
+class Writer {
+ public:
+  explicit Writer(size_t reserve) { out_.reserve(reserve); }
+  void bytes(const void* b, size_t n) { out_.append(static_cast<const char*>(b), n); }
+  template <typename T>
+  void num(T v) { bytes(&v, sizeof v); }
+  void str(const std::string& s) {
+    num(static_cast<uint8_t>(s.size()));
+    bytes(s.data(), s.size());
   }
-}
+  void addr(const IpAddr& a) { bytes(a.bytes.data(), a.is_v4() ? 4 : 16); }
+  std::string finish() {
+    unsigned char h[32];
+    crypto_generichash(h, sizeof h, reinterpret_cast<const unsigned char*>(out_.data()), out_.size(),
+                       nullptr, 0);
+    bytes(h, sizeof h);
+    return std::move(out_);
+  }
+
+ private:
+  std::string out_;
+};
+
+class Cursor {
+ public:
+  explicit Cursor(std::string_view t) : t_(t) {}
+  bool bytes(void* b, size_t n) {
+    if (t_.size() < n) return false;
+    std::memcpy(b, t_.data(), n);
+    t_.remove_prefix(n);
+    return true;
+  }
+  template <typename T>
+  bool num(T* v) { return bytes(v, sizeof *v); }
+  bool str(std::string* s) {
+    uint8_t n;
+    if (!num(&n) || t_.size() < n) return false;
+    s->assign(t_.data(), n);
+    t_.remove_prefix(n);
+    return true;
+  }
+  bool addr(uint8_t family, IpAddr* a) {
+    if (family != 4 && family != 6) return false;
+    a->family = family == 4 ? AF_INET : AF_INET6;
+    return bytes(a->bytes.data(), family == 4 ? 4 : 16);
+  }
+  size_t left() const { return t_.size(); }
+
+ private:
+  std::string_view t_;
+};
 
 template <typename T>
 bool number(std::string_view s, T* out) {
@@ -208,40 +251,112 @@ bool number(std::string_view s, T* out) {
   return !s.empty() && ec == std::errc() && p == s.data() + s.size();
 }
 
+// A key digest as key_digest() writes it: 32 hex digits (or none).
+bool digest_ok(const std::string& d) {
+  if (d.empty()) return true;
+  if (d.size() != 32) return false;
+  for (char c : d)
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
+}
+
 }  // namespace
+
+namespace {
+
+// One writer for both forms: `psk(p)` gives a peer's preshared-key digest.
+template <typename Peers, typename Psk>
+std::string write_snapshot(const std::string& private_key, uint16_t listen_port, uint32_t fwmark,
+                           const Peers& peers, Psk psk) {
+  Writer w(64 + peers.size() * 72);
+  w.bytes(kSnapshotMagic.data(), kSnapshotMagic.size());
+  w.str(private_key);
+  w.num(listen_port);
+  w.num(fwmark);
+  w.num(static_cast<uint32_t>(peers.size()));
+  for (const auto& p : peers) {
+    w.bytes(p.public_key.bytes.data(), kKeyLen);
+    w.str(psk(p));
+    w.num(static_cast<uint8_t>(!p.endpoint ? 0 : p.endpoint->ip.is_v4() ? 4 : 6));
+    if (p.endpoint) {
+      w.addr(p.endpoint->ip);
+      w.num(p.endpoint->port);
+    }
+    w.num(static_cast<int32_t>(p.keepalive));
+    w.num(static_cast<uint32_t>(p.allowed_ips.size()));
+    for (const auto& a : p.allowed_ips) {
+      w.num(static_cast<uint8_t>(a.addr.is_v4() ? 4 : 6));
+      w.num(static_cast<uint8_t>(a.len));
+      w.addr(a.addr);
+    }
+  }
+  return w.finish();
+}
+
+}  // namespace
+
+std::string serialise_snapshot(const Snapshot& s) {
+  return write_snapshot(s.private_key, s.listen_port, s.fwmark, s.peers,
+                        [](const SnapshotPeer& p) -> const std::string& { return p.psk; });
+}
+
+std::string serialise_snapshot(const DeviceState& d) {
+  auto by_key = [](const PeerState& a, const PeerState& b) { return a.public_key < b.public_key; };
+  if (!std::is_sorted(d.peers.begin(), d.peers.end(), by_key)) return serialise_snapshot(snapshot_of(d));
+  // Straight from the device: no copy of every peer's allowed IPs.
+  return write_snapshot(d.private_key ? key_digest(*d.private_key) : std::string(), d.listen_port,
+                        d.fwmark, d.peers, [](const PeerState& p) {
+                          return p.preshared_key ? key_digest(*p.preshared_key) : std::string();
+                        });
+}
 
 Result<Snapshot> parse_snapshot(std::string_view text) {
   auto bad = [] { return data_error("malformed mesh-apply memo snapshot"); };
+  if (text.size() < kSnapshotMagic.size() + 32 ||
+      text.substr(0, kSnapshotMagic.size()) != kSnapshotMagic)
+    return bad();
+  std::string_view body = text.substr(0, text.size() - 32);
+  unsigned char h[32];
+  crypto_generichash(h, sizeof h, reinterpret_cast<const unsigned char*>(body.data()), body.size(),
+                     nullptr, 0);
+  if (sodium_memcmp(h, text.data() + body.size(), sizeof h) != 0) return bad();
+  Cursor c(body.substr(kSnapshotMagic.size()));
   Snapshot s;
-  bool have_device = false;
-  while (!text.empty()) {
-    auto nl = text.find('\n');
-    if (nl == std::string_view::npos) return bad();
-    auto f = split(text.substr(0, nl), ' ');
-    text.remove_prefix(nl + 1);
-    if (f[0] == "device" && f.size() == 4 && !have_device) {
-      if (f[1] != "-") s.private_key = f[1];
-      if (!number(f[2], &s.listen_port) || !number(f[3], &s.fwmark)) return bad();
-      have_device = true;
-    } else if (f[0] == "peer" && f.size() == 6 && have_device) {
-      SnapshotPeer p;
-      MESH_ASSIGN(p.public_key, PublicKey::from_base64(f[1]));
-      if (f[2] != "-") p.psk = f[2];
-      if (f[3] != "-") { MESH_ASSIGN(p.endpoint, SockAddr::parse(f[3])); }
-      if (!number(f[4], &p.keepalive)) return bad();
-      if (f[5] != "-") {
-        for (auto ip : split(f[5], ',')) {
-          MESH_ASSIGN(auto pfx, Prefix::parse(ip));
-          p.allowed_ips.push_back(pfx);
-        }
-      }
-      if (!s.peers.empty() && !(s.peers.back().public_key < p.public_key)) return bad();
-      s.peers.push_back(std::move(p));
-    } else {
+  uint32_t n = 0;
+  if (!c.str(&s.private_key) || !digest_ok(s.private_key) || !c.num(&s.listen_port) ||
+      !c.num(&s.fwmark) || !c.num(&n))
+    return bad();
+  // Each peer takes at least 42 bytes: a count the rest cannot hold is bad
+  // (and must not make us reserve gigabytes).
+  if (n > c.left() / 42) return bad();
+  s.peers.reserve(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    SnapshotPeer p;
+    uint8_t fam = 0;
+    int32_t ka = 0;
+    uint32_t nips = 0;
+    if (!c.bytes(p.public_key.bytes.data(), kKeyLen) || !c.str(&p.psk) || !digest_ok(p.psk) ||
+        !c.num(&fam))
       return bad();
+    if (fam != 0) {
+      SockAddr ep;
+      if (!c.addr(fam, &ep.ip) || !c.num(&ep.port)) return bad();
+      p.endpoint = ep;
     }
+    if (!c.num(&ka) || ka < 0 || ka > 65535 || !c.num(&nips) || nips > c.left() / 6) return bad();
+    p.keepalive = ka;
+    p.allowed_ips.reserve(nips);
+    for (uint32_t k = 0; k < nips; ++k) {
+      Prefix a;
+      uint8_t len = 0;
+      if (!c.num(&fam) || !c.num(&len) || !c.addr(fam, &a.addr) || len > a.max_len()) return bad();
+      a.len = len;
+      p.allowed_ips.push_back(a);
+    }
+    if (!s.peers.empty() && !(s.peers.back().public_key < p.public_key)) return bad();
+    s.peers.push_back(std::move(p));
   }
-  if (!have_device) return bad();
+  if (c.left() != 0) return bad();
   return s;
 }
 
@@ -256,17 +371,33 @@ Current expected_state(const Desired& want, const Current& before) {
   c.device.private_key = want.private_key;
   c.device.listen_port = want.listen_port ? *want.listen_port : before.device.listen_port;
   c.device.fwmark = before.device.fwmark;
+  // The current peers by key: a binary search when they are sorted (as
+  // normalise() leaves them), a map otherwise.
+  const auto& before_peers = before.device.peers;
+  auto by_key = [](const PeerState& a, const PeerState& b) { return a.public_key < b.public_key; };
+  bool sorted = std::is_sorted(before_peers.begin(), before_peers.end(), by_key);
   std::map<PublicKey, const PeerState*> cur;
-  for (const auto& p : before.device.peers) cur[p.public_key] = &p;
+  if (!sorted)
+    for (const auto& p : before_peers) cur[p.public_key] = &p;
+  auto current = [&](const PublicKey& k) -> const PeerState* {
+    if (!sorted) {
+      auto it = cur.find(k);
+      return it == cur.end() ? nullptr : it->second;
+    }
+    auto it = std::lower_bound(before_peers.begin(), before_peers.end(), k,
+                               [](const PeerState& a, const PublicKey& key) { return a.public_key < key; });
+    return it != before_peers.end() && it->public_key == k ? &*it : nullptr;
+  };
+  c.device.peers.reserve(want.peers.size());
   for (const auto& d : want.peers) {
     PeerState p;
     p.public_key = d.public_key;
     p.preshared_key = d.preshared_key;
-    auto it = cur.find(d.public_key);
+    const PeerState* now = current(d.public_key);
     if (d.forced_endpoint)
       p.endpoint = d.forced_endpoint;
-    else if (it != cur.end() && it->second->endpoint)
-      p.endpoint = it->second->endpoint;
+    else if (now && now->endpoint)
+      p.endpoint = now->endpoint;
     else
       p.endpoint = d.map_endpoint;
     p.keepalive = d.keepalive;
@@ -289,7 +420,7 @@ std::string memo_path(const std::string& dir, const std::string& interface) {
 
 // File: a header line, then one field per line (inputs, state, peers, link,
 // ifindex, backend, verified_at), then the snapshot (serialise_snapshot).
-static constexpr char kMemoHeader[] = "mesh-apply memo 2";
+static constexpr char kMemoHeader[] = "mesh-apply memo 3";
 
 std::optional<Memo> load_memo(const std::string& path) {
   auto text = read_file(path);

@@ -77,6 +77,8 @@ Snapshot snapshot_of(const DeviceState& d);
 // digests match; a preshared or private key that does not match gets a
 // random stand-in, so diff() sets the wanted one.
 DeviceState device_from_snapshot(const Snapshot& s, const Desired& want);
+// The same, moving the peers' allowed IPs out of `s`.
+DeviceState device_from_snapshot(Snapshot&& s, const Desired& want);
 
 struct Memo {
   std::string inputs;
@@ -90,6 +92,8 @@ struct Memo {
 };
 
 std::string serialise_snapshot(const Snapshot& s);
+// serialise_snapshot(snapshot_of(d)), without the intermediate copy.
+std::string serialise_snapshot(const DeviceState& d);
 Result<Snapshot> parse_snapshot(std::string_view text);
 
 // Whether `m`'s snapshot may stand in for reading the device: same

@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <map>
+#include <type_traits>
 #include <nlohmann/json.hpp>
+
+#include "apply/format.h"
 
 namespace mesh::apply {
 namespace {
@@ -62,9 +65,13 @@ std::vector<Prefix> routes_for(const std::vector<Prefix>& addresses,
   return out;
 }
 
-Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key,
-                                 const EndpointsDoc& endpoints,
-                                 std::optional<uint16_t> listen_port_override) {
+namespace {
+
+// Map is const NetMap (copied from) or NetMap (moved from).
+template <typename Map>
+Result<Desired> build_desired(Map& map, const SecretKey& key, const EndpointsDoc& endpoints,
+                              std::optional<uint16_t> listen_port_override) {
+  constexpr bool kMove = !std::is_const_v<Map>;
   Desired d;
   if (key.public_key() != map.self.public_key)
     return data_error("the private key does not belong to this map (its public key is " +
@@ -78,12 +85,23 @@ Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key,
   d.mtu = map.self.mtu;
   d.addresses = map.self.addresses;
   sort_unique(&d.addresses);
-  for (const auto& mp : map.peers) {
+  // Sorted by key through a permutation: moving whole DesiredPeers around
+  // in a sort of thousands costs more than building them in order.
+  std::vector<uint32_t> order(map.peers.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<uint32_t>(i);
+  std::sort(order.begin(), order.end(), [&map](uint32_t a, uint32_t b) {
+    return map.peers[a].public_key < map.peers[b].public_key;
+  });
+  d.peers.reserve(order.size());
+  for (uint32_t idx : order) {
+    auto& mp = map.peers[idx];
     DesiredPeer p;
-    p.name = mp.name;
+    if constexpr (kMove) p.name = std::move(mp.name);
+    else p.name = mp.name;
     p.public_key = mp.public_key;
     if (mp.preshared_key) p.preshared_key = *mp.preshared_key;
-    p.allowed_ips = mp.allowed_ips;
+    if constexpr (kMove) p.allowed_ips = std::move(mp.allowed_ips);
+    else p.allowed_ips = mp.allowed_ips;
     for (auto& a : p.allowed_ips) a = a.canonical();
     sort_unique(&p.allowed_ips);
     p.keepalive = mp.keepalive;
@@ -92,10 +110,20 @@ Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key,
       p.forced_endpoint = path->endpoint;  // relay-needed without endpoint: keep current/map
     d.peers.push_back(std::move(p));
   }
-  std::sort(d.peers.begin(), d.peers.end(),
-            [](const DesiredPeer& a, const DesiredPeer& b) { return a.public_key < b.public_key; });
   d.routes = routes_for(d.addresses, d.peers);
   return d;
+}
+
+}  // namespace
+
+Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key, const EndpointsDoc& endpoints,
+                                 std::optional<uint16_t> listen_port_override) {
+  return build_desired(map, key, endpoints, listen_port_override);
+}
+
+Result<Desired> desired_from_map(NetMap&& map, const SecretKey& key, const EndpointsDoc& endpoints,
+                                 std::optional<uint16_t> listen_port_override) {
+  return build_desired(map, key, endpoints, listen_port_override);
 }
 
 Plan diff(const Desired& want, const Current& cur) {
@@ -267,6 +295,167 @@ Json plan_to_json(const Plan& plan, const std::string& interface, const std::str
       {"link", {{"mtu", plan.set_mtu ? Json(*plan.set_mtu) : Json(nullptr)}, {"up", plan.set_up}}},
       {"firewall", {{"table", firewall_table}, {"changed", plan.firewall}}},
   };
+}
+
+namespace {
+
+// A JSON string as dump_json() writes it: plain printable ASCII as is,
+// anything else through nlohmann (escapes, invalid UTF-8 replaced).
+void put_string(std::string* o, const std::string& s) {
+  for (unsigned char c : s)
+    if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') {
+      o->append(dump_json(Json(s)));
+      return;
+    }
+  o->push_back('"');
+  o->append(s);
+  o->push_back('"');
+}
+
+void put_prefixes(std::string* o, const std::vector<Prefix>& ps) {
+  o->push_back('[');
+  for (size_t i = 0; i < ps.size(); ++i) {
+    if (i) o->push_back(',');
+    o->push_back('"');
+    append_prefix(o, ps[i]);
+    o->push_back('"');
+  }
+  o->push_back(']');
+}
+
+void put_endpoint(std::string* o, const SockAddr& ep) {
+  o->push_back('"');
+  append_sockaddr(o, ep);
+  o->push_back('"');
+}
+
+const char* boolean(bool b) { return b ? "true" : "false"; }
+
+// One peer entry; members in the order nlohmann's std::map keeps them.
+void put_peer(std::string* o, const PeerChange& c) {
+  static constexpr char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  auto name_and_key = [&] {
+    if (!c.name.empty()) {
+      o->append("\"name\":");
+      put_string(o, c.name);
+      o->push_back(',');
+    }
+    // Standard base64 with padding, as PublicKey::to_base64().
+    static_assert(kKeyLen % 3 == 2);
+    o->append("\"public_key\":\"");
+    const auto& b = c.public_key.bytes;
+    size_t i = 0;
+    for (; i + 3 <= b.size(); i += 3) {
+      uint32_t v = (uint32_t{b[i]} << 16) | (uint32_t{b[i + 1]} << 8) | b[i + 2];
+      for (int k = 18; k >= 0; k -= 6) o->push_back(kB64[(v >> k) & 63]);
+    }
+    uint32_t v = uint32_t{b[i]} << 16 | (i + 1 < b.size() ? uint32_t{b[i + 1]} << 8 : 0);
+    o->push_back(kB64[(v >> 18) & 63]);
+    o->push_back(kB64[(v >> 12) & 63]);
+    o->push_back(i + 1 < b.size() ? kB64[(v >> 6) & 63] : '=');
+    o->push_back('=');
+    o->append("\"}");
+  };
+  o->push_back('{');
+  switch (c.kind) {
+    case PeerChange::Kind::Add:
+      o->append("\"allowed_ips\":");
+      put_prefixes(o, c.allowed_ips);
+      o->append(",\"endpoint\":");
+      if (c.endpoint)
+        put_endpoint(o, *c.endpoint);
+      else
+        o->append("null");
+      o->push_back(',');
+      break;
+    case PeerChange::Kind::Update:
+      if (!c.ips_added.empty()) {
+        o->append("\"allowed_ips_added\":");
+        put_prefixes(o, c.ips_added);
+        o->push_back(',');
+      }
+      if (!c.ips_removed.empty()) {
+        o->append("\"allowed_ips_removed\":");
+        put_prefixes(o, c.ips_removed);
+        o->push_back(',');
+      }
+      o->append("\"changes\":[");
+      for (size_t i = 0; i < c.fields.size(); ++i) {
+        if (i) o->push_back(',');
+        put_string(o, c.fields[i]);
+      }
+      o->append("],");
+      if (c.endpoint) {
+        o->append("\"endpoint\":");
+        put_endpoint(o, *c.endpoint);
+        o->push_back(',');
+      }
+      if (c.keepalive) {
+        o->append("\"keepalive\":");
+        o->append(std::to_string(*c.keepalive));
+        o->push_back(',');
+      }
+      break;
+    case PeerChange::Kind::Remove:
+      o->append("\"allowed_ips\":");
+      put_prefixes(o, c.ips_removed);
+      o->push_back(',');
+      break;
+  }
+  name_and_key();
+}
+
+void put_peers(std::string* o, const Plan& plan, PeerChange::Kind kind) {
+  o->push_back('[');
+  bool first = true;
+  for (const auto& c : plan.peers) {
+    if (c.kind != kind) continue;
+    if (!first) o->push_back(',');
+    first = false;
+    put_peer(o, c);
+  }
+  o->push_back(']');
+}
+
+}  // namespace
+
+std::string plan_json_text(const Plan& plan, const std::string& interface, const std::string& backend,
+                           const std::string& firewall_table, bool dry_run) {
+  std::string o;
+  o.reserve(512 + plan.peers.size() * 160);
+  o.append("{\"addresses\":{\"added\":");
+  put_prefixes(&o, plan.addresses_add);
+  o.append(",\"removed\":");
+  put_prefixes(&o, plan.addresses_del);
+  o.append("},\"backend\":");
+  put_string(&o, backend);
+  o.append(",\"changed\":").append(boolean(plan.changed()));
+  o.append(",\"created\":").append(boolean(plan.create_interface));
+  o.append(",\"dry_run\":").append(boolean(dry_run));
+  o.append(",\"firewall\":{\"changed\":").append(boolean(plan.firewall));
+  o.append(",\"table\":");
+  put_string(&o, firewall_table);
+  o.append("},\"interface\":");
+  put_string(&o, interface);
+  o.append(",\"link\":{\"mtu\":");
+  o.append(plan.set_mtu ? std::to_string(*plan.set_mtu) : "null");
+  o.append(",\"up\":").append(boolean(plan.set_up));
+  o.append("},\"listen_port\":");
+  o.append(plan.set_listen_port ? std::to_string(*plan.set_listen_port) : "null");
+  o.append(",\"peers\":{\"added\":");
+  put_peers(&o, plan, PeerChange::Kind::Add);
+  o.append(",\"removed\":");
+  put_peers(&o, plan, PeerChange::Kind::Remove);
+  o.append(",\"unchanged\":").append(std::to_string(plan.peers_unchanged));
+  o.append(",\"updated\":");
+  put_peers(&o, plan, PeerChange::Kind::Update);
+  o.append("},\"private_key_changed\":").append(boolean(plan.set_private_key));
+  o.append(",\"routes\":{\"added\":");
+  put_prefixes(&o, plan.routes_add);
+  o.append(",\"removed\":");
+  put_prefixes(&o, plan.routes_del);
+  o.append("}}");
+  return o;
 }
 
 std::string wg_quick_conf(const Desired& d, const Current& c) {

@@ -89,6 +89,11 @@ struct Plan {
 Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key,
                                  const EndpointsDoc& endpoints,
                                  std::optional<uint16_t> listen_port_override);
+// The same, moving the peers' names and allowed IPs out of `map` (whose
+// other members are left as they were).
+Result<Desired> desired_from_map(NetMap&& map, const SecretKey& key,
+                                 const EndpointsDoc& endpoints,
+                                 std::optional<uint16_t> listen_port_override);
 
 // Routes the interface needs: every peer allowed IP not already covered by
 // the on-link prefix of one of the interface addresses. Canonical, sorted.
@@ -103,6 +108,12 @@ DeviceUpdate device_update(const Plan& plan, const Desired& desired);
 // The JSON document mesh-apply prints (man/mesh-apply.8, OUTPUT FORMAT).
 Json plan_to_json(const Plan& plan, const std::string& interface, const std::string& backend,
                   const std::string& firewall_table, bool dry_run);
+
+// Exactly dump_json(plan_to_json(...)), written straight into a string: a
+// full apply lists thousands of added peers, and the DOM plus its
+// serialisation cost more than the rest of the run's own work.
+std::string plan_json_text(const Plan& plan, const std::string& interface, const std::string& backend,
+                           const std::string& firewall_table, bool dry_run);
 
 // An equivalent wg-quick(8) configuration (Address, MTU in [Interface]).
 std::string wg_quick_conf(const Desired& d, const Current& c);

@@ -3,12 +3,12 @@
 #include <charconv>
 #include <cstring>
 
+#include "apply/format.h"
 #include "core/base64.h"
 
 namespace mesh::apply {
 namespace {
 
-std::string hex(const std::array<uint8_t, kKeyLen>& b) { return hex_encode(b); }
 
 bool unhex(std::string_view s, std::array<uint8_t, kKeyLen>* out) {
   if (s.size() != 2 * kKeyLen) return false;
@@ -37,21 +37,39 @@ bool num(std::string_view s, T* out) {
 std::string uapi_encode_set(const DeviceUpdate& u) {
   std::string o = "set=1\n";
   o.reserve(64 + u.peers.size() * 160);
-  if (u.private_key) o += "private_key=" + hex(u.private_key->bytes()) + "\n";
+  // Appended in place: thousands of peers, no temporaries (format.h).
+  auto key = [&o](const char* name, const std::array<uint8_t, kKeyLen>& b) {
+    static constexpr char kHex[] = "0123456789abcdef";
+    o += name;
+    for (uint8_t c : b) {
+      o.push_back(kHex[c >> 4]);
+      o.push_back(kHex[c & 15]);
+    }
+    o.push_back('\n');
+  };
+  if (u.private_key) key("private_key=", u.private_key->bytes());
   if (u.listen_port) o += "listen_port=" + std::to_string(*u.listen_port) + "\n";
   if (u.replace_peers) o += "replace_peers=true\n";
   for (const auto& p : u.peers) {
-    o += "public_key=" + hex(p.public_key.bytes) + "\n";
+    key("public_key=", p.public_key.bytes);
     if (p.remove) {
       o += "remove=true\n";
       continue;
     }
     if (p.update_only) o += "update_only=true\n";
-    if (p.preshared_key) o += "preshared_key=" + hex(p.preshared_key->bytes()) + "\n";
-    if (p.endpoint) o += "endpoint=" + p.endpoint->to_string() + "\n";
+    if (p.preshared_key) key("preshared_key=", p.preshared_key->bytes());
+    if (p.endpoint) {
+      o += "endpoint=";
+      append_sockaddr(&o, *p.endpoint);
+      o.push_back('\n');
+    }
     if (p.keepalive) o += "persistent_keepalive_interval=" + std::to_string(*p.keepalive) + "\n";
     if (p.replace_allowed_ips) o += "replace_allowed_ips=true\n";
-    for (const auto& a : p.allowed_ips) o += "allowed_ip=" + a.to_string() + "\n";
+    for (const auto& a : p.allowed_ips) {
+      o += "allowed_ip=";
+      append_prefix(&o, a);
+      o.push_back('\n');
+    }
   }
   o += "\n";
   return o;

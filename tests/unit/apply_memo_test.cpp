@@ -151,15 +151,67 @@ TEST(ApplyMemo, SnapshotStandsInForTheDevice) {
 }
 
 TEST(ApplyMemo, MalformedSnapshotIsRejected) {
+  Desired w = desired();
+  w.peers[0].preshared_key = SecretKey::generate_preshared();
+  w.peers[0].forced_endpoint = SockAddr::parse("[2001:db8::1]:51820").value();
+  w.peers[0].allowed_ips.push_back(pfx("fd00::/64"));
+  Current after = expected_state(w, Current{});
+  std::string good = serialise_snapshot(snapshot_of(after.device));
+  ASSERT_TRUE(parse_snapshot(good));
   EXPECT_FALSE(parse_snapshot(""));
-  EXPECT_FALSE(parse_snapshot("device - 1 0"));  // no newline
-  EXPECT_FALSE(parse_snapshot("device - x 0\n"));
-  EXPECT_FALSE(parse_snapshot("device - 1 0\npeer nope - - 0 -\n"));
-  EXPECT_FALSE(parse_snapshot("peer AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= - - 0 -\n"));
-  EXPECT_TRUE(parse_snapshot("device - 1 0\npeer AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= - - 0 -\n"));
-  // Peers out of order (or twice): not something mesh-apply wrote.
-  std::string two = "device - 1 0\npeer AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE= - - 0 -\n";
-  EXPECT_FALSE(parse_snapshot(two + "peer AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE= - - 0 -\n"));
+  // The text snapshot of memo version 2: unknown, so the device is read.
+  EXPECT_FALSE(parse_snapshot("device - 1 0\npeer AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= - - 0 -\n"));
+  // Truncated anywhere, anything appended, any byte changed: rejected, never
+  // a different device (the checksum, then the structure).
+  for (size_t n = 0; n < good.size(); ++n) EXPECT_FALSE(parse_snapshot(good.substr(0, n))) << n;
+  EXPECT_FALSE(parse_snapshot(good + "x"));
+  for (size_t i = 0; i < good.size(); ++i) {
+    std::string bad = good;
+    bad[i] = static_cast<char>(bad[i] ^ 0x40);
+    EXPECT_FALSE(parse_snapshot(bad)) << i;
+  }
+  // Peers out of order (or twice): not something mesh-apply wrote, even with
+  // a valid checksum.
+  Snapshot two = snapshot_of(after.device);
+  ASSERT_FALSE(two.peers.empty());
+  two.peers.push_back(two.peers.front());
+  EXPECT_FALSE(parse_snapshot(serialise_snapshot(two)));
+  // Structurally bad fields under a valid checksum: a prefix too long.
+  Snapshot longpfx = snapshot_of(after.device);
+  longpfx.peers[0].allowed_ips[0].len = 33;
+  EXPECT_FALSE(parse_snapshot(serialise_snapshot(longpfx)));
+  // An empty device is fine.
+  auto empty = parse_snapshot(serialise_snapshot(Snapshot{}));
+  ASSERT_TRUE(empty);
+  EXPECT_TRUE(empty->peers.empty());
+}
+
+TEST(ApplyMemo, SnapshotRoundTripsExactly) {
+  Desired w = desired();
+  w.peers[0].preshared_key = SecretKey::generate_preshared();
+  w.peers[0].keepalive = 25;
+  w.peers[0].forced_endpoint = SockAddr::parse("[2001:db8::1]:51820").value();
+  w.peers[0].allowed_ips.push_back(pfx("fd00::/64"));
+  w.listen_port = 51820;
+  Current after = expected_state(w, Current{});
+  after.device.fwmark = 0x1234;
+  Snapshot s = snapshot_of(after.device);
+  auto back = parse_snapshot(serialise_snapshot(s));
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->private_key, s.private_key);
+  EXPECT_EQ(back->listen_port, 51820);
+  EXPECT_EQ(back->fwmark, 0x1234u);
+  ASSERT_EQ(back->peers.size(), s.peers.size());
+  for (size_t i = 0; i < s.peers.size(); ++i) {
+    EXPECT_EQ(back->peers[i].public_key, s.peers[i].public_key);
+    EXPECT_EQ(back->peers[i].psk, s.peers[i].psk);
+    EXPECT_EQ(back->peers[i].endpoint, s.peers[i].endpoint);
+    EXPECT_EQ(back->peers[i].keepalive, s.peers[i].keepalive);
+    EXPECT_EQ(back->peers[i].allowed_ips, s.peers[i].allowed_ips);
+  }
+  Current cur = after;
+  cur.device = device_from_snapshot(*back, w);
+  EXPECT_EQ(state_digest(cur), state_digest(after));
 }
 
 TEST(ApplyMemo, SnapshotIsTrustedOnlyOnTheSameInterfaceWithinTheInterval) {
@@ -167,7 +219,7 @@ TEST(ApplyMemo, SnapshotIsTrustedOnlyOnTheSameInterfaceWithinTheInterval) {
   m.ifindex = 7;
   m.backend = "userspace";
   m.verified_at = 1000;
-  m.device_text = "device - 1 0\n";
+  m.device_text = serialise_snapshot(Snapshot{});
   EXPECT_TRUE(snapshot_trusted(m, "userspace", 7, 1059, 60));
   EXPECT_FALSE(snapshot_trusted(m, "userspace", 7, 1060, 60));  // interval over
   EXPECT_FALSE(snapshot_trusted(m, "userspace", 8, 1001, 60));  // recreated interface
@@ -176,6 +228,32 @@ TEST(ApplyMemo, SnapshotIsTrustedOnlyOnTheSameInterfaceWithinTheInterval) {
   EXPECT_FALSE(snapshot_trusted(m, "userspace", 7, 1001, 0));   // always verify
   m.device_text.clear();
   EXPECT_FALSE(snapshot_trusted(m, "userspace", 7, 1001, 60));
+}
+
+}  // namespace
+}  // namespace mesh::apply
+
+namespace mesh::apply {
+namespace {
+
+TEST(ApplyMemo, ShortcutsMatchTheGeneralForms) {
+  Desired w = desired();
+  w.peers[0].preshared_key = SecretKey::generate_preshared();
+  Current after = expected_state(w, Current{});
+  // Straight from the device or through snapshot_of(): the same bytes.
+  EXPECT_EQ(serialise_snapshot(after.device), serialise_snapshot(snapshot_of(after.device)));
+  DeviceState unsorted = after.device;
+  PeerState extra = unsorted.peers.front();
+  extra.public_key.bytes.fill(0);
+  unsorted.peers.push_back(extra);  // out of order: sorted on the way
+  EXPECT_EQ(serialise_snapshot(unsorted), serialise_snapshot(snapshot_of(unsorted)));
+  // Moving out of the snapshot gives the same device.
+  auto snap = parse_snapshot(serialise_snapshot(after.device)).value();
+  Current a = after, b = after;
+  a.device = device_from_snapshot(snap, w);
+  b.device = device_from_snapshot(std::move(snap), w);
+  EXPECT_EQ(state_digest(a), state_digest(b));
+  EXPECT_EQ(state_digest(a), state_digest(after));
 }
 
 }  // namespace

@@ -225,6 +225,19 @@ TEST(ApplyPlan, DesiredFromMapEndpointsAndPort) {
   EXPECT_EQ(d.peers[1].map_endpoint, sa("198.51.100.2:1"));
   auto d2 = desired_from_map(m, sk, doc, uint16_t{2000}).value();
   EXPECT_EQ(d2.listen_port, 2000);
+  // Moving out of the map gives the same desired state.
+  m.peers[1].name = "a name longer than the small-string buffer";
+  auto copied = desired_from_map(m, sk, doc, std::nullopt).value();
+  auto moved = desired_from_map(std::move(m), sk, doc, std::nullopt).value();
+  ASSERT_EQ(moved.peers.size(), copied.peers.size());
+  for (size_t i = 0; i < moved.peers.size(); ++i) {
+    EXPECT_EQ(moved.peers[i].name, copied.peers[i].name);
+    EXPECT_EQ(moved.peers[i].public_key, copied.peers[i].public_key);
+    EXPECT_EQ(moved.peers[i].allowed_ips, copied.peers[i].allowed_ips);
+    EXPECT_EQ(moved.peers[i].map_endpoint, copied.peers[i].map_endpoint);
+    EXPECT_EQ(moved.peers[i].forced_endpoint, copied.peers[i].forced_endpoint);
+  }
+  EXPECT_EQ(moved.routes, copied.routes);
 }
 
 TEST(ApplyPlan, WgQuickConfiguration) {

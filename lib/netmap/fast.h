@@ -1,0 +1,31 @@
+// A fast path for reading a network map straight from its text, without
+// building a JSON document first: a 5,000-peer map is read by every
+// mesh-apply run, and the DOM (nlohmann) plus the walk over it cost more
+// than everything else the run does.
+//
+// The contract that keeps it safe: parse_netmap_fast() either declines
+// (std::nullopt) or returns exactly the NetMap that parse_json() followed by
+// parse_netmap() returns for the same text and options. It declines on
+// anything it does not fully understand or that is invalid (escapes in
+// strings, fractions and exponents, null members, duplicate members, deep
+// nesting, any validation failure), so errors, their messages and their exit
+// codes always come from the one validator, parse_netmap().
+// tests/fuzz/netmap_fuzz.cpp checks the contract differentially.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "netmap/netmap.h"
+
+namespace mesh {
+
+std::optional<NetMap> parse_netmap_fast(std::string_view text, ParseOptions opt = {});
+
+// parse_netmap_fast(), else parse_json() + parse_netmap(): same results and
+// the same errors as the latter, usually much sooner.
+Result<NetMap> parse_netmap_text(std::string_view text, const std::string& source,
+                                 ParseOptions opt = {});
+
+}  // namespace mesh
