@@ -57,7 +57,7 @@ teardown() { save_lab; }
       eim:sym|sym:lan1) want=relayed ;;
       *) want=direct ;;
     esac
-    wait_until 30 test "$(mesh_lab_path "$a" "$b")" = "$want" ||
+    wait_until 60 test "$(mesh_lab_path "$a" "$b")" = "$want" ||
       { echo "$a -> $b: $(mesh_lab_path "$a" "$b") ($(mesh_lab_endpoint "$a" "$b")), want $want"; false; }
     # (a path that just changed may wait for WireGuard's next handshake)
     wait_until 10 mesh_lab_ping "$a" "$b" ||
