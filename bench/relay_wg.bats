@@ -47,7 +47,7 @@ one_allocation() {
   printf '{"candidates":[{"endpoint":"%s:51820","kind":"host"}]}\n' "${LAB_ADDR[b]}" \
     >"$BATS_TEST_TMPDIR/b.endpoints.json"
   relay_write_map a b
-  start_daemon client-a ip netns exec "$(lab_ns a)" mesh-relay client --keepalive 5 \
+  start_daemon client-a ip netns exec "$(lab_ns a)" "${RELAY_CLIENT:-mesh-relay}" client --keepalive 5 \
     --key "$BATS_TEST_TMPDIR/a.key" --endpoints-out "$BATS_TEST_TMPDIR/a.endpoints.json" \
     "$BATS_TEST_TMPDIR/a.map.json"
   wait_until 20 relay_has_candidate a
@@ -111,7 +111,8 @@ stop_clients() {
   for name in $WG_SERVERS; do
     addr=203.0.113.1:3478
     [ "$name" = coturn ] && addr=203.0.113.2:3478
-    [ "$name" = mesh-base ] && addr=203.0.113.3:3478
+    RELAY_CLIENT=mesh-relay
+    [ "$name" = mesh-base ] && addr=203.0.113.3:3478 RELAY_CLIENT=$BASE
     relay_turn_entry "$addr" "$BATS_TEST_TMPDIR/secret" >"$BATS_TEST_TMPDIR/turn.json"
     one_allocation
     measure "$name-1-alloc"

@@ -44,46 +44,6 @@ int64_t mono_ms() {
 }
 
 
-struct Out {
-  mmsghdr msgs[kBatch];
-  iovec iov[kBatch];
-  sockaddr_storage addrs[kBatch];
-  int fds[kBatch];
-  int n = 0;
-  void add(int fd, const sockaddr_storage* to, socklen_t tl, const uint8_t* p, size_t len) {
-    if (n == kBatch) flush();
-    int k = n++;
-    iov[k] = {const_cast<uint8_t*>(p), len};
-    msgs[k].msg_hdr = {};
-    if (to) {
-      addrs[k] = *to;
-      msgs[k].msg_hdr.msg_name = &addrs[k];
-      msgs[k].msg_hdr.msg_namelen = tl;
-    }
-    msgs[k].msg_hdr.msg_iov = &iov[k];
-    msgs[k].msg_hdr.msg_iovlen = 1;
-    fds[k] = fd;
-  }
-  void flush() {
-    int i = 0;
-    while (i < n) {
-      int j = i;
-      while (j < n && fds[j] == fds[i]) ++j;
-      int k = i;
-      for (int tries = 0; k < j && tries < 4; ++tries) {
-        int r = sendmmsg(fds[i], msgs + k, static_cast<unsigned>(j - k), MSG_DONTWAIT);
-        if (r < 0) {
-          if (errno != EINTR) ++k;  // drop one (full buffer, ICMP error) and go on
-          continue;
-        }
-        k += r;
-      }
-      i = j;
-    }
-    n = 0;
-  }
-};
-
 struct Creds {
   std::string server, transport, username, password;
   int64_t expires_at = 0;
@@ -186,7 +146,8 @@ class Client {
   std::string last_doc_;
   // I/O
   RxBatch rx_;
-  Out out_;
+  TxBatch out_;
+  bool gro_ = false;  // UDP GRO on the server socket: trains read as one message
   std::array<uint8_t, 2048> ctl_{};
   std::unique_ptr<uint8_t[]> scratch_{new uint8_t[kSlot]};
   int64_t next_poll_ms_ = 0;
@@ -448,8 +409,13 @@ void Client::start_allocate() {
       fd = errno_status("socket", errno);
     }
     if (tin_.empty()) tin_.resize(65536 + 64);  // the largest frame: 20 + 65535
+    gro_ = false;
   } else {
     fd = open_udp(SockAddr{IpAddr{addr->ip.family, {}}, 0}, opt_.socket_buffer);
+    // The server sends runs of ChannelData to us as GSO trains: with GRO a
+    // train that crossed the network as one packet (loopback, veth, NAT)
+    // is read as one message instead of being split on the way in.
+    gro_ = fd && enable_gro(fd->get());
   }
   if (!fd) {
     log_.error(fd.status().message());
@@ -579,12 +545,21 @@ void Client::on_frame(uint8_t* p, size_t len) {
 void Client::on_server(uint32_t events) {
   if (!tcp_) {
     for (int round = 0; round < 16 && srv_; ++round) {
-      rx_.prepare();
+      rx_.prepare(gro_);
       int n = recvmmsg(srv_.get(), rx_.msgs, kBatch, MSG_DONTWAIT, nullptr);
       if (n <= 0) break;
       for (int i = 0; i < n && srv_; ++i) {
         if (rx_.msgs[i].msg_hdr.msg_flags & MSG_TRUNC) continue;
-        on_frame(rx_.slot(i) + kHeadroom, rx_.msgs[i].msg_len);
+        uint8_t* p = rx_.slot(i) + kHeadroom;
+        size_t len = rx_.msgs[i].msg_len;
+        size_t seg = gro_ ? rx_.segment_size(i) : 0;
+        if (seg == 0 || seg >= len) {
+          on_frame(p, len);
+          continue;
+        }
+        // A GRO train: datagrams of `seg` bytes (the last may be shorter),
+        // each a ChannelData message or a STUN message of its own.
+        for (size_t off = 0; off < len && srv_; off += seg) on_frame(p + off, std::min(seg, len - off));
       }
       out_.flush();
       if (n < kBatch) break;

@@ -65,14 +65,6 @@ struct ListenerSpec {
   bool grid = false;  // part of the RFC 5780 grid
 };
 
-struct TxBatch {
-  mmsghdr msgs[kBatch];
-  iovec iov[kBatch];
-  sockaddr_storage addrs[kBatch];
-  int fds[kBatch];
-  int n = 0;
-};
-
 struct Conn {
   uint32_t id = 0;
   UniqueFd fd;
@@ -105,6 +97,7 @@ class Worker final : public turn::Io {
 
   turn::Stats stats;
   std::atomic<uint64_t> tx_drops{0};
+  uint64_t tx_batch_drops() const { return tx_.drops(); }
 
   // turn::Io
   Result<turn::RelaySocket> open_relay(int family, bool even_port, turn::Allocation* owner) override;
@@ -124,9 +117,7 @@ class Worker final : public turn::Io {
   void conn_send(Conn* c, const uint8_t* p, size_t len, bool control);
   void conn_close(Conn* c);
   void queue_out(int fd, const SockAddr& to, const uint8_t* p, size_t len);
-  void flush_out();
-  void send_batch(int fd, int from, int to);
-  bool send_gso(int fd, int from, int to);
+  void flush_out() { tx_.flush(); }
   void forward(const turn::Engine::Route& r, uint8_t* p, size_t len);
   bool to_client(turn::Allocation& a, const SockAddr& peer, int ch, uint8_t* p, size_t len);
   void flush_conns();
@@ -141,7 +132,6 @@ class Worker final : public turn::Io {
   std::unordered_map<uint32_t, std::unique_ptr<Conn>> conns_;
   std::vector<std::unique_ptr<Conn>> dead_conns_;
   std::vector<Conn*> dirty_;  // connections with relayed data queued
-  bool gso_ = true;           // UDP_SEGMENT works (cleared on the first refusal)
   // Relayed datagrams counted since the last publish() (one atomic add per
   // loop iteration rather than per packet).
   uint64_t c2p_pkts_ = 0, c2p_bytes_ = 0, p2c_pkts_ = 0, p2c_bytes_ = 0;
@@ -180,14 +170,6 @@ Status Worker::init() {
   if (!ep_) return errno_status("epoll_create1", errno);
   wake_.reset(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (!wake_) return errno_status("eventfd", errno);
-  {
-    // Kernels before 4.18 ignore a SOL_UDP cmsg and would send a GSO train
-    // as one big datagram: use GSO only where the socket option exists.
-    UniqueFd probe(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    int v = 0;
-    socklen_t vl = sizeof v;
-    gso_ = probe && getsockopt(probe.get(), SOL_UDP, UDP_SEGMENT, &v, &vl) == 0;
-  }
   epoll_event ev{EPOLLIN, {}};
   ev.data.u64 = tag(nullptr, kTagWake);
   epoll_ctl(ep_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
@@ -278,103 +260,9 @@ void Worker::run() {
 }
 
 void Worker::queue_out(int fd, const SockAddr& to, const uint8_t* p, size_t len) {
-  if (tx_.n == kBatch) flush_out();
-  int k = tx_.n++;
-  socklen_t sl = to.to_sockaddr(&tx_.addrs[k]);
-  tx_.iov[k] = {const_cast<uint8_t*>(p), len};
-  tx_.msgs[k].msg_hdr = {};
-  tx_.msgs[k].msg_hdr.msg_name = &tx_.addrs[k];
-  tx_.msgs[k].msg_hdr.msg_namelen = sl;
-  tx_.msgs[k].msg_hdr.msg_iov = &tx_.iov[k];
-  tx_.msgs[k].msg_hdr.msg_iovlen = 1;
-  tx_.fds[k] = fd;
-}
-
-void Worker::flush_out() {
-  int i = 0;
-  while (i < tx_.n) {
-    int fd = tx_.fds[i];
-    int j = i;
-    while (j < tx_.n && tx_.fds[j] == fd) ++j;
-    // Runs of datagrams to one destination with one size (the last may be
-    // shorter) leave as one UDP GSO send (UDP_SEGMENT, Linux 4.18): one
-    // trip through the stack instead of one per datagram. The rest keeps
-    // its sendmmsg batches.
-    int pending = i;
-    for (int k = i; k < j;) {
-      int g = k + 1;
-      if (gso_) {
-        size_t seg = tx_.iov[k].iov_len, total = seg;
-        const auto& hk = tx_.msgs[k].msg_hdr;
-        while (g < j && g - k < 64) {
-          const auto& hg = tx_.msgs[g].msg_hdr;
-          size_t len = tx_.iov[g].iov_len;
-          if (len > seg || total + len > 65000 || hg.msg_namelen != hk.msg_namelen ||
-              std::memcmp(hg.msg_name, hk.msg_name, hk.msg_namelen) != 0)
-            break;
-          total += len;
-          ++g;
-          if (len < seg) break;  // only the last segment may be shorter
-        }
-      }
-      if (g - k >= 2) {
-        send_batch(fd, pending, k);  // in order
-        pending = send_gso(fd, k, g) ? g : k;
-      }
-      k = g;
-    }
-    send_batch(fd, pending, j);
-    i = j;
-  }
-  tx_.n = 0;
-}
-
-// Sends tx_[from, to) as one GSO datagram train. False when nothing was
-// sent (the caller sends them one by one).
-bool Worker::send_gso(int fd, int from, int to) {
-  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(uint16_t))] = {};
-  msghdr h = tx_.msgs[from].msg_hdr;
-  h.msg_iov = &tx_.iov[from];
-  h.msg_iovlen = static_cast<size_t>(to - from);
-  h.msg_control = ctl;
-  h.msg_controllen = sizeof ctl;
-  cmsghdr* cm = CMSG_FIRSTHDR(&h);
-  cm->cmsg_level = SOL_UDP;
-  cm->cmsg_type = UDP_SEGMENT;
-  cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-  uint16_t seg = static_cast<uint16_t>(tx_.iov[from].iov_len);
-  std::memcpy(CMSG_DATA(cm), &seg, sizeof seg);
-  for (int tries = 0; tries < 4; ++tries) {
-    if (sendmsg(fd, &h, MSG_DONTWAIT) >= 0) return true;
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
-      tx_drops.fetch_add(static_cast<uint64_t>(to - from), std::memory_order_relaxed);
-      return true;  // as sendmmsg would: the socket buffer is full
-    }
-    // EIO: the device cannot checksum GSO trains; give up GSO. Others
-    // (EINVAL: a segment over the path MTU; an ICMP error from an earlier
-    // send): this train goes one datagram at a time.
-    if (errno == EIO || errno == ENOPROTOOPT || errno == EOPNOTSUPP) gso_ = false;
-    return false;
-  }
-  return false;
-}
-
-void Worker::send_batch(int fd, int from, int to) {
-  int k = from;
-  for (int tries = 0; k < to && tries < 4; ++tries) {
-    int r = sendmmsg(fd, tx_.msgs + k, static_cast<unsigned>(to - k), MSG_DONTWAIT);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      // EAGAIN (socket buffer full) or a per-destination error (ICMP
-      // unreachable from an earlier send): drop this datagram, go on.
-      ++k;
-      tx_drops.fetch_add(1, std::memory_order_relaxed);
-      continue;
-    }
-    k += r;
-  }
-  if (k < to) tx_drops.fetch_add(static_cast<uint64_t>(to - k), std::memory_order_relaxed);
+  sockaddr_storage ss;
+  socklen_t sl = to.to_sockaddr(&ss);
+  tx_.add(fd, &ss, sl, p, len);
 }
 
 void Worker::on_udp(uint32_t j) {
@@ -815,7 +703,7 @@ Json stats_json(const Server& srv) {
                       s.client_to_peer_bytes.load(), s.peer_to_client_packets.load(),
                       s.peer_to_client_bytes.load(),
                       s.dropped_no_permission.load() + s.dropped_no_channel.load() +
-                          s.dropped_rate.load() + s.dropped_other.load() + w->tx_drops.load(),
+                          s.dropped_rate.load() + s.dropped_other.load() + w->tx_drops.load() + w->tx_batch_drops(),
                       s.bindings.load(), s.internal_packets.load(), s.internal_bytes.load()};
     for (int i = 0; i < 14; ++i) tot[i] += v[i];
     gauges[0] += s.allocations.load();
