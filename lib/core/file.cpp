@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <iostream>
 #include <iterator>
@@ -33,21 +34,30 @@ Result<std::string> read_file(const std::string& path, size_t max_bytes) {
   struct stat st{};
   if (::fstat(fd.get(), &st) == 0 && S_ISDIR(st.st_mode))
     return no_input(path + ": is a directory");
+  // Straight into the string, sized from fstat (a regular file's size is
+  // known; pipes and /proc files say 0 and grow it): no copy through a
+  // buffer, no reallocation. Wiped on the way out when too large (it may
+  // hold a key).
   std::string out;
-  char buf[65536];
+  size_t used = 0;
+  size_t hint = st.st_size > 0 ? static_cast<size_t>(st.st_size) : 0;
+  out.resize(std::min(hint, max_bytes) + 1);  // +1: EOF is seen without a regrow
   for (;;) {
-    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (used == out.size()) out.resize(std::min(out.size() * 2 + 65536, max_bytes + 1));
+    ssize_t n = ::read(fd.get(), out.data() + used, out.size() - used);
     if (n < 0) {
       if (errno == EINTR) continue;
+      wipe(out);
       return errno_status(path, errno);
     }
     if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-    if (out.size() > max_bytes) {
+    used += static_cast<size_t>(n);
+    if (used > max_bytes) {
       wipe(out);
       return data_error(path + ": larger than " + std::to_string(max_bytes) + " bytes");
     }
   }
+  out.resize(used);
   return out;
 }
 

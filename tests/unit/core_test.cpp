@@ -193,6 +193,23 @@ TEST_F(FileTest, ReadFileErrors) {
   EXPECT_EQ(read_file(dir_ + "/big", 10).status().code(), Exit::DataErr);
 }
 
+TEST_F(FileTest, ReadFileSizesExactlyAndReadsUnsizedFiles) {
+  // Sized from fstat: exactly max_bytes is fine, one more is not.
+  std::string body(200000, 'y');
+  body[123456] = 'z';
+  ASSERT_TRUE(write_file_atomic(dir_ + "/f", body, 0600).is_ok());
+  EXPECT_EQ(*read_file(dir_ + "/f"), body);
+  EXPECT_EQ(*read_file(dir_ + "/f", body.size()), body);
+  EXPECT_EQ(read_file(dir_ + "/f", body.size() - 1).status().code(), Exit::DataErr);
+  ASSERT_TRUE(write_file_atomic(dir_ + "/empty", "", 0600).is_ok());
+  EXPECT_EQ(*read_file(dir_ + "/empty"), "");
+  // /proc files report size 0 but have content: the buffer grows.
+  auto self = read_file("/proc/self/status");
+  ASSERT_TRUE(self.is_ok());
+  EXPECT_NE(self->find("Name:"), std::string::npos);
+  EXPECT_EQ(self->find('\0'), std::string::npos);  // no slack left at the end
+}
+
 TEST_F(FileTest, PrivateKeyFileWarnsWhenReadableByOthers) {
   std::string p = dir_ + "/k";
   ASSERT_TRUE(write_file_atomic(p, SecretKey::generate_private().to_base64() + "\n", 0644).is_ok());
