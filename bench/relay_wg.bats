@@ -12,24 +12,90 @@ load ../tests/e2e/relay
 WG_SECS=${WG_SECS:-5}
 WG_REPEAT=${WG_REPEAT:-1}
 WG_UDP_RATE=${WG_UDP_RATE:-2G}
+WG_CPU_RATE=${WG_CPU_RATE:-50M}               # fixed UDP rate for CPU per packet (every path carries it here)
 BASE=${BASE:-}                                # another mesh-relay binary: mesh-base
 WG_SERVERS=${WG_SERVERS:-mesh-relay coturn${BASE:+ mesh-base}}  # order of the relayed runs
 RELAY_ARGS=${RELAY_ARGS:-}                    # extra mesh-relay serve flags
+WG_LOSS=${WG_LOSS:-0.5}                       # loss (%) the throughput search allows
+WG_STEPS=${WG_STEPS:-6}                       # its iperf3 runs (bisection steps)
+WG_STEP_SECS=${WG_STEP_SECS:-2}               # seconds per step
 
-# measure LABEL: iperf3 TCP and UDP from a to b over the tunnel.
+# Busy CPU time of the whole machine in jiffies (user, nice, system, irq,
+# softirq; not idle, iowait or steal): everything the path costs, kernel
+# included, and robust to a host that steals time from this VM.
+busy_jiffies() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+# CPU time (jiffies, user + system: with tick accounting the softirq work a
+# process's sends cause is charged to it) of the relay processes: mesh-relay
+# servers and clients, coturn's turnserver. Idle ones add nothing.
+relay_jiffies() {
+  # cat: processes that exit meanwhile are skipped, not an error.
+  cat /proc/[0-9]*/stat 2>/dev/null | awk '{ s = $0; sub(/^[^(]*\(/, "", s); c = s; sub(/\).*/, "", c)
+         if (c == "mesh-relay" || c == "turnserver") { sub(/^[^)]*\) /, "", s); split(s, a, " "); t += a[12] + a[13] } }
+       END { print t + 0 }'
+}
+
+# throughput HI: UDP throughput in the sense of RFC 2544 (the highest
+# offered rate the path carries without loss; here with at most WG_LOSS %,
+# as iperf3's own pacing loses a datagram now and then): bisection between
+# 0 and HI Mbit/s in WG_STEPS runs. Prints the Mbit/s received at that rate.
+# A path driven far past it (the WG_UDP_RATE run) wastes CPU on datagrams
+# dropped on the way, so its received rate says more about the scheduler
+# than about the path.
+throughput() {
+  local lo=0 hi=$1 mid best=0 i got loss
+  for ((i = 0; i < WG_STEPS; i++)); do
+    mid=$(( (lo + hi) / 2 ))
+    read -r got loss < <(nsx a timeout $((WG_STEP_SECS + 20)) iperf3 -c 100.64.0.2 -u -b "${mid}M" \
+      -l 1380 -t "$WG_STEP_SECS" -w 4M --pacing-timer 100 -J |
+      jq -r '(.end.sum_received // .end.sum) | "\(.bits_per_second / 1e6) \(.lost_percent // 100)"')
+    if awk -v l="${loss:-100}" -v m="$WG_LOSS" 'BEGIN {exit !(l <= m)}'; then
+      lo=$mid best=$got
+    else
+      hi=$mid
+    fi
+  done
+  echo "$best"
+}
+
+# UdpRcvbufErrors (and Udp6) of the lab's namespaces as "ns count" words.
+udp_drops() {
+  local ns
+  for ns in a b inet; do
+    printf '%s %s ' "$ns" "$(nsx "$ns" nstat -asz UdpRcvbufErrors Udp6RcvbufErrors 2>/dev/null | awk '/RcvbufErrors/ {t += $2} END {print t + 0}')"
+  done
+}
+
+# measure LABEL: iperf3 TCP, UDP (overloaded and the throughput search) and
+# CPU per packet, from a to b over the tunnel.
 measure() {
-  local label=$1 i tcp udp
+  local label=$1 i tcp udp c0 c1 r0 r1 cpu rcpu thr
   wait_until 30 nsx a ping -c1 -W1 100.64.0.2
   for ((i = 0; i < WG_REPEAT; i++)); do
-    # -w 4M --pacing-timer 100: iperf3's defaults lose packets even without
-    # a relay; -l 1380 keeps UDP datagrams inside WireGuard's MTU.
     tcp=$(nsx a timeout $((WG_SECS + 20)) iperf3 -c 100.64.0.2 -t "$WG_SECS" -w 4M -J |
       jq -r '.end.sum_received.bits_per_second / 1e6')
     udp=$(nsx a timeout $((WG_SECS + 20)) iperf3 -c 100.64.0.2 -u -b "$WG_UDP_RATE" -l 1380 \
       -t "$WG_SECS" -w 4M --pacing-timer 100 -J |
       jq -r '(.end.sum_received // .end.sum) as $r | "\($r.bits_per_second / 1e6) \($r.lost_percent // 0)"')
-    echo "$label $tcp $udp" >>"$BATS_TEST_TMPDIR/wg.results"
-    printf '%-22s tcp=%8.1f Mbit/s  udp=%8.1f Mbit/s loss=%s%%\n' "$label" "$tcp" ${udp} >&3
+    # CPU per packet at a rate every path carries: microseconds of busy CPU
+    # per 1380-byte datagram received.
+    c0=$(busy_jiffies) r0=$(relay_jiffies)
+    cpu=$(nsx a timeout $((WG_SECS + 20)) iperf3 -c 100.64.0.2 -u -b "$WG_CPU_RATE" -l 1380 \
+      -t "$WG_SECS" -w 4M --pacing-timer 100 -J | jq -r '(.end.sum_received // .end.sum).bytes / 1380')
+    c1=$(busy_jiffies) r1=$(relay_jiffies)
+    rcpu=$(awk -v j=$((r1 - r0)) -v n="$cpu" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (n > 0 ? j * 1e6 / hz / n : 0)}')
+    cpu=$(awk -v j=$((c1 - c0)) -v n="$cpu" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (n > 0 ? j * 1e6 / hz / n : 0)}')
+    # Bisection up to 1.5 times the better of TCP and the overloaded UDP run;
+    # where datagrams were dropped meanwhile (receive buffers overflowed,
+    # per namespace), printed beside it.
+    local drops0 drops1
+    drops0=$(udp_drops)
+    thr=$(throughput "$(awk -v t="$tcp" -v u="${udp%% *}" 'BEGIN {printf "%d", 1.5 * (t > u ? t : u) + 1}')")
+    drops1=$(udp_drops)
+    echo "$label $tcp $udp $cpu $rcpu $thr" >>"$BATS_TEST_TMPDIR/wg.results"
+    echo "#   $label: UDP receive-buffer drops during the search: $(awk -v a="$drops0" -v b="$drops1" 'BEGIN {
+      n = split(a, x, " "); split(b, y, " "); for (i = 1; i < n; i += 2) printf "%s=%d ", x[i], y[i + 1] - x[i + 1] }')" >&3
+    printf '%-22s tcp=%8.1f Mbit/s  udp=%8.1f Mbit/s loss=%s%%  udp<=%s%%=%8.1f Mbit/s  cpu=%s us/pkt (relay %s) at %s\n' \
+      "$label" "$tcp" ${udp} "$WG_LOSS" "$thr" "$cpu" "$rcpu" "$WG_CPU_RATE" >&3
   done
 }
 
@@ -123,18 +189,20 @@ stop_clients() {
     measure "$name-2-alloc"
     stop_clients
     direct_peers
+    measure direct  # again after each relay: the host's load drifts
   done
   echo "# load after:$(uptime | sed 's/.*load average://')" >&3
   awk '
-    { n[$1]++; tcp[$1] += $2; udp[$1] += $3; loss[$1] += $4 }
+    { n[$1]++; tcp[$1] += $2; udp[$1] += $3; loss[$1] += $4; cpu[$1] += $5; rcpu[$1] += $6; thr[$1] += $7 }
     END {
-      d = tcp["direct"] / n["direct"]; du = udp["direct"] / n["direct"]
-      printf "%-20s %10s %8s %10s %8s %7s\n", "path", "tcp Mbit/s", "% direct", "udp Mbit/s", "% direct", "loss%"
+      d = tcp["direct"] / n["direct"]; du = udp["direct"] / n["direct"]; dc = cpu["direct"] / n["direct"]
+      dt = thr["direct"] / n["direct"]
+      printf "%-20s %10s %8s %10s %8s %7s %10s %8s %10s %8s %12s\n", "path", "tcp Mbit/s", "% direct", "udp Mbit/s", "% direct", "loss%", "udp<=" loss_max "%", "% direct", "cpu us/pkt", "x direct", "relay us/pkt"
       split("direct mesh-relay-1-alloc coturn-1-alloc mesh-base-1-alloc mesh-relay-2-alloc coturn-2-alloc mesh-base-2-alloc", o, " ")
       for (i = 1; i <= 7; i++) {
         k = o[i]; if (!n[k]) continue
-        t = tcp[k] / n[k]; u = udp[k] / n[k]
-        printf "%-20s %10.1f %7.1f%% %10.1f %7.1f%% %7.2f\n", k, t, 100 * t / d, u, 100 * u / du, loss[k] / n[k]
+        t = tcp[k] / n[k]; u = udp[k] / n[k]; c = cpu[k] / n[k]; r = thr[k] / n[k]
+        printf "%-20s %10.1f %7.1f%% %10.1f %7.1f%% %7.2f %10.1f %7.1f%% %10.2f %8.2f %12.2f\n", k, t, 100 * t / d, u, 100 * u / du, loss[k] / n[k], r, (dt > 0 ? 100 * r / dt : 0), c, (dc > 0 ? c / dc : 0), rcpu[k] / n[k]
       }
-    }' "$BATS_TEST_TMPDIR/wg.results" >&3
+    }' loss_max="$WG_LOSS" "$BATS_TEST_TMPDIR/wg.results" >&3
 }
