@@ -38,8 +38,10 @@ struct ServeOptions {
   // to gather two datagrams or more in that time, a worker that finds
   // nothing ready sleeps this long before waiting, so the next wakeup takes
   // a batch rather than one packet (as NIC interrupt moderation does). Adds
-  // at most this much latency. Off by default: bench/relay has not shown a
-  // gain on a shared 2-core machine (kernel work dominates either way).
+  // at most this much latency. Off by default: at 200 us bench/relay saw a
+  // quarter less CPU per packet at 25,000 datagrams/s, but bench/relay-wg
+  // saw WireGuard through the relay lose datagrams at moderate rates (TCP
+  // 77% of direct instead of 110%).
   int coalesce_us = 0;
   std::string stats_file;                 // JSON, rewritten every stats_interval
   int stats_interval_ms = 1000;
