@@ -168,7 +168,7 @@ stop_clients() {
   fi
   wait_for_line "$BATS_TEST_TMPDIR/relay.out" '^listening udp 203.0.113.1:3478$' 10
   wait_until 15 eval "nsx inet ss -Hunl | grep -q 203.0.113.2:3478"
-  echo "# $(nproc) cpus, load:$(uptime | sed 's/.*load average://'); WG_SECS=$WG_SECS WG_UDP_RATE=$WG_UDP_RATE RELAY_ARGS=$RELAY_ARGS" >&3
+  echo "# $(nproc) cpus, load:$(uptime | sed 's/.*load average://'); WG_SECS=$WG_SECS WG_UDP_RATE=$WG_UDP_RATE RELAY_ARGS=$RELAY_ARGS LAB_WG_TUNE=${LAB_WG_TUNE:-1}" >&3
 
   direct_peers
   measure direct

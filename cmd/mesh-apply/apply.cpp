@@ -39,6 +39,9 @@ int cmd_apply(Context& ctx, int argc, char** argv) {
                "print an equivalent wg-quick configuration and change nothing");
   app.add_flag("--verify", o.verify,
                "read the whole device back even when the memo vouches for it");
+  app.add_option("--socket-buffer", o.socket_buffer,
+                 "userspace daemon's UDP socket buffers, bytes each way (0: leave them)")
+      ->check(CLI::Range(0, 1 << 30));
   app.add_option("map", o.map_file, "network map file, '-' for stdin (default)");
   if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
   if (listen_port >= 0) o.listen_port = static_cast<uint16_t>(listen_port);

@@ -107,6 +107,17 @@ Result<Session> open_session(const ApplyOptions& opt, const BackendEnv& env,
   return s;
 }
 
+// Socket buffers (sockbuf.h): an improvement, never a reason to fail the
+// run, so a refusal is a warning.
+void size_daemon_sockets(WgBackend& wg, const ApplyOptions& opt, int wait_ms, const Log& log) {
+  if (opt.socket_buffer <= 0) return;
+  auto n = wg.size_sockets(opt.socket_buffer, wait_ms);
+  if (!n)
+    log.warn("socket buffers of " + opt.interface + "'s daemon left as they are: " + n.status().message());
+  else if (n->sockets == 0 && std::string(wg.name()) == "userspace")
+    log.warn("socket buffers of " + opt.interface + "'s daemon: it has no UDP socket yet");
+}
+
 }  // namespace
 
 Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, const Log& log) {
@@ -183,6 +194,7 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
         next.backend = session.wg->name();
         next.device_text = serialise_snapshot(session.obs.cur.device);
         store_memo(env.state_dir, opt.interface, next);
+        size_daemon_sockets(*session.wg, opt, 0, log);
       }
       Plan none;
       none.peers_unchanged = memo->peers;
@@ -308,6 +320,13 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   if (plan.set_mtu || plan.set_up) MESH_TRY(rt.set_link(ifindex, plan.set_mtu, true));
   MESH_TRY(rt.change_routes(ifindex, plan.routes_add, plan.routes_del));
   lap("applied");
+  // A daemon's sockets are new after it starts, after the link comes up
+  // and after a port change; a full read of the device (the periodic
+  // verification) checks them again, in case someone cycled the link.
+  if (plan.create_interface || plan.set_up || plan.set_listen_port || !obs.device_from_memo) {
+    size_daemon_sockets(wg, opt, plan.create_interface || plan.set_up ? 500 : 0, log);
+    lap("daemon sockets sized");
+  }
   next.ifindex = ifindex;
   Background done = background.get();
   next.state = std::move(done.memo[0]);
@@ -316,6 +335,25 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   store_memo(env.state_dir, opt.interface, next);
   lap("memo stored");
   return std::move(done.summary);
+}
+
+Result<std::string> run_tune(const std::string& interface, const std::string& backend, int bytes,
+                             const BackendEnv& env) {
+  MESH_TRY(check_interface_name(interface));
+  if (bytes <= 0) return usage_error("--socket-buffer must be a positive number of bytes");
+  if (!have_net_admin()) return no_permission("sizing " + interface + "'s sockets needs root (CAP_NET_ADMIN)");
+  MESH_ASSIGN(auto wg, choose_backend(backend, interface, env));
+  MESH_ASSIGN(bool exists, wg->exists());
+  if (!exists)
+    return unavailable("no WireGuard interface " + interface + " served by the " + wg->name() + " backend");
+  // An up link whose daemon has no socket yet is one that came up a moment
+  // ago (the daemon binds when it reads the event): give it a second.
+  MESH_ASSIGN(Rtnl rt, Rtnl::open());
+  MESH_ASSIGN(auto link, rt.get_link(interface));
+  MESH_ASSIGN(SocketSizing n, wg->size_sockets(bytes, link && link->up ? 1000 : 0));
+  Json doc{{"interface", interface},   {"backend", wg->name()}, {"socket_buffer", bytes},
+           {"sockets", n.sockets},     {"raised", n.raised},    {"changed", n.raised > 0}};
+  return dump_json(doc) + "\n";
 }
 
 Result<std::string> run_down(const std::string& interface, const std::string& backend,

@@ -10,6 +10,7 @@
 
 #include "apply/backend.h"
 #include "apply/plan.h"
+#include "apply/sockbuf.h"
 #include "core/json.h"
 #include "core/log.h"
 
@@ -25,6 +26,8 @@ struct ApplyOptions {
   bool dry_run = false;
   bool print_conf = false;
   bool verify = false;  // always read the device back (no memo snapshot)
+  // Userspace daemon's UDP socket buffers (sockbuf.h); 0 leaves them alone.
+  int socket_buffer = kDaemonSocketBuffer;
   std::string map_file = "-";
 };
 
@@ -40,6 +43,13 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
 
 // `mesh-apply down`: removes the firewall table and the interface (and the
 // wireguard-go daemon serving it). Returns the JSON document for stdout.
+// `mesh-apply tune`: sizes the socket buffers of the daemon serving an
+// existing interface, configured by mesh-apply or by other tools (wg-quick,
+// wg). Returns the JSON document for stdout. Unavailable when there is no
+// such interface or daemon.
+Result<std::string> run_tune(const std::string& interface, const std::string& backend, int bytes,
+                             const BackendEnv& env);
+
 Result<std::string> run_down(const std::string& interface, const std::string& backend,
                              const BackendEnv& env, const Log& log);
 

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "apply/device.h"
+#include "apply/sockbuf.h"
 #include "core/status.h"
 
 namespace mesh::apply {
@@ -29,6 +30,15 @@ class WgBackend {
   virtual Status set(const DeviceUpdate& u) = 0;
   // Removes the interface (and, userspace, waits for its daemon to exit).
   virtual Status destroy() = 0;
+  // Userspace: raises the UDP socket buffers of the daemon serving IF to at
+  // least `bytes` (sockbuf.h says why), waiting up to `wait_ms` for a link
+  // that just came up to get its sockets. Kernel: nothing to do (the
+  // module's sockets are the kernel's own), so none found.
+  virtual Result<SocketSizing> size_sockets(int bytes, int wait_ms) {
+    (void)bytes;
+    (void)wait_ms;
+    return SocketSizing{};
+  }
 };
 
 struct BackendEnv {

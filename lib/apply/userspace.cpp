@@ -17,6 +17,7 @@
 #include "apply/backend.h"
 #include "apply/process.h"
 #include "apply/rtnl.h"
+#include "apply/sockbuf.h"
 #include "apply/uapi.h"
 #include "core/fd.h"
 
@@ -164,12 +165,17 @@ class Userspace final : public WgBackend {
     return Status::ok();
   }
 
-  // The daemon serving IF: the process whose command line is exactly
-  // `IMPL IF`, as create() started it. (SO_PEERCRED on the socket names the
-  // launcher that called listen(), which exits once the daemon runs.)
+  // The daemon serving IF: a process of this network namespace whose
+  // command line is `IMPL IF`, as create() started it, or `IMPL -f IF`
+  // (foreground, as a service manager runs it). (SO_PEERCRED on the socket
+  // names the launcher that called listen(), which exits once the daemon
+  // runs.) The namespace check keeps an interface of the same name in
+  // another namespace out of it.
   std::vector<pid_t> daemon_pids() const {
     std::vector<pid_t> out;
     std::string impl_base = env_.userspace_impl.substr(env_.userspace_impl.rfind('/') + 1);
+    struct stat self_ns{};
+    bool have_ns = ::stat("/proc/self/ns/net", &self_ns) == 0;
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
       const std::string name = e.path().filename();
@@ -183,11 +189,41 @@ class Userspace final : public WgBackend {
         args.push_back(cmd.substr(pos, z - pos));
         pos = z + 1;
       }
-      if (args.size() != 2 || args[1] != if_) continue;
+      bool shape = args.size() == 2 ||
+                   (args.size() == 3 && (args[1] == "-f" || args[1] == "--foreground"));
+      if (!shape || args.back() != if_) continue;
       if (args[0].substr(args[0].rfind('/') + 1) != impl_base) continue;
+      struct stat ns{};
+      if (have_ns && (::stat((e.path() / "ns/net").c_str(), &ns) != 0 || ns.st_ino != self_ns.st_ino ||
+                      ns.st_dev != self_ns.st_dev))
+        continue;
       out.push_back(static_cast<pid_t>(std::stol(name)));
     }
     return out;
+  }
+
+  Result<SocketSizing> size_sockets(int bytes, int wait_ms) override {
+    std::vector<pid_t> pids = daemon_pids();
+    if (pids.empty())
+      return unavailable("no " + env_.userspace_impl + " process serving " + if_ +
+                         " in this network namespace");
+    // The daemon binds its sockets when the link comes up, after it has
+    // read the event: a link set up a moment ago may have none yet.
+    auto deadline = Clock::now() + std::chrono::milliseconds(wait_ms);
+    for (;;) {
+      SocketSizing all;
+      for (pid_t p : pids) {
+        auto r = size_udp_sockets(p, bytes);
+        if (!r) {
+          if (r.status().code() == Exit::Unavailable) continue;  // exited meanwhile
+          return r.status();
+        }
+        all.sockets += r->sockets;
+        all.raised += r->raised;
+      }
+      if (all.sockets > 0 || Clock::now() >= deadline) return all;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
   }
 
   Status destroy() override {

@@ -236,3 +236,41 @@ NFT
   [ "$(cat "$BATS_TEST_TMPDIR"/run*.out | jq -s '[.[] | select(.changed)] | length')" = 1 ]
   [ "$(nsx a wg show "$IFA" peers)" = "$PB" ]
 }
+
+# rcvbuf NS PORT: the receive buffers (skmem rb, twice what was set) of the
+# UDP sockets bound to PORT in namespace NS, one per line.
+rcvbuf() { nsx "$1" ss -Huamn "sport = :$2" | sed -n 's/.*skmem:(.*rb\([0-9]*\),.*/\1/p'; }
+
+@test "socket buffers: wireguard-go's sockets get 7 MiB; --socket-buffer 0 and tune" {
+  # wireguard-go 0.0.20220316 leaves them at the kernel default
+  # (net.core.rmem_default, reported as it is; a size set with setsockopt
+  # is reported doubled); mesh-apply raises them as newer ones do.
+  local dflt
+  dflt=$(sysctl -n net.core.rmem_default)
+  [ "$dflt" -lt $((2 * 7340032)) ] || skip "this kernel's default is already 7 MiB or more"
+  apply_a "$D/a.json"
+  [ -n "$(rcvbuf a 51820)" ]
+  for rb in $(rcvbuf a 51820); do [ "$rb" -ge $((2 * 7340032)) ]; done
+  # Not part of the map: a re-apply is still a no-op.
+  apply_a "$D/a.json"
+  [ "$(jq -r .changed <<<"$output")" = false ]
+  # --socket-buffer 0 leaves the daemon's own choice.
+  apply_b --socket-buffer 0 "$D/b.json"
+  for rb in $(rcvbuf b 51820); do [ "$rb" -eq "$dflt" ]; done
+  mrun -s 0 "${NA[@]}" ping -c 1 -W 5 100.64.0.2
+  # tune: for interfaces other tools configured; reports what it raised.
+  mrun -s 0 "${NB[@]}" mesh-apply tune --interface "$IFB" --socket-buffer 1048576
+  [ "$(jq -r .sockets <<<"$output")" -ge 1 ]
+  [ "$(jq -r .raised <<<"$output")" = "$(jq -r .sockets <<<"$output")" ]
+  [ "$(jq -r .changed <<<"$output")" = true ]
+  for rb in $(rcvbuf b 51820); do [ "$rb" -eq $((2 * 1048576)) ]; done
+  mrun -s 0 "${NB[@]}" mesh-apply tune --interface "$IFB" --socket-buffer 1048576
+  [ "$(jq -r .changed <<<"$output")" = false ]
+  # The tunnel still works with the new buffers.
+  mrun -s 0 "${NB[@]}" ping -c 1 -W 5 100.64.0.1
+  # An interface that does not exist, and bad sizes.
+  mrun -s 69 "${NA[@]}" mesh-apply tune --interface "$(wg_name nx)"
+  [[ "$stderr" == *"mesh-apply: error: no WireGuard interface"* ]]
+  mrun -s 64 "${NA[@]}" mesh-apply tune --interface "$IFA" --socket-buffer 0
+  mrun -s 64 "${NA[@]}" mesh-apply --interface "$IFA" --key "$D/a.key" --socket-buffer -1 "$D/a.json"
+}

@@ -226,6 +226,9 @@ lab_wg() {
   nsx "$name" wg set "$ifc" private-key "$BATS_TEST_TMPDIR/$name.key" listen-port "$port"
   [ -n "$overlay" ] && ip -n "${MESH_RUN}$name" addr add "$overlay" dev "$ifc"
   ip -n "${MESH_RUN}$name" link set "$ifc" up
+  # The socket buffers mesh-apply gives the daemons it manages (mesh-apply(8),
+  # "Socket buffers"); LAB_WG_TUNE=0 leaves the kernel default.
+  [ "${LAB_WG_TUNE:-1}" = 0 ] || nsx "$name" mesh-apply tune --interface "$ifc" >/dev/null
   LAB_WG[$name]=$ifc
   LAB_OVERLAY[$name]=$overlay
   LAB_PORT[$name]=$port
