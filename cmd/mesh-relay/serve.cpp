@@ -57,7 +57,7 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   app.add_option("--threads", o.threads, "worker threads (default: CPUs, at most 8)");
   app.add_option("--socket-buffer", o.socket_buffer, "socket buffer bytes (default 4194304)");
   app.add_option("--coalesce-us", o.coalesce_us,
-                 "while data flows, sleep US before waiting for more (batching; default 0: off)")
+                 "while data flows, sleep US before waiting for more (batching; default 200, 0: off)")
       ->check(CLI::Range(0, 10000));
   auto* sf = app.add_option("--stats-file", o.stats_file, "write JSON statistics to FILE every second");
   app.add_option("--metrics", metrics, "serve /metrics (Prometheus) and /stats (JSON) on ADDR:PORT");
