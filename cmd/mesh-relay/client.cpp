@@ -24,9 +24,13 @@ int cmd_client(Context& ctx, int argc, char** argv) {
   app.add_option("--keepalive", o.keepalive_s, "seconds between allocation refreshes (default 25)")
       ->check(CLI::Range(1, 300));
   app.add_option("--socket-buffer", o.socket_buffer, "socket buffer bytes (default 4194304)");
+  app.add_option("--tls-ca", o.tls_ca, "CA certificates (PEM) for a TLS TURN server (default: the system's)");
+  bool no_verify = false;
+  app.add_flag("--tls-no-verify", no_verify, "do not check a TLS TURN server's certificate");
   app.add_flag("-v,--verbose", verbose, "log informational messages");
   if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
   if (verbose) ctx.log.set_level(LogLevel::Info);
+  o.tls_verify = !no_verify;
   o.map_path = map;
   if (!key_file.empty()) {
     std::string warning;

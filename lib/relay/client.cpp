@@ -4,6 +4,9 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/epoll.h>
@@ -43,6 +46,35 @@ int64_t mono_ms() {
   return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
 }
 
+
+struct SslCtxFree {
+  void operator()(SSL_CTX* c) const { SSL_CTX_free(c); }
+};
+struct SslFree {
+  void operator()(SSL* s) const { SSL_free(s); }
+};
+
+// The host part of "HOST:PORT" or "[V6]:PORT", for the certificate check.
+std::string host_part(const std::string& hostport) {
+  if (!hostport.empty() && hostport[0] == '[') {
+    auto end = hostport.find(']');
+    return end == std::string::npos ? hostport : hostport.substr(1, end - 1);
+  }
+  auto colon = hostport.rfind(':');
+  return colon == std::string::npos ? hostport : hostport.substr(0, colon);
+}
+
+// OpenSSL's reason for the last failure on `ssl`: the certificate check's
+// verdict when that is what failed, else the error queue.
+std::string tls_error(SSL* ssl) {
+  long v = SSL_get_verify_result(ssl);
+  if (v != X509_V_OK) return std::string("certificate: ") + X509_verify_cert_error_string(v);
+  unsigned long e = ERR_get_error();
+  if (e == 0) return errno ? std::string(strerror(errno)) : "connection closed during the handshake";
+  char buf[256];
+  ERR_error_string_n(e, buf, sizeof buf);
+  return buf;
+}
 
 struct Creds {
   std::string server, transport, username, password;
@@ -99,6 +131,15 @@ class Client {
   // written when the socket takes it. `data`: droppable when the queue is full.
   void srv_send(const uint8_t* p, size_t len, bool data);
   void tcp_flush();
+  // TLS (map transport "tls"): the TURN stream inside a TLS session on the
+  // TCP connection. tls_start() sets it up once connect() is under way;
+  // tls_handshake() drives it on socket events (false: it failed and the
+  // session was reset); stream_read() reads plaintext either way.
+  Status tls_context();  // once per client; Config when the CA file is unusable
+  Status tls_start();
+  bool tls_handshake();
+  void want_out(bool want);
+  ssize_t stream_read(uint8_t* p, size_t n, std::string* why);
   void on_response(const stun::MessageView& m);
   void on_data_indication(const stun::MessageView& m);
   void on_local(Peer& p);
@@ -125,7 +166,10 @@ class Client {
   Creds creds_;
   UniqueFd srv_;
   SockAddr server_addr_;
-  bool tcp_ = false;              // the session runs over TCP (map transport "tcp")
+  bool tcp_ = false;              // the session runs over TCP (map transport "tcp" or "tls")
+  std::unique_ptr<SSL_CTX, SslCtxFree> tls_ctx_;
+  std::unique_ptr<SSL, SslFree> ssl_;  // set: the stream is TLS
+  bool tls_ready_ = false;             // handshake done
   std::vector<uint8_t> tin_;      // TCP: bytes received, not yet a whole frame
   size_t tin_len_ = 0;
   std::vector<uint8_t> tout_;     // TCP: bytes to write
@@ -262,13 +306,11 @@ void Client::apply_map() {
   // Credentials: the first TURN server we can speak to.
   Creds c;
   for (const auto& t : map_->turn) {
-    if (t.transport == "udp" || t.transport == "tcp") {
+    if (t.transport == "udp" || t.transport == "tcp" || t.transport == "tls") {
       c = {t.server, t.transport, t.username, t.password, t.expires_at};
       break;
     }
   }
-  if (c.server.empty() && !map_->turn.empty())
-    log_.warn("no UDP or TCP TURN server in the map (TLS is not supported by the client yet)");
   if (!(c == creds_)) {
     bool server_changed = c.server != creds_.server || c.transport != creds_.transport;
     creds_ = c;
@@ -364,6 +406,8 @@ void Client::reset_session(const std::string& why, int64_t delay_ms) {
     epoll_ctl(ep_.get(), EPOLL_CTL_DEL, srv_.get(), nullptr);
     srv_.reset();
   }
+  ssl_.reset();  // no close_notify: the socket is gone, and the server only needs EOF
+  tls_ready_ = false;
   tin_len_ = 0;
   tout_.clear();
   tout_off_ = 0;
@@ -393,7 +437,7 @@ void Client::start_allocate() {
     return;
   }
   server_addr_ = *addr;
-  tcp_ = creds_.transport == "tcp";
+  tcp_ = creds_.transport == "tcp" || creds_.transport == "tls";
   Result<UniqueFd> fd = UniqueFd();
   if (tcp_) {
     // RFC 8656 section 3.1: TURN over TCP between client and server; the
@@ -430,7 +474,16 @@ void Client::start_allocate() {
     return;
   }
   srv_ = std::move(*fd);
-  // TCP: EPOLLOUT until connected (the Allocate waits in tout_).
+  if (creds_.transport == "tls") {
+    if (Status s = tls_start(); !s) {
+      log_.error(s.message());
+      srv_.reset();
+      alloc_at_ = mono_ms() + 5000;
+      return;
+    }
+  }
+  // TCP: EPOLLOUT until connected (the Allocate waits in tout_; with TLS,
+  // until the handshake is done).
   tout_want_ = tcp_;
   epoll_event e{EPOLLIN | (tcp_ ? EPOLLOUT : 0u), {}};
   e.data.ptr = nullptr;
@@ -500,11 +553,26 @@ void Client::srv_send(const uint8_t* p, size_t len, bool data) {
 
 void Client::tcp_flush() {
   if (!srv_ || !tcp_) return;
+  if (ssl_ && !tls_ready_) return;  // tls_handshake() asks for the events it needs
   while (tout_off_ < tout_.size()) {
-    ssize_t r = ::send(srv_.get(), tout_.data() + tout_off_, tout_.size() - tout_off_,
-                       MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) break;  // EAGAIN (or not connected yet); errors show up on read
+    ssize_t r;
+    if (ssl_) {
+      // One record per frame would suit a peer that reads a message per
+      // record; servers parse the stream (RFC 8656 section 12.5 frames
+      // TURN over TLS exactly as over TCP), so records carry as much as is
+      // queued. A retry after WANT_WRITE passes the same bytes (and maybe
+      // more), which partial-write mode allows.
+      ERR_clear_error();
+      size_t left = std::min<size_t>(tout_.size() - tout_off_, 1u << 30);
+      int n = SSL_write(ssl_.get(), tout_.data() + tout_off_, static_cast<int>(left));
+      if (n <= 0) break;  // WANT_WRITE/WANT_READ; failures show up on read
+      r = n;
+    } else {
+      r = ::send(srv_.get(), tout_.data() + tout_off_, tout_.size() - tout_off_,
+                 MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) break;  // EAGAIN (or not connected yet); errors show up on read
+    }
     tout_off_ += static_cast<size_t>(r);
   }
   if (tout_off_ == tout_.size()) {
@@ -514,13 +582,107 @@ void Client::tcp_flush() {
     tout_.erase(tout_.begin(), tout_.begin() + static_cast<long>(tout_off_));
     tout_off_ = 0;
   }
-  bool want = tout_off_ < tout_.size();
-  if (want != tout_want_) {
-    tout_want_ = want;
-    epoll_event e{EPOLLIN | (want ? EPOLLOUT : 0u), {}};
-    e.data.ptr = nullptr;
-    epoll_ctl(ep_.get(), EPOLL_CTL_MOD, srv_.get(), &e);
+  want_out(tout_off_ < tout_.size());
+}
+
+void Client::want_out(bool want) {
+  if (!srv_ || want == tout_want_) return;
+  tout_want_ = want;
+  epoll_event e{EPOLLIN | (want ? EPOLLOUT : 0u), {}};
+  e.data.ptr = nullptr;
+  epoll_ctl(ep_.get(), EPOLL_CTL_MOD, srv_.get(), &e);
+}
+
+Status Client::tls_context() {
+  if (!tls_ctx_) {
+    tls_ctx_.reset(SSL_CTX_new(TLS_client_method()));
+    if (!tls_ctx_) return internal_error("SSL_CTX_new failed");
+    SSL_CTX_set_min_proto_version(tls_ctx_.get(), TLS1_2_VERSION);
+    SSL_CTX_set_mode(tls_ctx_.get(), SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (opt_.tls_verify) {
+      if (!opt_.tls_ca.empty() && ::access(opt_.tls_ca.c_str(), R_OK) != 0) {
+        int e = errno;
+        tls_ctx_.reset();
+        return errno_status(opt_.tls_ca, e);
+      }
+      SSL_CTX_set_verify(tls_ctx_.get(), SSL_VERIFY_PEER, nullptr);
+      int ok = opt_.tls_ca.empty()
+                   ? SSL_CTX_set_default_verify_paths(tls_ctx_.get())
+                   : SSL_CTX_load_verify_locations(tls_ctx_.get(), opt_.tls_ca.c_str(), nullptr);
+      if (ok != 1) {
+        tls_ctx_.reset();
+        return Status(Exit::Config, "cannot load the CA certificates " +
+                                        (opt_.tls_ca.empty() ? std::string("(system default)") : opt_.tls_ca));
+      }
+    }
   }
+  return Status::ok();
+}
+
+Status Client::tls_start() {
+  MESH_TRY(tls_context());
+  ssl_.reset(SSL_new(tls_ctx_.get()));
+  if (!ssl_) return internal_error("SSL_new failed");
+  SSL_set_fd(ssl_.get(), srv_.get());
+  SSL_set_connect_state(ssl_.get());
+  // RFC 7443: the ALPN name of TURN over TLS.
+  static const unsigned char kAlpn[] = {9, 's', 't', 'u', 'n', '.', 't', 'u', 'r', 'n'};
+  SSL_set_alpn_protos(ssl_.get(), kAlpn, sizeof kAlpn);
+  std::string host = host_part(creds_.server);
+  bool literal = static_cast<bool>(IpAddr::parse(host));
+  if (!literal) SSL_set_tlsext_host_name(ssl_.get(), host.c_str());
+  if (opt_.tls_verify) {
+    // The certificate must name the server as the map gives it: its DNS
+    // name, or its address in an IP subjectAltName.
+    X509_VERIFY_PARAM* vp = SSL_get0_param(ssl_.get());
+    int ok = literal ? X509_VERIFY_PARAM_set1_ip_asc(vp, host.c_str())
+                     : X509_VERIFY_PARAM_set1_host(vp, host.c_str(), host.size());
+    if (ok != 1) return internal_error("cannot set the certificate check for " + host);
+  }
+  tls_ready_ = false;
+  return Status::ok();
+}
+
+bool Client::tls_handshake() {
+  ERR_clear_error();
+  errno = 0;
+  int r = SSL_do_handshake(ssl_.get());
+  if (r == 1) {
+    tls_ready_ = true;
+    log_.info("TLS with " + server_addr_.to_string() + ": " + SSL_get_version(ssl_.get()) + " " +
+              SSL_get_cipher_name(ssl_.get()));
+    want_out(false);
+    tcp_flush();  // the Allocate waiting in tout_
+    return true;
+  }
+  int e = SSL_get_error(ssl_.get(), r);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+    want_out(e == SSL_ERROR_WANT_WRITE);  // EPOLLIN is always asked for
+    return true;
+  }
+  std::string why = tls_error(ssl_.get());
+  reset_session("TLS handshake with " + server_addr_.to_string() + ": " + why,
+                std::min(backoff_ms_ = std::max(500, backoff_ms_ * 2), 5000));
+  return false;
+}
+
+ssize_t Client::stream_read(uint8_t* p, size_t n, std::string* why) {
+  if (!ssl_) {
+    ssize_t r = ::read(srv_.get(), p, n);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return -1;
+    if (r < 0) *why = "TCP connection to the TURN server: " + std::string(strerror(errno));
+    if (r == 0) *why = "the TURN server closed the connection";
+    return r < 0 ? -2 : r;
+  }
+  ERR_clear_error();
+  errno = 0;
+  int r = SSL_read(ssl_.get(), p, static_cast<int>(std::min<size_t>(n, 1u << 30)));
+  if (r > 0) return r;
+  int e = SSL_get_error(ssl_.get(), r);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return -1;
+  *why = e == SSL_ERROR_ZERO_RETURN ? "the TURN server closed the TLS session"
+                                    : "TLS session with the TURN server: " + tls_error(ssl_.get());
+  return -2;
 }
 
 // One datagram (UDP) or frame (TCP) from the TURN server.
@@ -566,15 +728,19 @@ void Client::on_server(uint32_t events) {
     }
     return;
   }
+  if (ssl_ && !tls_ready_) {
+    if (!tls_handshake() || !tls_ready_) return;
+  }
   if (events & EPOLLOUT) tcp_flush();
-  for (int round = 0; round < 16 && srv_; ++round) {
-    ssize_t r = ::read(srv_.get(), tin_.data() + tin_len_, tin_.size() - tin_len_);
-    if (r < 0 && (errno == EAGAIN || errno == EINTR)) break;
+  // TLS may hold decrypted bytes the socket no longer signals: read them
+  // all, whatever the round count.
+  for (int round = 0; srv_ && (round < 16 || (ssl_ && SSL_pending(ssl_.get()) > 0)); ++round) {
+    std::string why;
+    ssize_t r = stream_read(tin_.data() + tin_len_, tin_.size() - tin_len_, &why);
+    if (r == -1) break;
     if (r <= 0) {
       out_.flush();
-      return reset_session(r == 0 ? "the TURN server closed the connection"
-                                  : "TCP connection to the TURN server: " + std::string(strerror(errno)),
-                           std::min(backoff_ms_ = std::max(500, backoff_ms_ * 2), 5000));
+      return reset_session(why, std::min(backoff_ms_ = std::max(500, backoff_ms_ * 2), 5000));
     }
     tin_len_ += static_cast<size_t>(r);
     // Frames: STUN (20-byte header + length) or ChannelData (4 + length,
@@ -868,6 +1034,7 @@ void Client::on_local(Peer& p) {
 }
 
 Status Client::run() {
+  if (!opt_.tls_ca.empty()) MESH_TRY(tls_context());  // a bad --tls-ca fails now, not at the first TLS session
   ep_.reset(epoll_create1(EPOLL_CLOEXEC));
   if (!ep_) return errno_status("epoll_create1", errno);
   sigset_t set;

@@ -37,6 +37,12 @@ struct ClientOptions {
   IpAddr local_ip = IpAddr::v4(0x7F000001);
   int keepalive_s = 25;               // Refresh interval (also how fast a dead relay is noticed)
   int socket_buffer = 4 << 20;
+  // TURN over TLS (a map "turn" entry with transport "tls"): the server's
+  // certificate must chain to these CA certificates (PEM file; empty: the
+  // system's) and name the server as the map gives it (DNS name, or IP
+  // address in a subjectAltName); tls_verify false skips the check.
+  std::string tls_ca;
+  bool tls_verify = true;
   // Called with each new endpoints document (one JSON line).
   std::function<void(const std::string&)> on_endpoints;
 };

@@ -153,4 +153,9 @@ zero_loss() {
   mrun -s "$EX_NOINPUT" mesh-relay client "$T/missing-map.json"
   echo '{"version": 1}' >"$T/badmap.json"
   mrun -s "$EX_DATAERR" mesh-relay client "$T/badmap.json"
+  # --tls-ca is checked at start, before any map or session.
+  mrun -s "$EX_NOINPUT" mesh-relay client --tls-ca "$T/missing.pem" "$T/badmap.json"
+  echo 'not a certificate' >"$T/bad.pem"
+  mrun -s "$EX_CONFIG" mesh-relay client --tls-ca "$T/bad.pem" "$T/badmap.json"
+  [[ "$stderr" == *"cannot load the CA certificates"* ]]
 }

@@ -30,14 +30,15 @@ relay_coordinator() {
 
 # relay_clients A B: start `mesh-relay client` in both namespaces and the
 # coordinator loop; wait until both announce a relayed candidate.
-# RELAY_CLIENT: another mesh-relay binary for the clients (benchmarks).
+# RELAY_CLIENT: another mesh-relay binary for the clients (benchmarks);
+# RELAY_CLIENT_ARGS: extra client flags (e.g. --tls-ca FILE).
 relay_clients() {
   local a=$1 b=$2 n
   relay_write_map "$a" "$b"
   relay_write_map "$b" "$a"
   start_daemon coordinator relay_coordinator "$a" "$b"
   for n in "$a" "$b"; do
-    start_daemon "client-$n" ip netns exec "$(lab_ns "$n")" "${RELAY_CLIENT:-mesh-relay}" client --keepalive 1 \
+    start_daemon "client-$n" ip netns exec "$(lab_ns "$n")" "${RELAY_CLIENT:-mesh-relay}" client --keepalive 1 ${RELAY_CLIENT_ARGS:-} \
       --key "$BATS_TEST_TMPDIR/$n.key" --endpoints-out "$BATS_TEST_TMPDIR/$n.endpoints.json" \
       "$BATS_TEST_TMPDIR/$n.map.json"
   done
