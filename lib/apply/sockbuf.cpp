@@ -31,7 +31,7 @@ int get_int(int fd, int opt) {
 // other half is its bookkeeping allowance, socket(7)) but the default as it
 // is: halving what it reports errs towards raising, never towards shrinking
 // (the new size is only ever bigger than the old).
-bool raise(int fd, int get_opt, int force_opt, int bytes) {
+bool raise_buffer(int fd, int get_opt, int force_opt, int bytes) {
   int cur = get_int(fd, get_opt);
   if (cur >= 0 && cur / 2 >= bytes) return false;
   if (::setsockopt(fd, SOL_SOCKET, force_opt, &bytes, sizeof bytes) != 0)
@@ -70,8 +70,8 @@ Result<SocketSizing> size_udp_sockets(pid_t pid, int bytes) {
     int domain = get_int(fd.get(), SO_DOMAIN);
     if (domain != AF_INET && domain != AF_INET6) continue;
     ++out.sockets;
-    bool r = raise(fd.get(), SO_RCVBUF, SO_RCVBUFFORCE, bytes);
-    bool s = raise(fd.get(), SO_SNDBUF, SO_SNDBUFFORCE, bytes);
+    bool r = raise_buffer(fd.get(), SO_RCVBUF, SO_RCVBUFFORCE, bytes);
+    bool s = raise_buffer(fd.get(), SO_SNDBUF, SO_SNDBUFFORCE, bytes);
     if (r || s) ++out.raised;
   }
   ::closedir(d);
