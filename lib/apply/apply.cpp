@@ -167,9 +167,16 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     MESH_ASSIGN(std::string t, read_file(f));
     eps_texts.push_back(std::move(t));
   }
-  inputs.add("map", map_text);
-  for (const auto& t : eps_texts) inputs.add("endpoints", t);
-  const std::string input_digest = inputs.hex();
+  // Hashing the map (a megabyte at 5,000 peers) is only urgent when a memo
+  // waits to be compared with it; otherwise it runs beside the parse and is
+  // collected when the memo is written.
+  auto hash_inputs = [&map_text, &eps_texts](InputDigest d) {
+    d.add("map", map_text);
+    for (const auto& t : eps_texts) d.add("endpoints", t);
+    return d.hex();
+  };
+  std::shared_future<std::string> input_digest =
+      std::async(memo ? std::launch::deferred : std::launch::async, hash_inputs, std::move(inputs)).share();
   lap("inputs read");
 
   bool read_only = opt.dry_run || opt.print_conf;
@@ -178,7 +185,7 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
 
   // The fast path: byte-identical inputs and the very state the last run
   // left mean diff() is empty (memo.h explains why this is sound).
-  if (memo && memo->inputs == input_digest) {
+  if (memo && memo->inputs == input_digest.get()) {
     MESH_ASSIGN(Session session, observed.get());
     bool same = session.obs.device_from_memo
                     ? !memo->link.empty() && link_digest(session.obs.cur) == memo->link
@@ -246,13 +253,24 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   }
   if (opt.print_conf) return wg_quick_conf(want, obs.cur);
 
+  // The firewall table (an nft(8) run) does not depend on the WireGuard
+  // device. On an interface that exists, install it now, beside the plan,
+  // while the daemon is idle: beside the SET, it would take CPU from a
+  // daemon busy on both cores. Every input is validated by now. (A new
+  // interface gets its table once it exists, below.)
+  std::future<Status> fw_installed;
+  if (!opt.dry_run && obs.cur.link.exists && obs.cur.firewall_digest != want.firewall_digest) {
+    remove_memo(env.state_dir, opt.interface);  // something is touched from here on
+    fw_installed = std::async(std::launch::async, [&fw] { return firewall_install(fw); });
+  }
+
   // 3. The plan.
   Plan plan = diff(want, obs.cur);
   lap("plan computed");
   std::string table = "inet " + fw.table;
   if (opt.dry_run) return plan_json_text(plan, opt.interface, wg.name(), table, true) + "\n";
   Current after = expected_state(want, obs.cur);
-  Memo next{input_digest, "", want.peers.size()};
+  Memo next{"", "", want.peers.size()};
   next.backend = wg.name();
   next.verified_at = obs.device_from_memo ? memo->verified_at : env.now();
   // A run that fails midway must not leave a snapshot of the old state
@@ -300,11 +318,9 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
         Plan done_plan = std::move(plan_view);
         return b;
       });
-  // The firewall table (an nft(8) run) and the WireGuard SET do not depend
-  // on each other: install it while the device digests the SET. Both are
-  // done before the link comes up or the memo is written.
-  std::future<Status> fw_installed;
-  if (plan.firewall)
+  // A new interface's table goes in while the device digests the SET. Both
+  // are done before the link comes up or the memo is written.
+  if (plan.firewall && !fw_installed.valid())
     fw_installed = std::async(std::launch::async, [&fw] { return firewall_install(fw); });
   Status set = wg.set(update);
   lap("WireGuard device set");
@@ -323,17 +339,25 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   // A daemon's sockets are new after it starts, after the link comes up
   // and after a port change; a full read of the device (the periodic
   // verification) checks them again, in case someone cycled the link.
-  if (plan.create_interface || plan.set_up || plan.set_listen_port || !obs.device_from_memo) {
-    size_daemon_sockets(wg, opt, plan.create_interface || plan.set_up ? 500 : 0, log);
-    lap("daemon sockets sized");
-  }
+  // Sized while the memo is written: after a link-up the daemon opens
+  // them a moment later, and this waits for that.
+  std::future<void> sized;
+  if (plan.create_interface || plan.set_up || plan.set_listen_port || !obs.device_from_memo)
+    sized = std::async(std::launch::async, [&, wait_ms = plan.create_interface || plan.set_up ? 500 : 0] {
+      size_daemon_sockets(wg, opt, wait_ms, log);
+    });
   next.ifindex = ifindex;
+  next.inputs = input_digest.get();
   Background done = background.get();
   next.state = std::move(done.memo[0]);
   next.link = std::move(done.memo[1]);
   next.device_text = std::move(done.memo[2]);
   store_memo(env.state_dir, opt.interface, next);
   lap("memo stored");
+  if (sized.valid()) {
+    sized.get();
+    lap("daemon sockets sized");
+  }
   return std::move(done.summary);
 }
 

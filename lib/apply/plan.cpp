@@ -142,6 +142,7 @@ Plan diff(const Desired& want, const Current& cur) {
   const auto& wp = want.peers;
   const auto& cp = dev.peers;
   std::vector<PeerChange> removals, others;
+  others.reserve(wp.size());  // at most one change per wanted peer
   while (i < wp.size() || j < cp.size()) {
     if (j == cp.size() || (i < wp.size() && wp[i].public_key < cp[j].public_key)) {
       const DesiredPeer& d = wp[i++];
@@ -198,8 +199,13 @@ Plan diff(const Desired& want, const Current& cur) {
   }
   // Removals first: an allowed IP that moves from a removed peer to another
   // one is then added to its new owner in the same transaction.
-  plan.peers = std::move(removals);
-  for (auto& c : others) plan.peers.push_back(std::move(c));
+  if (removals.empty()) {
+    plan.peers = std::move(others);
+  } else {
+    plan.peers = std::move(removals);
+    plan.peers.reserve(plan.peers.size() + others.size());
+    for (auto& c : others) plan.peers.push_back(std::move(c));
+  }
 
   const LinkCurrent& link = cur.link;
   plan.addresses_add = minus(want.addresses, link.addresses);
@@ -216,6 +222,7 @@ DeviceUpdate device_update(const Plan& plan, const Desired& want) {
   DeviceUpdate u;
   if (plan.set_private_key) u.private_key = want.private_key;
   u.listen_port = plan.set_listen_port;
+  u.peers.reserve(plan.peers.size());
   for (const auto& c : plan.peers) {
     PeerUpdate p;
     p.public_key = c.public_key;
