@@ -11,6 +11,7 @@
 #include "apply/memo.h"
 #include "apply/nft.h"
 #include "apply/rtnl.h"
+#include "apply/uapi.h"
 #include "core/file.h"
 #include "netmap/endpoints.h"
 #include "netmap/fast.h"
@@ -118,6 +119,140 @@ void size_daemon_sockets(WgBackend& wg, const ApplyOptions& opt, int wait_ms, co
     log.warn("socket buffers of " + opt.interface + "'s daemon: it has no UDP socket yet");
 }
 
+// A SET written to a pristine device (a daemon just started: no key, no
+// peers, link down) while the map is still being read. wireguard-go takes
+// some 0.1 ms per new peer (an X25519 and its allocations), so it starts on
+// the first peers while the rest are parsed and validated, instead of after.
+// Until finish(), the destructor puts the device back as it found it: no
+// peers and no key. The link stays down throughout, so nothing is sent or
+// accepted meanwhile.
+class EarlySet {
+ public:
+  EarlySet(std::unique_ptr<WgBackend> wg, std::unique_ptr<SetStream> stream, const SecretKey& key,
+           EndpointsDoc eps, const std::string& interface, const Log& log)
+      : wg_(std::move(wg)), stream_(std::move(stream)), key_(key), eps_(std::move(eps)),
+        interface_(interface), log_(log) {
+    DeviceUpdate head;
+    head.private_key = key;
+    std::string lines = uapi_encode_device(head);
+    stream_->append(lines);
+    wipe(lines);
+  }
+  EarlySet(const EarlySet&) = delete;
+  EarlySet& operator=(const EarlySet&) = delete;
+
+  ~EarlySet() {
+    if (finished_) return;
+    Status s = stream_->finish();
+    DeviceUpdate none, nokey;
+    none.replace_peers = true;
+    nokey.private_key = SecretKey();  // all zero: no key
+    if (s) s = wg_->set(none);
+    if (s) s = wg_->set(nokey);
+    if (!s) log_.warn("could not undo the SET begun on " + interface_ + ": " + s.message());
+    wipe(lines_);
+  }
+
+  // The parser's hook: one more peer for the device.
+  void peer(const MapPeer& mp) {
+    PeerUpdate u = peer_addition(desired_peer(mp, eps_));
+    size_t at = lines_.size();
+    uapi_append_peer(&lines_, u);
+    blocks_.push_back({u.public_key, at, lines_.size() - at});
+    if (blocks_.size() % 64 == 0) flush();
+  }
+
+  void flush() {
+    if (sent_ < lines_.size()) stream_->append(lines_.substr(sent_));
+    sent_ = lines_.size();
+  }
+
+  // Ends the streamed SET in place of wg.set(u). What was sent is checked
+  // against `u`, the plan's SET for the pristine device; the rest of `u`
+  // (the listen port) follows, or on any difference (a map the fast parser
+  // left to the full one, whose peers it saw only in part) `u` is sent
+  // whole, replacing the streamed peers.
+  Status finish(const DeviceUpdate& u) {
+    flush();
+    bool same = u.private_key && secure_equal(key_view(*u.private_key), key_view(key_)) &&
+                !u.replace_peers && u.peers.size() == blocks_.size();
+    if (same) {
+      std::sort(blocks_.begin(), blocks_.end(),
+                [](const Block& a, const Block& b) { return a.key < b.key; });
+      std::string want, got;
+      for (const auto& p : u.peers) uapi_append_peer(&want, p);
+      got.reserve(lines_.size());
+      for (const auto& b : blocks_) got.append(lines_, b.at, b.len);
+      same = want == got;
+      wipe(want);
+      wipe(got);
+    }
+    wipe(lines_);
+    finished_ = true;
+    MESH_TRY(stream_->finish());
+    if (same) {
+      if (!u.listen_port) return Status::ok();
+      DeviceUpdate rest;
+      rest.listen_port = u.listen_port;
+      return wg_->set(rest);
+    }
+    log_.debug("the SET streamed during the parse is not the plan's; sending the plan's whole");
+    DeviceUpdate whole = u;
+    whole.replace_peers = true;
+    return wg_->set(whole);
+  }
+
+ private:
+  struct Block {
+    PublicKey key;
+    size_t at, len;  // in lines_
+  };
+  static std::string_view key_view(const SecretKey& k) {
+    return {reinterpret_cast<const char*>(k.bytes().data()), kKeyLen};
+  }
+
+  std::unique_ptr<WgBackend> wg_;
+  std::unique_ptr<SetStream> stream_;
+  SecretKey key_;
+  EndpointsDoc eps_;
+  const std::string& interface_;
+  const Log& log_;
+  std::string lines_;  // every peer's lines so far
+  size_t sent_ = 0;
+  std::vector<Block> blocks_;
+  bool finished_ = false;
+};
+
+std::unique_ptr<EarlySet> start_early_set(const ApplyOptions& opt, const BackendEnv& env, const SecretKey& key,
+                                          const std::vector<std::string>& eps_texts, const ParseOptions& po,
+                                          const Log& log) {
+  // Endpoints documents first: the peers' endpoints depend on them. Any
+  // trouble with one, and the ordinary path reports it in its turn.
+  std::vector<EndpointsDoc> docs;
+  for (size_t i = 0; i < eps_texts.size(); ++i) {
+    auto j = parse_json(eps_texts[i], opt.endpoints_files[i]);
+    if (!j) return nullptr;
+    auto d = parse_endpoints(*j, opt.endpoints_files[i], po);
+    if (!d) return nullptr;
+    docs.push_back(std::move(*d));
+  }
+  auto wg = make_userspace_backend(opt.interface, env);
+  auto stream = wg->open_set_stream();
+  if (!stream) return nullptr;
+  remove_memo(env.state_dir, opt.interface);  // the device is touched from here on
+  return std::make_unique<EarlySet>(std::move(wg), std::move(stream), key, merge_endpoints(docs),
+                                    opt.interface, log);
+}
+
+// Whether an observation shows a pristine device that an EarlySet may
+// write to.
+bool pristine(const Result<Session>& s) {
+  if (!s || std::string(s->wg->name()) != "userspace") return false;
+  const Observed& o = s->obs;
+  return o.link && !o.link->up && !o.device_from_memo && !o.cur.device.private_key &&
+         o.cur.device.peers.empty();
+}
+
 }  // namespace
 
 Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, const Log& log) {
@@ -215,9 +350,24 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
                           });
   }
 
+  // A pristine device gets its SET while the map is read (EarlySet). The
+  // observation decides; one that is not back at once is of a device with
+  // peers to read, which is not pristine anyway.
+  std::unique_ptr<EarlySet> early;
+  if (!read_only && !memo &&
+      observed.wait_for(std::chrono::milliseconds(10)) == std::future_status::ready) {
+    auto seen = std::make_shared<Result<Session>>(observed.get());
+    if (pristine(*seen)) early = start_early_set(opt, env, key, eps_texts, po, log);
+    observed = std::async(std::launch::deferred, [seen]() mutable { return std::move(*seen); });
+    if (early) lap("SET begun on the pristine device");
+  }
+
   // Straight from the text (netmap/fast.h); the same validation and errors
   // as parse_json() + parse_netmap().
-  MESH_ASSIGN(NetMap map, parse_netmap_text(map_text, map_source, po));
+  PeerHook hook;
+  if (early) hook = [&early](const MapPeer& p) { early->peer(p); };
+  MESH_ASSIGN(NetMap map, parse_netmap_text(map_text, map_source, po, hook));
+  if (early) early->flush();
   lap("map parsed");
   std::vector<EndpointsDoc> docs;
   for (size_t i = 0; i < eps_texts.size(); ++i) {
@@ -322,7 +472,7 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   // are done before the link comes up or the memo is written.
   if (plan.firewall && !fw_installed.valid())
     fw_installed = std::async(std::launch::async, [&fw] { return firewall_install(fw); });
-  Status set = wg.set(update);
+  Status set = early ? early->finish(update) : wg.set(update);
   lap("WireGuard device set");
   Status fw_status = plan.firewall ? fw_installed.get() : Status::ok();
   // The SET's own copy goes the same way as the rest, off this thread.

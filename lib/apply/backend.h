@@ -19,6 +19,17 @@
 
 namespace mesh::apply {
 
+// One SET written while it is still being computed, so the device starts
+// on the first peers while the rest are read (userspace only: the UAPI
+// applies a SET line by line as it arrives). append() never waits for the
+// device; finish() ends the SET and returns the device's answer.
+class SetStream {
+ public:
+  virtual ~SetStream() = default;
+  virtual void append(std::string lines) = 0;
+  virtual Status finish() = 0;
+};
+
 class WgBackend {
  public:
   virtual ~WgBackend() = default;
@@ -28,6 +39,9 @@ class WgBackend {
   virtual Status create() = 0;
   virtual Result<DeviceState> get() = 0;
   virtual Status set(const DeviceUpdate& u) = 0;
+  // A SET to write piecemeal (SetStream), or null where there is no such
+  // thing (kernel: netlink messages are whole) or no daemon to take it.
+  virtual std::unique_ptr<SetStream> open_set_stream() { return nullptr; }
   // Removes the interface (and, userspace, waits for its daemon to exit).
   virtual Status destroy() = 0;
   // Userspace: raises the UDP socket buffers of the daemon serving IF to at

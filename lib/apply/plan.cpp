@@ -67,6 +67,26 @@ std::vector<Prefix> routes_for(const std::vector<Prefix>& addresses,
 
 namespace {
 
+// MapPeer is const MapPeer& (copied from) or MapPeer&& (moved from).
+template <typename MapPeer>
+DesiredPeer make_peer(MapPeer&& mp, const EndpointsDoc& endpoints) {
+  constexpr bool kMove = !std::is_const_v<std::remove_reference_t<MapPeer>>;
+  DesiredPeer p;
+  if constexpr (kMove) p.name = std::move(mp.name);
+  else p.name = mp.name;
+  p.public_key = mp.public_key;
+  if (mp.preshared_key) p.preshared_key = *mp.preshared_key;
+  if constexpr (kMove) p.allowed_ips = std::move(mp.allowed_ips);
+  else p.allowed_ips = mp.allowed_ips;
+  for (auto& a : p.allowed_ips) a = a.canonical();
+  sort_unique(&p.allowed_ips);
+  p.keepalive = mp.keepalive;
+  if (!mp.endpoints.empty()) p.map_endpoint = mp.endpoints.front().endpoint;
+  if (const PeerPath* path = endpoints.find(mp.public_key); path && path->endpoint)
+    p.forced_endpoint = path->endpoint;  // relay-needed without endpoint: keep current/map
+  return p;
+}
+
 // Map is const NetMap (copied from) or NetMap (moved from).
 template <typename Map>
 Result<Desired> build_desired(Map& map, const SecretKey& key, const EndpointsDoc& endpoints,
@@ -94,27 +114,29 @@ Result<Desired> build_desired(Map& map, const SecretKey& key, const EndpointsDoc
   });
   d.peers.reserve(order.size());
   for (uint32_t idx : order) {
-    auto& mp = map.peers[idx];
-    DesiredPeer p;
-    if constexpr (kMove) p.name = std::move(mp.name);
-    else p.name = mp.name;
-    p.public_key = mp.public_key;
-    if (mp.preshared_key) p.preshared_key = *mp.preshared_key;
-    if constexpr (kMove) p.allowed_ips = std::move(mp.allowed_ips);
-    else p.allowed_ips = mp.allowed_ips;
-    for (auto& a : p.allowed_ips) a = a.canonical();
-    sort_unique(&p.allowed_ips);
-    p.keepalive = mp.keepalive;
-    if (!mp.endpoints.empty()) p.map_endpoint = mp.endpoints.front().endpoint;
-    if (const PeerPath* path = endpoints.find(mp.public_key); path && path->endpoint)
-      p.forced_endpoint = path->endpoint;  // relay-needed without endpoint: keep current/map
-    d.peers.push_back(std::move(p));
+    if constexpr (kMove) d.peers.push_back(make_peer(std::move(map.peers[idx]), endpoints));
+    else d.peers.push_back(make_peer(map.peers[idx], endpoints));
   }
   d.routes = routes_for(d.addresses, d.peers);
   return d;
 }
 
 }  // namespace
+
+DesiredPeer desired_peer(const MapPeer& peer, const EndpointsDoc& endpoints) {
+  return make_peer(peer, endpoints);
+}
+
+PeerUpdate peer_addition(const DesiredPeer& d) {
+  PeerUpdate p;
+  p.public_key = d.public_key;
+  p.preshared_key = d.preshared_key;
+  p.endpoint = endpoint_for(d, nullptr);
+  if (d.keepalive) p.keepalive = d.keepalive;
+  p.replace_allowed_ips = true;
+  p.allowed_ips = d.allowed_ips;
+  return p;
+}
 
 Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key, const EndpointsDoc& endpoints,
                                  std::optional<uint16_t> listen_port_override) {

@@ -102,6 +102,12 @@ std::vector<Prefix> routes_for(const std::vector<Prefix>& addresses,
 
 Plan diff(const Desired& desired, const Current& current);
 
+// One of desired_from_map()'s peers, from the map's entry alone.
+DesiredPeer desired_peer(const MapPeer& peer, const EndpointsDoc& endpoints);
+// The SET entry that adds `d` to a device without it: what device_update()
+// sends for diff()'s addition of that peer.
+PeerUpdate peer_addition(const DesiredPeer& d);
+
 // The WireGuard SET that carries out the device part of `plan`.
 DeviceUpdate device_update(const Plan& plan, const Desired& desired);
 

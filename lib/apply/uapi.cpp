@@ -34,43 +34,55 @@ bool num(std::string_view s, T* out) {
 
 }  // namespace
 
-std::string uapi_encode_set(const DeviceUpdate& u) {
+namespace {
+
+// Appended in place: thousands of peers, no temporaries (format.h).
+void append_key(std::string* o, const char* name, const std::array<uint8_t, kKeyLen>& b) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  *o += name;
+  for (uint8_t c : b) {
+    o->push_back(kHex[c >> 4]);
+    o->push_back(kHex[c & 15]);
+  }
+  o->push_back('\n');
+}
+
+}  // namespace
+
+void uapi_append_peer(std::string* o, const PeerUpdate& p) {
+  append_key(o, "public_key=", p.public_key.bytes);
+  if (p.remove) {
+    *o += "remove=true\n";
+    return;
+  }
+  if (p.update_only) *o += "update_only=true\n";
+  if (p.preshared_key) append_key(o, "preshared_key=", p.preshared_key->bytes());
+  if (p.endpoint) {
+    *o += "endpoint=";
+    append_sockaddr(o, *p.endpoint);
+    o->push_back('\n');
+  }
+  if (p.keepalive) *o += "persistent_keepalive_interval=" + std::to_string(*p.keepalive) + "\n";
+  if (p.replace_allowed_ips) *o += "replace_allowed_ips=true\n";
+  for (const auto& a : p.allowed_ips) {
+    *o += "allowed_ip=";
+    append_prefix(o, a);
+    o->push_back('\n');
+  }
+}
+
+std::string uapi_encode_device(const DeviceUpdate& u) {
   std::string o = "set=1\n";
   o.reserve(64 + u.peers.size() * 160);
-  // Appended in place: thousands of peers, no temporaries (format.h).
-  auto key = [&o](const char* name, const std::array<uint8_t, kKeyLen>& b) {
-    static constexpr char kHex[] = "0123456789abcdef";
-    o += name;
-    for (uint8_t c : b) {
-      o.push_back(kHex[c >> 4]);
-      o.push_back(kHex[c & 15]);
-    }
-    o.push_back('\n');
-  };
-  if (u.private_key) key("private_key=", u.private_key->bytes());
+  if (u.private_key) append_key(&o, "private_key=", u.private_key->bytes());
   if (u.listen_port) o += "listen_port=" + std::to_string(*u.listen_port) + "\n";
   if (u.replace_peers) o += "replace_peers=true\n";
-  for (const auto& p : u.peers) {
-    key("public_key=", p.public_key.bytes);
-    if (p.remove) {
-      o += "remove=true\n";
-      continue;
-    }
-    if (p.update_only) o += "update_only=true\n";
-    if (p.preshared_key) key("preshared_key=", p.preshared_key->bytes());
-    if (p.endpoint) {
-      o += "endpoint=";
-      append_sockaddr(&o, *p.endpoint);
-      o.push_back('\n');
-    }
-    if (p.keepalive) o += "persistent_keepalive_interval=" + std::to_string(*p.keepalive) + "\n";
-    if (p.replace_allowed_ips) o += "replace_allowed_ips=true\n";
-    for (const auto& a : p.allowed_ips) {
-      o += "allowed_ip=";
-      append_prefix(&o, a);
-      o.push_back('\n');
-    }
-  }
+  return o;
+}
+
+std::string uapi_encode_set(const DeviceUpdate& u) {
+  std::string o = uapi_encode_device(u);
+  for (const auto& p : u.peers) uapi_append_peer(&o, p);
   o += "\n";
   return o;
 }

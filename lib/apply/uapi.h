@@ -15,6 +15,12 @@ namespace mesh::apply {
 
 // "set=1\n...\n\n" for `u`. Peers are written in the order given.
 std::string uapi_encode_set(const DeviceUpdate& u);
+// Its parts, for a SET written while it is computed: "set=1\n" and the
+// device lines of `u` (not its peers, no terminating blank line), and the
+// lines of one peer. uapi_encode_set(u) is the first, then each peer's,
+// then "\n".
+std::string uapi_encode_device(const DeviceUpdate& u);
+void uapi_append_peer(std::string* out, const PeerUpdate& p);
 
 // Parses a complete GET response (key=value lines ending with errno=0 and a
 // blank line). errno != 0 -> IoErr naming it; malformed -> DataErr. The

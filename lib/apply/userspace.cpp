@@ -5,6 +5,9 @@
 #include <sys/un.h>
 
 #include <cerrno>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -40,6 +43,111 @@ bool alive(pid_t pid) {
   return !(rp != std::string::npos && rp + 2 < stat.size() && stat[rp + 2] == 'Z');
 }
 
+Status send_all(int fd, std::string_view data, const std::string& path) {
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno_status("UAPI write " + path, errno);
+    }
+    off += static_cast<size_t>(n);
+  }
+  return Status::ok();
+}
+
+// Reads one response, up to its blank line.
+Result<std::string> read_response(int fd, const std::string& path) {
+  std::string resp;
+  char buf[65536];
+  auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (!uapi_response_complete(resp)) {
+    pollfd p{fd, POLLIN, 0};
+    int left = static_cast<int>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
+    if (left <= 0) return temp_failure("UAPI: no answer from " + path);
+    int pr = ::poll(&p, 1, left);
+    if (pr < 0 && errno != EINTR) return errno_status("UAPI poll", errno);
+    if (pr <= 0) continue;
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno_status("UAPI read " + path, errno);
+    }
+    if (n == 0) return io_error("UAPI: " + path + " closed the connection mid-answer");
+    resp.append(buf, static_cast<size_t>(n));
+  }
+  return resp;
+}
+
+Status set_answer(std::string_view resp, const std::string& path) {
+  MESH_ASSIGN(int e, uapi_parse_errno(resp));
+  if (e != 0)
+    return io_error("UAPI set on " + path + " failed: errno=" + std::to_string(e) + " (" + strerror(e) + ")");
+  return Status::ok();
+}
+
+// The lines queue up and a writer thread sends them: the daemon reads a
+// SET far more slowly than a map is parsed, and the parser must not wait
+// for it.
+class UapiSetStream final : public SetStream {
+ public:
+  UapiSetStream(UniqueFd fd, std::string path)
+      : fd_(std::move(fd)), path_(std::move(path)), writer_([this] { run(); }) {}
+  ~UapiSetStream() override { (void)finish(); }
+
+  void append(std::string lines) override {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      queue_.push_back(std::move(lines));
+    }
+    cv_.notify_one();
+  }
+
+  Status finish() override {
+    if (finished_) return result_;
+    finished_ = true;
+    append("\n");  // the blank line that ends the SET
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      closing_ = true;
+    }
+    cv_.notify_one();
+    writer_.join();
+    if (!sent_) return result_ = sent_;
+    auto resp = read_response(fd_.get(), path_);
+    result_ = resp ? set_answer(*resp, path_) : resp.status();
+    return result_;
+  }
+
+ private:
+  void run() {
+    for (;;) {
+      std::string lines;
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        cv_.wait(l, [this] { return !queue_.empty() || closing_; });
+        if (queue_.empty()) return;
+        lines = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      if (sent_) sent_ = send_all(fd_.get(), lines, path_);  // after a failure: only wiped
+      wipe(lines);  // keys
+    }
+  }
+
+  UniqueFd fd_;
+  std::string path_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::string> queue_;
+  bool closing_ = false;
+  Status sent_ = Status::ok();  // the writer's; read after join
+  bool finished_ = false;
+  Status result_ = Status::ok();
+  std::thread writer_;  // last: starts once the rest exists
+};
+
 class Userspace final : public WgBackend {
  public:
   Userspace(std::string ifname, BackendEnv env) : if_(std::move(ifname)), env_(std::move(env)) {}
@@ -68,35 +176,8 @@ class Userspace final : public WgBackend {
   // serves one operation per connection line-set; a new one is simplest).
   Result<std::string> exchange(const std::string& req) {
     MESH_ASSIGN(UniqueFd fd, connect_sock());
-    size_t off = 0;
-    while (off < req.size()) {
-      ssize_t n = ::send(fd.get(), req.data() + off, req.size() - off, MSG_NOSIGNAL);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return errno_status("UAPI write " + sock_path(), errno);
-      }
-      off += static_cast<size_t>(n);
-    }
-    std::string resp;
-    char buf[65536];
-    auto deadline = Clock::now() + std::chrono::seconds(60);
-    while (!uapi_response_complete(resp)) {
-      pollfd p{fd.get(), POLLIN, 0};
-      int left = static_cast<int>(
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
-      if (left <= 0) return temp_failure("UAPI: no answer from " + sock_path());
-      int pr = ::poll(&p, 1, left);
-      if (pr < 0 && errno != EINTR) return errno_status("UAPI poll", errno);
-      if (pr <= 0) continue;
-      ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return errno_status("UAPI read " + sock_path(), errno);
-      }
-      if (n == 0) return io_error("UAPI: " + sock_path() + " closed the connection mid-answer");
-      resp.append(buf, static_cast<size_t>(n));
-    }
-    return resp;
+    MESH_TRY(send_all(fd.get(), req, sock_path()));
+    return read_response(fd.get(), sock_path());
   }
 
   Result<bool> exists() override {
@@ -158,11 +239,13 @@ class Userspace final : public WgBackend {
     auto resp = exchange(req);
     wipe(req);
     if (!resp) return resp.status();
-    MESH_ASSIGN(int e, uapi_parse_errno(*resp));
-    if (e != 0)
-      return io_error("UAPI set on " + sock_path() + " failed: errno=" + std::to_string(e) + " (" +
-                      strerror(e) + ")");
-    return Status::ok();
+    return set_answer(*resp, sock_path());
+  }
+
+  std::unique_ptr<SetStream> open_set_stream() override {
+    auto fd = connect_sock();
+    if (!fd) return nullptr;
+    return std::make_unique<UapiSetStream>(std::move(*fd), sock_path());
   }
 
   // The daemon serving IF: a process of this network namespace whose

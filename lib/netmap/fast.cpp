@@ -541,7 +541,7 @@ bool peers_consistent(const NetMap& m) {
 
 }  // namespace
 
-std::optional<NetMap> parse_netmap_fast(std::string_view text, ParseOptions opt) {
+std::optional<NetMap> parse_netmap_fast(std::string_view text, ParseOptions opt, const PeerHook& on_peer) {
   Reader r(text);
   NetMap m;
   Seen seen;
@@ -568,6 +568,7 @@ std::optional<NetMap> parse_netmap_fast(std::string_view text, ParseOptions opt)
           MapPeer p;
           if (!peer(r, strict, &p)) return false;
           m.peers.push_back(std::move(p));
+          if (on_peer) on_peer(m.peers.back());
           return true;
         });
       case 5: {
@@ -600,8 +601,11 @@ std::optional<NetMap> parse_netmap_fast(std::string_view text, ParseOptions opt)
   return m;
 }
 
-Result<NetMap> parse_netmap_text(std::string_view text, const std::string& source, ParseOptions opt) {
-  if (auto m = parse_netmap_fast(text, opt)) return std::move(*m);
+Result<NetMap> parse_netmap_text(std::string_view text, const std::string& source, ParseOptions opt,
+                                 const PeerHook& on_peer) {
+  // The hook sees the fast path's peers only: a caller learns from the
+  // result whether they were the map's.
+  if (auto m = parse_netmap_fast(text, opt, on_peer)) return std::move(*m);
   MESH_ASSIGN(Json j, parse_json(text, source));
   return parse_netmap(j, source, opt);
 }

@@ -13,6 +13,7 @@
 // tests/fuzz/netmap_fuzz.cpp checks the contract differentially.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -21,11 +22,17 @@
 
 namespace mesh {
 
-std::optional<NetMap> parse_netmap_fast(std::string_view text, ParseOptions opt = {});
+// Called with each peer as soon as it is read: valid on its own, but not
+// yet checked against the others (duplicates) or the rest of the map, so
+// whatever it starts must be undone unless the whole parse succeeds.
+using PeerHook = std::function<void(const MapPeer&)>;
+
+std::optional<NetMap> parse_netmap_fast(std::string_view text, ParseOptions opt = {},
+                                        const PeerHook& on_peer = {});
 
 // parse_netmap_fast(), else parse_json() + parse_netmap(): same results and
 // the same errors as the latter, usually much sooner.
 Result<NetMap> parse_netmap_text(std::string_view text, const std::string& source,
-                                 ParseOptions opt = {});
+                                 ParseOptions opt = {}, const PeerHook& on_peer = {});
 
 }  // namespace mesh

@@ -46,6 +46,48 @@ expect_unchanged() {
   expect_unchanged 65 --key "$D/a.key" --endpoints "$D/badeps.json" "$D/a.json"
 }
 
+@test "pristine device started by another tool: the SET begun while reading the map is undone on bad input" {
+  # On a wireguard-go device with no key, no peers and the link down,
+  # mesh-apply writes the peers while it still reads the map (mesh-apply(8),
+  # PERFORMANCE). An error found later, here after 300 peers, must leave the
+  # device exactly as it was.
+  nsx a env LOG_LEVEL= wireguard-go "$IFA" 2>/dev/null
+  local i peers=()
+  for i in $(seq 1 300); do
+    peers+=("$(peer_json "p$i" "$(wg genkey | wg pubkey)" "100.65.$((i / 250)).$((i % 250))/32" "198.18.0.$((i % 250)):51820")")
+  done
+  write_map "$D/many.json" "$PA" 100.64.0.1/10 51820 "$(printf '%s\n' "${peers[@]}" | jq -cs .)" \
+    '[{"sources":["100.64.0.0/10"],"proto":"icmp"}]'
+  jq '.peers += [.peers[0]]' "$D/many.json" >"$D/many-dup.json"
+  mrun -s 65 "${NA[@]}" env MESH_LOG=debug mesh-apply --interface "$IFA" --key "$D/a.key" "$D/many-dup.json"
+  [[ "$stderr" == *"SET begun on the pristine device"* ]]
+  expect_unchanged 65 --key "$D/a.key" "$D/many-dup.json"
+  [ "$(nsx a wg show "$IFA" peers | wc -l)" = 0 ]
+  [ "$(nsx a wg show "$IFA" private-key)" = "(none)" ]
+  # The map's self key is checked once the whole map is read.
+  expect_unchanged 65 --key "$D/b.key" "$D/many.json"
+  # A map the fast reader leaves to the full one (an escaped string): the
+  # streamed part is replaced by the plan's SET.
+  jq '.peers[7].name = "p\u00e9"' "$D/many.json" >"$D/escaped.json"
+  grep -q '\\u00e9\|é' "$D/escaped.json"
+  mrun -s 0 "${NA[@]}" env MESH_LOG=debug mesh-apply --interface "$IFA" --key "$D/a.key" "$D/escaped.json"
+  [[ "$stderr" == *"SET begun on the pristine device"* ]]
+  [ "$(jq '.peers.added | length' <<<"$output")" = 300 ]
+  [ "$(nsx a wg show "$IFA" peers | wc -l)" = 300 ]
+  apply_a --verify "$D/escaped.json"
+  [ "$(jq -r .changed <<<"$output")" = false ]
+  # And the ordinary case on a new pristine device: every peer, as planned.
+  nsx a mesh-apply down --interface "$IFA" >/dev/null
+  nsx a env LOG_LEVEL= wireguard-go "$IFA" 2>/dev/null
+  mrun -s 0 "${NA[@]}" env MESH_LOG=debug mesh-apply --interface "$IFA" --key "$D/a.key" "$D/many.json"
+  [[ "$stderr" == *"SET begun on the pristine device"* ]]
+  [[ "$stderr" != *"not the plan's"* ]]
+  [ "$(nsx a wg show "$IFA" peers | wc -l)" = 300 ]
+  [ "$(nsx a wg show "$IFA" listen-port)" = 51820 ]
+  apply_a --verify "$D/many.json"
+  [ "$(jq -r .changed <<<"$output")" = false ]
+}
+
 @test "missing files: exit 66, nothing created" {
   expect_unchanged 66 --key "$D/a.key" "$D/nope.json"
   expect_unchanged 66 --key "$D/nope.key" "$D/a.json"

@@ -1,6 +1,8 @@
 // Unit tests of plan = diff(desired, current) (lib/apply/plan.h).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "apply/plan.h"
@@ -238,6 +240,55 @@ TEST(ApplyPlan, DesiredFromMapEndpointsAndPort) {
     EXPECT_EQ(moved.peers[i].forced_endpoint, copied.peers[i].forced_endpoint);
   }
   EXPECT_EQ(moved.routes, copied.routes);
+}
+
+// mesh-apply's early SET (apply.cpp) writes peer_addition(desired_peer())
+// for each peer as it is read; it must be what the plan sends for a device
+// without peers, which mesh-apply also checks before it trusts it.
+TEST(ApplyPlan, PeerAdditionIsThePlansSetForANewPeer) {
+  SecretKey sk = SecretKey::generate_private();
+  NetMap m;
+  m.self.public_key = sk.public_key();
+  m.self.addresses = {pfx("100.64.0.1/10")};
+  MapPeer a;
+  a.public_key = key(3);
+  a.allowed_ips = {pfx("100.64.0.2/32"), pfx("198.18.0.1/24"), pfx("100.64.0.2/32")};
+  a.endpoints = {Candidate{sa("198.51.100.2:1"), "host"}, Candidate{sa("198.51.100.3:1"), "host"}};
+  a.keepalive = 25;
+  a.preshared_key = SecretKey::generate_preshared();
+  MapPeer b;
+  b.public_key = key(1);
+  b.allowed_ips = {pfx("100.64.0.3/32")};
+  b.endpoints = {Candidate{sa("198.51.100.4:1"), "host"}};
+  MapPeer c;  // no endpoint, no keepalive, no PSK
+  c.public_key = key(2);
+  c.allowed_ips = {pfx("100.64.0.4/32")};
+  m.peers = {a, b, c};
+  EndpointsDoc doc;
+  PeerPath pb;
+  pb.public_key = key(1);
+  pb.endpoint = sa("127.0.0.1:5000");
+  doc.peers = {pb};
+  Desired want = desired_from_map(m, sk, doc, std::nullopt).value();
+  Current empty;
+  empty.link.exists = true;
+  DeviceUpdate u = device_update(diff(want, empty), want);
+  ASSERT_EQ(u.peers.size(), 3u);
+  for (const MapPeer& mp : m.peers) {
+    PeerUpdate early = peer_addition(desired_peer(mp, doc));
+    auto it = std::find_if(u.peers.begin(), u.peers.end(),
+                           [&](const PeerUpdate& p) { return p.public_key == mp.public_key; });
+    ASSERT_NE(it, u.peers.end());
+    EXPECT_FALSE(early.remove || early.update_only);
+    EXPECT_EQ(early.endpoint, it->endpoint);
+    EXPECT_EQ(early.keepalive, it->keepalive);
+    EXPECT_TRUE(psk_equal(early.preshared_key, it->preshared_key));
+    EXPECT_EQ(early.replace_allowed_ips, it->replace_allowed_ips);
+    EXPECT_EQ(early.allowed_ips, it->allowed_ips);
+  }
+  // The endpoints document wins over the map, as in the plan.
+  EXPECT_EQ(peer_addition(desired_peer(b, doc)).endpoint, sa("127.0.0.1:5000"));
+  EXPECT_EQ(peer_addition(desired_peer(a, doc)).allowed_ips.size(), 2u);  // canonical, unique
 }
 
 TEST(ApplyPlan, WgQuickConfiguration) {

@@ -68,6 +68,29 @@ TEST(ApplyUapi, EncodesSet) {
                 "public_key=" + k22 + "\nremove=true\n\n");
 }
 
+TEST(ApplyUapi, SetInPartsIsTheWholeSet) {
+  DeviceUpdate u;
+  u.private_key = SecretKey::generate_private();
+  u.listen_port = 51820;
+  u.replace_peers = true;
+  PeerUpdate a;
+  a.public_key.bytes.fill(0x11);
+  a.preshared_key = SecretKey::generate_preshared();
+  a.endpoint = SockAddr::parse("[2001:db8::1]:51820").value();
+  a.keepalive = 25;
+  a.replace_allowed_ips = true;
+  a.allowed_ips = {Prefix::parse("100.64.0.2/32").value(), Prefix::parse("2001:db8::/64").value()};
+  PeerUpdate b;
+  b.public_key.bytes.fill(0x22);
+  b.remove = true;
+  u.peers = {a, b};
+  std::string parts = uapi_encode_device(u);
+  EXPECT_EQ(parts.find("public_key="), std::string::npos);
+  EXPECT_NE(parts.find("replace_peers=true\n"), std::string::npos);
+  for (const auto& p : u.peers) uapi_append_peer(&parts, p);
+  EXPECT_EQ(parts + "\n", uapi_encode_set(u));
+}
+
 TEST(ApplyUapi, Errno) {
   EXPECT_EQ(uapi_parse_errno("errno=0\n\n").value(), 0);
   EXPECT_EQ(uapi_parse_errno("errno=22\n\n").value(), 22);

@@ -85,6 +85,24 @@ TEST(NetMapFast, TakesOrdinaryMapsAndAgrees) {
   EXPECT_FALSE(agrees(extra, true));
 }
 
+TEST(NetMapFast, HookSeesEachPeerAsItIsRead) {
+  Keys k;
+  std::vector<std::string> seen;
+  PeerHook hook = [&](const MapPeer& p) { seen.push_back(p.public_key.to_base64()); };
+  auto m = parse_netmap_fast(sample(k), {}, hook);
+  ASSERT_TRUE(m);
+  ASSERT_EQ(seen.size(), m->peers.size());
+  for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], m->peers[i].public_key.to_base64());
+  // A map that fails later was seen in part: the hook's caller must wait
+  // for the result before trusting what it saw.
+  seen.clear();
+  auto dup = nlohmann::json::parse(sample(k));
+  dup["peers"].push_back(dup["peers"][0]);
+  EXPECT_FALSE(parse_netmap_fast(dup.dump(), {}, hook));
+  EXPECT_EQ(seen.size(), dup["peers"].size());
+  EXPECT_FALSE(parse_netmap_text(dup.dump(), "dup", {}, hook));
+}
+
 TEST(NetMapFast, DeclinesWhatItLeavesToTheSlowPath) {
   Keys k;
   const std::string s = sample(k);
