@@ -159,7 +159,7 @@ class EarlySet {
     size_t at = lines_.size();
     uapi_append_peer(&lines_, u);
     blocks_.push_back({u.public_key, at, lines_.size() - at});
-    if (blocks_.size() % 64 == 0) flush();
+    if (blocks_.size() % 256 == 0) flush();  // some 40 KB: a few sends per socket buffer
   }
 
   void flush() {
