@@ -115,9 +115,7 @@ mesh_lab_path() {
   local ep
   ep=$(mesh_lab_endpoint "$1" "$2")
   case "$ep" in
-    # Through A's relay client, or (WireGuard roamed to where B's packets
-    # come from) from B's relay allocation, on the relay's host.
-    127.*|"${LAB_STUN1%:*}":*|"${LAB_STUN2%:*}":*) echo relayed ;;
+    127.*) echo relayed ;;
     ""|"(none)") echo none ;;
     *) echo direct ;;
   esac
