@@ -63,14 +63,16 @@ teardown() { save_lab; }
     wait_until 10 mesh_lab_ping "$a" "$b" ||
       { echo "$a -> $b ($want, $(mesh_lab_endpoint "$a" "$b")): no ping reply"; false; }
   done
-  # Two nodes behind one NAT reach each other on their LAN addresses.
-  ep=$(mesh_lab_endpoint lan1 lan2)
-  echo "lan1 -> lan2: $ep (lan2 is ${LAB_ADDR[lan2]})"
-  [[ "$ep" == "${LAB_ADDR[lan2]}:"* ]]
+  # Two nodes behind one NAT reach each other on their LAN addresses. (An
+  # endpoint is where the last packet came from: while the other side still
+  # relays, WireGuard roams to its relay allocation, so wait for both sides
+  # to settle.)
+  endpoint_is() { [[ "$(mesh_lab_endpoint "$1" "$2")" == "$3:"* ]]; }
+  wait_until 20 endpoint_is lan1 lan2 "${LAB_ADDR[lan2]}" ||
+    { echo "lan1 -> lan2: $(mesh_lab_endpoint lan1 lan2) (lan2 is ${LAB_ADDR[lan2]})"; false; }
   # A direct path to a NATed node uses its router's public address.
-  ep=$(mesh_lab_endpoint pub eim)
-  echo "pub -> eim: $ep (r1 is ${LAB_WAN[r1]})"
-  [[ "$ep" == "${LAB_WAN[r1]}:"* ]]
+  wait_until 20 endpoint_is pub eim "${LAB_WAN[r1]}" ||
+    { echo "pub -> eim: $(mesh_lab_endpoint pub eim) (r1 is ${LAB_WAN[r1]})"; false; }
 }
 
 @test "the policy is enforced by port: allowed connects, denied does not" {
