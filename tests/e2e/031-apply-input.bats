@@ -52,11 +52,13 @@ expect_unchanged() {
   # PERFORMANCE). An error found later, here after 300 peers, must leave the
   # device exactly as it was.
   nsx a env LOG_LEVEL= wireguard-go "$IFA" 2>/dev/null
-  local i peers=()
-  for i in $(seq 1 300); do
-    peers+=("$(peer_json "p$i" "$(wg genkey | wg pubkey)" "100.65.$((i / 250)).$((i % 250))/32" "198.18.0.$((i % 250)):51820")")
-  done
-  write_map "$D/many.json" "$PA" 100.64.0.1/10 51820 "$(printf '%s\n' "${peers[@]}" | jq -cs .)" \
+  local i peers
+  peers=$(for i in $(seq 1 300); do wg genkey | wg pubkey; done | jq -Rsc '
+    split("\n") | map(select(length > 0)) | to_entries | map((.key + 1) as $i |
+      {name: "p\($i)", public_key: .value, addresses: ["100.65.\($i / 250 | floor).\($i % 250)/32"],
+       endpoints: [{endpoint: "198.18.0.\($i % 250):51820", kind: "host"}]})')
+  [ "$(jq length <<<"$peers")" = 300 ]
+  write_map "$D/many.json" "$PA" 100.64.0.1/10 51820 "$peers" \
     '[{"sources":["100.64.0.0/10"],"proto":"icmp"}]'
   jq '.peers += [.peers[0]]' "$D/many.json" >"$D/many-dup.json"
   mrun -s 65 "${NA[@]}" env MESH_LOG=debug mesh-apply --interface "$IFA" --key "$D/a.key" "$D/many-dup.json"
