@@ -124,16 +124,25 @@ void size_daemon_sockets(WgBackend& wg, const ApplyOptions& opt, int wait_ms, co
 // some 0.1 ms per new peer (an X25519 and its allocations), so it starts on
 // the first peers while the rest are parsed and validated, instead of after.
 // Until finish(), the destructor puts the device back as it found it: no
-// peers and no key. The link stays down throughout, so nothing is sent or
-// accepted meanwhile.
+// peers, no key, its own listen port. The link stays down throughout, so
+// nothing is sent or accepted meanwhile.
+//
+// The listen port goes first, with the key, as wg(8) sends it: wireguard-go
+// (0.0.20220316) takes some 2-3 ms over a listen_port line on a device with
+// 5,000 peers even while down, and 6-14 ms right after adding them (a
+// second SET, measured with MESH_LOG=debug laps), against under 0.5 ms
+// before any. `port` is --listen-port or a guess at the map's
+// (guess_listen_port); finish() corrects a wrong guess.
 class EarlySet {
  public:
   EarlySet(std::unique_ptr<WgBackend> wg, std::unique_ptr<SetStream> stream, const SecretKey& key,
-           EndpointsDoc eps, const std::string& interface, const Log& log)
-      : wg_(std::move(wg)), stream_(std::move(stream)), key_(key), eps_(std::move(eps)),
-        interface_(interface), log_(log) {
+           std::optional<uint16_t> port, uint16_t original_port, EndpointsDoc eps,
+           const std::string& interface, const Log& log)
+      : wg_(std::move(wg)), stream_(std::move(stream)), key_(key), port_(port),
+        original_port_(original_port), eps_(std::move(eps)), interface_(interface), log_(log) {
     DeviceUpdate head;
     head.private_key = key;
+    head.listen_port = port;
     std::string lines = uapi_encode_device(head);
     stream_->append(lines);
     wipe(lines);
@@ -147,6 +156,7 @@ class EarlySet {
     DeviceUpdate none, nokey;
     none.replace_peers = true;
     nokey.private_key = SecretKey();  // all zero: no key
+    if (port_ && *port_ != original_port_) nokey.listen_port = original_port_;  // cheap once peerless
     if (s) s = wg_->set(none);
     if (s) s = wg_->set(nokey);
     if (!s) log_.warn("could not undo the SET begun on " + interface_ + ": " + s.message());
@@ -168,37 +178,47 @@ class EarlySet {
   }
 
   // Ends the streamed SET in place of wg.set(u). What was sent is checked
-  // against `u`, the plan's SET for the pristine device; the rest of `u`
-  // (the listen port) follows, or on any difference (a map the fast parser
-  // left to the full one, whose peers it saw only in part) `u` is sent
-  // whole, replacing the streamed peers.
+  // against `u`, the plan's SET for the pristine device, and a listen port
+  // guessed wrong is corrected; on any other difference (a map the fast
+  // parser left to the full one, whose peers it saw only in part) `u` is
+  // sent whole, replacing the streamed peers.
   Status finish(const DeviceUpdate& u) {
     flush();
     bool same = u.private_key && secure_equal(key_view(*u.private_key), key_view(key_)) &&
                 !u.replace_peers && u.peers.size() == blocks_.size();
     if (same) {
+      // Peer by peer in the plan's order (by key), each encoded into one
+      // small buffer: two whole copies of the SET would be a few megabytes
+      // of fresh pages, faulted in beside a daemon busy on both cores.
       std::sort(blocks_.begin(), blocks_.end(),
                 [](const Block& a, const Block& b) { return a.key < b.key; });
-      std::string want, got;
-      for (const auto& p : u.peers) uapi_append_peer(&want, p);
-      got.reserve(lines_.size());
-      for (const auto& b : blocks_) got.append(lines_, b.at, b.len);
-      same = want == got;
-      wipe(want);
-      wipe(got);
+      std::string one;
+      std::string_view sent = lines_;
+      for (size_t i = 0; same && i < u.peers.size(); ++i) {
+        one.clear();
+        uapi_append_peer(&one, u.peers[i]);
+        same = sent.substr(blocks_[i].at, blocks_[i].len) == one;
+      }
+      wipe(one);
     }
     wipe(lines_);
     finished_ = true;
     MESH_TRY(stream_->finish());
+    // The port the device must end with (u has one only where it differs
+    // from the device's own), and the one it has now.
+    uint16_t want_port = u.listen_port.value_or(original_port_);
+    uint16_t has_port = port_.value_or(original_port_);
     if (same) {
-      if (!u.listen_port) return Status::ok();
+      if (want_port == has_port) return Status::ok();
+      log_.debug("the listen port sent with the key was a wrong guess; setting " + std::to_string(want_port));
       DeviceUpdate rest;
-      rest.listen_port = u.listen_port;
+      rest.listen_port = want_port;
       return wg_->set(rest);
     }
     log_.debug("the SET streamed during the parse is not the plan's; sending the plan's whole");
     DeviceUpdate whole = u;
     whole.replace_peers = true;
+    if (want_port != has_port) whole.listen_port = want_port;
     return wg_->set(whole);
   }
 
@@ -214,6 +234,8 @@ class EarlySet {
   std::unique_ptr<WgBackend> wg_;
   std::unique_ptr<SetStream> stream_;
   SecretKey key_;
+  std::optional<uint16_t> port_;  // sent with the key
+  uint16_t original_port_;        // the device's before
   EndpointsDoc eps_;
   const std::string& interface_;
   const Log& log_;
@@ -224,6 +246,7 @@ class EarlySet {
 };
 
 std::unique_ptr<EarlySet> start_early_set(const ApplyOptions& opt, const BackendEnv& env, const SecretKey& key,
+                                          std::string_view map_text, uint16_t device_port,
                                           const std::vector<std::string>& eps_texts, const ParseOptions& po,
                                           const Log& log) {
   // Endpoints documents first: the peers' endpoints depend on them. Any
@@ -240,8 +263,11 @@ std::unique_ptr<EarlySet> start_early_set(const ApplyOptions& opt, const Backend
   auto stream = wg->open_set_stream();
   if (!stream) return nullptr;
   remove_memo(env.state_dir, opt.interface);  // the device is touched from here on
-  return std::make_unique<EarlySet>(std::move(wg), std::move(stream), key, merge_endpoints(docs),
-                                    opt.interface, log);
+  // The port desired_from_map() will choose: --listen-port, else the map's.
+  std::optional<uint16_t> port =
+      opt.listen_port && *opt.listen_port ? opt.listen_port : guess_listen_port(map_text);
+  return std::make_unique<EarlySet>(std::move(wg), std::move(stream), key, port, device_port,
+                                    merge_endpoints(docs), opt.interface, log);
 }
 
 // Whether an observation shows a pristine device that an EarlySet may
@@ -357,7 +383,8 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   if (!read_only && !memo &&
       observed.wait_for(std::chrono::milliseconds(10)) == std::future_status::ready) {
     auto seen = std::make_shared<Result<Session>>(observed.get());
-    if (pristine(*seen)) early = start_early_set(opt, env, key, eps_texts, po, log);
+    if (pristine(*seen))
+      early = start_early_set(opt, env, key, map_text, (*seen)->obs.cur.device.listen_port, eps_texts, po, log);
     observed = std::async(std::launch::deferred, [seen]() mutable { return std::move(*seen); });
     if (early) lap("SET begun on the pristine device");
   }
@@ -439,30 +466,38 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     plan.set_up = !obs.link->up;
   }
   int ifindex = obs.link->ifindex;
+  next.ifindex = ifindex;
   DeviceUpdate update = device_update(plan, want);
   // While the device takes the SET (the run mostly waits on it), another
-  // thread digests and serialises the state to remember, writes the
+  // thread digests and serialises the state to remember and writes it to a
+  // file that stays invisible until commit() (PendingFile), writes the
   // summary (the plan is final now; only a failure replaces it) and frees
   // the per-peer structures nothing needs any more. Done after the SET,
-  // this was some 5 ms of a 5,000-peer apply (MESH_LOG=debug laps).
+  // this was some 5 ms of a 5,000-peer apply (MESH_LOG=debug laps); the
+  // memo file alone 1.2-1.5 ms, after the link came up, beside a daemon
+  // starting every peer on both cores.
   struct Background {
-    std::array<std::string, 3> memo;  // state digest, link digest, snapshot
+    std::optional<PendingFile> memo;
     std::string summary;
   };
   std::vector<PeerChange> peer_changes = std::move(plan.peers);  // the rest stays here
   auto background = std::async(
       std::launch::async,
       [after = std::move(after), peer_changes = std::move(peer_changes), plan_view = plan,
-       want = std::move(want), cur = std::move(obs.cur), name = opt.interface,
-       backend = std::string(wg.name()), &table]() mutable {
+       want = std::move(want), cur = std::move(obs.cur), memo = std::move(next), input_digest,
+       name = opt.interface, backend = std::string(wg.name()), &table, &env]() mutable {
         // Moved into locals: a capture would be destroyed with the shared
         // state, by whichever thread releases the future last.
         Current done_after = std::move(after);
         Desired done_want = std::move(want);
         Current done_cur = std::move(cur);
+        Memo m = std::move(memo);
         Background b;
-        b.memo = {state_digest(done_after), link_digest(done_after),
-                  serialise_snapshot(done_after.device)};
+        m.inputs = input_digest.get();
+        m.state = state_digest(done_after);
+        m.link = link_digest(done_after);
+        m.device_text = serialise_snapshot(done_after.device);
+        if (auto f = prepare_memo(env.state_dir, m)) b.memo.emplace(std::move(*f));
         plan_view.peers = std::move(peer_changes);
         b.summary = plan_json_text(plan_view, name, backend, table, false) + "\n";
         Plan done_plan = std::move(plan_view);
@@ -472,40 +507,45 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   // are done before the link comes up or the memo is written.
   if (plan.firewall && !fw_installed.valid())
     fw_installed = std::async(std::launch::async, [&fw] { return firewall_install(fw); });
+  // A link that is down (and comes up below) carries nothing yet, so its
+  // addresses can go on while the device takes the SET; on an up link they
+  // wait for the peers, as before. Every input is validated by now.
+  std::future<Status> addressed;
+  if (plan.set_up)
+    addressed = std::async(std::launch::async, [&] {
+      return rt.change_addresses(ifindex, plan.addresses_add, plan.addresses_del);
+    });
   Status set = early ? early->finish(update) : wg.set(update);
   lap("WireGuard device set");
   Status fw_status = plan.firewall ? fw_installed.get() : Status::ok();
+  Status addr_status = addressed.valid() ? addressed.get() : Status::ok();
   // The SET's own copy goes the same way as the rest, off this thread.
   auto freed = std::async(std::launch::async, [u = std::move(update)]() mutable {
     DeviceUpdate done = std::move(u);
   });
   MESH_TRY(set);
   MESH_TRY(fw_status);
+  MESH_TRY(addr_status);
   lap("firewall installed");
-  MESH_TRY(rt.change_addresses(ifindex, plan.addresses_add, plan.addresses_del));
+  // The memo goes in place now, before the link comes up: then the daemon
+  // starts every peer on both cores. What follows (addresses, link, routes)
+  // is observed on every run and is part of the memo's link digest, so a
+  // failure from here on only sends the next run down the full path.
+  Background done = background.get();
+  if (done.memo) (void)done.memo->commit(memo_path(env.state_dir, opt.interface));
+  lap("memo stored");
+  if (!addressed.valid())
+    MESH_TRY(rt.change_addresses(ifindex, plan.addresses_add, plan.addresses_del));
   if (plan.set_mtu || plan.set_up) MESH_TRY(rt.set_link(ifindex, plan.set_mtu, true));
   MESH_TRY(rt.change_routes(ifindex, plan.routes_add, plan.routes_del));
   lap("applied");
   // A daemon's sockets are new after it starts, after the link comes up
   // and after a port change; a full read of the device (the periodic
   // verification) checks them again, in case someone cycled the link.
-  // Sized while the memo is written: after a link-up the daemon opens
-  // them a moment later, and this waits for that.
-  std::future<void> sized;
-  if (plan.create_interface || plan.set_up || plan.set_listen_port || !obs.device_from_memo)
-    sized = std::async(std::launch::async, [&, wait_ms = plan.create_interface || plan.set_up ? 500 : 0] {
-      size_daemon_sockets(wg, opt, wait_ms, log);
-    });
-  next.ifindex = ifindex;
-  next.inputs = input_digest.get();
-  Background done = background.get();
-  next.state = std::move(done.memo[0]);
-  next.link = std::move(done.memo[1]);
-  next.device_text = std::move(done.memo[2]);
-  store_memo(env.state_dir, opt.interface, next);
-  lap("memo stored");
-  if (sized.valid()) {
-    sized.get();
+  // After a link-up the daemon opens them a moment later, and this waits
+  // for that.
+  if (plan.create_interface || plan.set_up || plan.set_listen_port || !obs.device_from_memo) {
+    size_daemon_sockets(wg, opt, plan.create_interface || plan.set_up ? 500 : 0, log);
     lap("daemon sockets sized");
   }
   return std::move(done.summary);

@@ -446,8 +446,8 @@ std::optional<Memo> load_memo(const std::string& path) {
   return m;
 }
 
-void store_memo(const std::string& dir, const std::string& interface, const Memo& m) {
-  if (!make_dirs(dir, 0700)) return;
+Result<PendingFile> prepare_memo(const std::string& dir, const Memo& m) {
+  MESH_TRY(make_dirs(dir, 0700));
   std::string text;
   text.reserve(256 + m.device_text.size());
   for (const std::string& line :
@@ -458,7 +458,12 @@ void store_memo(const std::string& dir, const std::string& interface, const Memo
     text += '\n';
   }
   text += m.device_text;
-  (void)write_file_atomic(memo_path(dir, interface), text, 0600);
+  return PendingFile::write(dir, std::move(text), 0600);
+}
+
+void store_memo(const std::string& dir, const std::string& interface, const Memo& m) {
+  auto f = prepare_memo(dir, m);
+  if (f) (void)f->commit(memo_path(dir, interface));
 }
 
 UniqueFd lock_interface(const std::string& dir, const std::string& interface) {

@@ -32,6 +32,7 @@
 
 #include "apply/plan.h"
 #include "core/fd.h"
+#include "core/file.h"
 
 namespace mesh::apply {
 
@@ -106,6 +107,10 @@ std::string memo_path(const std::string& dir, const std::string& interface);
 std::optional<Memo> load_memo(const std::string& path);
 // Best effort: failures only cost the fast path next time.
 void store_memo(const std::string& dir, const std::string& interface, const Memo& m);
+// store_memo() in two steps: the file written while the run goes on (it
+// stays invisible, see PendingFile), and put in place with
+// commit(memo_path(dir, interface)) once everything it describes is done.
+Result<PendingFile> prepare_memo(const std::string& dir, const Memo& m);
 void remove_memo(const std::string& dir, const std::string& interface);
 
 // Serialises runs on one interface (cron and mesh-up at once): an exclusive

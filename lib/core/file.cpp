@@ -68,6 +68,19 @@ static std::string dir_of(const std::string& path) {
   return path.substr(0, slash);
 }
 
+static Status write_all(int fd, std::string_view data, const std::string& what) {
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno_status(what, errno);
+    }
+    off += static_cast<size_t>(n);
+  }
+  return Status::ok();
+}
+
 Status write_file_atomic(const std::string& path, std::string_view data, mode_t mode,
                          Overwrite overwrite) {
   if (path.empty()) return usage_error("empty output path");
@@ -87,15 +100,7 @@ Status write_file_atomic(const std::string& path, std::string_view data, mode_t 
     return s;
   };
   if (::fchmod(fd.get(), mode) != 0) return fail(errno_status(tmp, errno));
-  size_t off = 0;
-  while (off < data.size()) {
-    ssize_t n = ::write(fd.get(), data.data() + off, data.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return fail(errno_status(tmp, errno));
-    }
-    off += static_cast<size_t>(n);
-  }
+  if (Status w = write_all(fd.get(), data, tmp); !w) return fail(w);
   if (::fsync(fd.get()) != 0) return fail(errno_status(tmp, errno));
   fd.reset();
   if (overwrite == Overwrite::Yes) {
@@ -112,6 +117,45 @@ Status write_file_atomic(const std::string& path, std::string_view data, mode_t 
   }
   UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dfd) ::fsync(dfd.get());
+  return Status::ok();
+}
+
+Result<PendingFile> PendingFile::write(const std::string& dir, std::string data, mode_t mode) {
+  PendingFile f;
+  f.mode_ = mode;
+  UniqueFd fd(::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, mode));
+  if (!fd) {
+    int e = errno;
+    // open(2): EISDIR or EOPNOTSUPP where the kernel or filesystem has no
+    // O_TMPFILE.
+    if (e != EISDIR && e != EOPNOTSUPP) return errno_status(dir, e);
+    f.data_ = std::move(data);
+    return f;
+  }
+  if (::fchmod(fd.get(), mode) != 0) return errno_status(dir, errno);
+  MESH_TRY(write_all(fd.get(), data, dir));
+  if (::fsync(fd.get()) != 0) return errno_status(dir, errno);
+  f.fd_ = std::move(fd);
+  return f;
+}
+
+Status PendingFile::commit(const std::string& path) {
+  if (!fd_) return write_file_atomic(path, data_, mode_);
+  // linkat(2) cannot replace a name: link under a name of this process's
+  // own, then rename over. The /proc form needs no CAP_DAC_READ_SEARCH
+  // (AT_EMPTY_PATH does).
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  ::unlink(tmp.c_str());  // a leftover of a dead process with this pid
+  std::string self = "/proc/self/fd/" + std::to_string(fd_.get());
+  if (::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, tmp.c_str(), AT_SYMLINK_FOLLOW) != 0 &&
+      ::linkat(fd_.get(), "", AT_FDCWD, tmp.c_str(), AT_EMPTY_PATH) != 0)
+    return errno_status(path, errno);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    return errno_status(path, e);
+  }
+  fd_.reset();
   return Status::ok();
 }
 

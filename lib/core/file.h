@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "core/fd.h"
 #include "core/status.h"
 
 namespace mesh {
@@ -28,6 +29,31 @@ enum class Overwrite { No, Yes };
 // a crash. On any failure nothing is left behind and `path` is untouched.
 Status write_file_atomic(const std::string& path, std::string_view data, mode_t mode,
                          Overwrite overwrite = Overwrite::Yes);
+
+// A file written now and put in place later, for bytes that may only
+// appear under their name once other work has succeeded, while writing
+// them can overlap that work. write() puts them in an unnamed file in `dir`
+// (O_TMPFILE: the kernel discards it when the process ends first, so a
+// crash leaves nothing behind); commit() gives it its name, atomically
+// replacing whatever was there, as write_file_atomic() does but without
+// its directory fsync: the rename is atomic, not durable, which suits the
+// caches under /run it serves (on ext4 that fsync is a journal commit, a
+// millisecond at the end of every run). Dropping a
+// PendingFile without commit() leaves `dir` as it was. Where the
+// filesystem has no O_TMPFILE, the bytes are kept and commit() writes them
+// with write_file_atomic().
+class PendingFile {
+ public:
+  static Result<PendingFile> write(const std::string& dir, std::string data, mode_t mode);
+  // `path` must be in write()'s `dir`.
+  Status commit(const std::string& path);
+
+ private:
+  PendingFile() = default;
+  UniqueFd fd_;
+  std::string data_;  // no O_TMPFILE: the bytes themselves
+  mode_t mode_ = 0600;
+};
 
 // True when `fd` refers to a regular file that group or others can read.
 bool fd_is_world_readable_file(int fd);

@@ -610,4 +610,26 @@ Result<NetMap> parse_netmap_text(std::string_view text, const std::string& sourc
   return parse_netmap(j, source, opt);
 }
 
+std::optional<uint16_t> guess_listen_port(std::string_view text) {
+  static constexpr std::string_view kName = "\"listen_port\"";
+  size_t at = text.rfind(kName);
+  if (at == std::string_view::npos) return std::nullopt;
+  size_t i = at + kName.size();
+  auto space = [&] {
+    while (i < text.size() && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r')) ++i;
+  };
+  space();
+  if (i >= text.size() || text[i] != ':') return std::nullopt;
+  ++i;
+  space();
+  uint32_t v = 0;
+  size_t digits = 0;
+  for (; i < text.size() && text[i] >= '0' && text[i] <= '9' && digits < 6; ++i, ++digits)
+    v = v * 10 + static_cast<uint32_t>(text[i] - '0');
+  if (digits == 0 || digits > 5 || v > 65535) return std::nullopt;
+  space();
+  if (i >= text.size() || (text[i] != ',' && text[i] != '}')) return std::nullopt;
+  return static_cast<uint16_t>(v);
+}
+
 }  // namespace mesh

@@ -13,6 +13,7 @@
 // tests/fuzz/netmap_fuzz.cpp checks the contract differentially.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
@@ -34,5 +35,12 @@ std::optional<NetMap> parse_netmap_fast(std::string_view text, ParseOptions opt 
 // the same errors as the latter, usually much sooner.
 Result<NetMap> parse_netmap_text(std::string_view text, const std::string& source,
                                  ParseOptions opt = {}, const PeerHook& on_peer = {});
+
+// A guess at the map's self.listen_port, for work that starts before the
+// map is parsed: the number after the last "listen_port" member name in the
+// text (mesh-coord writes "self" after "peers", and only self has one).
+// nullopt when there is none or its value is not a plain integer of at most
+// 65535. Only a guess: whatever it starts must be checked against the parse.
+std::optional<uint16_t> guess_listen_port(std::string_view text);
 
 }  // namespace mesh

@@ -90,6 +90,42 @@ expect_unchanged() {
   [ "$(jq -r .changed <<<"$output")" = false ]
 }
 
+@test "pristine device: the listen port sent ahead of the peers is checked against the map" {
+  # mesh-apply sends the port with the key, before any peer (as wg(8)
+  # does), taking it from the map's text before the map is parsed
+  # (mesh-apply(8), "A pristine device"). Here the last "listen_port" in the
+  # text is a peer's unknown member, ignored by the map: a wrong guess,
+  # which must be corrected, or undone with the rest on bad input.
+  jq -c '.peers[0].listen_port = 999' "$D/a.json" >"$D/decoy.json"
+  jq -c '.peers += [.peers[0]]' "$D/decoy.json" >"$D/decoy-dup.json"
+  jq -c 'del(.self.listen_port)' "$D/decoy.json" >"$D/decoy-noport.json"
+  nsx a env LOG_LEVEL= wireguard-go "$IFA" 2>/dev/null
+  local own; own=$(nsx a wg show "$IFA" listen-port)  # wireguard-go picks one at start
+  [ "$own" != 999 ]
+  expect_unchanged 65 --key "$D/a.key" "$D/decoy-dup.json"
+  [ "$(nsx a wg show "$IFA" listen-port)" = "$own" ]
+  mrun -s 0 "${NA[@]}" env MESH_LOG=debug mesh-apply --interface "$IFA" --key "$D/a.key" "$D/decoy.json"
+  [[ "$stderr" == *"SET begun on the pristine device"* ]]
+  [[ "$stderr" == *"listen port sent with the key was a wrong guess"* ]]
+  [ "$(nsx a wg show "$IFA" listen-port)" = 51820 ]
+  [ "$(nsx a wg show "$IFA" peers | wc -l)" = 1 ]
+  # No port in the map: the device keeps its own, whatever the text
+  # suggested.
+  nsx a mesh-apply down --interface "$IFA" >/dev/null
+  nsx a env LOG_LEVEL= wireguard-go "$IFA" 2>/dev/null
+  own=$(nsx a wg show "$IFA" listen-port)
+  mrun -s 0 "${NA[@]}" env MESH_LOG=debug mesh-apply --interface "$IFA" --key "$D/a.key" "$D/decoy-noport.json"
+  [[ "$stderr" == *"wrong guess"* ]]
+  [ "$(nsx a wg show "$IFA" listen-port)" = "$own" ]
+  # --listen-port wins over the map, and is no guess.
+  nsx a mesh-apply down --interface "$IFA" >/dev/null
+  nsx a env LOG_LEVEL= wireguard-go "$IFA" 2>/dev/null
+  mrun -s 0 "${NA[@]}" env MESH_LOG=debug mesh-apply --interface "$IFA" --key "$D/a.key" --listen-port 40000 "$D/decoy.json"
+  [[ "$stderr" == *"SET begun on the pristine device"* ]]
+  [[ "$stderr" != *"wrong guess"* ]]
+  [ "$(nsx a wg show "$IFA" listen-port)" = 40000 ]
+}
+
 @test "missing files: exit 66, nothing created" {
   expect_unchanged 66 --key "$D/a.key" "$D/nope.json"
   expect_unchanged 66 --key "$D/nope.key" "$D/a.json"

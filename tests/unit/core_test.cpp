@@ -181,6 +181,35 @@ TEST_F(FileTest, AtomicWriteCreatesWithModeAndRefusesOverwrite) {
   EXPECT_EQ(n, 1);
 }
 
+TEST_F(FileTest, PendingFileAppearsOnlyOnCommit) {
+  auto entries = [&] {
+    int n = 0;
+    for (auto& e : std::filesystem::directory_iterator(dir_)) (void)e, ++n;
+    return n;
+  };
+  std::string p = dir_ + "/memo";
+  ASSERT_TRUE(write_file_atomic(p, "old\n", 0644).is_ok());
+  {
+    // Written, never committed: nothing in the directory changes.
+    auto f = PendingFile::write(dir_, "dropped\n", 0600);
+    ASSERT_TRUE(f.is_ok());
+    EXPECT_EQ(entries(), 1);
+    EXPECT_EQ(*read_file(p), "old\n");
+  }
+  EXPECT_EQ(entries(), 1);
+  EXPECT_EQ(*read_file(p), "old\n");
+  auto f = PendingFile::write(dir_, std::string(300000, 'm'), 0600);
+  ASSERT_TRUE(f.is_ok());
+  EXPECT_EQ(*read_file(p), "old\n");
+  ASSERT_TRUE(f->commit(p).is_ok());
+  EXPECT_EQ(*read_file(p), std::string(300000, 'm'));
+  struct stat st{};
+  ASSERT_EQ(stat(p.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(entries(), 1);  // replaced, no temporary name left
+  EXPECT_EQ(PendingFile::write(dir_ + "/nope", "x", 0600).status().code(), Exit::NoInput);
+}
+
 TEST_F(FileTest, AtomicWriteIntoMissingDirectoryFails) {
   Status s = write_file_atomic(dir_ + "/nope/key", "x", 0600);
   EXPECT_EQ(s.code(), Exit::CantCreate);

@@ -195,6 +195,21 @@ TEST(NetMapFast, AddressAndKeySpellingsAgree) {
   }
 }
 
+TEST(NetMapFast, GuessListenPortTakesTheLastMember) {
+  Keys k;
+  EXPECT_EQ(guess_listen_port(sample(k)), parse_netmap_text(sample(k), "m")->self.listen_port);
+  EXPECT_EQ(guess_listen_port(R"({"self":{"listen_port":51820},"peers":[]})"), 51820);
+  EXPECT_EQ(guess_listen_port(R"({"peers":[{"listen_port": 1}],"self":{"listen_port" :  7 }})"), 7);
+  EXPECT_EQ(guess_listen_port(R"({"self":{"listen_port":7},"peers":[{"listen_port":9,"x":1}]})"), 9);
+  EXPECT_EQ(guess_listen_port(R"({"self":{"listen_port":0}})"), 0);
+  EXPECT_EQ(guess_listen_port(R"({"self":{"listen_port":65535}})"), 65535);
+  for (const char* no : {R"({"self":{}})", R"({"self":{"listen_port":65536}})",
+                         R"({"self":{"listen_port":-1}})", R"({"self":{"listen_port":1.5}})",
+                         R"({"self":{"listen_port":"1"}})", R"({"self":{"listen_port":123456}})",
+                         R"({"self":{"listen_port":)", R"({"self":{"listen_port" 1}})", ""})
+    EXPECT_EQ(guess_listen_port(no), std::nullopt) << no;
+}
+
 TEST(NetMapFast, ErrorsAreTheValidatorsOwn) {
   Keys k;
   auto t = replace(sample(k), "\"public_key\": \"" + k.b + "\"", "\"public_key\": \"nope\"");
