@@ -177,30 +177,40 @@ class EarlySet {
     sent_ = lines_.size();
   }
 
-  // Ends the streamed SET in place of wg.set(u). What was sent is checked
-  // against `u`, the plan's SET for the pristine device, and a listen port
-  // guessed wrong is corrected; on any other difference (a map the fast
-  // parser left to the full one, whose peers it saw only in part) `u` is
-  // sent whole, replacing the streamed peers.
-  Status finish(const DeviceUpdate& u) {
+  // Whether what was streamed is the plan's SET for the pristine device:
+  // the same key, every change an addition, one per streamed peer, each
+  // encoded exactly as it was sent. Compared peer by peer in the plan's
+  // order (by key) through one small buffer, before the plan's peers move
+  // on: a whole copy of the SET (device_update(), then its encoding) would
+  // be megabytes of fresh pages, faulted in beside a daemon busy on both
+  // cores. Differs for a map the fast parser left to the full one, whose
+  // peers it saw only in part.
+  bool matches(const Plan& plan, const SecretKey& key) {
     flush();
-    bool same = u.private_key && secure_equal(key_view(*u.private_key), key_view(key_)) &&
-                !u.replace_peers && u.peers.size() == blocks_.size();
-    if (same) {
-      // Peer by peer in the plan's order (by key), each encoded into one
-      // small buffer: two whole copies of the SET would be a few megabytes
-      // of fresh pages, faulted in beside a daemon busy on both cores.
-      std::sort(blocks_.begin(), blocks_.end(),
-                [](const Block& a, const Block& b) { return a.key < b.key; });
-      std::string one;
-      std::string_view sent = lines_;
-      for (size_t i = 0; same && i < u.peers.size(); ++i) {
-        one.clear();
-        uapi_append_peer(&one, u.peers[i]);
-        same = sent.substr(blocks_[i].at, blocks_[i].len) == one;
-      }
-      wipe(one);
+    if (!plan.set_private_key || !secure_equal(key_view(key), key_view(key_)) ||
+        plan.peers.size() != blocks_.size())
+      return false;
+    std::sort(blocks_.begin(), blocks_.end(), [](const Block& a, const Block& b) { return a.key < b.key; });
+    std::string one;
+    std::string_view sent = lines_;
+    bool same = true;
+    for (size_t i = 0; same && i < plan.peers.size(); ++i) {
+      const PeerChange& c = plan.peers[i];
+      same = c.kind == PeerChange::Kind::Add;
+      if (!same) break;
+      one.clear();
+      uapi_append_peer(&one, peer_update(c));
+      same = sent.substr(blocks_[i].at, blocks_[i].len) == one;
     }
+    wipe(one);
+    return same;
+  }
+
+  // Ends the streamed SET in place of wg.set(u). `same` is matches()'s
+  // answer; `u` is the plan's SET, of which only the listen port counts
+  // when the stream matched (a wrong guess is corrected). Otherwise `u` is
+  // sent whole, replacing the streamed peers.
+  Status finish(bool same, const DeviceUpdate& u) {
     wipe(lines_);
     finished_ = true;
     MESH_TRY(stream_->finish());
@@ -467,7 +477,14 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   }
   int ifindex = obs.link->ifindex;
   next.ifindex = ifindex;
-  DeviceUpdate update = device_update(plan, want);
+  // The SET: on the pristine path streamed already, and only built when
+  // the stream turns out not to be the plan's (EarlySet::matches).
+  bool streamed = early && early->matches(plan, want.private_key);
+  DeviceUpdate update;
+  if (streamed)
+    update.listen_port = plan.set_listen_port;
+  else
+    update = device_update(plan, want);
   // While the device takes the SET (the run mostly waits on it), another
   // thread digests and serialises the state to remember and writes it to a
   // file that stays invisible until commit() (PendingFile), writes the
@@ -515,7 +532,7 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     addressed = std::async(std::launch::async, [&] {
       return rt.change_addresses(ifindex, plan.addresses_add, plan.addresses_del);
     });
-  Status set = early ? early->finish(update) : wg.set(update);
+  Status set = early ? early->finish(streamed, update) : wg.set(update);
   lap("WireGuard device set");
   Status fw_status = plan.firewall ? fw_installed.get() : Status::ok();
   Status addr_status = addressed.valid() ? addressed.get() : Status::ok();

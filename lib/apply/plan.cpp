@@ -176,8 +176,7 @@ Plan diff(const Desired& want, const Current& cur) {
       c.preshared_key_changed = d.preshared_key.has_value();
       c.endpoint = endpoint_for(d, nullptr);
       if (d.keepalive) c.keepalive = d.keepalive;
-      c.allowed_ips = d.allowed_ips;
-      c.ips_added = d.allowed_ips;
+      c.allowed_ips = d.allowed_ips;  // all of them new: ips_added stays empty
       others.push_back(std::move(c));
     } else if (i == wp.size() || cp[j].public_key < wp[i].public_key) {
       PeerChange c;
@@ -240,45 +239,47 @@ Plan diff(const Desired& want, const Current& cur) {
   return plan;
 }
 
+PeerUpdate peer_update(const PeerChange& c) {
+  PeerUpdate p;
+  p.public_key = c.public_key;
+  switch (c.kind) {
+    case PeerChange::Kind::Remove:
+      p.remove = true;
+      break;
+    case PeerChange::Kind::Add:
+      if (c.preshared_key) p.preshared_key = c.preshared_key;
+      p.endpoint = c.endpoint;
+      p.keepalive = c.keepalive;
+      // A fresh peer has no allowed IPs; replace guards against a peer
+      // created concurrently by someone else.
+      p.replace_allowed_ips = true;
+      p.allowed_ips = c.allowed_ips;
+      break;
+    case PeerChange::Kind::Update:
+      p.update_only = true;
+      if (c.preshared_key_changed) p.preshared_key = c.preshared_key;
+      p.endpoint = c.endpoint;
+      p.keepalive = c.keepalive;
+      if (!c.ips_removed.empty()) {
+        // Removal needs a replace; the replacement list follows in the
+        // same SET, applied under one device lock.
+        p.replace_allowed_ips = true;
+        p.allowed_ips = c.allowed_ips;
+      } else {
+        // Pure additions: existing entries are never withdrawn.
+        p.allowed_ips = c.ips_added;
+      }
+      break;
+  }
+  return p;
+}
+
 DeviceUpdate device_update(const Plan& plan, const Desired& want) {
   DeviceUpdate u;
   if (plan.set_private_key) u.private_key = want.private_key;
   u.listen_port = plan.set_listen_port;
   u.peers.reserve(plan.peers.size());
-  for (const auto& c : plan.peers) {
-    PeerUpdate p;
-    p.public_key = c.public_key;
-    switch (c.kind) {
-      case PeerChange::Kind::Remove:
-        p.remove = true;
-        break;
-      case PeerChange::Kind::Add:
-        if (c.preshared_key) p.preshared_key = c.preshared_key;
-        p.endpoint = c.endpoint;
-        p.keepalive = c.keepalive;
-        // A fresh peer has no allowed IPs; replace guards against a peer
-        // created concurrently by someone else.
-        p.replace_allowed_ips = true;
-        p.allowed_ips = c.allowed_ips;
-        break;
-      case PeerChange::Kind::Update:
-        p.update_only = true;
-        if (c.preshared_key_changed) p.preshared_key = c.preshared_key;
-        p.endpoint = c.endpoint;
-        p.keepalive = c.keepalive;
-        if (!c.ips_removed.empty()) {
-          // Removal needs a replace; the replacement list follows in the
-          // same SET, applied under one device lock.
-          p.replace_allowed_ips = true;
-          p.allowed_ips = c.allowed_ips;
-        } else {
-          // Pure additions: existing entries are never withdrawn.
-          p.allowed_ips = c.ips_added;
-        }
-        break;
-    }
-    u.peers.push_back(std::move(p));
-  }
+  for (const auto& c : plan.peers) u.peers.push_back(peer_update(c));
   return u;
 }
 

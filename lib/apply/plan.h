@@ -64,7 +64,7 @@ struct PeerChange {
   std::optional<SockAddr> endpoint;        // to set (Add / changed)
   std::optional<int> keepalive;            // to set (Add / changed)
   std::vector<Prefix> allowed_ips;         // full desired list
-  std::vector<Prefix> ips_added, ips_removed;
+  std::vector<Prefix> ips_added, ips_removed;  // updates only
 };
 
 struct Plan {
@@ -108,8 +108,10 @@ DesiredPeer desired_peer(const MapPeer& peer, const EndpointsDoc& endpoints);
 // sends for diff()'s addition of that peer.
 PeerUpdate peer_addition(const DesiredPeer& d);
 
-// The WireGuard SET that carries out the device part of `plan`.
+// The WireGuard SET that carries out the device part of `plan`: the
+// device's own fields, then peer_update() of each change in order.
 DeviceUpdate device_update(const Plan& plan, const Desired& desired);
+PeerUpdate peer_update(const PeerChange& change);
 
 // The JSON document mesh-apply prints (man/mesh-apply.8, OUTPUT FORMAT).
 Json plan_to_json(const Plan& plan, const std::string& interface, const std::string& backend,
