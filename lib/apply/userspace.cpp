@@ -305,7 +305,9 @@ class Userspace final : public WgBackend {
         all.raised += r->raised;
       }
       if (all.sockets > 0 || Clock::now() >= deadline) return all;
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      // The daemon binds within a millisecond or so of the link-up: poll
+      // finely, this wait is the last thing an apply does.
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   }
 
