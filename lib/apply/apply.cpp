@@ -536,10 +536,13 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   lap("WireGuard device set");
   Status fw_status = plan.firewall ? fw_installed.get() : Status::ok();
   Status addr_status = addressed.valid() ? addressed.get() : Status::ok();
-  // The SET's own copy goes the same way as the rest, off this thread.
-  auto freed = std::async(std::launch::async, [u = std::move(update)]() mutable {
-    DeviceUpdate done = std::move(u);
-  });
+  // The SET's own copy (none when streamed) goes the same way as the rest,
+  // off this thread.
+  std::future<void> freed;
+  if (!update.peers.empty())
+    freed = std::async(std::launch::async, [u = std::move(update)]() mutable {
+      DeviceUpdate done = std::move(u);
+    });
   MESH_TRY(set);
   MESH_TRY(fw_status);
   MESH_TRY(addr_status);
