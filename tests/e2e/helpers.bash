@@ -137,6 +137,10 @@ mesh_teardown() {
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
     ip netns del "$ns" 2>/dev/null || true
   done
+  # mesh-apply's memo and lock files of this run's interfaces, which went
+  # with their namespaces (mesh-apply(8), FILES).
+  rm -f "${MESH_APPLY_STATE_DIR:-/run/mesh-apply}/${MESH_RUN}"*.state \
+        "${MESH_APPLY_STATE_DIR:-/run/mesh-apply}/${MESH_RUN}"*.lock
   _mesh_pids=(); _mesh_netns=(); _mesh_cleanups=()
 }
 
