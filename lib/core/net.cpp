@@ -45,6 +45,13 @@ uint32_t IpAddr::v4_host_order() const {
          bytes[3];
 }
 
+bool IpAddr::is_loopback() const {
+  if (is_v4()) return bytes[0] == 127;
+  for (size_t i = 0; i < 15; ++i)
+    if (bytes[i] != 0) return false;
+  return bytes[15] == 1;
+}
+
 std::string IpAddr::to_string() const {
   char buf[INET6_ADDRSTRLEN] = {};
   inet_ntop(family, bytes.data(), buf, sizeof buf);

@@ -26,6 +26,8 @@ struct IpAddr {
   bool is_v4() const { return family == AF_INET; }
   size_t size() const { return is_v4() ? 4 : 16; }
   uint32_t v4_host_order() const;
+  // 127.0.0.0/8 or ::1.
+  bool is_loopback() const;
   auto operator<=>(const IpAddr&) const = default;
 };
 

@@ -37,12 +37,16 @@ Result<SecretKey> derive_probe_key(const SecretKey& own_private, const PublicKey
 
 namespace {
 
-int kind_rank(const std::string& kind) {
+// Direct paths first; then the relayed ones: a peer-reflexive address on
+// loopback is our own relay client's local port (the peer reached us through
+// our allocation), a "relay" candidate is the peer's allocation.
+int kind_rank(const std::string& kind, const SockAddr& addr) {
   if (kind == "host") return 0;
   if (kind == "srflx") return 1;
-  if (kind == "prflx") return 2;
-  return 3;
+  if (kind == "prflx") return addr.ip.is_loopback() ? 3 : 2;
+  return 4;
 }
+constexpr int kFirstRelayedRank = 3;
 
 struct Cand {
   SockAddr addr;
@@ -53,6 +57,9 @@ struct Cand {
   int sends = 0;
   Clock::time_point next{};
   Clock::time_point open_until{};  // short-TTL opening requests until then
+
+  int rank() const { return kind_rank(kind, addr); }
+  bool relayed() const { return rank() >= kFirstRelayedRank; }
 };
 
 struct PeerState {
@@ -68,8 +75,7 @@ struct PeerState {
     const Cand* b = nullptr;
     for (const auto& c : cands) {
       if (!c.ok) continue;
-      if (!b || std::pair(kind_rank(c.kind), c.rtt_ms) < std::pair(kind_rank(b->kind), b->rtt_ms))
-        b = &c;
+      if (!b || std::pair(c.rank(), c.rtt_ms) < std::pair(b->rank(), b->rtt_ms)) b = &c;
     }
     return b;
   }
@@ -122,9 +128,20 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
     }
   };
   auto next_refresh = start + opt.interval;
+  // Debug lines carry the time since the start: the two sides' probes are
+  // read side by side.
   auto debug = [&](const std::string& m) {
-    if (log) log->debug(m);
+    if (!log || log->level() < LogLevel::Debug) return;
+    auto ms = std::chrono::duration_cast<milliseconds>(opt.now() - start).count();
+    log->debug("+" + std::to_string(ms) + " ms: " + m);
   };
+
+  if (log && log->level() >= LogLevel::Debug) {
+    auto wall = std::chrono::duration_cast<milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch()).count();
+    debug("probing " + std::to_string(peers.size()) + " peers, wall clock " +
+          std::to_string(wall / 1000) + "." + std::to_string(1000 + wall % 1000).substr(1));
+  }
 
   std::vector<Pending> pending;
   uint8_t buf[1500], out[1500];
@@ -144,6 +161,9 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       // A same-LAN host path answers within `settle` of the start if it
       // exists; srflx paths only work after the opening window anyway.
       if (b->kind != "host" && now - start < opt.settle && maybe_same_lan(ps)) return false;
+      // Relayed paths answer at once, direct ones only after the opening
+      // window and only while the peer probes too: give them time.
+      if (b->relayed() && now - start < opt.relayed_settle) return false;
     }
     return true;
   };
@@ -251,6 +271,13 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
 
   std::vector<PeerPath> result;
   for (const auto& ps : peers) {
+    if (log && log->level() >= LogLevel::Debug) {
+      std::string m = "checks to " + ps.peer->name + ":";
+      for (const auto& c : ps.cands)
+        m += " " + c.kind + " " + c.addr.to_string() + " sent " + std::to_string(c.sends) +
+             (c.ok ? " ok" : " -") + (c.triggered ? " triggered" : "") + ";";
+      debug(m);
+    }
     PeerPath p;
     p.public_key = ps.peer->public_key;
     p.name = ps.peer->name;

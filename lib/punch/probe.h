@@ -25,8 +25,10 @@
 // A request from an address we had not checked triggers a check to it
 // (peer-reflexive candidate). A peer is "confirmed" when one of our checks was
 // answered (we heard them) and they sent USE-CANDIDATE (they heard us); probe
-// returns early when every peer is confirmed. Path choice: host over
-// srflx/prflx, then the lowest RTT.
+// returns early when every peer is confirmed. Path choice: host, then srflx,
+// then prflx, then the relayed paths (a prflx on loopback: the peer reached us
+// through our own relay client; then the peer's relay candidate); within a
+// kind the lowest RTT.
 #pragma once
 
 #include <chrono>
@@ -63,6 +65,10 @@ struct ProbeOptions {
   // applies to a peer with a host candidate inside one of them: a peer whose
   // host candidates are all off our links cannot have a same-LAN path.
   std::optional<std::vector<Prefix>> local_subnets;
+  // A relayed path (through the peer's allocation, or through our own relay
+  // client: a peer-reflexive candidate on loopback) is only settled on this
+  // long after the start, so a direct path found later still wins.
+  std::chrono::milliseconds relayed_settle{1000};
   int open_ttl = 2;  // 0: no opening packets
   // Optional: polled about every `interval`; returns the peers' current
   // candidates when they changed (an empty vector: no change). Candidates

@@ -75,6 +75,47 @@ teardown() { save_lab; }
     { echo "pub -> eim: $(mesh_lab_endpoint pub eim) (r1 is ${LAB_WAN[r1]})"; false; }
 }
 
+@test "paths stay put: for 10 s, pings between the punched nodes lose nothing and stay direct" {
+  # Nodes keep re-punching (every 2, 4, 8 s... while a peer needs the relay),
+  # and a probe only sees a peer that probes at the same moment: a working
+  # direct path must survive the probes that miss it.
+  local nodes=(pub eim lan1 lan2) pids=() a b bad=0 got i key ep
+  for a in "${nodes[@]}"; do
+    for b in "${nodes[@]}"; do
+      [ "$a" = "$b" ] && continue
+      ip netns exec "$(lab_ns "$a")" ping -n -q -c 50 -i 0.2 -W 1 -w 15 "$(mesh_lab_ip "$b")" \
+        > "$BATS_FILE_TMPDIR/steady.$a-$b" 2>&1 &
+      pids+=($!)
+    done
+  done
+  # Meanwhile, every 0.5 s: each node's WireGuard endpoints.
+  declare -A name
+  for a in "${nodes[@]}"; do name[$(mesh_lab_pubkey "$a")]=$a; done
+  for i in $(seq 1 20); do
+    for a in "${nodes[@]}"; do
+      nsx "$a" wg show "$(wg_name "$a")" endpoints | sed "s/^/$a /"
+    done >> "$BATS_FILE_TMPDIR/steady.endpoints"
+    sleep 0.5
+  done
+  for p in "${pids[@]}"; do wait "$p" || true; done
+  got=$(while read -r a key ep; do
+      [ -n "${name[$key]:-}" ] || continue
+      case "$ep" in
+        127.*|"$MESH_LAB_RELAY_IP":*|"(none)") echo "$a -> ${name[$key]}: went through $ep" ;;
+      esac
+    done < "$BATS_FILE_TMPDIR/steady.endpoints" | sort -u)
+  [ -z "$got" ] || { echo "$got"; bad=1; }
+  for a in "${nodes[@]}"; do
+    for b in "${nodes[@]}"; do
+      [ "$a" = "$b" ] && continue
+      got=$(awk '/packets transmitted/ {print $4}' "$BATS_FILE_TMPDIR/steady.$a-$b")
+      [ "${got:-0}" -eq 50 ] || { echo "$a -> $b: ${got:-0} of 50 replies"; bad=1; }
+      [ "$(mesh_lab_path "$a" "$b")" = direct ] || { echo "$a -> $b: $(mesh_lab_endpoint "$a" "$b")"; bad=1; }
+    done
+  done
+  [ "$bad" -eq 0 ]
+}
+
 @test "the policy is enforced by port: allowed connects, denied does not" {
   start_daemon web nsx pub socat TCP-LISTEN:$MESH_LAB_POLICY_PORT_OK,fork,reuseaddr EXEC:'echo allowed'
   start_daemon other nsx pub socat TCP-LISTEN:$MESH_LAB_POLICY_PORT_DENIED,fork,reuseaddr EXEC:'echo denied'

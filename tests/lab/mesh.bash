@@ -16,6 +16,7 @@
 #   mesh_lab_ip NAME     NAME's overlay IPv4 address
 #   mesh_lab_pubkey NAME NAME's public key
 #   mesh_lab_path A B    "direct" or "relayed": how A's WireGuard reaches B
+#                        (relayed: via A's relay client or B's allocation)
 #   mesh_lab_rtt A B     median RTT in ms of 5 pings from A to B over the mesh
 #   mesh_lab_ping A B    one ping (1 s timeout) from A to B over the mesh
 #   mesh_lab_table       the pair table (pair, path, endpoint, RTT) on stdout
@@ -25,6 +26,7 @@
 MESH_LAB_NODES=(pub eim sym lan1 lan2)
 MESH_LAB_POLICY_PORT_OK=8080
 MESH_LAB_POLICY_PORT_DENIED=2323
+MESH_LAB_RELAY_IP=203.0.113.1   # mesh-relay's relayed addresses
 
 mesh_lab_start() {
   mesh_lab_core
@@ -45,7 +47,7 @@ mesh_lab_core() {
   lab_internet none
   mesh-keygen token -o "$BATS_TEST_TMPDIR/relay.secret" --force
   start_daemon relay nsx inet mesh-relay serve --listen 203.0.113.1:3478 \
-    --alt-listen 203.0.113.2:3479 --relay-ip 203.0.113.1 \
+    --alt-listen 203.0.113.2:3479 --relay-ip "$MESH_LAB_RELAY_IP" \
     --auth-secret-file "$BATS_TEST_TMPDIR/relay.secret" --allow-peer 203.0.113.0/24
   wait_for_line "$BATS_TEST_TMPDIR/relay.out" '^listening udp 203.0.113.1:3478' 15
   start_daemon coord nsx inet mesh-coord serve --listen 203.0.113.1:0 \
@@ -111,11 +113,13 @@ mesh_lab_endpoint() {
   nsx "$a" wg show "$(wg_name "$a")" endpoints | awk -v k="$(mesh_lab_pubkey "$b")" '$1 == k {print $2}'
 }
 
+# Relayed: through our own relay client (a loopback port) or straight to the
+# peer's allocation on the relay.
 mesh_lab_path() {
   local ep
   ep=$(mesh_lab_endpoint "$1" "$2")
   case "$ep" in
-    127.*) echo relayed ;;
+    127.*|"$MESH_LAB_RELAY_IP":*) echo relayed ;;
     ""|"(none)") echo none ;;
     *) echo direct ;;
   esac

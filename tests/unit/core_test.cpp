@@ -285,6 +285,13 @@ TEST(Json, ViewErrorsNameThePath) {
 
 // ---- addresses ----
 
+TEST(Net, LoopbackIsAllOf127And1Only) {
+  for (const char* a : {"127.0.0.1", "127.255.0.9", "::1"})
+    EXPECT_TRUE(IpAddr::parse(a)->is_loopback()) << a;
+  for (const char* a : {"128.0.0.1", "203.0.113.1", "::", "::2", "::ffff:127.0.0.1", "fe80::1"})
+    EXPECT_FALSE(IpAddr::parse(a)->is_loopback()) << a;
+}
+
 TEST(Net, PrefixesParseCanonicaliseAndContain) {
   auto p = Prefix::parse("100.64.3.7/10");
   ASSERT_TRUE(p.is_ok());

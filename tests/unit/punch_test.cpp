@@ -267,6 +267,91 @@ TEST(Punch, ProbeTakesCandidatesThatArriveWhileItRuns) {
   EXPECT_EQ((*rb)[0].kind, "prflx");
 }
 
+// A relayed path answers first (here a forwarder stands in for the peer's
+// TURN allocation: a "relay" candidate); the peer's direct address only
+// arrives 300 ms later. The probe must not settle on the relay meanwhile.
+TEST(Punch, ProbeWaitsForADirectPathBeforeSettlingOnARelayedOne) {
+  auto ta = punch::open_ephemeral();
+  auto tb = punch::open_ephemeral();
+  auto tf = punch::open_ephemeral();
+  ASSERT_TRUE(ta && tb && tf);
+  SecretKey ka = SecretKey::generate_private(), kb = SecretKey::generate_private();
+  SockAddr aa{ip("127.0.0.1"), (*ta)->port()}, ab{ip("127.0.0.1"), (*tb)->port()};
+  SockAddr af{ip("127.0.0.1"), (*tf)->port()};
+  std::atomic<bool> stop{false};
+  std::thread forwarder([&] {
+    uint8_t buf[1500];
+    while (!stop) {
+      auto got = (*tf)->recv(20, buf);
+      if (!got || !*got) continue;
+      const SockAddr& to = (*got)->from == ab ? aa : ab;
+      (void)(*tf)->send(to, {buf, (*got)->len});
+    }
+  });
+  punch::ProbeOptions oa, ob;
+  oa.peers = {{kb.public_key(), "b", {{af, "relay"}}}};
+  oa.local_subnets = std::vector<Prefix>{};
+  auto a_start = std::chrono::steady_clock::now();
+  oa.refresh = [&]() -> std::vector<punch::ProbePeer> {
+    if (std::chrono::steady_clock::now() - a_start < std::chrono::milliseconds(300)) return {};
+    return {{kb.public_key(), "b", {{af, "relay"}, {ab, "srflx"}}}};
+  };
+  // b knows no candidate of a's (it answers what comes), and also probes a
+  // peer that never answers, so it keeps answering a's checks.
+  ob.peers = {{ka.public_key(), "a", {}},
+              {SecretKey::generate_private().public_key(), "gone", {{sa("127.0.0.1:9"), "host"}}}};
+  oa.timeout = std::chrono::seconds(5);
+  ob.timeout = std::chrono::milliseconds(1500);
+  auto fa = std::async(std::launch::async, [&] { return punch::probe(**ta, ka, oa); });
+  auto fb = std::async(std::launch::async, [&] { return punch::probe(**tb, kb, ob); });
+  auto ra = fa.get();
+  auto rb = fb.get();
+  stop = true;
+  forwarder.join();
+  ASSERT_TRUE(ra.is_ok() && rb.is_ok());
+  EXPECT_EQ((*ra)[0].status, "direct");
+  EXPECT_EQ((*ra)[0].kind, "srflx");
+  EXPECT_EQ((*ra)[0].endpoint, ab);
+  EXPECT_EQ((*rb)[0].status, "direct");
+  EXPECT_EQ((*rb)[1].status, "relay-needed");
+}
+
+// With nothing better, a relayed path is still the answer (as kind relay).
+TEST(Punch, ProbeReportsARelayedPathWhenNoDirectOneAnswers) {
+  auto ta = punch::open_ephemeral();
+  auto tb = punch::open_ephemeral();
+  auto tf = punch::open_ephemeral();
+  ASSERT_TRUE(ta && tb && tf);
+  SecretKey ka = SecretKey::generate_private(), kb = SecretKey::generate_private();
+  SockAddr aa{ip("127.0.0.1"), (*ta)->port()}, ab{ip("127.0.0.1"), (*tb)->port()};
+  SockAddr af{ip("127.0.0.1"), (*tf)->port()};
+  std::atomic<bool> stop{false};
+  std::thread forwarder([&] {
+    uint8_t buf[1500];
+    while (!stop) {
+      auto got = (*tf)->recv(20, buf);
+      if (!got || !*got) continue;
+      const SockAddr& to = (*got)->from == ab ? aa : ab;
+      (void)(*tf)->send(to, {buf, (*got)->len});
+    }
+  });
+  punch::ProbeOptions oa, ob;
+  oa.peers = {{kb.public_key(), "b", {{af, "relay"}, {sa("127.0.0.1:9"), "srflx"}}}};
+  oa.local_subnets = std::vector<Prefix>{};
+  ob.peers = {{ka.public_key(), "a", {}}};
+  oa.timeout = ob.timeout = std::chrono::seconds(5);
+  auto fa = std::async(std::launch::async, [&] { return punch::probe(**ta, ka, oa); });
+  auto fb = std::async(std::launch::async, [&] { return punch::probe(**tb, kb, ob); });
+  auto ra = fa.get();
+  auto rb = fb.get();
+  stop = true;
+  forwarder.join();
+  ASSERT_TRUE(ra.is_ok() && rb.is_ok());
+  EXPECT_EQ((*ra)[0].status, "direct");
+  EXPECT_EQ((*ra)[0].kind, "relay");
+  EXPECT_EQ((*ra)[0].endpoint, af);
+}
+
 TEST(Punch, ProbeIgnoresAPeerWithTheWrongKey) {
   auto ta = punch::open_ephemeral();
   auto tb = punch::open_ephemeral();
