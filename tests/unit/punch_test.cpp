@@ -267,6 +267,30 @@ TEST(Punch, ProbeTakesCandidatesThatArriveWhileItRuns) {
   EXPECT_EQ((*rb)[0].kind, "prflx");
 }
 
+// Stands in for a TURN allocation: what comes from b goes to a, anything
+// else to b, all from its own socket.
+class Forwarder {
+ public:
+  Forwarder(punch::Transport& t, SockAddr a, SockAddr b)
+      : thread_([this, &t, a, b] {
+          uint8_t buf[1500];
+          while (!stop_) {
+            auto got = t.recv(20, buf);
+            if (!got || !*got) continue;
+            (void)t.send((*got)->from == b ? a : b, {buf, (*got)->len});
+          }
+        }) {}
+  ~Forwarder() { stop(); }
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
 // A relayed path answers first (here a forwarder stands in for the peer's
 // TURN allocation: a "relay" candidate); the peer's direct address only
 // arrives 300 ms later. The probe must not settle on the relay meanwhile.
@@ -278,16 +302,7 @@ TEST(Punch, ProbeWaitsForADirectPathBeforeSettlingOnARelayedOne) {
   SecretKey ka = SecretKey::generate_private(), kb = SecretKey::generate_private();
   SockAddr aa{ip("127.0.0.1"), (*ta)->port()}, ab{ip("127.0.0.1"), (*tb)->port()};
   SockAddr af{ip("127.0.0.1"), (*tf)->port()};
-  std::atomic<bool> stop{false};
-  std::thread forwarder([&] {
-    uint8_t buf[1500];
-    while (!stop) {
-      auto got = (*tf)->recv(20, buf);
-      if (!got || !*got) continue;
-      const SockAddr& to = (*got)->from == ab ? aa : ab;
-      (void)(*tf)->send(to, {buf, (*got)->len});
-    }
-  });
+  Forwarder forwarder(**tf, aa, ab);
   punch::ProbeOptions oa, ob;
   oa.peers = {{kb.public_key(), "b", {{af, "relay"}}}};
   oa.local_subnets = std::vector<Prefix>{};
@@ -306,8 +321,7 @@ TEST(Punch, ProbeWaitsForADirectPathBeforeSettlingOnARelayedOne) {
   auto fb = std::async(std::launch::async, [&] { return punch::probe(**tb, kb, ob); });
   auto ra = fa.get();
   auto rb = fb.get();
-  stop = true;
-  forwarder.join();
+  forwarder.stop();
   ASSERT_TRUE(ra.is_ok() && rb.is_ok());
   EXPECT_EQ((*ra)[0].status, "direct");
   EXPECT_EQ((*ra)[0].kind, "srflx");
@@ -325,16 +339,7 @@ TEST(Punch, ProbeReportsARelayedPathWhenNoDirectOneAnswers) {
   SecretKey ka = SecretKey::generate_private(), kb = SecretKey::generate_private();
   SockAddr aa{ip("127.0.0.1"), (*ta)->port()}, ab{ip("127.0.0.1"), (*tb)->port()};
   SockAddr af{ip("127.0.0.1"), (*tf)->port()};
-  std::atomic<bool> stop{false};
-  std::thread forwarder([&] {
-    uint8_t buf[1500];
-    while (!stop) {
-      auto got = (*tf)->recv(20, buf);
-      if (!got || !*got) continue;
-      const SockAddr& to = (*got)->from == ab ? aa : ab;
-      (void)(*tf)->send(to, {buf, (*got)->len});
-    }
-  });
+  Forwarder forwarder(**tf, aa, ab);
   punch::ProbeOptions oa, ob;
   oa.peers = {{kb.public_key(), "b", {{af, "relay"}, {sa("127.0.0.1:9"), "srflx"}}}};
   oa.local_subnets = std::vector<Prefix>{};
@@ -344,8 +349,7 @@ TEST(Punch, ProbeReportsARelayedPathWhenNoDirectOneAnswers) {
   auto fb = std::async(std::launch::async, [&] { return punch::probe(**tb, kb, ob); });
   auto ra = fa.get();
   auto rb = fb.get();
-  stop = true;
-  forwarder.join();
+  forwarder.stop();
   ASSERT_TRUE(ra.is_ok() && rb.is_ok());
   EXPECT_EQ((*ra)[0].status, "direct");
   EXPECT_EQ((*ra)[0].kind, "relay");
