@@ -291,21 +291,46 @@ class Forwarder {
   std::thread thread_;
 };
 
-// A relayed path answers first (here a forwarder stands in for the peer's
-// TURN allocation: a "relay" candidate); the peer's direct address only
-// arrives 300 ms later. The probe must not settle on the relay meanwhile.
-TEST(Punch, ProbeWaitsForADirectPathBeforeSettlingOnARelayedOne) {
-  auto ta = punch::open_ephemeral();
-  auto tb = punch::open_ephemeral();
-  auto tf = punch::open_ephemeral();
-  ASSERT_TRUE(ta && tb && tf);
+// Two probers a and b on loopback, and f: a forwarder between them standing
+// in for b's TURN allocation (b's "relay" candidate).
+class RelayedProbe : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (auto* t : {&ta, &tb, &tf}) {
+      auto r = punch::open_ephemeral();
+      ASSERT_TRUE(r.is_ok());
+      *t = std::move(*r);
+    }
+    aa = {ip("127.0.0.1"), ta->port()};
+    ab = {ip("127.0.0.1"), tb->port()};
+    af = {ip("127.0.0.1"), tf->port()};
+    forwarder = std::make_unique<Forwarder>(*tf, aa, ab);
+    oa.local_subnets = std::vector<Prefix>{};
+  }
+  // Runs both probes at once; ra and rb get their results.
+  void run() {
+    auto fa = std::async(std::launch::async, [&] { return punch::probe(*ta, ka, oa); });
+    auto fb = std::async(std::launch::async, [&] { return punch::probe(*tb, kb, ob); });
+    auto a = fa.get();
+    auto b = fb.get();
+    forwarder->stop();
+    ASSERT_TRUE(a.is_ok() && b.is_ok());
+    ra = std::move(*a);
+    rb = std::move(*b);
+  }
+
+  std::unique_ptr<punch::Transport> ta, tb, tf;
   SecretKey ka = SecretKey::generate_private(), kb = SecretKey::generate_private();
-  SockAddr aa{ip("127.0.0.1"), (*ta)->port()}, ab{ip("127.0.0.1"), (*tb)->port()};
-  SockAddr af{ip("127.0.0.1"), (*tf)->port()};
-  Forwarder forwarder(**tf, aa, ab);
+  SockAddr aa, ab, af;
+  std::unique_ptr<Forwarder> forwarder;
   punch::ProbeOptions oa, ob;
+  std::vector<PeerPath> ra, rb;
+};
+
+// The relayed path answers first; b's direct address only arrives 300 ms
+// later. The probe must not settle on the relay meanwhile.
+TEST_F(RelayedProbe, WaitsForADirectPathBeforeSettlingOnARelayedOne) {
   oa.peers = {{kb.public_key(), "b", {{af, "relay"}}}};
-  oa.local_subnets = std::vector<Prefix>{};
   auto a_start = std::chrono::steady_clock::now();
   oa.refresh = [&]() -> std::vector<punch::ProbePeer> {
     if (std::chrono::steady_clock::now() - a_start < std::chrono::milliseconds(300)) return {};
@@ -317,43 +342,23 @@ TEST(Punch, ProbeWaitsForADirectPathBeforeSettlingOnARelayedOne) {
               {SecretKey::generate_private().public_key(), "gone", {{sa("127.0.0.1:9"), "host"}}}};
   oa.timeout = std::chrono::seconds(5);
   ob.timeout = std::chrono::milliseconds(1500);
-  auto fa = std::async(std::launch::async, [&] { return punch::probe(**ta, ka, oa); });
-  auto fb = std::async(std::launch::async, [&] { return punch::probe(**tb, kb, ob); });
-  auto ra = fa.get();
-  auto rb = fb.get();
-  forwarder.stop();
-  ASSERT_TRUE(ra.is_ok() && rb.is_ok());
-  EXPECT_EQ((*ra)[0].status, "direct");
-  EXPECT_EQ((*ra)[0].kind, "srflx");
-  EXPECT_EQ((*ra)[0].endpoint, ab);
-  EXPECT_EQ((*rb)[0].status, "direct");
-  EXPECT_EQ((*rb)[1].status, "relay-needed");
+  ASSERT_NO_FATAL_FAILURE(run());
+  EXPECT_EQ(ra[0].status, "direct");
+  EXPECT_EQ(ra[0].kind, "srflx");
+  EXPECT_EQ(ra[0].endpoint, ab);
+  EXPECT_EQ(rb[0].status, "direct");
+  EXPECT_EQ(rb[1].status, "relay-needed");
 }
 
 // With nothing better, a relayed path is still the answer (as kind relay).
-TEST(Punch, ProbeReportsARelayedPathWhenNoDirectOneAnswers) {
-  auto ta = punch::open_ephemeral();
-  auto tb = punch::open_ephemeral();
-  auto tf = punch::open_ephemeral();
-  ASSERT_TRUE(ta && tb && tf);
-  SecretKey ka = SecretKey::generate_private(), kb = SecretKey::generate_private();
-  SockAddr aa{ip("127.0.0.1"), (*ta)->port()}, ab{ip("127.0.0.1"), (*tb)->port()};
-  SockAddr af{ip("127.0.0.1"), (*tf)->port()};
-  Forwarder forwarder(**tf, aa, ab);
-  punch::ProbeOptions oa, ob;
+TEST_F(RelayedProbe, ReportsARelayedPathWhenNoDirectOneAnswers) {
   oa.peers = {{kb.public_key(), "b", {{af, "relay"}, {sa("127.0.0.1:9"), "srflx"}}}};
-  oa.local_subnets = std::vector<Prefix>{};
   ob.peers = {{ka.public_key(), "a", {}}};
   oa.timeout = ob.timeout = std::chrono::seconds(5);
-  auto fa = std::async(std::launch::async, [&] { return punch::probe(**ta, ka, oa); });
-  auto fb = std::async(std::launch::async, [&] { return punch::probe(**tb, kb, ob); });
-  auto ra = fa.get();
-  auto rb = fb.get();
-  forwarder.stop();
-  ASSERT_TRUE(ra.is_ok() && rb.is_ok());
-  EXPECT_EQ((*ra)[0].status, "direct");
-  EXPECT_EQ((*ra)[0].kind, "relay");
-  EXPECT_EQ((*ra)[0].endpoint, af);
+  ASSERT_NO_FATAL_FAILURE(run());
+  EXPECT_EQ(ra[0].status, "direct");
+  EXPECT_EQ(ra[0].kind, "relay");
+  EXPECT_EQ(ra[0].endpoint, af);
 }
 
 TEST(Punch, ProbeIgnoresAPeerWithTheWrongKey) {
