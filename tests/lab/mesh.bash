@@ -17,6 +17,7 @@
 #   mesh_lab_pubkey NAME NAME's public key
 #   mesh_lab_path A B    "direct" or "relayed": how A's WireGuard reaches B
 #                        (relayed: via A's relay client or B's allocation)
+#   mesh_lab_path_of EP  the same for a WireGuard endpoint EP
 #   mesh_lab_rtt A B     median RTT in ms of 5 pings from A to B over the mesh
 #   mesh_lab_ping A B    one ping (1 s timeout) from A to B over the mesh
 #   mesh_lab_table       the pair table (pair, path, endpoint, RTT) on stdout
@@ -115,15 +116,15 @@ mesh_lab_endpoint() {
 
 # Relayed: through our own relay client (a loopback port) or straight to the
 # peer's allocation on the relay.
-mesh_lab_path() {
-  local ep
-  ep=$(mesh_lab_endpoint "$1" "$2")
-  case "$ep" in
+mesh_lab_path_of() {
+  case "$1" in
     127.*|"$MESH_LAB_RELAY_IP":*) echo relayed ;;
     ""|"(none)") echo none ;;
     *) echo direct ;;
   esac
 }
+
+mesh_lab_path() { mesh_lab_path_of "$(mesh_lab_endpoint "$1" "$2")"; }
 
 mesh_lab_rtt() {
   nsx "$1" ping -n -q -c 5 -i 0.05 -W 1 "$(mesh_lab_ip "$2")" 2>/dev/null |
