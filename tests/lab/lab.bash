@@ -27,7 +27,7 @@
 #                 LAB_STUN6_1="[2001:db8::1]:3478", LAB_STUN6_2), and every
 #                 link to inet carries 2001:db8:0:n::/64 without NAT (routers'
 #                 LANs are IPv4 only). IPv6 is skipped when the kernel has none.
-#   lab_nat NAME eim|symmetric [drop|open]
+#   lab_nat NAME eim|symmetric [drop|open] [PARENT]
 #                 a NAT router namespace NAME with a WAN link to inet
 #                 (nftables masquerade on the WAN interface):
 #                   eim        plain masquerade: the source port is kept when
@@ -46,6 +46,13 @@
 #                 Its LAN is a bridge with subnet LAB_LAN[NAME] (the k-th router
 #                 gets 198.51.100.32*(k-1)/27 for k <= 8, then 192.0.2.32*(k-9)/27
 #                 for k <= 16); the router is .1 of it.
+#                 With PARENT (a router made by lab_nat), NAME's WAN link is on
+#                 PARENT's LAN instead of a /30 to inet: it is attached like a
+#                 lab_peer of PARENT (LAN address, default route via PARENT,
+#                 LAB_ROUTER[NAME]=PARENT, no IPv6). That is a home router
+#                 behind a carrier-grade NAT (double NAT): LAB_WAN[NAME] is its
+#                 address on PARENT's LAN, the public address is LAB_WAN[PARENT].
+#                 e.g.  lab_nat cgn eim drop; lab_nat home eim drop cgn
 #   lab_peer NAME ROUTER         a host namespace NAME on ROUTER's LAN, address
 #                 LAN base + 10 + j for its j-th peer, default route via the router.
 #   lab_peer_public NAME         a host namespace NAME directly on the internet.
@@ -78,8 +85,11 @@
 #                   inet; inet's side of that /30 is 203.0.113.4n+1)
 #   LAB_ADDR6[NAME] the IPv6 address of a router's WAN side or a public peer
 #                   (2001:db8:0:n::2)
-#   LAB_WAN[NAME]   a router's public address (same as LAB_ADDR for routers)
+#   LAB_WAN[NAME]   a router's WAN address (same as LAB_ADDR for routers): its
+#                   public address, or for a router behind PARENT its address
+#                   on PARENT's LAN
 #   LAB_LAN[NAME]   a router's LAN prefix; LAB_ROUTER[PEER] the peer's router
+#                   (also set for a router behind a PARENT router)
 # Only test ranges are used (DEVELOPERS.md); everything is removed by
 # mesh_teardown (namespaces, and so interfaces and nftables tables; daemons).
 
@@ -149,12 +159,19 @@ _lab_stun_listening() {
 }
 
 lab_nat() {
-  local name=$1 type=$2 filter=${3:-drop}
+  local name=$1 type=$2 filter=${3:-drop} parent=${4:-}
   case "$type" in eim|symmetric) ;; *) echo "lab_nat: type must be eim or symmetric" >&2; return 1 ;; esac
   case "$filter" in drop|open) ;; *) echo "lab_nat: filter must be drop or open" >&2; return 1 ;; esac
+  if [ -n "$parent" ] && [ -z "${LAB_LAN[$parent]:-}" ]; then
+    echo "lab_nat: unknown parent router $parent" >&2; return 1
+  fi
   netns_add "$name"
   nsx "$name" sysctl -qw net.ipv4.ip_forward=1
-  _lab_uplink "$name"
+  if [ -n "$parent" ]; then
+    _lab_lanlink "$name" "$parent"
+  else
+    _lab_uplink "$name"
+  fi
   local wan=$_lab_ifname
   LAB_WAN[$name]=${LAB_ADDR[$name]}
   _lab_routers=$((_lab_routers + 1))
@@ -187,6 +204,14 @@ lab_peer() {
   local name=$1 router=$2
   [ -n "${LAB_LAN[$router]:-}" ] || { echo "lab_peer: unknown router $router" >&2; return 1; }
   netns_add "$name"
+  _lab_lanlink "$name" "$router"
+}
+
+# _lab_lanlink NAME ROUTER: attach the existing namespace NAME to ROUTER's LAN
+# (the next peer address, default route via the router); sets LAB_ADDR[NAME],
+# LAB_ROUTER[NAME] and _lab_ifname (NAME's side of the link).
+_lab_lanlink() {
+  local name=$1 router=$2
   local j=$(( ${LAB_NPEERS[$router]} + 1 ))
   LAB_NPEERS[$router]=$j
   local lan=${LAB_LAN[$router]%/*}
@@ -200,6 +225,7 @@ lab_peer() {
   ip -n "${MESH_RUN}$name" route add default via "$gw"
   LAB_ADDR[$name]=$addr
   LAB_ROUTER[$name]=$router
+  _lab_ifname=${b:0:15}
 }
 
 lab_peer_public() {

@@ -5,13 +5,34 @@
 #
 #   mesh_lab_start       the internet with mesh-relay (TURN+STUN, RFC 5780 with
 #                        two addresses) and mesh-coord on 203.0.113.1, a setup
-#                        key and the demo policy; then the nodes:
+#                        key and the demo policy; then the 8 nodes (router):
 #                          pub   no NAT (directly on the internet)
-#                          eim   behind an endpoint-independent NAT (home router)
-#                          sym   behind a symmetric NAT (random port per destination)
-#                          lan1, lan2  both behind one endpoint-independent NAT
+#                          eim   behind an endpoint-independent NAT that drops
+#                                unsolicited inbound (home router; r1)
+#                          open  behind an endpoint-independent NAT without a
+#                                firewall (ro)
+#                          sym   behind a symmetric NAT (random port per
+#                                destination; r2)
+#                          sym2  behind a second symmetric NAT (rs)
+#                          dbl   behind two NATs: an eim home router (rh) behind
+#                                an eim carrier-grade NAT (rc)
+#                          lan1, lan2  both behind one endpoint-independent NAT (r3)
+#                        Which pairs end direct: every pair without a symmetric
+#                        NAT (lan1-lan2 on their LAN addresses, dbl through both
+#                        NATs' mappings), and sym-pub, sym2-pub (pub answers
+#                        whatever port the symmetric NAT picked). A symmetric
+#                        NAT facing any filtering NAT (eim, open, dbl, lan*:
+#                        conntrack filters by address and port even without a
+#                        firewall) or another symmetric NAT (sym-sym2) cannot
+#                        be punched and goes through the relay: 17 of the 28
+#                        pairs direct, 11 relayed (mesh_lab_expected).
 #   mesh_lab_core       only the internet, relay, coordinator, setup key and policy
-#   mesh_lab_up NAME     start mesh-up for node NAME (state in $MESH_NODES/NAME)
+#   mesh_lab_up NAME     start mesh-up for node NAME (state in $MESH_NODES/NAME);
+#                        extra mesh-up arguments from $MESH_LAB_UP_ARGS (split
+#                        on white space), and --punch-interval
+#                        $MESH_LAB_PUNCH_INTERVAL only when that is set
+#   mesh_lab_expected A B  "direct" or "relayed": what the pair should end as,
+#                        from MESH_LAB_KIND (pub, eim or sym) of A and B
 #   mesh_lab_wait_all SECONDS   wait until every pair of running nodes pings
 #   mesh_lab_ip NAME     NAME's overlay IPv4 address
 #   mesh_lab_pubkey NAME NAME's public key
@@ -22,9 +43,13 @@
 #   mesh_lab_ping A B    one ping (1 s timeout) from A to B over the mesh
 #   mesh_lab_table       the pair table (pair, path, endpoint, RTT) on stdout
 # Variables: COORD_URL, MESH_ADMIN_TOKEN (exported), MESH_NODES,
-# MESH_LAB_NODES (the node names, in order).
+# MESH_LAB_NODES (the node names, in order), MESH_LAB_KIND[NAME] (the kind of
+# NAT in front of NAME: pub none, eim endpoint-independent mapping (however
+# many, whatever filter), sym symmetric).
 
-MESH_LAB_NODES=(pub eim sym lan1 lan2)
+MESH_LAB_NODES=(pub eim open sym sym2 dbl lan1 lan2)
+declare -gA MESH_LAB_KIND=([pub]=pub [eim]=eim [open]=eim [sym]=sym [sym2]=sym [dbl]=eim
+  [lan1]=eim [lan2]=eim)
 MESH_LAB_POLICY_PORT_OK=8080
 MESH_LAB_POLICY_PORT_DENIED=2323
 MESH_LAB_RELAY_IP=203.0.113.1   # mesh-relay's relayed addresses
@@ -39,6 +64,23 @@ mesh_lab_start() {
   lab_nat r3 eim drop
   lab_peer lan1 r3
   lab_peer lan2 r3
+  lab_nat ro eim open
+  lab_peer open ro
+  lab_nat rs symmetric drop
+  lab_peer sym2 rs
+  lab_nat rc eim drop           # the carrier's NAT
+  lab_nat rh eim drop rc        # the home router behind it
+  lab_peer dbl rh
+}
+
+# Direct unless a symmetric NAT faces anything but a public node.
+mesh_lab_expected() {
+  local ka=${MESH_LAB_KIND[$1]:-} kb=${MESH_LAB_KIND[$2]:-}
+  if { [ "$ka" = sym ] && [ "$kb" != pub ]; } || { [ "$kb" = sym ] && [ "$ka" != pub ]; }; then
+    echo relayed
+  else
+    echo direct
+  fi
 }
 
 # The internet with mesh-relay and mesh-coord, the setup key and the policy.
@@ -79,10 +121,13 @@ POLICY
 }
 
 mesh_lab_up() {
-  local name=$1
+  local name=$1 args=()
+  # Split on white space, no globbing.
+  read -ra args <<<"${MESH_LAB_UP_ARGS:-}" || true
+  [ -z "${MESH_LAB_PUNCH_INTERVAL:-}" ] || args+=(--punch-interval "$MESH_LAB_PUNCH_INTERVAL")
   start_daemon "up-$name" nsx "$name" mesh-up --server "$COORD_URL" \
     --setup-key-file "$BATS_TEST_TMPDIR/demo.sk" --interface "$(wg_name "$name")" \
-    --state "$MESH_NODES/$name" --name "$name" --punch-interval "${MESH_LAB_PUNCH_INTERVAL:-10}" -v
+    --state "$MESH_NODES/$name" --name "$name" "${args[@]}" -v
 }
 
 mesh_lab_ip() { jq -r '.addresses[0] | split("/")[0]' "$MESH_NODES/$1/registration.json"; }
