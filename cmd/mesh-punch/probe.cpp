@@ -26,6 +26,7 @@ struct ProbeCliOptions {
   std::string socket = "auto";
   int open_ttl = 2;
   int open_window_ms = 150;
+  std::vector<std::string> only;  // --peer: probe these peers only
 };
 
 void print_human(std::ostream& os, const EndpointsDoc& d) {
@@ -56,6 +57,8 @@ int cmd_probe(Context& ctx, int argc, char** argv) {
   app.add_option("--open-window", o.open_window_ms,
                  "milliseconds of opening packets before full checks (default 150)")
       ->check(CLI::Range(0, 10000));
+  app.add_option("--peer", o.only,
+                 "probe only this peer (public key or name; repeatable; default: every peer)");
   app.add_flag("--follow", o.follow,
                "re-read MAP_FILE when it changes and check the new candidates of its peers");
   app.add_flag("--json", o.json, "print the endpoints document (default unless stdout is a tty)");
@@ -82,8 +85,17 @@ int cmd_probe(Context& ctx, int argc, char** argv) {
     doc.nat = c->nat;
   }
 
+  // --peer: a peer the map does not (or no longer) list is left out; the
+  // output then says nothing about it.
+  auto wanted = [&](const MapPeer& p) {
+    if (o.only.empty()) return true;
+    for (const auto& w : o.only)
+      if (w == p.public_key.to_base64() || w == p.name) return true;
+    return false;
+  };
   ProbeOptions opt;
-  for (const auto& p : map->peers) opt.peers.push_back(ProbePeer{p.public_key, p.name, p.endpoints});
+  for (const auto& p : map->peers)
+    if (wanted(p)) opt.peers.push_back(ProbePeer{p.public_key, p.name, p.endpoints});
   opt.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000));
   opt.open_ttl = o.open_ttl;
   opt.open_window = std::chrono::milliseconds(o.open_window_ms);
@@ -110,7 +122,8 @@ int cmd_probe(Context& ctx, int argc, char** argv) {
         return {};
       }
       std::vector<ProbePeer> peers;
-      for (const auto& p : m->peers) peers.push_back(ProbePeer{p.public_key, p.name, p.endpoints});
+      for (const auto& p : m->peers)
+        if (wanted(p)) peers.push_back(ProbePeer{p.public_key, p.name, p.endpoints});
       return peers;
     };
   }

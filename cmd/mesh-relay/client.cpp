@@ -1,3 +1,5 @@
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "core/cli11.h"
@@ -13,7 +15,7 @@ int cmd_client(Context& ctx, int argc, char** argv) {
   CLI::App app("Carry WireGuard peers through a TURN relay (mesh-relay or coturn)");
   ClientOptions o;
   std::string key_file, local_ip, map = "-";
-  bool verbose = false;
+  bool verbose = false, events = false;
   app.add_option("map", map, "network map file (re-read on change and SIGHUP), or - for JSON lines on stdin");
   app.add_option("--key", key_file, "this node's WireGuard private key file (checks the map's self)");
   app.add_option("--endpoints-out", o.endpoints_out, "write the endpoints document to FILE (atomically)");
@@ -27,8 +29,12 @@ int cmd_client(Context& ctx, int argc, char** argv) {
   app.add_option("--tls-ca", o.tls_ca, "CA certificates (PEM) for a TLS TURN server (default: the system's)");
   bool no_verify = false;
   app.add_flag("--tls-no-verify", no_verify, "do not check a TLS TURN server's certificate");
+  app.add_flag("--events", events,
+               "print a short event line per new endpoints document instead of the document");
   app.add_flag("-v,--verbose", verbose, "log informational messages");
   if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
+  if (events && o.endpoints_out.empty())
+    return report(ctx, usage_error("--events needs --endpoints-out (the document goes there)"));
   if (verbose) ctx.log.set_level(LogLevel::Info);
   o.tls_verify = !no_verify;
   o.map_path = map;
@@ -44,9 +50,22 @@ int cmd_client(Context& ctx, int argc, char** argv) {
     if (!ip) return report(ctx, usage_error("--local-ip: " + ip.status().message()));
     o.local_ip = *ip;
   }
-  o.on_endpoints = [&ctx](const std::string& line) {
-    ctx.out << line << "\n";
-    ctx.out.flush();
+  o.on_endpoints = [&ctx, events](const std::string& line) {
+    if (!events) {
+      ctx.out << line << "\n";
+      ctx.out.flush();
+      return;
+    }
+    // One short line in one write(2) (under PIPE_BUF), so that a FIFO
+    // shared with other event sources never interleaves it.
+    auto j = parse_json(line, "endpoints");
+    Json ev{{"event", "relay"}, {"relayed", nullptr}, {"peers", 0}};
+    if (j) {
+      for (const auto& c : j->value("candidates", Json::array()))
+        if (c.value("kind", "") == "relay") ev["relayed"] = c.value("endpoint", "");
+      ev["peers"] = j->value("peers", Json::array()).size();
+    }
+    (void)write_line(STDOUT_FILENO, dump_json(ev));
   };
   return report(ctx, run_client(o, ctx.log));
 }

@@ -38,6 +38,7 @@ constexpr size_t kSlot = 65536 + kHeadroom;
 constexpr uint32_t kLifetime = 600;         // requested allocation lifetime
 constexpr int64_t kPermRefreshMs = 240000;  // permissions live 300 s
 constexpr int64_t kChanRefreshMs = 300000;  // channels live 600 s
+constexpr int64_t kPollMs = 1000;           // map file (and --peers-from) checked this often
 constexpr size_t kTcpOutCap = 4u << 20;     // queued toward a TCP server, then data is dropped
 
 int64_t mono_ms() {
@@ -144,7 +145,14 @@ class Client {
   void on_data_indication(const stun::MessageView& m);
   void on_local(Peer& p);
   void timers();
-  Peer* peer_by_addr(const SockAddr& a);
+  // When timers() has something to do next (at most a poll interval away):
+  // an idle client sleeps instead of waking on a fixed tick.
+  int64_t next_deadline(int64_t now) const;
+  // The map peer that `a` belongs to. A peer matched only by IP counts
+  // unless `exact`; relay candidates never match by IP alone (every
+  // allocation on a relay shares its address).
+  Peer* peer_by_addr(const SockAddr& a, bool exact = false);
+  Peer* anon_peer(const SockAddr& from);
   Status open_local(Peer& p);
   void write_endpoints();
 
@@ -186,6 +194,10 @@ class Client {
   std::map<IpAddr, int64_t> perms_;  // ip -> next refresh
   uint16_t next_channel_ = 0x4000;
   std::map<PublicKey, std::unique_ptr<Peer>> peers_;
+  // Sources on the relay that no map peer claims yet (a peer whose relayed
+  // address is not in our map so far): each gets a local port of its own, so
+  // its WireGuard handshake is not lost while its announce is on its way.
+  std::map<SockAddr, std::unique_ptr<Peer>> anon_;
   std::array<Peer*, 0x1000> by_channel_{};
   std::string last_doc_;
   // I/O
@@ -352,6 +364,9 @@ void Client::apply_map() {
   std::set<IpAddr> want;
   for (const auto& mp : map_->peers)
     for (const auto& cand : mp.endpoints) want.insert(cand.endpoint.ip);
+  // Peers on the same relay have relayed addresses on our own relayed IP:
+  // permitting it lets them reach us before their candidates reach our map.
+  if (relayed_) want.insert(relayed_->ip);
   for (auto it = perms_.begin(); it != perms_.end();)
     it = want.count(it->first) ? std::next(it) : perms_.erase(it);
   for (const auto& ip : want) perms_.emplace(ip, 0);
@@ -423,6 +438,8 @@ void Client::reset_session(const std::string& why, int64_t delay_ms) {
     p->bind_at = 0;
     if (!p->relayed) p->target.reset();
   }
+  for (auto& [a, p] : anon_) epoll_ctl(ep_.get(), EPOLL_CTL_DEL, p->local.get(), nullptr);
+  anon_.clear();
   next_channel_ = 0x4000;
   alloc_at_ = mono_ms() + delay_ms;
   write_endpoints();
@@ -773,16 +790,38 @@ void Client::on_server(uint32_t events) {
   tcp_flush();
 }
 
-Peer* Client::peer_by_addr(const SockAddr& a) {
+Peer* Client::peer_by_addr(const SockAddr& a, bool exact) {
   Peer* by_ip = nullptr;
   for (auto& [k, p] : peers_) {
     if (p->target && *p->target == a) return p.get();
     for (const auto& c : p->info.endpoints) {
       if (c.endpoint == a) return p.get();
-      if (!by_ip && c.endpoint.ip == a.ip) by_ip = p.get();
+      if (!exact && !by_ip && c.kind != "relay" && c.endpoint.ip == a.ip) by_ip = p.get();
     }
   }
   return by_ip;
+}
+
+Peer* Client::anon_peer(const SockAddr& from) {
+  // Only addresses on our own relay, and a bounded number of them.
+  if (!relayed_ || from.ip != relayed_->ip) return nullptr;
+  auto& slot = anon_[from];
+  if (!slot) {
+    if (anon_.size() > 256) {
+      anon_.erase(from);
+      return nullptr;
+    }
+    slot = std::make_unique<Peer>();
+    slot->target = from;
+    if (Status s = open_local(*slot); !s) {
+      log_.warn("local port for " + from.to_string() + ": " + s.message());
+      anon_.erase(from);
+      return nullptr;
+    }
+    log_.info("forwarding " + from.to_string() + " (not in the map yet) from " +
+              slot->local_addr.to_string());
+  }
+  return slot.get();
 }
 
 void Client::on_data_indication(const stun::MessageView& m) {
@@ -792,6 +831,7 @@ void Client::on_data_indication(const stun::MessageView& m) {
   auto from = stun::decode_xor_address(*pa, m.tx);
   if (!from) return;
   Peer* p = peer_by_addr(*from);
+  if (!p) p = anon_peer(*from);
   if (!p) return;
   if (!p->local) {
     // A peer that is not relayed reached our relayed address: give it a
@@ -881,6 +921,7 @@ void Client::on_response(const stun::MessageView& m) {
         // Targets depend on the relayed family.
         for (auto& [k, p] : peers_)
           if (p->relayed) p->target = pick_target(p->info, relayed_->ip.family);
+        perms_.emplace(relayed_->ip, 0);
         write_endpoints();
       }
       break;
@@ -1002,6 +1043,21 @@ void Client::timers() {
   }
 }
 
+int64_t Client::next_deadline(int64_t now) const {
+  int64_t wake = next_poll_ms_ > now ? next_poll_ms_ : now + kPollMs;
+  for (const auto& [tx, t] : txns_) wake = std::min(wake, t.next_ms);
+  if (state_ == State::Idle && !creds_.server.empty()) wake = std::min(wake, alloc_at_);
+  if (state_ == State::Allocated) {
+    wake = std::min(wake, refresh_at_);
+    for (const auto& [ip, at] : perms_)
+      if (ip.family == relayed_->ip.family) wake = std::min(wake, at);
+    for (const auto& [k, p] : peers_)
+      if (p->target && !p->binding && (p->channel || next_channel_ <= 0x4FFF))
+        wake = std::min(wake, p->bind_at);
+  }
+  return wake;
+}
+
 void Client::on_local(Peer& p) {
   for (int round = 0; round < 16; ++round) {
     rx_.prepare();
@@ -1078,8 +1134,7 @@ Status Client::run() {
   epoll_event evs[64];
   while (true) {
     int64_t now = mono_ms();
-    int64_t wake = now + 200;
-    for (auto& [tx, t] : txns_) wake = std::min(wake, t.next_ms);
+    int64_t wake = next_deadline(now);
     int n = epoll_wait(ep_.get(), evs, 64, static_cast<int>(std::max<int64_t>(0, wake - now)));
     for (int i = 0; i < n; ++i) {
       void* ptr = evs[i].data.ptr;
@@ -1110,7 +1165,7 @@ Status Client::run() {
     now = mono_ms();
     if (now >= next_poll_ms_) {
       (void)poll_inputs(false);
-      next_poll_ms_ = now + 1000;
+      next_poll_ms_ = now + kPollMs;
     }
     timers();
   }

@@ -52,3 +52,35 @@ start_relay() {
   wait_until 60 nsx a ping -c1 -W1 100.64.0.2
   nsx b ping -c3 -i0.2 -W2 100.64.0.1
 }
+
+@test "a peer's first packets get through before its relayed address reaches our map (own-IP permission, a port of its own); --events prints short lines" {
+  start_relay
+  relay_turn_entry 203.0.113.1:3478 "$BATS_TEST_TMPDIR/secret" >"$BATS_TEST_TMPDIR/turn.json"
+  # b's map lists a without any candidate (a's announce is still on its way),
+  # and never changes; a's map gets b's relayed address.
+  relay_write_map b a
+  relay_write_map a b
+  for n in a b; do
+    start_daemon "client-$n" ip netns exec "$(lab_ns "$n")" mesh-relay client --events -v \
+      --key "$BATS_TEST_TMPDIR/$n.key" --endpoints-out "$BATS_TEST_TMPDIR/$n.endpoints.json" \
+      "$BATS_TEST_TMPDIR/$n.map.json"
+  done
+  wait_until 20 relay_has_candidate b
+  relay_write_map a b
+  wait_until 20 relay_has_candidate a
+  wait_until 10 test "$(jq -r '.peers[0].endpoint // empty' "$BATS_TEST_TMPDIR/a.endpoints.json" 2>/dev/null | cut -c1-10)" = 127.0.0.1:
+  relay_wg_peer a b
+  nsx b wg set "${LAB_WG[b]}" peer "${LAB_PUB[a]}" allowed-ips "${LAB_OVERLAY[a]%/*}/32"
+  wait_until 15 nsx a ping -c1 -W1 "${LAB_OVERLAY[b]%/*}"
+  # b answered through a local port of its own for a's relayed address.
+  ep=$(nsx b wg show "${LAB_WG[b]}" endpoints | awk '{print $2}')
+  [[ "$ep" == 127.0.0.1:* ]]
+  grep -q "not in the map yet" "$BATS_TEST_TMPDIR/client-b.err"
+  # --events: short lines only, one per document, never the document itself.
+  run jq -c . "$BATS_TEST_TMPDIR/client-a.out"
+  [ "$status" -eq 0 ]
+  grep -q '^{"event":"relay","peers":1,"relayed":"203.0.113.1:50[0-9]*"}$' "$BATS_TEST_TMPDIR/client-a.out"
+  ! grep -qv '^{"event":"relay",' "$BATS_TEST_TMPDIR/client-a.out"
+  # --events without the document's file is a usage error.
+  mrun -s 64 mesh-relay client --events "$BATS_TEST_TMPDIR/a.map.json"
+}
