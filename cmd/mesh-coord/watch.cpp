@@ -81,7 +81,7 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
     // Until a request has succeeded since start or since the last failure,
     // ask without waiting: the first answer tells that the coordinator is
     // back, it does not sit out a long-poll first.
-    bool quick = first || link != Link::Up;
+    bool quick = link != Link::Up;
     auto r = cli.peer("GET",
                       "/v1/map?since=" + std::to_string(last) + "&wait=" +
                           std::to_string(quick ? 0 : wait) + (events ? "&events=1" : ""),

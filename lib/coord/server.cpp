@@ -758,7 +758,8 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
                             : "{\"map\":" + body + ",\"events\":" + dump_json(ev) + "}";
       }
       res.status = 200;
-      res.set_content(body + "\n", "application/json");
+      body += '\n';
+      res.set_content(std::move(body), "application/json");
       return sign(*a, res);
     }
     if (stopping_) return peer_error(&*a, res, {503, "coordinator is shutting down"});
