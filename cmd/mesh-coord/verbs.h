@@ -7,6 +7,7 @@ int cmd_join(Context& ctx, int argc, char** argv);
 int cmd_map(Context& ctx, int argc, char** argv);
 int cmd_watch(Context& ctx, int argc, char** argv);
 int cmd_announce(Context& ctx, int argc, char** argv);
+int cmd_punch(Context& ctx, int argc, char** argv);
 int cmd_setup_key(Context& ctx, int argc, char** argv);
 int cmd_peer(Context& ctx, int argc, char** argv);
 int cmd_policy(Context& ctx, int argc, char** argv);

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "common.h"
+#include "coord/watch.h"
 #include "core/file.h"
 #include "netmap/netmap.h"
 #include "verbs.h"
@@ -18,7 +19,8 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
   std::string cache;
   int wait = 25;
   int count = 0;
-  double max_backoff = 30;
+  double max_backoff = 1.5;
+  bool events = false;
   add_peer_options(app, t);
   app.add_option("--cache", cache,
                  "keep the last map in FILE (mode 0600); emitted first when the coordinator is down");
@@ -26,8 +28,14 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
   app.add_option("--count", count, "exit after N maps (0: run until killed)")->capture_default_str();
   app.add_option("--max-backoff", max_backoff, "longest reconnect delay in seconds")
       ->capture_default_str();
+  app.add_flag("--events", events,
+               "print event lines (map, punch, coordinator) instead of maps; needs --cache");
   if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
   if (wait < 1 || wait > 120) return report(ctx, usage_error("--wait must be 1-120"));
+  if (!(max_backoff >= 0.01 && max_backoff <= 3600))
+    return report(ctx, usage_error("--max-backoff must be 0.01-3600 seconds"));
+  if (events && cache.empty())
+    return report(ctx, usage_error("--events needs --cache FILE (the maps go there)"));
   signal(SIGPIPE, SIG_IGN);
   auto c = resolve_peer(ctx, t);
   if (!c) return report(ctx, c.status());
@@ -42,55 +50,110 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
     else if (!j && j.status().code() != Exit::NoInput)
       ctx.log.warn("ignoring cache: " + j.status().message());
   }
+  // One line, one write(2) on stdout when it is a descriptor: an event
+  // line is far below PIPE_BUF, so writers sharing a FIFO never interleave.
+  auto write_line = [&](const std::string& line) -> bool {
+    if (ctx.out_fd < 0) {
+      ctx.out << line << std::flush;
+      return static_cast<bool>(ctx.out);
+    }
+    ctx.out << std::flush;
+    return write_all(ctx.out_fd, line, "standard output").is_ok();
+  };
+  // A map: the whole map (default), or with --events the map event once
+  // the map is in the cache file.
   auto emit = [&](const Json& j, uint64_t serial) -> bool {
-    std::string line = dump_json(j);
-    ctx.out << line << "\n" << std::flush;
-    if (!ctx.out) return false;
+    if (!write_line(events ? map_event_line(serial) : dump_json(j) + "\n")) return false;
     last = serial;
     ++emitted;
     return true;
   };
+  const auto cannot_write = [&] { return report(ctx, io_error("cannot write to standard output")); };
+
   std::mt19937 rng(std::random_device{}());
-  double backoff = 0.25;
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  Backoff backoff(0.1, max_backoff);
+  enum class Link { Unknown, Up, Down } link = Link::Unknown;
+  auto last_warn = std::chrono::steady_clock::time_point{};
+  int failures = 0;
   bool first = true;
   for (;;) {
-    auto r = cli.peer("GET", "/v1/map?since=" + std::to_string(last) + "&wait=" +
-                                 std::to_string(first ? 0 : wait),
-                      c->node, c->coordinator, "", first ? 30 : wait + 15);
+    // Until a request has succeeded since start or since the last failure,
+    // ask without waiting: the first answer tells that the coordinator is
+    // back, it does not sit out a long-poll first.
+    bool quick = link != Link::Up;
+    auto r = cli.peer("GET",
+                      "/v1/map?since=" + std::to_string(last) + "&wait=" +
+                          std::to_string(quick ? 0 : wait) + (events ? "&events=1" : ""),
+                      c->node, c->coordinator, "", quick ? 30 : wait + 15);
     if (!r) {
       Exit code = r.status().code();
       if (code != Exit::Unavailable && code != Exit::TempFail && code != Exit::IoErr)
         return report(ctx, r.status());
-      ctx.log.warn(r.status().message() + "; retrying");
+      // Warn once when the coordinator goes away, then at most once a
+      // minute while it stays away, not on every retry.
+      auto now = std::chrono::steady_clock::now();
+      if (failures++ == 0 || now - last_warn >= std::chrono::minutes(1)) {
+        ctx.log.warn(r.status().message() + "; retrying");
+        last_warn = now;
+      }
+      if (events && link != Link::Down &&
+          !write_line(coordinator_event_line(false, r.status().message())))
+        return cannot_write();
+      link = Link::Down;
       if (first && cached_line) {
         // Keep the node working while the coordinator is down.
         auto j = parse_json(*cached_line, cache);
         auto m = j ? parse_netmap(*j, cache) : Result<NetMap>(j.status());
         if (m) {
-          if (!emit(*j, m->serial)) return report(ctx, io_error("cannot write to standard output"));
+          if (!emit(*j, m->serial)) return cannot_write();
           if (count > 0 && emitted >= count) return 0;
         }
         cached_line.reset();
       }
-      std::uniform_real_distribution<double> jitter(0.8, 1.2);
-      std::this_thread::sleep_for(std::chrono::duration<double>(backoff * jitter(rng)));
-      backoff = std::min(backoff * 2, max_backoff);
+      std::this_thread::sleep_for(std::chrono::duration<double>(backoff.next(unit(rng))));
       continue;
     }
     first = false;
     cached_line.reset();
-    backoff = 0.25;
-    if (r->status == 204) continue;
-    auto j = parse_json(r->body, "coordinator map");
-    if (!j) return report(ctx, j.status());
-    auto m = parse_netmap(*j, "coordinator map");
-    if (!m) return report(ctx, m.status());
-    if (m->serial == last) continue;
-    if (!cache.empty()) {
-      Status s = write_file_atomic(cache, dump_json(*j) + "\n", 0600);
-      if (!s) ctx.log.warn("cannot write cache: " + s.message());
+    backoff.reset();
+    if (link != Link::Up) {
+      if (link == Link::Down)
+        ctx.log.info("reconnected to the coordinator after " + std::to_string(failures) +
+                     " failed attempt" + (failures == 1 ? "" : "s"));
+      if (events && !write_line(coordinator_event_line(true))) return cannot_write();
+      link = Link::Up;
+      failures = 0;
     }
-    if (!emit(*j, m->serial)) return report(ctx, io_error("cannot write to standard output"));
+    if (r->status == 204) continue;
+    auto body = parse_json(r->body, "coordinator map");
+    if (!body) return report(ctx, body.status());
+    std::optional<Json> j;
+    std::vector<PunchEvent> punches;
+    if (events) {
+      auto b = parse_watch_envelope(*body, "coordinator events");
+      if (!b) return report(ctx, b.status());
+      j = std::move(b->map);
+      punches = std::move(b->punches);
+    } else {
+      j = std::move(*body);
+    }
+    if (j) {
+      auto m = parse_netmap(*j, "coordinator map");
+      if (!m) return report(ctx, m.status());
+      if (m->serial != last) {
+        if (!cache.empty()) {
+          Status s = write_file_atomic(cache, dump_json(*j) + "\n", 0600);
+          // With --events the cache is where the map goes: a map event for
+          // a map that is not in it would be a lie.
+          if (!s && events) return report(ctx, s);
+          if (!s) ctx.log.warn("cannot write cache: " + s.message());
+        }
+        if (!emit(*j, m->serial)) return cannot_write();
+      }
+    }
+    for (const auto& p : punches)
+      if (!write_line(punch_event_line(p.from, p.name))) return cannot_write();
     if (count > 0 && emitted >= count) return 0;
   }
 }

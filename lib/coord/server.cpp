@@ -15,6 +15,7 @@
 
 #include "coord/auth.h"
 #include "coord/mapjson.h"
+#include "coord/punch.h"
 #include "coord/store.h"
 #include "core/base64.h"
 #include "core/file.h"
@@ -29,6 +30,19 @@ int64_t unix_now() {
              std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
+
+// Monotonic milliseconds, for the in-memory punch queue and its rate limit.
+int64_t mono_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Punch requests: per requester at most kPunchBurst requests in any
+// kPunchWindowMs, each naming at most kPunchTargets peers.
+constexpr size_t kPunchBurst = 30;
+constexpr int64_t kPunchWindowMs = 10000;
+constexpr size_t kPunchTargets = 64;
 
 // httplib runs each connection on a task queue. Long-polls hold their
 // thread while waiting (blocked on a condition variable, not spinning), so
@@ -184,7 +198,11 @@ struct PeerAuth {
 class Coordinator {
  public:
   Coordinator(const ServeOptions& opt, Log& log)
-      : opt_(opt), log_(log), model_(ModelConfig{}), limiter_(opt.auth_failures_per_minute) {}
+      : opt_(opt),
+        log_(log),
+        model_(ModelConfig{}),
+        limiter_(opt.auth_failures_per_minute),
+        punch_limiter_(kPunchBurst, kPunchWindowMs) {}
 
   Status init();
   void routes(httplib::Server& s);
@@ -218,6 +236,7 @@ class Coordinator {
   void h_join(const httplib::Request&, httplib::Response&);
   void h_map(const httplib::Request&, httplib::Response&);
   void h_announce(const httplib::Request&, httplib::Response&);
+  void h_punch(const httplib::Request&, httplib::Response&);
   void h_keys_create(const httplib::Request&, httplib::Response&);
   void h_keys_list(const httplib::Request&, httplib::Response&);
   void h_keys_revoke(const httplib::Request&, httplib::Response&);
@@ -249,6 +268,9 @@ class Coordinator {
   RateLimiter limiter_;
   std::mutex keycache_mu_;
   std::map<PublicKey, SessionKeys> keycache_;
+  // Pushed under mu_ held exclusively (see h_punch), drained by h_map.
+  PunchQueue punches_;
+  WindowLimiter punch_limiter_;
   ElasticPool* pool_ = nullptr;
   bool stopping_ = false;  // guarded by mu_
   // metrics
@@ -256,6 +278,7 @@ class Coordinator {
   std::atomic<uint64_t> requests_{0}, auth_failures_{0}, maps_served_{0}, pushes_{0};
   std::atomic<uint64_t> map_build_us_{0};
   std::atomic<uint64_t> rate_limited_{0};
+  std::atomic<uint64_t> punches_queued_{0}, punches_delivered_{0};
 };
 
 // ------------------------------------------------------------------ init
@@ -684,6 +707,16 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
   } catch (const std::exception&) {
     return peer_error(&*a, res, {400, "request: since/wait: expected non-negative integers", "since"});
   }
+  // events=1: the answer is an envelope {"map"?, "events"} and pending
+  // punch requests end the wait as a new serial does. Without it the
+  // answer is the bare map, as for clients that predate events.
+  bool events = false;
+  if (req.has_param("events")) {
+    std::string e = req.get_param_value("events");
+    if (e != "0" && e != "1")
+      return peer_error(&*a, res, {400, "request: events: expected 0 or 1", "events"});
+    events = e == "1";
+  }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait);
   std::shared_lock lk(mu_);
   bool counted = false;
@@ -699,15 +732,33 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
     if (!p || p->public_key != a->key)
       return peer_error(&*a, res, {403, "peer is not enrolled (deleted)"});
     if (p->disabled) return peer_error(&*a, res, {403, "peer is disabled"});
-    if (p->serial != since) {
-      auto t0 = std::chrono::steady_clock::now();
-      std::string body = model_.map_json(*p) + "\n";
+    // Punches are pushed with mu_ held exclusively, and this check runs
+    // under the shared lock that wait_until releases atomically, so a push
+    // cannot slip between the check and the wait (no lost wakeup).
+    std::vector<PunchRequest> evs;
+    if (events) evs = punches_.drain(a->key, mono_ms());
+    if (p->serial != since || !evs.empty()) {
+      std::string body;
+      if (p->serial != since) {
+        auto t0 = std::chrono::steady_clock::now();
+        body = model_.map_json(*p);
+        map_build_us_ += static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                                   std::chrono::steady_clock::now() - t0)
+                                                   .count());
+        ++maps_served_;
+      }
       lk.unlock();
-      map_build_us_ += static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
-                                                 std::chrono::steady_clock::now() - t0)
-                                                 .count());
-      ++maps_served_;
+      if (events) {
+        Json ev = Json::array();
+        for (const auto& r : evs)
+          ev.push_back({{"type", "punch"}, {"from", r.from.to_base64()}, {"name", r.name}});
+        punches_delivered_ += evs.size();
+        // The map text is spliced in as built: no re-parse of a large map.
+        body = body.empty() ? "{\"events\":" + dump_json(ev) + "}"
+                            : "{\"map\":" + body + ",\"events\":" + dump_json(ev) + "}";
+      }
       res.status = 200;
+      body += '\n';
       res.set_content(std::move(body), "application/json");
       return sign(*a, res);
     }
@@ -763,6 +814,64 @@ void Coordinator::h_announce(const httplib::Request& req, httplib::Response& res
   out["changed"] = true;
   out["maps_changed"] = ch.changed.size();
   send_json(res, 200, out);
+  sign(*a, res);
+}
+
+// Call-me-maybe: queue "probe towards me now" for each target the
+// requester's map holds. Not persisted and not audited (a peer punches on
+// every path change); bounded per target and rate limited per requester.
+void Coordinator::h_punch(const httplib::Request& req, httplib::Response& res) {
+  uint32_t id = 0;
+  auto a = auth_peer(req, true, &id);
+  if (!a) return auth_error(req, res, a.status());
+  int64_t now = mono_ms();
+  if (!punch_limiter_.allow(a->key, now)) {
+    ++rate_limited_;
+    return peer_error(&*a, res,
+                      {429, "too many punch requests (at most " + std::to_string(kPunchBurst) +
+                                " per " + std::to_string(kPunchWindowMs / 1000) + " s); retry later"});
+  }
+  auto j = json_body(req, 16384);
+  if (!j) return peer_error(&*a, res, from_status(j.status()));
+  std::vector<PublicKey> targets;
+  auto parse = [&]() -> Status {
+    JsonView v(*j, "request");
+    MESH_TRY(v.check_keys({"peers"}));
+    MESH_ASSIGN(auto f, v.field("peers"));
+    MESH_ASSIGN(auto els, f.elements());
+    if (els.empty() || els.size() > kPunchTargets)
+      return f.error("expected 1 to " + std::to_string(kPunchTargets) + " public keys");
+    for (const auto& e : els) {
+      MESH_ASSIGN(auto text, e.as_string());
+      auto k = PublicKey::from_base64(text);
+      if (!k) return e.error(k.status().message());
+      if (std::find(targets.begin(), targets.end(), *k) == targets.end()) targets.push_back(*k);
+    }
+    return Status::ok();
+  };
+  if (Status s = parse(); !s) return peer_error(&*a, res, from_status(s));
+  size_t queued = 0;
+  {
+    // Exclusive, although the model is only read: a watcher checks the
+    // queue under the shared lock, so this orders the push against its
+    // wait (see h_map).
+    std::unique_lock lk(mu_);
+    const Peer* me = model_.by_id(id);
+    if (!me || me->public_key != a->key)
+      return peer_error(&*a, res, {403, "peer is not enrolled (deleted)"});
+    std::vector<uint32_t> vis = model_.visible(id);
+    for (const auto& k : targets) {
+      const Peer* q = model_.by_key(k);
+      if (!q || q->disabled || !std::binary_search(vis.begin(), vis.end(), q->id)) continue;
+      punches_.push(k, a->key, me->name, now);
+      ++queued;
+    }
+  }
+  punches_queued_ += queued;
+  if (queued) publish();
+  // Unknown and invisible keys are counted together: the answer does not
+  // tell a peer which keys exist beyond its map.
+  send_json(res, 200, Json{{"queued", queued}, {"ignored", targets.size() - queued}});
   sign(*a, res);
 }
 
@@ -1116,8 +1225,11 @@ void Coordinator::h_metrics(const httplib::Request& req, httplib::Response& res)
   g("mesh_coord_map_changes_total", "Per-peer map changes pushed.", "counter", pushes_.load());
   g("mesh_coord_requests_total", "HTTP requests.", "counter", requests_.load());
   g("mesh_coord_auth_failures_total", "Failed authentications (peer signatures, admin tokens, setup keys).", "counter", auth_failures_.load());
-  g("mesh_coord_rate_limited_total", "Requests refused by the authentication rate limit.", "counter", rate_limited_.load());
+  g("mesh_coord_rate_limited_total", "Requests refused by a rate limit (authentication failures, punch requests).", "counter", rate_limited_.load());
   g("mesh_coord_nonces", "Nonces remembered for replay protection.", "gauge", nonces_.size());
+  g("mesh_coord_punch_pending", "Punch requests waiting for their target's watcher.", "gauge", punches_.size());
+  g("mesh_coord_punch_queued_total", "Punch requests queued.", "counter", punches_queued_.load());
+  g("mesh_coord_punch_delivered_total", "Punch requests delivered to watchers.", "counter", punches_delivered_.load());
   res.set_content(o.str(), "text/plain; version=0.0.4");
 }
 
@@ -1140,6 +1252,7 @@ void Coordinator::routes(httplib::Server& s) {
   s.Post("/v1/join", wrap(&Coordinator::h_join));
   s.Get("/v1/map", wrap(&Coordinator::h_map));
   s.Post("/v1/endpoints", wrap(&Coordinator::h_announce));
+  s.Post("/v1/punch", wrap(&Coordinator::h_punch));
   s.Get("/v1/admin/setup-keys", wrap(&Coordinator::h_keys_list));
   s.Post("/v1/admin/setup-keys", wrap(&Coordinator::h_keys_create));
   s.Post("/v1/admin/setup-keys/revoke", wrap(&Coordinator::h_keys_revoke));
@@ -1181,6 +1294,9 @@ void Coordinator::janitor(const std::atomic<bool>& stop) {
     int64_t now = unix_now();
     if (now - last < opt_.janitor_interval) continue;
     last = now;
+    // Expired punch requests of peers that never collected them.
+    punches_.prune(mono_ms());
+    punch_limiter_.prune(mono_ms());
     bool changed = false;
     {
       std::unique_lock lk(mu_);

@@ -35,7 +35,7 @@ int run_program(std::string_view program, std::span<const Verb> verbs, int argc,
   Log log(std::string(program), std::cerr, use_color(STDERR_FILENO, std::getenv("NO_COLOR")));
   Context ctx{std::cin, std::cout, std::cerr, log, is_tty(STDOUT_FILENO),
               fd_is_world_readable_file(STDOUT_FILENO),
-              [](const char* k) -> const char* { return std::getenv(k); }};
+              [](const char* k) -> const char* { return std::getenv(k); }, STDOUT_FILENO};
   if (const char* lv = std::getenv("MESH_LOG")) {
     std::string l = lv;
     if (l == "debug") log.set_level(LogLevel::Debug);

@@ -24,6 +24,10 @@ struct Context {
   bool stdout_fd_world_readable_file = false;
   // Environment lookup (getenv by default); nullptr when unset.
   std::function<const char*(const char*)> env;
+  // The descriptor behind `out` when it is the process's stdout (-1 when
+  // `out` is not backed by one, e.g. a string stream in a test): for output
+  // that must reach it in one write(2) (event lines shared on a pipe).
+  int out_fd = -1;
 };
 
 struct Verb {

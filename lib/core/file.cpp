@@ -68,7 +68,7 @@ static std::string dir_of(const std::string& path) {
   return path.substr(0, slash);
 }
 
-static Status write_all(int fd, std::string_view data, const std::string& what) {
+Status write_all(int fd, std::string_view data, const std::string& what) {
   size_t off = 0;
   while (off < data.size()) {
     ssize_t n = ::write(fd, data.data() + off, data.size() - off);

@@ -55,6 +55,12 @@ class PendingFile {
   mode_t mode_ = 0600;
 };
 
+// Writes all of `data` to `fd`, retrying on EINTR and short writes. Data
+// of at most PIPE_BUF bytes goes out in a single write(2), which a pipe or
+// FIFO keeps whole (POSIX): lines written this way by several processes
+// sharing one pipe never interleave. `what` names the fd in errors.
+Status write_all(int fd, std::string_view data, const std::string& what);
+
 // True when `fd` refers to a regular file that group or others can read.
 bool fd_is_world_readable_file(int fd);
 

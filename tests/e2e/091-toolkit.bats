@@ -57,7 +57,7 @@ setup() { cd "$BATS_TEST_TMPDIR"; }
   complete_words() { COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); _mesh_complete; echo "${COMPREPLY[*]}"; }
   has() { local w; for w in "${@:2}"; do [[ " $1 " == *" $w "* ]] || { echo "no '$w' in: $1"; return 1; }; done; }
   [[ "$(complete_words mesh-keygen "")" == "genkey pubkey genpsk pair token" ]]
-  has "$(complete_words mesh-coord "")" serve join map watch announce setup-key peer policy events
+  has "$(complete_words mesh-coord "")" serve join map watch announce punch setup-key peer policy events
   has "$(complete_words mesh-punch "")" stun probe
   has "$(complete_words mesh-relay "")" serve client
   has "$(complete_words mesh-coord join --)" --server --setup-key-file --key

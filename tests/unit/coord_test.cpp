@@ -7,6 +7,8 @@
 #include "coord/auth.h"
 #include "coord/mapjson.h"
 #include "coord/model.h"
+#include "coord/punch.h"
+#include "coord/watch.h"
 
 using namespace mesh;
 using namespace mesh::coord;
@@ -350,4 +352,148 @@ TEST(CoordMapJson, FastWriterMatchesNetmapToJsonByteForByte) {
   }
   NetMap empty;
   EXPECT_EQ(netmap_json_text(empty), dump_json(netmap_to_json(empty)));
+}
+
+// ---- call-me-maybe: the punch queue, its rate limit, and watch --events
+
+namespace {
+PublicKey test_key() { return SecretKey::generate_private().public_key(); }
+}  // namespace
+
+TEST(CoordPunch, NewerRequestFromTheSameRequesterReplacesTheOlder) {
+  PunchQueue q;
+  PublicKey b = test_key(), a = test_key(), c = test_key();
+  q.push(b, a, "a", 1000);
+  q.push(b, c, "c", 1100);
+  q.push(b, a, "a-renamed", 1200);
+  EXPECT_EQ(q.size(), 2u);
+  auto got = q.drain(b, 1300);
+  ASSERT_EQ(got.size(), 2u);
+  // Oldest first; a's request moved behind c's with its new time and name.
+  EXPECT_EQ(got[0].from, c);
+  EXPECT_EQ(got[1].from, a);
+  EXPECT_EQ(got[1].name, "a-renamed");
+  EXPECT_EQ(got[1].at_ms, 1200);
+  // Delivered once.
+  EXPECT_TRUE(q.drain(b, 1300).empty());
+  EXPECT_FALSE(q.pending(b, 1300));
+  EXPECT_EQ(q.size(), 0u);
+}
+
+TEST(CoordPunch, QueuesAreBoundedPerTargetDroppingTheOldest) {
+  PunchQueue q(PunchQueue::Limits{3, 10000});
+  PublicKey b = test_key(), other = test_key();
+  std::vector<PublicKey> from;
+  for (int i = 0; i < 5; ++i) {
+    from.push_back(test_key());
+    q.push(b, from.back(), "p" + std::to_string(i), 1000 + i);
+  }
+  q.push(other, from[0], "p0", 1000);
+  auto got = q.drain(b, 1010);
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[0].from, from[2]);
+  EXPECT_EQ(got[1].from, from[3]);
+  EXPECT_EQ(got[2].from, from[4]);
+  // Another target's queue is its own.
+  ASSERT_EQ(q.drain(other, 1010).size(), 1u);
+}
+
+TEST(CoordPunch, RequestsExpireAfterTheirLifetime) {
+  PunchQueue q(PunchQueue::Limits{64, 10000});
+  PublicKey b = test_key(), a = test_key(), c = test_key();
+  q.push(b, a, "a", 1000);
+  q.push(b, c, "c", 5000);
+  EXPECT_TRUE(q.pending(b, 10999));
+  auto got = q.drain(b, 11000);  // a's is 10 s old: gone; c's is live
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].from, c);
+  q.push(b, a, "a", 20000);
+  EXPECT_FALSE(q.pending(b, 30000));
+  EXPECT_TRUE(q.drain(b, 30000).empty());
+  // prune() forgets expired requests of targets that never collect them.
+  q.push(b, a, "a", 40000);
+  q.push(c, a, "a", 45000);
+  EXPECT_EQ(q.prune(50000), 1u);
+  EXPECT_EQ(q.size(), 1u);
+  EXPECT_EQ(q.prune(56000), 0u);
+}
+
+TEST(CoordPunch, WindowLimiterAllowsMaxPerSlidingWindow) {
+  WindowLimiter l(3, 10000);
+  PublicKey a = test_key(), b = test_key();
+  EXPECT_TRUE(l.allow(a, 0));
+  EXPECT_TRUE(l.allow(a, 4000));
+  EXPECT_TRUE(l.allow(a, 9000));
+  EXPECT_FALSE(l.allow(a, 9999));  // refused requests are not recorded...
+  EXPECT_TRUE(l.allow(b, 9999));   // ...and other keys are not affected
+  EXPECT_TRUE(l.allow(a, 10000));  // the one at 0 left the window
+  EXPECT_FALSE(l.allow(a, 13999));
+  EXPECT_TRUE(l.allow(a, 14000));
+  l.prune(30000);
+  EXPECT_EQ(l.keys(), 0u);
+}
+
+TEST(CoordWatch, BackoffDoublesToTheCapWithJitterBelowTheStep) {
+  Backoff b(0.1, 1.5);
+  // u = 1: the full step; the steps are 0.1, 0.2, 0.4, 0.8, then the cap.
+  for (double want : {0.1, 0.2, 0.4, 0.8, 1.5, 1.5}) EXPECT_DOUBLE_EQ(b.next(1.0), want);
+  // u = 0: half the step, never less.
+  EXPECT_DOUBLE_EQ(b.next(0.0), 0.75);
+  b.reset();
+  EXPECT_DOUBLE_EQ(b.next(0.5), 0.075);
+  // Whatever the random draw, no delay exceeds the cap.
+  Backoff c(0.1, 1.5);
+  for (int i = 0; i < 100; ++i) {
+    double d = c.next((i % 11) / 10.0);
+    EXPECT_LE(d, 1.5);
+    EXPECT_GE(d, 0.05);
+  }
+  // A cap below the start: the start is the cap.
+  Backoff tiny(0.1, 0.02);
+  EXPECT_DOUBLE_EQ(tiny.next(1.0), 0.02);
+}
+
+TEST(CoordWatch, EventLinesAreOneShortJsonLine) {
+  EXPECT_EQ(map_event_line(42), "{\"event\":\"map\",\"serial\":42}\n");
+  EXPECT_EQ(coordinator_event_line(true), "{\"event\":\"coordinator\",\"state\":\"up\"}\n");
+  PublicKey k = test_key();
+  std::string p = punch_event_line(k, "web-1");
+  EXPECT_EQ(p, "{\"event\":\"punch\",\"from\":\"" + k.to_base64() + "\",\"name\":\"web-1\"}\n");
+  // A long error is cut to 200 bytes, never inside a UTF-8 character, and
+  // the line stays far below PIPE_BUF even when every byte is escaped.
+  std::string err = std::string(199, 'x') + "\xc3\xa9" + std::string(500, 'y');
+  auto j = nlohmann::json::parse(coordinator_event_line(false, err));
+  EXPECT_EQ(j["state"], "down");
+  EXPECT_EQ(j["error"].get<std::string>(), std::string(199, 'x'));
+  std::string ctl(5000, '\x01');
+  std::string line = coordinator_event_line(false, ctl);
+  EXPECT_LT(line.size(), kMaxEventLine);
+  EXPECT_EQ(line.find('\n'), line.size() - 1);
+  EXPECT_EQ(nlohmann::json::parse(line)["error"].get<std::string>().size(), kMaxEventError);
+}
+
+TEST(CoordWatch, EnvelopeCarriesAnOptionalMapAndPunchEvents) {
+  PublicKey k = test_key();
+  auto j = nlohmann::json::parse(R"({"map":{"serial":7},"events":[{"type":"punch","from":")" +
+                                 k.to_base64() + R"(","name":"a"},{"type":"future","x":1}]})");
+  auto b = parse_watch_envelope(j, "t");
+  ASSERT_TRUE(b) << b.status().message();
+  ASSERT_TRUE(b->map);
+  EXPECT_EQ((*b->map)["serial"], 7);
+  ASSERT_EQ(b->punches.size(), 1u);  // the unknown type is skipped
+  EXPECT_EQ(b->punches[0].from, k);
+  EXPECT_EQ(b->punches[0].name, "a");
+  auto only = parse_watch_envelope(nlohmann::json::parse(R"({"events":[]})"), "t");
+  ASSERT_TRUE(only);
+  EXPECT_FALSE(only->map);
+  EXPECT_EQ(parse_watch_envelope(nlohmann::json::parse(R"({"map":{}})"), "t").status().code(),
+            Exit::DataErr);
+  auto bad = parse_watch_envelope(
+      nlohmann::json::parse(R"({"events":[{"type":"punch","from":"nope","name":"a"}]})"), "t");
+  EXPECT_EQ(bad.status().code(), Exit::DataErr);
+  auto badname = parse_watch_envelope(
+      nlohmann::json::parse(R"({"events":[{"type":"punch","from":")" + k.to_base64() +
+                            R"(","name":"A B\n"}]})"),
+      "t");
+  EXPECT_EQ(badname.status().code(), Exit::DataErr);
 }
