@@ -65,7 +65,7 @@ int cmd_client(Context& ctx, int argc, char** argv) {
         if (c.value("kind", "") == "relay") ev["relayed"] = c.value("endpoint", "");
       ev["peers"] = j->value("peers", Json::array()).size();
     }
-    (void)write_line(STDOUT_FILENO, dump_json(ev));
+    (void)write_all(STDOUT_FILENO, dump_json(ev) + "\n", "standard output");
   };
   return report(ctx, run_client(o, ctx.log));
 }

@@ -181,19 +181,4 @@ Status make_dirs(const std::string& path, mode_t mode) {
   return Status::ok();
 }
 
-Status write_line(int fd, std::string_view line) {
-  std::string buf;
-  buf.reserve(line.size() + 1);
-  buf.append(line);
-  buf.push_back('\n');
-  size_t off = 0;
-  while (off < buf.size()) {
-    ssize_t r = ::write(fd, buf.data() + off, buf.size() - off);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return errno_status("write", errno);
-    off += static_cast<size_t>(r);
-  }
-  return Status::ok();
-}
-
 }  // namespace mesh

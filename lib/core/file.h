@@ -67,9 +67,4 @@ bool fd_is_world_readable_file(int fd);
 // Creates a directory (and parents) with the given mode if missing.
 Status make_dirs(const std::string& path, mode_t mode);
 
-// Writes `line` and a newline to `fd` with one write(2) when it can (a line
-// under PIPE_BUF then reaches a shared pipe or FIFO whole, never interleaved
-// with another writer's); retries on EINTR and after a partial write.
-Status write_line(int fd, std::string_view line);
-
 }  // namespace mesh
