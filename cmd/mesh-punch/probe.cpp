@@ -58,7 +58,8 @@ int cmd_probe(Context& ctx, int argc, char** argv) {
                  "milliseconds of opening packets before full checks (default 150)")
       ->check(CLI::Range(0, 10000));
   app.add_option("--peer", o.only,
-                 "probe only this peer (public key or name; repeatable; default: every peer)");
+                 "probe only this peer (public key or name; repeatable; default: every peer)")
+      ->allow_extra_args(false);
   app.add_flag("--follow", o.follow,
                "re-read MAP_FILE when it changes and check the new candidates of its peers");
   app.add_flag("--json", o.json, "print the endpoints document (default unless stdout is a tty)");
