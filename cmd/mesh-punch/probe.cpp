@@ -26,6 +26,7 @@ struct ProbeCliOptions {
   std::string socket = "auto";
   int open_ttl = 2;
   int open_window_ms = 150;
+  int linger_ms = 0;
   std::vector<std::string> only;  // --peer: probe these peers only
 };
 
@@ -57,6 +58,9 @@ int cmd_probe(Context& ctx, int argc, char** argv) {
   app.add_option("--open-window", o.open_window_ms,
                  "milliseconds of opening packets before full checks (default 150)")
       ->check(CLI::Range(0, 10000));
+  app.add_option("--linger", o.linger_ms,
+                 "milliseconds to keep answering the peers' checks once settled (default 0)")
+      ->check(CLI::Range(0, 60000));
   app.add_option("--peer", o.only,
                  "probe only this peer (public key or name; repeatable; default: every peer)")
       ->allow_extra_args(false);
@@ -100,6 +104,7 @@ int cmd_probe(Context& ctx, int argc, char** argv) {
   opt.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000));
   opt.open_ttl = o.open_ttl;
   opt.open_window = std::chrono::milliseconds(o.open_window_ms);
+  opt.linger = std::chrono::milliseconds(o.linger_ms);
   opt.local_subnets = local_subnets();
   // --follow: mesh-coord watch --cache replaces the file (rename), so a
   // changed inode, size or mtime means a new map. A map that does not parse

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <thread>
 
+#include "core/file.h"
 #include "apply/backend.h"
 #include "apply/process.h"
 #include "apply/rtnl.h"
@@ -263,8 +264,11 @@ class Userspace final : public WgBackend {
     for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
       const std::string name = e.path().filename();
       if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-      std::ifstream f(e.path() / "cmdline", std::ios::binary);
-      std::string cmd((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      // A process may exit while we read: its cmdline then fails with ESRCH
+      // (an exception from a stream), so read it as a plain file and skip it.
+      auto text = read_file((e.path() / "cmdline").string(), 1 << 16);
+      if (!text) continue;
+      const std::string& cmd = *text;
       std::vector<std::string> args;
       for (size_t pos = 0; pos < cmd.size();) {
         size_t z = cmd.find('\0', pos);

@@ -168,15 +168,25 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
     return true;
   };
 
+  std::optional<Clock::time_point> linger_until;  // set: only answering now
   for (int guard = 0; guard < 1000000; ++guard) {
     auto now = opt.now();
-    if (now >= end || all_done(now)) break;
+    if (now >= end) break;
+    if (!linger_until && all_done(now)) {
+      if (opt.linger.count() <= 0) break;
+      linger_until = std::min(end, now + opt.linger);
+      debug("settled; answering checks until +" +
+            std::to_string(std::chrono::duration_cast<milliseconds>(*linger_until - start).count()) +
+            " ms");
+    }
+    if (linger_until && now >= *linger_until) break;
     if (opt.refresh && now >= next_refresh) {
       add_candidates(opt.refresh(), now);
       next_refresh = now + opt.interval;
     }
     auto next_wake = opt.refresh ? std::min(end, next_refresh) : end;
-    for (size_t pi = 0; pi < peers.size(); ++pi) {
+    if (linger_until) next_wake = std::min(next_wake, *linger_until);
+    for (size_t pi = 0; pi < peers.size() && !linger_until; ++pi) {
       PeerState& ps = peers[pi];
       for (size_t ci = 0; ci < ps.cands.size(); ++ci) {
         Cand& c = ps.cands[ci];

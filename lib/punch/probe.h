@@ -69,6 +69,10 @@ struct ProbeOptions {
   // client: a peer-reflexive candidate on loopback) is only settled on this
   // long after the start, so a direct path found later still wins.
   std::chrono::milliseconds relayed_settle{1000};
+  // After every peer is settled, keep answering the peers' checks this long
+  // (sending none): a peer whose probe started later, or whose opening
+  // window is longer, still gets its answers, and so a path of its own.
+  std::chrono::milliseconds linger{0};
   int open_ttl = 2;  // 0: no opening packets
   // Optional: polled about every `interval`; returns the peers' current
   // candidates when they changed (an empty vector: no change). Candidates

@@ -230,6 +230,37 @@ TEST(Punch, ProbeFindsAndConfirmsAPathOnLoopback) {
   EXPECT_GE((*rb)[0].rtt_ms, 0);
 }
 
+// A probe that settled keeps answering for its linger: a peer whose probe
+// starts after it settled still gets answers (and reports the path direct);
+// without the linger nobody answers it.
+TEST(Punch, ProbeKeepsAnsweringDuringItsLinger) {
+  for (int linger_ms : {1500, 0}) {
+    auto ta = punch::open_ephemeral();
+    auto tb = punch::open_ephemeral();
+    ASSERT_TRUE(ta && tb);
+    SecretKey ka = SecretKey::generate_private(), kb = SecretKey::generate_private();
+    SockAddr aa{ip("127.0.0.1"), (*ta)->port()}, ab{ip("127.0.0.1"), (*tb)->port()};
+    punch::ProbeOptions oa, ob;
+    oa.peers = {{kb.public_key(), "b", {{ab, "host"}}}};
+    ob.peers = {{ka.public_key(), "a", {{aa, "host"}}}};
+    oa.timeout = ob.timeout = std::chrono::seconds(10);
+    oa.linger = std::chrono::milliseconds(linger_ms);
+    auto fa = std::async(std::launch::async, [&] { return punch::probe(**ta, ka, oa); });
+    auto rb = punch::probe(**tb, kb, ob);  // settles with a
+    ASSERT_TRUE(rb.is_ok());
+    if (linger_ms == 0) {
+      ASSERT_TRUE(fa.get().is_ok());  // a is gone
+    }
+    ob.timeout = std::chrono::milliseconds(800);
+    auto late = punch::probe(**tb, kb, ob);  // b probes again
+    ASSERT_TRUE(late.is_ok());
+    EXPECT_EQ((*late)[0].status, linger_ms > 0 ? "direct" : "relay-needed") << linger_ms;
+    if (linger_ms > 0) {
+      ASSERT_TRUE(fa.get().is_ok());
+    }
+  }
+}
+
 // Neither side knows the other's candidates when it starts; a learns b's
 // through refresh (as mesh-punch probe --follow does when the map file
 // changes), and b finds a through a's checks (peer-reflexive).
