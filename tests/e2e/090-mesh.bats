@@ -22,7 +22,8 @@ setup_file() {
 table ip block {
   chain forward { type filter hook forward priority filter;
     ip saddr ${LAB_WAN[r1]} ip daddr ${LAB_WAN[r3]} meta l4proto udp drop
-    ip saddr ${LAB_WAN[r3]} ip daddr ${LAB_WAN[r1]} meta l4proto udp drop }
+    ip saddr ${LAB_WAN[r3]} ip daddr ${LAB_WAN[r1]} meta l4proto udp drop
+  }
 }
 NFT
   for n in "${MESH_LAB_NODES[@]}"; do mesh_lab_up "$n"; done
