@@ -102,6 +102,12 @@ struct Peer {
   UniqueFd local;
   SockAddr local_addr;
   std::optional<SockAddr> target;  // where its channel points
+  bool target_relay = false;       // target is one of its relay candidates
+  // The last datagram WireGuard sent before there was a relay candidate to
+  // send it to (or an allocation): a handshake initiation, which WireGuard
+  // would only repeat 5 s later. Sent when the target appears (if fresh).
+  std::vector<uint8_t> held;
+  int64_t held_at = 0;
   uint16_t channel = 0;
   bool bound = false;
   bool binding = false;
@@ -153,6 +159,12 @@ class Client {
   // allocation on a relay shares its address).
   Peer* peer_by_addr(const SockAddr& a, bool exact = false);
   Peer* anon_peer(const SockAddr& from);
+  // Points the peer's channel at `t` (a new target is bound again).
+  void retarget(Peer& p, std::optional<SockAddr> t);
+  // A datagram toward the peer's target in a Send indication (before its
+  // channel is bound).
+  void send_indication(Peer& p, const uint8_t* d, size_t len);
+  void flush_held(Peer& p);
   Status open_local(Peer& p);
   void write_endpoints();
 
@@ -342,14 +354,7 @@ void Client::apply_map() {
       if (Status s = open_local(p); !s) log_.error(s.message());
     }
     int family = relayed_ ? relayed_->ip.family : AF_INET;
-    auto t = pick_target(mp, family);
-    if (p.relayed && t != p.target) {
-      if (p.channel) by_channel_[p.channel - 0x4000] = nullptr;
-      p.target = t;
-      p.channel = 0;
-      p.bound = false;
-      p.bind_at = 0;
-    }
+    if (p.relayed) retarget(p, pick_target(mp, family));
   }
   for (auto it = peers_.begin(); it != peers_.end();) {
     if (!in_map.count(it->first)) {
@@ -839,8 +844,10 @@ void Client::on_data_indication(const stun::MessageView& m) {
     if (Status s = open_local(*p); !s) return;
   }
   if (!p->target) {
-    p->target = *from;
+    p->target = *from;  // where it reached us from: a way back that works
+    p->target_relay = true;
     p->bind_at = 0;
+    flush_held(*p);
   }
   ssize_t r = ::sendto(p->local.get(), data->value.data(), data->value.size(), MSG_DONTWAIT,
                        reinterpret_cast<const sockaddr*>(&wg_ss_), wg_sl_);
@@ -920,8 +927,9 @@ void Client::on_response(const stun::MessageView& m) {
         log_.info("allocated " + relayed_->to_string() + " on " + server_addr_.to_string());
         // Targets depend on the relayed family.
         for (auto& [k, p] : peers_)
-          if (p->relayed) p->target = pick_target(p->info, relayed_->ip.family);
+          if (p->relayed) retarget(*p, pick_target(p->info, relayed_->ip.family));
         perms_.emplace(relayed_->ip, 0);
+        for (auto& [k, p] : peers_) flush_held(*p);
         write_endpoints();
       }
       break;
@@ -1058,11 +1066,49 @@ int64_t Client::next_deadline(int64_t now) const {
   return wake;
 }
 
+void Client::retarget(Peer& p, std::optional<SockAddr> t) {
+  bool relay = false;
+  if (t)
+    for (const auto& c : p.info.endpoints) relay = relay || (c.kind == "relay" && c.endpoint == *t);
+  if (t != p.target) {
+    if (p.channel) by_channel_[p.channel - 0x4000] = nullptr;
+    p.target = t;
+    p.channel = 0;
+    p.bound = false;
+    p.bind_at = 0;
+  }
+  p.target_relay = relay;
+  flush_held(p);
+}
+
+void Client::send_indication(Peer& p, const uint8_t* d, size_t len) {
+  stun::Builder b({scratch_.get(), kSlot}, stun::kSend, stun::kIndication, stun::random_txid());
+  b.add_xor_address(stun::kXorPeerAddress, *p.target).add(stun::kData_, {d, len});
+  auto m = b.finish();
+  out_.flush();
+  srv_send(m.data(), m.size(), true);
+}
+
+void Client::flush_held(Peer& p) {
+  if (p.held.empty() || state_ != State::Allocated || !p.target || !p.target_relay) return;
+  if (mono_ms() - p.held_at < 3000) {
+    send_indication(p, p.held.data(), p.held.size());
+    out_.flush();
+    tcp_flush();
+  }
+  p.held.clear();
+}
+
 void Client::on_local(Peer& p) {
   for (int round = 0; round < 16; ++round) {
     rx_.prepare();
     int n = recvmmsg(p.local.get(), rx_.msgs, kBatch, MSG_DONTWAIT, nullptr);
     if (n <= 0) break;
+    if (!(state_ == State::Allocated && p.target && p.target_relay) && n > 0 &&
+        !(rx_.msgs[n - 1].msg_hdr.msg_flags & MSG_TRUNC)) {
+      p.held.assign(rx_.slot(n - 1) + kHeadroom, rx_.slot(n - 1) + kHeadroom + rx_.msgs[n - 1].msg_len);
+      p.held_at = mono_ms();
+    }
     if (state_ == State::Allocated && p.target) {
       for (int i = 0; i < n; ++i) {
         uint8_t* d = rx_.slot(i) + kHeadroom;
@@ -1075,11 +1121,7 @@ void Client::on_local(Peer& p) {
         } else {
           // Before the channel is bound: a Send indication (the
           // permission comes with the map).
-          stun::Builder b({scratch_.get(), kSlot}, stun::kSend, stun::kIndication, stun::random_txid());
-          b.add_xor_address(stun::kXorPeerAddress, *p.target).add(stun::kData_, {d, len});
-          auto m = b.finish();
-          out_.flush();
-          srv_send(m.data(), m.size(), true);
+          send_indication(p, d, len);
         }
       }
       out_.flush();
