@@ -84,3 +84,32 @@ start_relay() {
   # --events without the document's file is a usage error.
   mrun -s 64 mesh-relay client --events "$BATS_TEST_TMPDIR/a.map.json"
 }
+
+@test "a first handshake sent before the peer's relayed address is known goes out when it is, not 5 s later" {
+  start_relay
+  relay_turn_entry 203.0.113.1:3478 "$BATS_TEST_TMPDIR/secret" >"$BATS_TEST_TMPDIR/turn.json"
+  # a's map lists b without candidates at first: b's first packets have
+  # nowhere to go through a's relay client.
+  relay_write_map a b
+  relay_write_map b a
+  for n in a b; do
+    start_daemon "client-$n" ip netns exec "$(lab_ns "$n")" mesh-relay client \
+      --key "$BATS_TEST_TMPDIR/$n.key" --endpoints-out "$BATS_TEST_TMPDIR/$n.endpoints.json" \
+      "$BATS_TEST_TMPDIR/$n.map.json"
+  done
+  wait_until 20 relay_has_candidate a
+  wait_until 20 relay_has_candidate b
+  relay_write_map b a   # b knows a's relayed address; a does not know b's yet
+  wait_until 10 test "$(jq -r '.peers[0].endpoint // empty' "$BATS_TEST_TMPDIR/a.endpoints.json" | cut -c1-10)" = 127.0.0.1:
+  relay_wg_peer a b
+  nsx b wg set "${LAB_WG[b]}" peer "${LAB_PUB[a]}" allowed-ips "${LAB_OVERLAY[a]%/*}/32"
+  # a's WireGuard sends its initiation now (a ping), into a's relay client,
+  # which has no relayed address of b's to send it to ...
+  ip netns exec "$(lab_ns a)" ping -n -c 1 -W 4 "${LAB_OVERLAY[b]%/*}" > "$BATS_TEST_TMPDIR/first.ping" 2>&1 &
+  pinger=$!
+  sleep 0.5
+  # ... until the map brings it: the held initiation goes out, and the ping
+  # is answered well before WireGuard's own retry (5 s).
+  relay_write_map a b
+  wait "$pinger" || { cat "$BATS_TEST_TMPDIR/first.ping"; false; }
+}
