@@ -72,3 +72,16 @@ setup() { cd "$BATS_TEST_TMPDIR"; }
   mesh-apply --help | grep -q -- --endpoints
   grep -q -- '--endpoints' "$MESH_ROOT/dist/cron/mesh-apply"
 }
+
+@test "mesh-up: a second agent on the same state directory exits 75 and touches nothing" {
+  mkdir -p "$BATS_TEST_TMPDIR/st"
+  bash -c 'exec -a mesh-up sleep 30' &
+  other=$!
+  printf '{"version":1,"pid":%d,"interface":"x"}\n' "$other" > "$BATS_TEST_TMPDIR/st/agent.json"
+  mrun -s 75 mesh-up --interface x --state "$BATS_TEST_TMPDIR/st"
+  [[ "$stderr" == "mesh-up: error: another mesh-up (pid $other) runs with --state"* ]]
+  [ ! -e "$BATS_TEST_TMPDIR/st/node.key" ]
+  kill "$other"; wait "$other" || true
+  # Once it is gone, the same command goes on (and stops at the enrolment).
+  mrun -s "$EX_USAGE" mesh-up --interface x --state "$BATS_TEST_TMPDIR/st"
+}
