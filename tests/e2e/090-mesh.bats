@@ -78,7 +78,9 @@ path_is() { [ "$(mesh_lab_path "$1" "$2")" = "$3" ]; }
     for b in "${MESH_LAB_NODES[@]}"; do
       [ "$a" = "$b" ] && continue
       want=$(want_path "$a" "$b")
-      wait_until 40 path_is "$a" "$b" "$want" ||
+      # (up to the second retry, 45 s after the first probe: see mesh-up(8),
+      # Timers, on a NAT router without a firewall)
+      wait_until 70 path_is "$a" "$b" "$want" ||
         { echo "$a -> $b: $(mesh_lab_path "$a" "$b") ($(mesh_lab_endpoint "$a" "$b")), want $want"; bad=1; }
     done
   done
