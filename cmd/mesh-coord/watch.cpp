@@ -50,20 +50,10 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
     else if (!j && j.status().code() != Exit::NoInput)
       ctx.log.warn("ignoring cache: " + j.status().message());
   }
-  // One line, one write(2) on stdout when it is a descriptor: an event
-  // line is far below PIPE_BUF, so writers sharing a FIFO never interleave.
-  auto write_line = [&](const std::string& line) -> bool {
-    if (ctx.out_fd < 0) {
-      ctx.out << line << std::flush;
-      return static_cast<bool>(ctx.out);
-    }
-    ctx.out << std::flush;
-    return write_all(ctx.out_fd, line, "standard output").is_ok();
-  };
   // A map: the whole map (default), or with --events the map event once
   // the map is in the cache file.
   auto emit = [&](const Json& j, uint64_t serial) -> bool {
-    if (!write_line(events ? map_event_line(serial) : dump_json(j) + "\n")) return false;
+    if (!write_line(ctx, events ? map_event_line(serial) : dump_json(j) + "\n")) return false;
     last = serial;
     ++emitted;
     return true;
@@ -98,7 +88,7 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
         last_warn = now;
       }
       if (events && link != Link::Down &&
-          !write_line(coordinator_event_line(false, r.status().message())))
+          !write_line(ctx, coordinator_event_line(false, r.status().message())))
         return cannot_write();
       link = Link::Down;
       if (first && cached_line) {
@@ -121,7 +111,7 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
       if (link == Link::Down)
         ctx.log.info("reconnected to the coordinator after " + std::to_string(failures) +
                      " failed attempt" + (failures == 1 ? "" : "s"));
-      if (events && !write_line(coordinator_event_line(true))) return cannot_write();
+      if (events && !write_line(ctx, coordinator_event_line(true))) return cannot_write();
       link = Link::Up;
       failures = 0;
     }
@@ -153,7 +143,7 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
       }
     }
     for (const auto& p : punches)
-      if (!write_line(punch_event_line(p.from, p.name))) return cannot_write();
+      if (!write_line(ctx, punch_event_line(p.from, p.name))) return cannot_write();
     if (count > 0 && emitted >= count) return 0;
   }
 }

@@ -1,5 +1,3 @@
-#include <unistd.h>
-
 #include <nlohmann/json.hpp>
 
 #include "core/cli11.h"
@@ -50,22 +48,18 @@ int cmd_client(Context& ctx, int argc, char** argv) {
     if (!ip) return report(ctx, usage_error("--local-ip: " + ip.status().message()));
     o.local_ip = *ip;
   }
-  o.on_endpoints = [&ctx, events](const std::string& line) {
+  o.on_endpoints = [&ctx, events](const EndpointsDoc& d, const std::string& line) {
     if (!events) {
       ctx.out << line << "\n";
       ctx.out.flush();
       return;
     }
-    // One short line in one write(2) (under PIPE_BUF), so that a FIFO
-    // shared with other event sources never interleaves it.
-    auto j = parse_json(line, "endpoints");
-    Json ev{{"event", "relay"}, {"relayed", nullptr}, {"peers", 0}};
-    if (j) {
-      for (const auto& c : j->value("candidates", Json::array()))
-        if (c.value("kind", "") == "relay") ev["relayed"] = c.value("endpoint", "");
-      ev["peers"] = j->value("peers", Json::array()).size();
-    }
-    (void)write_all(STDOUT_FILENO, dump_json(ev) + "\n", "standard output");
+    // A short line instead of the document, for a FIFO shared with other
+    // event sources.
+    Json ev{{"event", "relay"}, {"relayed", nullptr}, {"peers", d.peers.size()}};
+    for (const auto& c : d.candidates)
+      if (c.kind == "relay") ev["relayed"] = c.endpoint.to_string();
+    (void)write_line(ctx, dump_json(ev) + "\n");
   };
   return report(ctx, run_client(o, ctx.log));
 }

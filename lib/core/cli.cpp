@@ -72,4 +72,13 @@ int run_program(std::string_view program, std::span<const Verb> verbs, int argc,
   return to_int(Exit::Usage);
 }
 
+bool write_line(Context& ctx, std::string_view line) {
+  if (ctx.out_fd < 0) {
+    ctx.out << line << std::flush;
+    return static_cast<bool>(ctx.out);
+  }
+  ctx.out << std::flush;
+  return write_all(ctx.out_fd, line, "standard output").is_ok();
+}
+
 }  // namespace mesh

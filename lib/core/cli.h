@@ -43,4 +43,10 @@ int run_program(std::string_view program, std::span<const Verb> verbs, int argc,
 // Logs `s` as an error (when not ok) and returns its exit code.
 int report(Context& ctx, const Status& s);
 
+// Writes `line` (with its newline) to the program's standard output in one
+// write(2) when `out` is backed by a descriptor: a line under PIPE_BUF then
+// reaches a pipe or FIFO shared with other writers whole (event lines).
+// False when it cannot be written.
+bool write_line(Context& ctx, std::string_view line);
+
 }  // namespace mesh

@@ -154,10 +154,10 @@ class Client {
   // When timers() has something to do next (at most a poll interval away):
   // an idle client sleeps instead of waking on a fixed tick.
   int64_t next_deadline(int64_t now) const;
-  // The map peer that `a` belongs to. A peer matched only by IP counts
-  // unless `exact`; relay candidates never match by IP alone (every
-  // allocation on a relay shares its address).
-  Peer* peer_by_addr(const SockAddr& a, bool exact = false);
+  // The map peer that `a` belongs to, by address or else by IP; relay
+  // candidates never match by IP alone (every allocation on a relay shares
+  // its address).
+  Peer* peer_by_addr(const SockAddr& a);
   Peer* anon_peer(const SockAddr& from);
   // Points the peer's channel at `t` (a new target is bound again).
   void retarget(Peer& p, std::optional<SockAddr> t);
@@ -415,7 +415,7 @@ void Client::write_endpoints() {
     Status s = write_file_atomic(opt_.endpoints_out, dump_json(j, true) + "\n", 0644);
     if (!s) log_.error("endpoints: " + s.message());
   }
-  if (opt_.on_endpoints) opt_.on_endpoints(line);
+  if (opt_.on_endpoints) opt_.on_endpoints(d, line);
 }
 
 // ---- TURN session --------------------------------------------------------------
@@ -795,13 +795,13 @@ void Client::on_server(uint32_t events) {
   tcp_flush();
 }
 
-Peer* Client::peer_by_addr(const SockAddr& a, bool exact) {
+Peer* Client::peer_by_addr(const SockAddr& a) {
   Peer* by_ip = nullptr;
   for (auto& [k, p] : peers_) {
     if (p->target && *p->target == a) return p.get();
     for (const auto& c : p->info.endpoints) {
       if (c.endpoint == a) return p.get();
-      if (!exact && !by_ip && c.kind != "relay" && c.endpoint.ip == a.ip) by_ip = p.get();
+      if (!by_ip && c.kind != "relay" && c.endpoint.ip == a.ip) by_ip = p.get();
     }
   }
   return by_ip;

@@ -24,6 +24,7 @@
 #include "core/log.h"
 #include "core/net.h"
 #include "core/status.h"
+#include "netmap/endpoints.h"
 #include "netmap/netmap.h"
 
 namespace mesh::relay {
@@ -43,8 +44,8 @@ struct ClientOptions {
   // address in a subjectAltName); tls_verify false skips the check.
   std::string tls_ca;
   bool tls_verify = true;
-  // Called with each new endpoints document (one JSON line).
-  std::function<void(const std::string&)> on_endpoints;
+  // Called with each new endpoints document, and the same as one JSON line.
+  std::function<void(const EndpointsDoc&, const std::string&)> on_endpoints;
 };
 
 // Runs until SIGTERM/SIGINT. Fails early with DataErr (bad map), NoInput
