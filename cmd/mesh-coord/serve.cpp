@@ -51,6 +51,12 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
       return report(ctx, usage_error("--turn " + t + ": transport must be udp, tcp or tls"));
     o.turn.push_back(tc);
   }
+  // Both ends' keepalive at or below WireGuard's 5 s handshake retry keeps
+  // two crossing first handshakes crossing at every retry (the keepalive,
+  // restarted by the peer's initiation, fires before the jittered retry).
+  if (o.keepalive != 0 && (o.keepalive < 10 || o.keepalive > 3600))
+    return report(ctx, usage_error("--keepalive " + std::to_string(o.keepalive) +
+                                   ": expected 0 (off) or 10 to 3600 seconds"));
   for (const auto& s : o.stun) {
     auto colon = s.rfind(':');
     if (colon == std::string::npos || colon == 0 || colon + 1 == s.size())

@@ -130,6 +130,10 @@ api() {  # api METHOD PATH [BODY]: admin request with curl; sets $code and resp.
   mrun -s "$EX_USAGE" mesh-coord peer list --server "$COORD_URL" --bogus
   MESH_ADMIN_TOKEN= mrun -s "$EX_USAGE" mesh-coord peer list --server "$COORD_URL"
   [[ "$stderr" == *"no admin token"* ]]
+  # A keepalive at or below WireGuard's handshake retry is refused before anything starts.
+  mrun -s "$EX_USAGE" mesh-coord serve --state "$BATS_TEST_TMPDIR/ka" --keepalive 5
+  [[ "$stderr" == *"--keepalive 5: expected 0 (off) or 10 to 3600 seconds"* ]]
+  [ ! -e "$BATS_TEST_TMPDIR/ka" ]
   mrun -s "$EX_NOINPUT" mesh-coord join --server "$COORD_URL" --setup-key-file missing.sk --key a.key
   mrun -s "$EX_NOINPUT" mesh-coord map --registration missing.json --key a.key
   mrun -s "$EX_NOINPUT" mesh-coord peer list --server "$COORD_URL" --admin-token-file missing

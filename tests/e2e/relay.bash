@@ -58,12 +58,15 @@ relay_candidate_changed() {
 }
 
 # relay_wg_peer SELF PEER: point SELF's WireGuard at PEER through the local
-# relay port the client wrote (what mesh-apply --endpoints does).
+# relay port the client wrote (what mesh-apply --endpoints does), with the
+# maps' keepalive. Not 5 s: with both ends' keepalive at most WireGuard's 5 s
+# handshake retry, two initiations that cross (both ends set up together)
+# cross again at every retry and the pair never gets a session.
 relay_wg_peer() {
   local self=$1 peer=$2 ep
   ep=$(jq -r --arg k "${LAB_PUB[$peer]}" '.peers[] | select(.public_key == $k) | .endpoint' \
     "$BATS_TEST_TMPDIR/$self.endpoints.json")
   [ -n "$ep" ]
   nsx "$self" wg set "${LAB_WG[$self]}" peer "${LAB_PUB[$peer]}" \
-    allowed-ips "${LAB_OVERLAY[$peer]%/*}/32" endpoint "$ep" persistent-keepalive 5
+    allowed-ips "${LAB_OVERLAY[$peer]%/*}/32" endpoint "$ep" persistent-keepalive 25
 }
