@@ -166,6 +166,7 @@ class Client {
   void send_indication(Peer& p, const uint8_t* d, size_t len);
   void flush_held(Peer& p);
   Status open_local(Peer& p);
+  Result<UniqueFd> open_udp_not_wg(const SockAddr& a);
   void write_endpoints();
 
   const ClientOptions& opt_;
@@ -378,8 +379,17 @@ void Client::apply_map() {
   write_endpoints();
 }
 
+// Never WireGuard's listen port: the relay client may start before WireGuard
+// binds it (or while it rebinds), and an ephemeral port of ours that happens
+// to be it would make every WireGuard configuration fail (EADDRINUSE).
+Result<UniqueFd> Client::open_udp_not_wg(const SockAddr& a) {
+  MESH_ASSIGN(UniqueFd fd, open_udp(a, opt_.socket_buffer));
+  if (wg_port_ == 0 || bound_address(fd.get()).port != wg_port_) return fd;
+  return open_udp(a, opt_.socket_buffer);  // another port, while fd still holds that one
+}
+
 Status Client::open_local(Peer& p) {
-  MESH_ASSIGN(p.local, open_udp(SockAddr{opt_.local_ip, 0}, opt_.socket_buffer));
+  MESH_ASSIGN(p.local, open_udp_not_wg(SockAddr{opt_.local_ip, 0}));
   p.local_addr = bound_address(p.local.get());
   epoll_event e{EPOLLIN, {}};
   e.data.ptr = &p;
@@ -477,7 +487,7 @@ void Client::start_allocate() {
     if (tin_.empty()) tin_.resize(65536 + 64);  // the largest frame: 20 + 65535
     gro_ = false;
   } else {
-    fd = open_udp(SockAddr{IpAddr{addr->ip.family, {}}, 0}, opt_.socket_buffer);
+    fd = open_udp_not_wg(SockAddr{IpAddr{addr->ip.family, {}}, 0});
     // The server sends runs of ChannelData to us as GSO trains: with GRO a
     // train that crossed the network as one packet (loopback, veth, NAT)
     // is read as one message instead of being split on the way in.

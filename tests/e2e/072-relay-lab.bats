@@ -113,3 +113,27 @@ start_relay() {
   relay_write_map a b
   wait "$pinger" || { cat "$BATS_TEST_TMPDIR/first.ping"; false; }
 }
+
+@test "the client never takes WireGuard's listen port, even when it starts before WireGuard binds it" {
+  start_relay
+  relay_turn_entry 203.0.113.1:3478 "$BATS_TEST_TMPDIR/secret" >"$BATS_TEST_TMPDIR/turn.json"
+  # Three ephemeral ports in a's namespace, the first the map's listen port,
+  # which WireGuard does not hold yet: the client's two sockets (to the relay,
+  # and b's local port) would take it one time in three.
+  nsx a sysctl -qw net.ipv4.ip_local_port_range="40000 40002"
+  LAB_PORT[a]=40000
+  relay_write_map a b
+  local i
+  for i in 1 2 3; do
+    start_daemon "client-$i" ip netns exec "$(lab_ns a)" mesh-relay client \
+      --key "$BATS_TEST_TMPDIR/a.key" --endpoints-out "$BATS_TEST_TMPDIR/a.endpoints.json" \
+      "$BATS_TEST_TMPDIR/a.map.json"
+    wait_until 20 relay_has_candidate a
+    [ "$(nsx a ss -Hun state all '( sport = :40000 )' | wc -l)" -eq 0 ]
+    nsx a wg set "${LAB_WG[a]}" listen-port 40000
+    nsx a wg set "${LAB_WG[a]}" listen-port 51820
+    kill "$(eval echo "\$client_${i}_pid")"
+    wait "$(eval echo "\$client_${i}_pid")" || true
+    rm -f "$BATS_TEST_TMPDIR/a.endpoints.json"
+  done
+}
