@@ -138,8 +138,10 @@ int cmd_probe(Context& ctx, int argc, char** argv) {
   auto t = open_transport(static_cast<uint16_t>(o.port), *mode);
   if (!t) return report(ctx, t.status());
   ctx.log.info("using a " + (*t)->mode() + " socket on port " + std::to_string(o.port));
-  auto paths = probe(**t, *key, opt, &ctx.log);
+  std::vector<SockAddr> seen_as;
+  auto paths = probe(**t, *key, opt, &ctx.log, &seen_as);
   if (!paths) return report(ctx, paths.status());
+  add_moved_mappings(&doc, seen_as);
 
   doc.generated_at = static_cast<int64_t>(std::time(nullptr));
   doc.public_key = own;

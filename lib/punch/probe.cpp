@@ -92,7 +92,8 @@ stun::Bytes as_bytes(const SecretKey& k) { return {k.bytes().data(), k.bytes().s
 }  // namespace
 
 Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
-                                    const ProbeOptions& opt, Log* log) {
+                                    const ProbeOptions& opt, Log* log,
+                                    std::vector<SockAddr>* seen_as) {
   const auto start = opt.now();
   const auto end = start + opt.timeout;
   const auto window_end = start + (opt.open_ttl > 0 ? opt.open_window : milliseconds(0));
@@ -266,6 +267,11 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       double rtt = std::chrono::duration<double, std::milli>(now - pit->sent).count();
       pending.erase(pit);
       if (got->from != c.addr) continue;  // answered from elsewhere: not this path
+      if (seen_as)
+        if (const auto* xa = m->find(stun::kXorMappedAddress))
+          if (auto a = stun::decode_xor_address(*xa, m->tx);
+              a && std::find(seen_as->begin(), seen_as->end(), *a) == seen_as->end())
+            seen_as->push_back(*a);
       if (c.rtt_ms < 0 || rtt < c.rtt_ms) c.rtt_ms = rtt;
       if (!c.ok) {
         c.ok = true;
@@ -302,6 +308,17 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
     result.push_back(std::move(p));
   }
   return result;
+}
+
+void add_moved_mappings(EndpointsDoc* doc, const std::vector<SockAddr>& seen_as) {
+  for (const auto& a : seen_as) {
+    bool on_our_nat = false, known = false;
+    for (const auto& c : doc->candidates) {
+      on_our_nat = on_our_nat || (c.kind == "srflx" && c.endpoint.ip == a.ip);
+      known = known || c.endpoint == a;
+    }
+    if (on_our_nat && !known) doc->candidates.push_back({a, "prflx"});
+  }
 }
 
 }  // namespace mesh::punch

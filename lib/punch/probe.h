@@ -86,9 +86,20 @@ struct ProbeOptions {
   };
 };
 
+// A NAT router without an input firewall that took a peer's check for
+// itself (a conntrack entry on our mapped port) gives our flow to that peer
+// another port, and Linux reuses the newest mapping of a source for its next
+// flows: peers then see us on a port that no STUN answer showed. Each address
+// of seen_as on the public IP of one of doc's srflx candidates but on another
+// port is added to doc's candidates as prflx (once); others are ignored.
+void add_moved_mappings(EndpointsDoc* doc, const std::vector<SockAddr>& seen_as);
+
 // Runs the checks and returns one PeerPath per peer, in input order:
-// "direct" with endpoint/kind/rtt_ms, or "relay-needed".
+// "direct" with endpoint/kind/rtt_ms, or "relay-needed". When seen_as is
+// given, it receives (once each) the addresses our answered checks reached
+// the peers from (their XOR-MAPPED-ADDRESS): our NAT's mappings towards them.
 Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
-                                    const ProbeOptions& opt, Log* log = nullptr);
+                                    const ProbeOptions& opt, Log* log = nullptr,
+                                    std::vector<SockAddr>* seen_as = nullptr);
 
 }  // namespace mesh::punch

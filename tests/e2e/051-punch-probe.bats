@@ -199,6 +199,51 @@ probe_staggered() {
   wait_until 20 nsx a ping -c1 -W1 100.64.0.2
 }
 
+@test "probe: after a collision, a router without an input firewall maps our new flows to another port: the probe reports it as prflx, and a filtering peer punches through it" {
+  require_root
+  lab_internet
+  lab_nat r1 eim open
+  lab_nat r2 eim drop
+  lab_peer a r1
+  lab_peer b r2
+  lab_peer_public c
+  lab_wg a 51820 100.64.0.1/10
+  lab_wg b 51820 100.64.0.2/10
+  lab_wg c 51820 100.64.0.3/10
+  local n
+  for n in a b c; do lab_stun "$n" 51820; [ "$status" -eq 0 ]; done
+  # b's and c's full-TTL checks reach r1 while a sends nothing: r1 takes
+  # them for itself and keeps the entries that collide with a's mapping.
+  for n in b c; do
+    lab_map "$n" a >"$BATS_TEST_TMPDIR/$n.map.json"
+    nsx "$n" mesh-punch probe --key "$BATS_TEST_TMPDIR/$n.key" --port 51820 --timeout 1 --open-ttl 0 \
+      "$BATS_TEST_TMPDIR/$n.map.json" >/dev/null
+  done
+  # a and the public c: r1 maps a's flow to c to another port, which c sees
+  # and a reports among its candidates.
+  probe_nodes "a c" --timeout 5
+  [ "$(path a status)" = direct ]
+  moved=$(jq -r --arg w "${LAB_WAN[r1]}" \
+    '.candidates[] | select(.kind == "prflx" and (.endpoint | startswith($w + ":"))) | .endpoint' \
+    "$BATS_TEST_TMPDIR/a.probe.json")
+  [ -n "$moved" ] && [ "$moved" != "${LAB_WAN[r1]}:51820" ]
+  [ "$(path c endpoint)" = "$moved" ]
+  cp "$BATS_TEST_TMPDIR/a.probe.json" "$BATS_TEST_TMPDIR/a.moved.json"
+  # Linux reuses that mapping for a's next flows: b, which knows only the
+  # port STUN showed, finds no path ...
+  probe_nodes "a b" --timeout 3
+  [ "$(path a status)" = relay-needed ]
+  [ "$(path b status)" = relay-needed ]
+  # ... and with the candidates a's probe reported, punches through.
+  cp "$BATS_TEST_TMPDIR/a.moved.json" "$BATS_TEST_TMPDIR/a.endpoints.json"
+  probe_nodes "a b" --timeout 10
+  [ "$(path a status)" = direct ]
+  [ "$(path b endpoint)" = "$moved" ]
+  wg_peer a
+  wg_peer b
+  wait_until 20 nsx a ping -c1 -W1 100.64.0.2
+}
+
 @test "probe: two nodes on the same port behind one NAT get distinct mappings (NetBird #2703)" {
   require_root
   lab_internet

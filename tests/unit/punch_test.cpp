@@ -217,7 +217,8 @@ TEST(Punch, ProbeFindsAndConfirmsAPathOnLoopback) {
   ob.peers = {{ka.public_key(), "a", {{aa, "host"}}}};
   oa.timeout = ob.timeout = std::chrono::seconds(10);
   auto start = std::chrono::steady_clock::now();
-  auto fa = std::async(std::launch::async, [&] { return punch::probe(**ta, ka, oa); });
+  std::vector<SockAddr> seen_as;
+  auto fa = std::async(std::launch::async, [&] { return punch::probe(**ta, ka, oa, nullptr, &seen_as); });
   auto fb = std::async(std::launch::async, [&] { return punch::probe(**tb, kb, ob); });
   auto ra = fa.get();
   auto rb = fb.get();
@@ -228,6 +229,24 @@ TEST(Punch, ProbeFindsAndConfirmsAPathOnLoopback) {
   EXPECT_EQ((*ra)[0].kind, "host");
   EXPECT_EQ((*rb)[0].endpoint, aa);
   EXPECT_GE((*rb)[0].rtt_ms, 0);
+  EXPECT_EQ(seen_as, std::vector<SockAddr>{aa});  // b saw a's checks come from a's port, once
+}
+
+TEST(Punch, AMappingTheNatMovedBecomesAPeerReflexiveCandidate) {
+  EndpointsDoc d;
+  d.candidates = {{sa("198.51.100.11:51820"), "host"}, {sa("203.0.113.22:51820"), "srflx"}};
+  punch::add_moved_mappings(&d, {sa("203.0.113.22:51820"),   // the mapping STUN saw
+                                 sa("203.0.113.22:40001"),   // moved: a new candidate
+                                 sa("203.0.113.22:40001"),   // once
+                                 sa("203.0.113.1:50000"),    // a relay, not our NAT
+                                 sa("198.51.100.11:51820")});  // our host address
+  ASSERT_EQ(d.candidates.size(), 3u);
+  EXPECT_EQ(d.candidates[2].endpoint, sa("203.0.113.22:40001"));
+  EXPECT_EQ(d.candidates[2].kind, "prflx");
+  // Without a server-reflexive candidate there is no NAT address to compare with.
+  EndpointsDoc none;
+  punch::add_moved_mappings(&none, {sa("203.0.113.22:40001")});
+  EXPECT_TRUE(none.candidates.empty());
 }
 
 // A probe that settled keeps answering for its linger: a peer whose probe
