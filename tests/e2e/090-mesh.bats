@@ -78,9 +78,9 @@ path_is() { [ "$(mesh_lab_path "$1" "$2")" = "$3" ]; }
     for b in "${MESH_LAB_NODES[@]}"; do
       [ "$a" = "$b" ] && continue
       want=$(want_path "$a" "$b")
-      # (up to the second retry, 45 s after the first probe: see mesh-up(8),
+      # (up to the third retry, 165 s after the first probe: see mesh-up(8),
       # Timers, on a NAT router without a firewall)
-      wait_until 70 path_is "$a" "$b" "$want" ||
+      wait_until 190 path_is "$a" "$b" "$want" ||
         { echo "$a -> $b: $(mesh_lab_path "$a" "$b") ($(mesh_lab_endpoint "$a" "$b")), want $want"; bad=1; }
     done
   done
