@@ -1103,7 +1103,6 @@ void Client::flush_held(Peer& p) {
   if (p.held.empty() || state_ != State::Allocated || !p.target || !p.target_relay) return;
   if (mono_ms() - p.held_at < 3000) {
     send_indication(p, p.held.data(), p.held.size());
-    out_.flush();
     tcp_flush();
   }
   p.held.clear();
@@ -1114,7 +1113,7 @@ void Client::on_local(Peer& p) {
     rx_.prepare();
     int n = recvmmsg(p.local.get(), rx_.msgs, kBatch, MSG_DONTWAIT, nullptr);
     if (n <= 0) break;
-    if (!(state_ == State::Allocated && p.target && p.target_relay) && n > 0 &&
+    if (!(state_ == State::Allocated && p.target && p.target_relay) &&
         !(rx_.msgs[n - 1].msg_hdr.msg_flags & MSG_TRUNC)) {
       p.held.assign(rx_.slot(n - 1) + kHeadroom, rx_.slot(n - 1) + kHeadroom + rx_.msgs[n - 1].msg_len);
       p.held_at = mono_ms();
