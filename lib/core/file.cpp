@@ -81,6 +81,13 @@ Status write_all(int fd, std::string_view data, const std::string& what) {
   return Status::ok();
 }
 
+Status fsync_dir(const std::string& dir) {
+  UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dfd) return errno_status(dir, errno);
+  if (::fsync(dfd.get()) != 0) return errno_status(dir, errno);
+  return Status::ok();
+}
+
 Status write_file_atomic(const std::string& path, std::string_view data, mode_t mode,
                          Overwrite overwrite) {
   if (path.empty()) return usage_error("empty output path");
@@ -115,9 +122,7 @@ Status write_file_atomic(const std::string& path, std::string_view data, mode_t 
     }
     ::unlink(tmp.c_str());
   }
-  UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dfd) ::fsync(dfd.get());
-  return Status::ok();
+  return fsync_dir(dir);
 }
 
 Result<PendingFile> PendingFile::write(const std::string& dir, std::string data, mode_t mode) {
@@ -156,7 +161,9 @@ Status PendingFile::commit(const std::string& path) {
     return errno_status(path, e);
   }
   fd_.reset();
-  return Status::ok();
+  // The rename is durable only once the directory entry is on disk: without
+  // this a crash can bring back the previous memo after we acted on the new.
+  return fsync_dir(dir_of(path));
 }
 
 bool fd_is_world_readable_file(int fd) {

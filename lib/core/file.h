@@ -61,6 +61,9 @@ class PendingFile {
 // sharing one pipe never interleave. `what` names the fd in errors.
 Status write_all(int fd, std::string_view data, const std::string& what);
 
+// Flushes a directory's entries (after a rename or link into it) to disk.
+Status fsync_dir(const std::string& dir);
+
 // True when `fd` refers to a regular file that group or others can read.
 bool fd_is_world_readable_file(int fd);
 

@@ -30,6 +30,17 @@ handshake_of() { nsx "$1" wg show "$2" latest-handshakes | awk -v k="$3" '$1 == 
   [ "$(nsx a wg show "$IFA" listen-port)" = 51820 ]
 }
 
+@test "the memo is put in place durably: its directory is fsynced after the rename" {
+  st="$BATS_TEST_TMPDIR/state"
+  mkdir -p "$st"
+  mrun -s 0 "${NA[@]}" env MESH_APPLY_STATE_DIR="$st" strace -y -e trace=rename,fsync \
+    -o "$BATS_TEST_TMPDIR/trace" mesh-apply --interface "$IFA" --key "$D/a.key" "$D/a.json"
+  # The memo's rename into the state directory, then an fsync of that directory.
+  awk -v d="$st" 'index($0, "rename(") && index($0, d "/") { r = 1 }
+                  r && index($0, "fsync(") && index($0, "<" d ">") { ok = 1 }
+                  END { exit !ok }' "$BATS_TEST_TMPDIR/trace"
+}
+
 @test "firewall: TCP to an allowed port connects, to a denied port does not" {
   apply_a "$D/a.json"
   apply_b "$D/b.json"
