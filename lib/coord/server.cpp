@@ -3,9 +3,11 @@
 #include <httplib.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <deque>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -283,12 +285,35 @@ class Coordinator {
 
 // ------------------------------------------------------------------ init
 
+// A secret the coordinator reads back must be its own and private: a
+// group- or world-readable key or token may already have leaked (ssh refuses
+// such keys for the same reason).
+static Status check_secret_mode(const std::string& path) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0) return errno_status(path, errno);
+  if (st.st_uid != ::geteuid())
+    return Status(Exit::Config, path + ": owned by uid " + std::to_string(st.st_uid) +
+                                    ", not by this user (uid " + std::to_string(::geteuid()) +
+                                    "); fix with chown");
+  if ((st.st_mode & 077) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return Status(Exit::Config, path + ": mode " + mode +
+                                    " lets group or others read a secret; fix with chmod 600 " + path);
+  }
+  return Status::ok();
+}
+
 Status Coordinator::init() {
   MESH_TRY(make_dirs(opt_.state_dir, 0700));
   // The coordinator's key pair: created once, 0600.
   std::string key_path = opt_.state_dir + "/coordinator.key";
   auto existing = read_file(key_path, 4096);
   if (existing) {
+    if (Status m = check_secret_mode(key_path); !m) {
+      wipe(*existing);
+      return m;
+    }
     auto k = SecretKey::from_base64(*existing);
     wipe(*existing);
     if (!k) return Status(Exit::Config, key_path + ": " + k.status().message());
@@ -308,6 +333,10 @@ Status Coordinator::init() {
   std::string tok_path = opt_.state_dir + "/admin.token";
   auto tok = read_file(tok_path, 4096);
   if (tok) {
+    if (Status m = check_secret_mode(tok_path); !m) {
+      wipe(*tok);
+      return m;
+    }
     admin_token_ = std::string(trim_key_text(*tok));
     wipe(*tok);
     if (admin_token_.size() < 16) return Status(Exit::Config, tok_path + ": token too short");

@@ -74,3 +74,21 @@ snapshot() {  # everything a client can observe, minus activity timestamps
   mrun -s "$EX_CONFIG" mesh-coord serve --state state --ipv4-prefix 100.100.0.0/16
   [[ "$stderr" == *"ipv4_prefix is 100.64.0.0/10 and peers hold addresses in it"* ]]
 }
+
+@test "an existing coordinator key or admin token that others can read is refused" {
+  cd "$BATS_TEST_TMPDIR"
+  coord_start coord
+  mesh_teardown
+  for f in coordinator.key admin.token; do
+    chmod 0640 "state/$f"
+    mrun -s "$EX_CONFIG" mesh-coord serve --state state --listen 127.0.0.1:0
+    [[ "$stderr" == *"mesh-coord: error: "*"state/$f: mode 0640 lets group or others read a secret; fix with chmod 600"* ]]
+    [ -z "$output" ]
+    chmod 0600 "state/$f"
+  done
+  chown 1:1 state/admin.token
+  mrun -s "$EX_CONFIG" mesh-coord serve --state state --listen 127.0.0.1:0
+  [[ "$stderr" == *"state/admin.token: owned by uid 1, not by this user"* ]]
+  chown "$(id -u):$(id -g)" state/admin.token
+  COORD_LISTEN=127.0.0.1:$COORD_PORT coord_start coord
+}
