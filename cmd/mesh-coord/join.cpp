@@ -8,12 +8,15 @@ namespace mesh::coord {
 
 int cmd_join(Context& ctx, int argc, char** argv) {
   CLI::App app("Enrol this node with a setup key; prints the registration JSON");
-  std::string server, setup_key_file, key_file, name, coord_key, ca_file;
+  std::string server, setup_key_file, key_file, name, name_hint, coord_key, ca_file;
   app.add_option("--server", server, "coordinator URL (http://HOST:PORT)")->required();
   app.add_option("--setup-key-file", setup_key_file, "file holding the setup key ('-': stdin)")
       ->required();
   app.add_option("--key", key_file, "this node's WireGuard private key file")->required();
-  app.add_option("--name", name, "peer name (default: peer-ID)");
+  auto* name_opt = app.add_option("--name", name, "peer name (default: the setup key's, else peer-ID)");
+  app.add_option("--name-hint", name_hint,
+                 "preferred name when free (else NAME-ID, then peer-ID); a bound key ignores it")
+      ->excludes(name_opt);
   app.add_option("--coordinator-key", coord_key,
                  "expected coordinator public key (default: trust the one the server reports)");
   app.add_option("--ca-file", ca_file, "CA certificates for an https coordinator");
@@ -43,6 +46,7 @@ int cmd_join(Context& ctx, int argc, char** argv) {
   Json body{{"setup_key", setup_key}};
   wipe(setup_key);
   if (!name.empty()) body["name"] = name;
+  if (!name_hint.empty()) body["name_hint"] = name_hint;
   std::string text = dump_json(body);
   auto r = cli.peer("POST", "/v1/join", *node, coord, text, 30);
   wipe(text);

@@ -10,7 +10,7 @@ int cmd_setup_key(Context& ctx, int argc, char** argv) {
   CLI::App app("Manage setup keys (admin)");
   app.require_subcommand(1);
   AdminTarget t;
-  std::string name, expires_in, eph_timeout, output, ref;
+  std::string name, expires_in, eph_timeout, output, ref, peer_name;
   bool reusable = false, ephemeral = false;
   int64_t usage_limit = -1;
   std::vector<std::string> groups, tags;
@@ -25,6 +25,9 @@ int cmd_setup_key(Context& ctx, int argc, char** argv) {
                      "inactivity before an ephemeral peer is deleted (default 600)");
   create->add_option("--group", groups, "group given to peers enrolled with it (repeatable)");
   create->add_option("--tag", tags, "tag given to peers enrolled with it (repeatable)");
+  create->add_option("--peer-name", peer_name,
+                     "bind the key to this peer name: the only name it enrols, and the way to "
+                     "enrol a name the policy grants by");
   create->add_option("-o,--output", output,
                      "write the key to FILE (mode 0600) instead of printing it");
   auto* list = app.add_subcommand("list", "list setup keys (never the keys themselves)");
@@ -44,6 +47,7 @@ int cmd_setup_key(Context& ctx, int argc, char** argv) {
     if (!eph_timeout.empty()) body["ephemeral_timeout"] = eph_timeout;
     body["groups"] = groups;
     body["tags"] = tags;
+    if (!peer_name.empty()) body["peer_name"] = peer_name;
     auto r = cli.admin("POST", "/v1/admin/setup-keys", *tok, dump_json(body));
     if (!r) return report(ctx, r.status());
     if (!output.empty()) {

@@ -72,6 +72,7 @@ Json SetupKey::to_json() const {
               {"ephemeral_timeout", ephemeral_timeout},
               {"groups", groups},
               {"tags", tags},
+              {"peer_name", peer_name},
               {"created_at", created_at}};
 }
 

@@ -58,6 +58,7 @@ struct SetupKey {
   bool ephemeral = false;
   int64_t ephemeral_timeout = 600;
   std::vector<std::string> groups, tags;
+  std::string peer_name;  // "": any free name the policy does not grant by
   int64_t created_at = 0;
 
   // Why this key cannot enrol now ("" when it can).

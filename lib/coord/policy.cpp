@@ -15,6 +15,16 @@ bool valid_name(std::string_view s) {
   return s.front() != '-' && s.front() != '.' && s.back() != '-' && s.back() != '.';
 }
 
+std::set<std::string> granted_names(const Policy& p) {
+  std::set<std::string> out;
+  for (const auto& [g, def] : p.groups) out.insert(def.members.begin(), def.members.end());
+  for (const auto& r : p.rules)
+    for (const auto* side : {&r.src, &r.dst})
+      for (const auto& s : *side)
+        if (s.kind == Selector::Kind::Peer) out.insert(s.name);
+  return out;
+}
+
 std::string Selector::to_string() const {
   switch (kind) {
     case Kind::All: return "all";

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,11 @@ Result<Policy> parse_policy(const Json& j, const std::string& source);
 Json policy_to_json(const Policy& p);
 // The policy in effect before any is set: no groups, no rules (deny all).
 Policy empty_policy();
+
+// The peer names the policy grants access by: `peer:NAME` selectors in
+// rules and groups' `members`. Only a setup key bound to such a name may
+// enrol a peer under it (see mesh-coord(8), Peer names).
+std::set<std::string> granted_names(const Policy& p);
 
 // Name rules: DNS-label-like, lower case, 1-63 characters.
 bool valid_name(std::string_view s);

@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <deque>
 #include <map>
+#include <optional>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <shared_mutex>
 #include <sstream>
@@ -114,6 +116,11 @@ struct ApiError {
   int http = 400;
   std::string message;
   std::string field;
+};
+
+// What a join asks to be called: `name` exactly, or `hint` when free.
+struct NameRequest {
+  std::string name, hint;
 };
 
 int http_for(Exit e) {
@@ -236,6 +243,8 @@ class Coordinator {
   // ---- handlers
   void h_info(const httplib::Request&, httplib::Response&);
   void h_join(const httplib::Request&, httplib::Response&);
+  std::optional<ApiError> choose_name(const SetupKey& key, const NameRequest& want, uint32_t id,
+                                      std::string* out);
   void h_map(const httplib::Request&, httplib::Response&);
   void h_announce(const httplib::Request&, httplib::Response&);
   void h_punch(const httplib::Request&, httplib::Response&);
@@ -436,6 +445,7 @@ Status Coordinator::load_model() {
       k.ephemeral_timeout = j.at("ephemeral_timeout");
       k.groups = j.at("groups").get<std::vector<std::string>>();
       k.tags = j.at("tags").get<std::vector<std::string>>();
+      k.peer_name = j.value("peer_name", "");
       k.created_at = j.at("created_at");
     } catch (const std::exception& e) {
       return Status(Exit::Config, std::string("corrupt setup key record: ") + e.what());
@@ -633,25 +643,65 @@ void Coordinator::h_info(const httplib::Request&, httplib::Response& res) {
                  {"ipv6_prefix", model_.config().ipv6.to_string()}});
 }
 
+// The name a join enrols under (mesh-coord(8), Peer names). Policy grants by
+// name, so a key bound to a name enrols only that name, and other keys get
+// only names no peer holds and the policy does not name. Both refusals read
+// the same, so a guest key cannot tell a policy name from a peer's.
+std::optional<ApiError> Coordinator::choose_name(const SetupKey& key, const NameRequest& want,
+                                                 uint32_t id, std::string* out) {
+  auto unavailable = [](const std::string& n) {
+    return ApiError{409, "request: name: peer name '" + n +
+                             "' is not available to this setup key (held by a peer, or "
+                             "reserved for a setup key bound to it)", "name"};
+  };
+  if (!key.peer_name.empty()) {
+    if (!want.name.empty() && want.name != key.peer_name)
+      return ApiError{403, "request: name: this setup key enrols only the peer named '" +
+                               key.peer_name + "'", "name"};
+    *out = key.peer_name;
+    if (model_.by_name(*out)) return unavailable(*out);
+    return std::nullopt;
+  }
+  std::set<std::string> granted = granted_names(model_.policy());
+  auto free = [&](const std::string& n) { return !granted.count(n) && !model_.by_name(n); };
+  if (!want.name.empty()) {
+    if (!free(want.name)) return unavailable(want.name);
+    *out = want.name;
+    return std::nullopt;
+  }
+  // A hint (mesh-up's host name) falls back to HINT-ID, then peer-ID.
+  std::string suffix = "-" + std::to_string(id);
+  std::vector<std::string> tries;
+  if (!want.hint.empty()) tries = {want.hint, want.hint.substr(0, 63 - suffix.size()) + suffix};
+  tries.push_back("peer" + suffix);
+  for (const auto& n : tries)
+    if (valid_name(n) && free(n)) {
+      *out = n;
+      return std::nullopt;
+    }
+  return unavailable(tries.back());
+}
+
 void Coordinator::h_join(const httplib::Request& req, httplib::Response& res) {
   auto a = auth_peer(req, false, nullptr);
   if (!a) return auth_error(req, res, a.status());
   auto j = json_body(req, 16384);
   if (!j) return peer_error(&*a, res, from_status(j.status()));
   JsonView v(*j, "request");
-  Status keys = v.check_keys({"setup_key", "name"});
+  Status keys = v.check_keys({"setup_key", "name", "name_hint"});
   if (!keys) return peer_error(&*a, res, from_status(keys));
   auto sk = v.get_string("setup_key");
   if (!sk) return peer_error(&*a, res, from_status(sk.status()));
-  std::string name;
-  JsonView f = v;
-  if (v.optional_field("name", &f)) {
+  NameRequest want;
+  for (auto [field, out] : {std::pair{"name", &want.name}, std::pair{"name_hint", &want.hint}}) {
+    JsonView f = v;
+    if (!v.optional_field(field, &f)) continue;
     auto n = f.as_string();
     if (!n) return peer_error(&*a, res, from_status(n.status()));
-    name = *n;
-    if (!valid_name(name))
-      return peer_error(&*a, res, {400, "request: name: invalid peer name '" + name +
-                                            "' (lower case letters, digits, '-', '_', '.'; 1-63)", "name"});
+    *out = *n;
+    if (!valid_name(*out))
+      return peer_error(&*a, res, {400, std::string("request: ") + field + ": invalid peer name '" + *out +
+                                            "' (lower case letters, digits, '-', '_', '.'; 1-63)", field});
   }
   int64_t now = unix_now();
   std::string hash = sha256_hex(*sk);
@@ -683,9 +733,20 @@ void Coordinator::h_join(const httplib::Request& req, httplib::Response& res) {
     return peer_error(&*a, res, {403, why, "setup_key"});
   }
   uint32_t id = model_.new_peer_id();
-  if (name.empty()) name = "peer-" + std::to_string(id);
-  if (model_.by_name(name))
-    return peer_error(&*a, res, {409, "request: name: peer name '" + name + "' is already in use", "name"});
+  std::string name;
+  if (auto e = choose_name(*key, want, id, &name)) {
+    if (e->http == 409) {
+      // Counted like a bad setup key: a key holder probing for names is slowed.
+      limiter_.failed(req.remote_addr, now);
+      std::string key_name = key->name;
+      lk.unlock();
+      (void)record_event(Event{0, now, "setup-key:" + key_name, "auth.failed", "peer-name",
+                               Json{{"reason", "name not available"},
+                                    {"name", want.name.empty() ? want.hint : want.name},
+                                    {"public_key", a->key.to_base64()}}});
+    }
+    return peer_error(&*a, res, *e);
+  }
   auto host = model_.allocate_host();
   if (!host) return peer_error(&*a, res, from_status(host.status(), 507));
   auto p = std::make_unique<Peer>();
@@ -944,7 +1005,7 @@ void Coordinator::h_keys_create(const httplib::Request& req, httplib::Response& 
   SetupKey k;
   auto parse = [&]() -> Status {
     MESH_TRY(v.check_keys({"name", "reusable", "usage_limit", "expires_in", "ephemeral",
-                           "ephemeral_timeout", "groups", "tags"}));
+                           "ephemeral_timeout", "groups", "tags", "peer_name"}));
     MESH_ASSIGN(k.name, v.get_string("name"));
     MESH_ASSIGN(auto nf, v.field("name"));
     if (!valid_name(k.name)) return nf.error("invalid setup key name '" + k.name + "'");
@@ -968,6 +1029,10 @@ void Coordinator::h_keys_create(const httplib::Request& req, httplib::Response& 
     }
     if (v.optional_field("groups", &f)) MESH_TRY(name_list(f, &k.groups));
     if (v.optional_field("tags", &f)) MESH_TRY(name_list(f, &k.tags));
+    if (v.optional_field("peer_name", &f)) {
+      MESH_ASSIGN(k.peer_name, f.as_string());
+      if (!valid_name(k.peer_name)) return f.error("invalid peer name '" + k.peer_name + "'");
+    }
     return Status::ok();
   };
   if (Status s = parse(); !s) return send_error(res, from_status(s));

@@ -134,3 +134,40 @@ replay() {  # replay [NONCE] [BODY]
   [ "$(sqlite3 state/coord.db "select count(*) from events where action='auth.failed'")" -eq 5 ]
   [ "$(sqlite3 state/coord.db "select count(*) from events where action='auth.failed' and target='setup-key'")" -eq 3 ]
 }
+
+join_as() {  # join_as STATUS SETUP_KEY NODE_KEY [join flags...]
+  local st=$1 sk=$2 nk=$3; shift 3
+  [ -f "$nk.key" ] || mesh-keygen genkey -o "$nk.key"
+  mrun -s "$st" mesh-coord join --server "$COORD_URL" --setup-key-file "$sk.sk" --key "$nk.key" "$@"
+}
+
+@test "names grant access only through setup keys bound to them" {
+  printf '%s' '{"groups":{"g":{},"ops":{"members":["bob"]}},"rules":[{"src":["g"],"dst":["g"]},
+    {"src":["peer:alice","ops"],"dst":["all"],"proto":"tcp","ports":[22]}]}' >p.json
+  mrun -s 0 mesh-coord policy set --server "$COORD_URL" p.json
+  coord_key guest --reusable
+  # A guest key cannot take a name the policy grants by (its owner has not
+  # enrolled yet), and the refusal reads exactly as for a name a peer holds.
+  for n in alice bob; do
+    join_as "$EX_DATAERR" guest m --name "$n"
+    [[ "$stderr" == *"peer name '$n' is not available to this setup key"* ]]
+    reserved=${stderr//\'$n\'/X}
+  done
+  join_as "$EX_DATAERR" guest m --name a
+  [ "${stderr//\'a\'/X}" = "$reserved" ]
+  # A hint that is not available becomes HINT-ID.
+  join_as 0 guest m --name-hint alice
+  [[ "$(jq -r .name <<<"$output")" =~ ^alice-[0-9]+$ ]]
+  # A key bound to alice enrols alice, and nothing else.
+  coord_key for-alice --peer-name alice
+  [ "$(mesh-coord setup-key list --server "$COORD_URL" | jq -r '.setup_keys[] | select(.name=="for-alice") | .peer_name')" = alice ]
+  join_as "$EX_NOPERM" for-alice al --name mallory
+  [[ "$stderr" == *"this setup key enrols only the peer named 'alice'"* ]]
+  join_as 0 for-alice al
+  [ "$(jq -r .name <<<"$output")" = alice ]
+  # Deleting alice frees the peer, not the name: a guest still cannot take it.
+  mrun -s 0 mesh-coord peer delete --server "$COORD_URL" alice
+  join_as "$EX_DATAERR" guest m2 --name alice
+  # Every refusal was counted against the source and logged.
+  [ "$(sqlite3 state/coord.db "select count(*) from events where action='auth.failed' and target='peer-name'")" -eq 4 ]
+}

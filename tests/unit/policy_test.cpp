@@ -100,3 +100,18 @@ TEST(Policy, ServiceParse) {
   EXPECT_FALSE(Service::parse("65536/udp"));
   EXPECT_FALSE(Service::parse("22/tcp "));
 }
+
+namespace mesh::coord {
+namespace {
+
+// Names in rules' peer: selectors and groups' members grant access; names in
+// tests do not (they only check), so they stay free for any setup key.
+TEST(Policy, GrantedNamesAreMembersAndPeerSelectors) {
+  auto p = parse(kPolicy);
+  ASSERT_TRUE(p) << p.status().message();
+  EXPECT_EQ(granted_names(*p), (std::set<std::string>{"alice", "db1"}));
+  EXPECT_TRUE(granted_names(empty_policy()).empty());
+}
+
+}  // namespace
+}  // namespace mesh::coord
