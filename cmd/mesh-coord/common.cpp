@@ -45,10 +45,16 @@ void add_admin_options(CLI::App& app, AdminTarget& t) {
   app.add_option("--admin-token-file", t.token_file,
                  "file holding the admin token (default: $MESH_ADMIN_TOKEN)");
   app.add_option("--ca-file", t.ca_file, "CA certificates for an https coordinator");
+  app.add_flag("--insecure", t.insecure,
+               "send the admin token over plain http to another host (readable on the way)");
   app.add_flag("--json", t.json, "machine output: one JSON document");
 }
 
 Result<std::string> admin_token(Context& ctx, const AdminTarget& t) {
+  // The token is a bearer secret: over plain http it must not leave the host.
+  if (!t.insecure && plain_http_to_other_host(t.server))
+    return usage_error("refusing to send the admin token in clear to " + t.server +
+                       ": use https, run the verb on the coordinator's host, or --insecure");
   if (!t.token_file.empty()) {
     MESH_ASSIGN(auto text, read_file(t.token_file, 4096));
     std::string tok(trim_key_text(text));

@@ -33,6 +33,7 @@ struct AdminTarget {
   std::string server;
   std::string token_file;
   std::string ca_file;
+  bool insecure = false;
   bool json = false;
 };
 void add_admin_options(CLI::App& app, AdminTarget& t);

@@ -6,6 +6,29 @@
 
 namespace mesh::coord {
 
+// Which coordinator key a join trusts: the one the setup key carries, or
+// --coordinator-key (they must agree), or else the one /v1/info reports,
+// which a man in the middle could replace: only over https or to this host,
+// unless --insecure.
+static Result<PublicKey> join_coordinator_key(Client& cli, const std::string& flag,
+                                              const std::optional<PublicKey>& pinned,
+                                              bool insecure) {
+  if (!flag.empty()) {
+    auto k = PublicKey::from_base64(flag);
+    if (!k) return k.status().with_context("--coordinator-key");
+    if (pinned && *pinned != *k)
+      return data_error("--coordinator-key " + flag + " is not the coordinator key the setup key "
+                        "carries (" + pinned->to_base64() + ")");
+    return *k;
+  }
+  if (pinned) return *pinned;
+  if (plain_http_to_other_host(cli.server()) && !insecure)
+    return usage_error("refusing to learn the coordinator key over plain http from " +
+                       cli.server() + " (a man in the middle could answer): use a setup key "
+                       "that carries it, --coordinator-key, https, or --insecure");
+  return cli.coordinator_key();
+}
+
 int cmd_join(Context& ctx, int argc, char** argv) {
   CLI::App app("Enrol this node with a setup key; prints the registration JSON");
   std::string server, setup_key_file, key_file, name, name_hint, coord_key, ca_file;
@@ -20,6 +43,9 @@ int cmd_join(Context& ctx, int argc, char** argv) {
   app.add_option("--coordinator-key", coord_key,
                  "expected coordinator public key (default: trust the one the server reports)");
   app.add_option("--ca-file", ca_file, "CA certificates for an https coordinator");
+  bool insecure = false;
+  app.add_flag("--insecure", insecure,
+               "over plain http to another host, trust the coordinator key the server reports");
   if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
 
   std::string warning;
@@ -28,27 +54,22 @@ int cmd_join(Context& ctx, int argc, char** argv) {
   if (!warning.empty()) ctx.log.warn(warning);
   auto sk_text = read_file(setup_key_file, 4096);
   if (!sk_text) return report(ctx, sk_text.status());
-  std::string setup_key(trim_key_text(*sk_text));
+  auto sk = parse_setup_key(trim_key_text(*sk_text));
   wipe(*sk_text);
-  if (setup_key.empty()) return report(ctx, data_error(setup_key_file + ": empty setup key"));
+  if (!sk) return report(ctx, sk.status().with_context(setup_key_file));
 
   Client cli(server, ca_file, ctx.log);
-  PublicKey coord;
-  if (!coord_key.empty()) {
-    auto k = PublicKey::from_base64(coord_key);
-    if (!k) return report(ctx, k.status().with_context("--coordinator-key"));
-    coord = *k;
-  } else {
-    auto k = cli.coordinator_key();
-    if (!k) return report(ctx, k.status());
-    coord = *k;
+  auto coord = join_coordinator_key(cli, coord_key, sk->coordinator, insecure);
+  if (!coord) {
+    wipe(sk->secret);
+    return report(ctx, coord.status());
   }
-  Json body{{"setup_key", setup_key}};
-  wipe(setup_key);
+  Json body{{"setup_key", sk->secret}};
+  wipe(sk->secret);
   if (!name.empty()) body["name"] = name;
   if (!name_hint.empty()) body["name_hint"] = name_hint;
   std::string text = dump_json(body);
-  auto r = cli.peer("POST", "/v1/join", *node, coord, text, 30);
+  auto r = cli.peer("POST", "/v1/join", *node, *coord, text, 30);
   wipe(text);
   if (!r) return report(ctx, r.status());
   auto reg = parse_json(r->body, "coordinator response");

@@ -23,6 +23,7 @@ int cmd_map(Context& ctx, int argc, char** argv) {
   if (!j) return report(ctx, j.status());
   auto m = parse_netmap(*j, "coordinator map");
   if (!m) return report(ctx, m.status());
+  if (Status s = check_map_overlay(*j); !s) return report(ctx, s);
   if (!output.empty())
     return report(ctx, write_file_atomic(output, dump_json(*j, true) + "\n", 0600));
   return print_json(ctx, *j);

@@ -131,6 +131,7 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
     if (j) {
       auto m = parse_netmap(*j, "coordinator map");
       if (!m) return report(ctx, m.status());
+      if (Status s = check_map_overlay(*j); !s) return report(ctx, s);
       if (m->serial != last) {
         if (!cache.empty()) {
           Status s = write_file_atomic(cache, dump_json(*j) + "\n", 0600);

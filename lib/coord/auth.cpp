@@ -23,7 +23,38 @@ Result<SessionKeys> derive_session_keys(const SecretKey& own, const PublicKey& o
     sodium_memzero(&st, sizeof st);
     return k;
   };
-  return SessionKeys{derive("mesh-coord v1 request"), derive("mesh-coord v1 response")};
+  return SessionKeys{derive("mesh-coord v1 request"), derive("mesh-coord v1 response"),
+                     derive("mesh-coord v1 seal request"), derive("mesh-coord v1 seal response")};
+}
+
+static_assert(crypto_aead_xchacha20poly1305_ietf_KEYBYTES == kKeyLen);
+constexpr size_t kSealNonce = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES;
+constexpr size_t kSealTag = crypto_aead_xchacha20poly1305_ietf_ABYTES;
+
+std::string seal_body(const SecretKey& k, std::string_view ad, std::string_view plain) {
+  // A random 192-bit nonce per message: no counter state to keep between
+  // processes or requests (the reason for XChaCha over ChaCha).
+  std::string out(kSealNonce + plain.size() + kSealTag, '\0');
+  auto* o = reinterpret_cast<uint8_t*>(out.data());
+  random_bytes(o, kSealNonce);
+  unsigned long long n = 0;
+  crypto_aead_xchacha20poly1305_ietf_encrypt(
+      o + kSealNonce, &n, reinterpret_cast<const uint8_t*>(plain.data()), plain.size(),
+      reinterpret_cast<const uint8_t*>(ad.data()), ad.size(), nullptr, o, k.bytes().data());
+  return out;
+}
+
+Result<std::string> open_body(const SecretKey& k, std::string_view ad, std::string_view sealed) {
+  if (sealed.size() < kSealNonce + kSealTag) return no_permission("sealed body too short");
+  std::string out(sealed.size() - kSealNonce - kSealTag, '\0');
+  const auto* s = reinterpret_cast<const uint8_t*>(sealed.data());
+  unsigned long long n = 0;
+  if (crypto_aead_xchacha20poly1305_ietf_decrypt(
+          reinterpret_cast<uint8_t*>(out.data()), &n, nullptr, s + kSealNonce,
+          sealed.size() - kSealNonce, reinterpret_cast<const uint8_t*>(ad.data()), ad.size(), s,
+          k.bytes().data()) != 0)
+    return no_permission("sealed body does not open with the session key");
+  return out;
 }
 
 std::string sha256_hex(std::string_view data) {

@@ -11,8 +11,15 @@
 //                              TIME "\n" NONCE "\n" hex(SHA256(body)))
 //   response MAC = HMAC-SHA256(K_res, "MESH-RES-V1\n" STATUS "\n" NONCE "\n"
 //                              hex(SHA256(body)))
+//   K_seal_req, K_seal_res: the same, labels "mesh-coord v1 seal request"
+//                           and "mesh-coord v1 seal response"
 // Headers: X-Mesh-Key (peer public key), X-Mesh-Time (unix seconds),
-// X-Mesh-Nonce (16 random bytes, base64url), X-Mesh-Auth (base64 MAC).
+// X-Mesh-Nonce (16 random bytes, base64url), X-Mesh-Auth (base64 MAC),
+// X-Mesh-Seal: 1 (required). Bodies are sealed so setup keys and relay
+// passwords never cross plain HTTP readable: a non-empty request body and
+// every response body are 24 random bytes || XChaCha20-Poly1305(K_seal_*,
+// that nonce, body, associated data = the X-Mesh-Nonce value); the MACs
+// cover the sealed bytes.
 #pragma once
 
 #include <array>
@@ -32,11 +39,14 @@ inline constexpr const char* kHdrKey = "X-Mesh-Key";
 inline constexpr const char* kHdrTime = "X-Mesh-Time";
 inline constexpr const char* kHdrNonce = "X-Mesh-Nonce";
 inline constexpr const char* kHdrAuth = "X-Mesh-Auth";
+inline constexpr const char* kHdrSeal = "X-Mesh-Seal";
 inline constexpr int64_t kMaxSkewSeconds = 60;
 
 struct SessionKeys {
   SecretKey request;
   SecretKey response;
+  SecretKey seal_request;
+  SecretKey seal_response;
 };
 
 // Derives both MAC keys. `own` is either side's private key, `other` the
@@ -51,6 +61,11 @@ std::string request_mac(const SecretKey& k, std::string_view method, std::string
                         int64_t time, std::string_view nonce, std::string_view body);
 std::string response_mac(const SecretKey& k, int status, std::string_view nonce,
                          std::string_view body);
+
+// Body sealing (see above). `ad` is the request's X-Mesh-Nonce. open_body
+// fails (NoPerm) on anything seal_body with the same key and ad did not make.
+std::string seal_body(const SecretKey& k, std::string_view ad, std::string_view plain);
+Result<std::string> open_body(const SecretKey& k, std::string_view ad, std::string_view sealed);
 
 // Constant-time check of a base64 MAC header against the expected value.
 bool mac_equal(std::string_view got, std::string_view expected);

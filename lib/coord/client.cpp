@@ -2,11 +2,16 @@
 
 #include <httplib.h>
 
+#include <ifaddrs.h>
+#include <netdb.h>
+
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "coord/auth.h"
 #include "core/base64.h"
+#include "core/net.h"
 
 namespace mesh::coord {
 
@@ -26,7 +31,8 @@ Status http_error(const Response& r) {
 
 Result<Response> Client::send(const std::string& method, const std::string& target,
                               const std::vector<std::pair<std::string, std::string>>& headers,
-                              const std::string& body, int read_timeout_s) {
+                              const std::string& body, int read_timeout_s,
+                              const std::string& content_type) {
   try {
     httplib::Client cli(server_);
     if (!cli.is_valid()) return usage_error("invalid server URL '" + server_ + "'");
@@ -38,9 +44,9 @@ Result<Response> Client::send(const std::string& method, const std::string& targ
     for (const auto& [k, v] : headers) h.emplace(k, v);
     httplib::Result res(nullptr, httplib::Error::Unknown);
     if (method == "GET") res = cli.Get(target, h);
-    else if (method == "POST") res = cli.Post(target, h, body, "application/json");
-    else if (method == "PUT") res = cli.Put(target, h, body, "application/json");
-    else if (method == "DELETE") res = cli.Delete(target, h, body, "application/json");
+    else if (method == "POST") res = cli.Post(target, h, body, content_type.c_str());
+    else if (method == "PUT") res = cli.Put(target, h, body, content_type.c_str());
+    else if (method == "DELETE") res = cli.Delete(target, h, body, content_type.c_str());
     else return internal_error("unsupported method " + method);
     if (!res)
       return unavailable("cannot reach the coordinator at " + server_ + ": " +
@@ -49,14 +55,90 @@ Result<Response> Client::send(const std::string& method, const std::string& targ
     r.body = res->body;
     if (res->has_header(kHdrAuth)) last_mac_ = res->get_header_value(kHdrAuth);
     else last_mac_.clear();
+    last_sealed_ = res->get_header_value(kHdrSeal) == "1";
     return r;
   } catch (const std::exception& e) {
     return unavailable("request to " + server_ + " failed: " + e.what());
   }
 }
 
+Result<SetupKeyText> parse_setup_key(std::string_view text) {
+  SetupKeyText k;
+  size_t dot = text.find('.');
+  k.secret = std::string(text.substr(0, dot));
+  if (k.secret.empty()) return data_error("setup key: empty");
+  if (dot == std::string_view::npos) return k;
+  auto raw = base64url_decode(text.substr(dot + 1));
+  if (!raw || raw->size() != kKeyLen)
+    return data_error("setup key: the part after '.' is not a coordinator key");
+  PublicKey pk;
+  std::copy(raw->begin(), raw->end(), pk.bytes.begin());
+  k.coordinator = pk;
+  return k;
+}
+
+std::string format_setup_key(std::string_view secret, const PublicKey& coordinator) {
+  return std::string(secret) + "." + base64url_encode(coordinator.bytes);
+}
+
+// The addresses of this host's interfaces (all namespaces' views are the
+// caller's own: a coordinator in the same namespace counts as local).
+static std::set<IpAddr> local_addresses() {
+  std::set<IpAddr> out;
+  ifaddrs* ifa = nullptr;
+  if (::getifaddrs(&ifa) != 0) return out;
+  for (ifaddrs* i = ifa; i; i = i->ifa_next)
+    if (i->ifa_addr && (i->ifa_addr->sa_family == AF_INET || i->ifa_addr->sa_family == AF_INET6))
+      out.insert(SockAddr::from_sockaddr(i->ifa_addr).ip);
+  ::freeifaddrs(ifa);
+  return out;
+}
+
+bool plain_http_to_other_host(const std::string& url) {
+  const std::string scheme = "http://";
+  if (url.rfind(scheme, 0) != 0) return false;
+  std::string host = url.substr(scheme.size());
+  host = host.substr(0, host.find('/'));
+  if (!host.empty() && host.front() == '[') host = host.substr(1, host.find(']') - 1);
+  else host = host.substr(0, host.find(':'));
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0) return true;
+  std::set<IpAddr> local = local_addresses();
+  bool other = false;
+  for (addrinfo* a = res; a; a = a->ai_next) {
+    IpAddr ip = SockAddr::from_sockaddr(a->ai_addr).ip;
+    if (!ip.is_loopback() && !local.count(ip)) other = true;
+  }
+  ::freeaddrinfo(res);
+  return other;
+}
+
+Status check_map_overlay(const Json& map) {
+  std::vector<Prefix> overlay;
+  if (map.contains("self") && map["self"].contains("addresses"))
+    for (const auto& a : map["self"]["addresses"])
+      if (a.is_string())
+        if (auto p = Prefix::parse(a.get<std::string>())) overlay.push_back(p->canonical());
+  if (!map.contains("peers") || !map["peers"].is_array()) return Status::ok();
+  for (const auto& p : map["peers"]) {
+    if (!p.is_object() || !p.contains("allowed_ips") || !p["allowed_ips"].is_array()) continue;
+    for (const auto& a : p["allowed_ips"]) {
+      auto ip = a.is_string() ? Prefix::parse(a.get<std::string>()) : Result<Prefix>(data_error(""));
+      bool inside = false;
+      for (const auto& o : overlay) inside = inside || (ip && o.contains(*ip));
+      if (!inside)
+        return Status(Exit::NoPerm, "map refused: peer '" + p.value("name", std::string("?")) +
+                                        "' is given allowed IP " + a.dump() +
+                                        ", outside the overlay prefixes of self.addresses");
+    }
+  }
+  return Status::ok();
+}
+
 Result<PublicKey> Client::coordinator_key() {
-  MESH_ASSIGN(auto r, send("GET", "/v1/info", {}, "", 10));
+  MESH_ASSIGN(auto r, send("GET", "/v1/info", {}, "", 10, ""));
   if (r.status != 200) return http_error(r);
   MESH_ASSIGN(auto j, parse_json(r.body, "coordinator /v1/info"));
   JsonView v(j, "coordinator /v1/info");
@@ -76,24 +158,33 @@ Result<Response> Client::peer(const std::string& method, const std::string& targ
   uint8_t nb[16];
   random_bytes(nb, sizeof nb);
   std::string nonce = base64url_encode(nb);
-  std::string mac = request_mac(keys->request, method, target, now, nonce, body);
+  std::string wire = body.empty() ? body : seal_body(keys->seal_request, nonce, body);
+  std::string mac = request_mac(keys->request, method, target, now, nonce, wire);
   std::vector<std::pair<std::string, std::string>> h{{kHdrKey, me.to_base64()},
                                                      {kHdrTime, std::to_string(now)},
                                                      {kHdrNonce, nonce},
-                                                     {kHdrAuth, mac}};
+                                                     {kHdrAuth, mac},
+                                                     {kHdrSeal, "1"}};
   // At debug level the exact signed request is logged (it is single-use:
   // the nonce makes a replay fail), which is how the tests capture one.
   log_.debug("request " + method + " " + server_ + target + " " + kHdrKey + ": " + me.to_base64() +
              " " + kHdrTime + ": " + std::to_string(now) + " " + kHdrNonce + ": " + nonce + " " +
              kHdrAuth + ": " + mac);
-  MESH_ASSIGN(auto r, send(method, target, h, body, read_timeout_s));
+  MESH_ASSIGN(auto r, send(method, target, h, wire, read_timeout_s, "application/octet-stream"));
   bool authentic = !last_mac_.empty() &&
                    mac_equal(last_mac_, response_mac(keys->response, r.status, nonce, r.body));
+  if (authentic && last_sealed_) {
+    MESH_ASSIGN(r.body, open_body(keys->seal_response, nonce, r.body));
+  }
   if (r.status >= 200 && r.status < 300) {
     if (!authentic)
       return no_permission("response from " + server_ +
                            " is not authenticated by the coordinator key (wrong "
                            "--coordinator-key, or tampered with in transit)");
+    // A sealed request always gets a sealed answer: an unsealed one would
+    // have carried the map's relay passwords in clear.
+    if (!last_sealed_)
+      return no_permission("response from " + server_ + " is not sealed (coordinator too old?)");
     return r;
   }
   Status s = http_error(r);
@@ -103,7 +194,8 @@ Result<Response> Client::peer(const std::string& method, const std::string& targ
 
 Result<Json> Client::admin(const std::string& method, const std::string& target,
                            const std::string& token, const std::string& body) {
-  MESH_ASSIGN(auto r, send(method, target, {{"Authorization", "Bearer " + token}}, body, 60));
+  MESH_ASSIGN(auto r, send(method, target, {{"Authorization", "Bearer " + token}}, body, 60,
+                           "application/json"));
   if (r.status < 200 || r.status >= 300) return http_error(r);
   return parse_json(r.body, "coordinator response");
 }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <optional>
+#include <string_view>
 #include <utility>
 #include <vector>
 #include <string>
@@ -47,11 +48,34 @@ class Client {
  private:
   Result<Response> send(const std::string& method, const std::string& target,
                         const std::vector<std::pair<std::string, std::string>>& headers,
-                        const std::string& body, int read_timeout_s);
+                        const std::string& body, int read_timeout_s,
+                        const std::string& content_type);
   std::string server_, ca_file_;
   const Log& log_;
   std::string last_mac_;  // X-Mesh-Auth of the last response
+  bool last_sealed_ = false;  // it carried X-Mesh-Seal: 1
 };
+
+// A setup key as `setup-key create` prints it: SECRET.COORD, where COORD is
+// the coordinator's public key (base64url, no padding), so a join over plain
+// HTTP is pinned to the right coordinator. A bare SECRET (keys made before
+// keys carried it) has no pin.
+struct SetupKeyText {
+  std::string secret;
+  std::optional<PublicKey> coordinator;
+};
+Result<SetupKeyText> parse_setup_key(std::string_view text);
+std::string format_setup_key(std::string_view secret, const PublicKey& coordinator);
+
+// True when `url` is http:// to a host that is not this one (neither a
+// loopback address nor an address of a local interface): there, secrets
+// that are not sealed (the admin token) would cross the network readable.
+bool plain_http_to_other_host(const std::string& url);
+
+// A map from the coordinator may give a peer allowed IPs only inside the
+// overlay prefixes (the map's self.addresses): anything else would let a
+// forged or compromised map route this node's other traffic into the mesh.
+Status check_map_overlay(const Json& map);
 
 // Turns an HTTP error response into a Status (exit code from the status,
 // message from the JSON error document when there is one).

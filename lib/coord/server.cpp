@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "coord/auth.h"
+#include "coord/client.h"
 #include "coord/mapjson.h"
 #include "coord/punch.h"
 #include "coord/store.h"
@@ -176,6 +177,7 @@ Result<Json> json_body(const httplib::Request& req, size_t max) {
   return parse_json(req.body, "request");
 }
 
+
 class RateLimiter {
  public:
   explicit RateLimiter(int per_minute) : limit_(per_minute) {}
@@ -202,7 +204,21 @@ struct PeerAuth {
   PublicKey key;
   SessionKeys keys;
   std::string nonce;
+  std::string body;  // the request body, unsealed
+  bool sealed = false;  // X-Mesh-Seal: the response is sealed too
 };
+
+bool is_loopback(const std::string& addr) {
+  auto ip = IpAddr::parse(addr);
+  return ip && ip->is_loopback();
+}
+
+// A peer request's body, unsealed by auth_peer.
+Result<Json> json_body(const PeerAuth& a, size_t max) {
+  if (a.body.size() > max)
+    return data_error("request: body larger than " + std::to_string(max) + " bytes");
+  return parse_json(a.body, "request");
+}
 
 class Coordinator {
  public:
@@ -555,6 +571,19 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
   if (!mac_equal(req.get_header_value(kHdrAuth), want))
     return fail("bad request signature (wrong key, or the request was altered)");
   if (Status s = check_time(t, now); !s) return fail(s.message());
+  // Unsealed bodies are accepted only where nobody else can read them: over
+  // TLS or from this host (third-party clients need no AEAD there).
+  a.sealed = req.get_header_value(kHdrSeal) == "1";
+  if (!a.sealed && opt_.tls_cert.empty() && !is_loopback(req.remote_addr))
+    return fail(std::string("request is not sealed (") + kHdrSeal +
+                ": 1 is required over plain HTTP from another host)");
+  if (!a.sealed) {
+    a.body = req.body;
+  } else if (!req.body.empty()) {
+    auto plain = open_body(a.keys.seal_request, a.nonce, req.body);
+    if (!plain) return fail(plain.status().message());
+    a.body = std::move(*plain);
+  }
   // Enrolment is checked before the nonce is remembered, so keys that are
   // not enrolled cannot fill the nonce cache (join is rate limited instead).
   if (require_enrolled) {
@@ -576,6 +605,10 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
 }
 
 void Coordinator::sign(const PeerAuth& a, httplib::Response& res) {
+  if (a.sealed) {
+    res.set_content(seal_body(a.keys.seal_response, a.nonce, res.body), "application/octet-stream");
+    res.set_header(kHdrSeal, "1");
+  }
   res.set_header(kHdrAuth, response_mac(a.keys.response, res.status, a.nonce, res.body));
 }
 
@@ -685,7 +718,7 @@ std::optional<ApiError> Coordinator::choose_name(const SetupKey& key, const Name
 void Coordinator::h_join(const httplib::Request& req, httplib::Response& res) {
   auto a = auth_peer(req, false, nullptr);
   if (!a) return auth_error(req, res, a.status());
-  auto j = json_body(req, 16384);
+  auto j = json_body(*a, 16384);
   if (!j) return peer_error(&*a, res, from_status(j.status()));
   JsonView v(*j, "request");
   Status keys = v.check_keys({"setup_key", "name", "name_hint"});
@@ -869,7 +902,7 @@ void Coordinator::h_announce(const httplib::Request& req, httplib::Response& res
   uint32_t id = 0;
   auto a = auth_peer(req, true, &id);
   if (!a) return auth_error(req, res, a.status());
-  auto j = json_body(req, 65536);
+  auto j = json_body(*a, 65536);
   if (!j) return peer_error(&*a, res, from_status(j.status()));
   auto doc = parse_endpoints(*j, "request");
   if (!doc) return peer_error(&*a, res, from_status(doc.status()));
@@ -921,7 +954,7 @@ void Coordinator::h_punch(const httplib::Request& req, httplib::Response& res) {
                       {429, "too many punch requests (at most " + std::to_string(kPunchBurst) +
                                 " per " + std::to_string(kPunchWindowMs / 1000) + " s); retry later"});
   }
-  auto j = json_body(req, 16384);
+  auto j = json_body(*a, 16384);
   if (!j) return peer_error(&*a, res, from_status(j.status()));
   std::vector<PublicKey> targets;
   auto parse = [&]() -> Status {
@@ -1051,7 +1084,7 @@ void Coordinator::h_keys_create(const httplib::Request& req, httplib::Response& 
   if (!s) return send_error(res, from_status(s));
   setup_keys_.push_back(k);
   Json out = k.to_json();
-  out["key"] = secret;
+  out["key"] = format_setup_key(secret, coord_pub_);
   wipe(secret);
   send_json(res, 201, out);
 }

@@ -146,7 +146,7 @@ api() {  # api METHOD PATH [BODY]: admin request with curl; sets $code and resp.
     --key "$(mesh-keygen genkey -o n.key; echo n.key)" --name 'NOT VALID'
   [[ "$stderr" == *"name: invalid peer name 'NOT VALID'"* ]]
   mrun -s "$EX_DATAERR" mesh-coord join --server "$COORD_URL" --setup-key-file k.sk --key n.key --name a
-  [[ "$stderr" == *"peer name 'a' is already in use"* ]]
+  [[ "$stderr" == *"peer name 'a' is not available to this setup key"* ]]
   mrun -s "$EX_DATAERR" mesh-coord peer rename --server "$COORD_URL" a b
   [[ "$stderr" == *"already in use"* ]]
   mrun -s "$EX_DATAERR" mesh-coord peer rename --server "$COORD_URL" a 'x y'

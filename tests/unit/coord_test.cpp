@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "coord/auth.h"
+#include "coord/client.h"
 #include "coord/mapjson.h"
 #include "coord/model.h"
 #include "coord/punch.h"
@@ -59,6 +60,61 @@ TEST(CoordAuth, StaleAndReplayedRefused) {
   EXPECT_EQ(nc.check_and_insert("dddddddddddddddddddddd", 1000).code(), Exit::TempFail);
   // Once no request carrying them can be fresh, old nonces are forgotten.
   EXPECT_TRUE(nc.check_and_insert("dddddddddddddddddddddd", 1000 + 2 * kMaxSkewSeconds + 2));
+}
+
+TEST(CoordAuth, SealedBodiesOpenOnlyWithTheirKeyAndNonce) {
+  SecretKey node = SecretKey::generate_private(), coord = SecretKey::generate_private();
+  PublicKey np = node.public_key(), cp = coord.public_key();
+  auto a = derive_session_keys(node, cp, np, cp);
+  auto b = derive_session_keys(coord, np, np, cp);
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->seal_request.bytes(), b->seal_request.bytes());
+  EXPECT_NE(a->seal_request.bytes(), a->request.bytes());
+  EXPECT_NE(a->seal_request.bytes(), a->seal_response.bytes());
+  std::string plain = R"({"setup_key":"s3cret"})";
+  std::string sealed = seal_body(a->seal_request, "nonce-1", plain);
+  EXPECT_EQ(sealed.find("s3cret"), std::string::npos);
+  EXPECT_NE(sealed, seal_body(a->seal_request, "nonce-1", plain));  // random nonce each time
+  auto opened = open_body(b->seal_request, "nonce-1", sealed);
+  ASSERT_TRUE(opened) << opened.status().message();
+  EXPECT_EQ(*opened, plain);
+  // Another request's nonce, the other direction's key, or one flipped bit: refused.
+  EXPECT_EQ(open_body(b->seal_request, "nonce-2", sealed).status().code(), Exit::NoPerm);
+  EXPECT_FALSE(open_body(b->seal_response, "nonce-1", sealed));
+  sealed[30] ^= 1;
+  EXPECT_FALSE(open_body(b->seal_request, "nonce-1", sealed));
+  EXPECT_FALSE(open_body(b->seal_request, "nonce-1", "short"));
+  EXPECT_EQ(*open_body(b->seal_response, "n", seal_body(a->seal_response, "n", "")), "");
+}
+
+TEST(CoordClient, SetupKeysCarryTheCoordinatorKey) {
+  PublicKey cp = SecretKey::generate_private().public_key();
+  std::string text = format_setup_key("AbC-_123", cp);
+  auto k = parse_setup_key(text);
+  ASSERT_TRUE(k) << k.status().message();
+  EXPECT_EQ(k->secret, "AbC-_123");
+  ASSERT_TRUE(k->coordinator);
+  EXPECT_EQ(*k->coordinator, cp);
+  auto bare = parse_setup_key("AbC-_123");
+  ASSERT_TRUE(bare);
+  EXPECT_FALSE(bare->coordinator);
+  EXPECT_EQ(parse_setup_key("AbC.notakey").status().code(), Exit::DataErr);
+  EXPECT_FALSE(parse_setup_key(".x"));
+  EXPECT_FALSE(parse_setup_key(""));
+}
+
+TEST(CoordClient, MapsMayGiveAllowedIpsOnlyInsideTheOverlay) {
+  auto map = [](std::vector<std::string> allowed) {
+    return Json{{"self", {{"addresses", {"100.64.0.1/10", "fd00:1::1/48"}}}},
+                {"peers", {{{"name", "b"}, {"allowed_ips", allowed}}}}};
+  };
+  EXPECT_TRUE(check_map_overlay(map({"100.64.0.2/32", "fd00:1::2/128", "100.100.0.0/16"})));
+  EXPECT_TRUE(check_map_overlay(map({})));
+  for (const char* bad : {"0.0.0.0/0", "100.0.0.0/8", "198.51.100.0/24", "fd00:2::1/128", "::/0"}) {
+    Status s = check_map_overlay(map({"100.64.0.2/32", bad}));
+    EXPECT_EQ(s.code(), Exit::NoPerm) << bad;
+    EXPECT_NE(s.message().find(bad), std::string::npos) << s.message();
+  }
 }
 
 TEST(CoordRelay, TurnPasswordIsCoturnRestHmacSha1) {
