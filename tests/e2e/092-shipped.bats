@@ -34,6 +34,7 @@ ship_lab() {
   netns_add srv
   netns_add node
   veth_link srv 203.0.113.1/24 node 203.0.113.2/24
+  NODE=(ip netns exec "${MESH_RUN}node")   # for mrun
   mesh-keygen token -o "$R/etc/mesh/relay.secret"
 }
 
@@ -49,18 +50,18 @@ coord_unit_start() {
   ship_lab
   coord_unit_start
   kill -0 "$coord_pid"
-  mrun -s 0 nsx node curl -sSf --max-time 5 http://203.0.113.1:8420/v1/info
-  [[ "$(jq -r .public_key <<<"$output")" =~ ^[A-Za-z0-9+/]{43}=$ ]]
+  mrun -s 0 "${NODE[@]}" curl -sSf --max-time 5 http://203.0.113.1:8420/v1/info
+  [[ "$(jq -r .coordinator_public_key <<<"$output")" =~ ^[A-Za-z0-9+/]{43}=$ ]]
   # Its state went where the unit says, with the admin token.
   [ "$(stat -c %a "$R/var/lib/mesh-coord")" = 700 ]
   export MESH_ADMIN_TOKEN=$(cat "$R/var/lib/mesh-coord/admin.token")
-  mrun -s 0 nsx node mesh-coord setup-key create --server http://203.0.113.1:8420 --name n -o sk
+  mrun -s 0 "${NODE[@]}" mesh-coord setup-key create --server http://203.0.113.1:8420 --name n -o sk
   mesh-keygen genkey -o n1.key
-  mrun -s 0 nsx node mesh-coord join --server http://203.0.113.1:8420 --setup-key-file sk \
+  mrun -s 0 "${NODE[@]}" mesh-coord join --server http://203.0.113.1:8420 --setup-key-file sk \
     --key n1.key --name n1
   printf '%s\n' "$output" >n1.json
   # The relay settings of /etc/default/mesh-coord reach the maps.
-  mrun -s 0 nsx node mesh-coord map --registration n1.json --key n1.key
+  mrun -s 0 "${NODE[@]}" mesh-coord map --registration n1.json --key n1.key
   [ "$(jq -r '.turn[0].server' <<<"$output")" = 203.0.113.1:3478 ]
   [ "$(jq -r '.stun[0]' <<<"$output")" = 203.0.113.1:3478 ]
 }
@@ -74,13 +75,13 @@ coord_unit_start() {
     { cat "$BATS_TEST_TMPDIR/relay.err"; false; }
   kill -0 "$relay_pid"
   # A STUN binding from the node sees the node's address.
-  mrun -s 0 nsx node mesh-punch stun --server 203.0.113.1:3478 --json
+  mrun -s 0 "${NODE[@]}" mesh-punch stun --server 203.0.113.1:3478 --port 40000 --no-nat-tests --json
   [[ "$(jq -r '.stun[0].mapped' <<<"$output")" == 203.0.113.2:* ]]
   # A TURN allocation with a credential minted from the shared secret (as
   # the coordinator does) relays on the configured address.
   mesh-relay credential --auth-secret-file "$R/etc/mesh/relay.secret" --name n1 --ttl 600 --json >cred.json
   jq -r .password cred.json >pw
-  mrun -s 0 nsx node mesh-relay check --server 203.0.113.1:3478 \
+  mrun -s 0 "${NODE[@]}" mesh-relay check --server 203.0.113.1:3478 \
     --username "$(jq -r .username cred.json)" --password-file pw
   [[ "$output" == *203.0.113.1:* ]]
 }
@@ -91,7 +92,7 @@ coord_unit_start() {
   inst=$(wg_name up)
   on_teardown "nsx node mesh-apply down --interface $inst >/dev/null 2>&1"
   export MESH_ADMIN_TOKEN=$(cat "$R/var/lib/mesh-coord/admin.token")
-  mrun -s 0 nsx node mesh-coord setup-key create --server http://203.0.113.1:8420 --name nodes \
+  mrun -s 0 "${NODE[@]}" mesh-coord setup-key create --server http://203.0.113.1:8420 --name nodes \
     -o "$R/etc/mesh/$inst.setup-key"
   echo 'MESH_SERVER=http://203.0.113.1:8420' >"$R/etc/mesh/$inst.env"
   unit_start up "mesh-up@.service" node "$inst"
@@ -169,21 +170,23 @@ cron_job() {
   done
   cat >complete.sh <<'EOF'
 source /usr/share/bash-completion/bash_completion
-# What bash does on the first TAB after PROG: the default completion
-# (complete -D) loads PROG's file; then PROG's own function runs.
-first_tab() {
-  local p=$1 f
-  _completion_loader "$p" "" "$p"
-  f=$(complete -p "$p" 2>/dev/null | sed -n 's/.* -F \([^ ]*\) .*/\1/p')
-  [ -n "$f" ] || { echo "$p: no completion loaded"; return; }
-  COMP_WORDS=("$p" "") COMP_CWORD=1 COMP_LINE="$p " COMP_POINT=${#COMP_LINE} COMPREPLY=()
-  "$f" "$p" "" "$p"
-  echo "$p: ${COMPREPLY[*]}"
-}
-for p in mesh-keygen mesh-coord mesh-punch mesh-relay mesh-apply mesh-up; do first_tab "$p"; done
+# What bash does on the first TAB after PROG in a new shell: the default
+# completion (complete -D) loads PROG's file; then PROG's own function runs.
+p=$1
+_completion_loader "$p" "" "$p"
+f=$(complete -p "$p" 2>/dev/null | sed -n 's/.* -F \([^ ]*\) .*/\1/p')
+COMP_WORDS=("$p" "") COMP_CWORD=1 COMP_LINE="$p " COMP_POINT=${#COMP_LINE} COMPREPLY=()
+"$f" "$p" "" "$p"
+echo "$p: ${COMPREPLY[*]}"
 EOF
-  mrun -s 0 env -i HOME="$BATS_TEST_TMPDIR" PATH="$R/usr/local/bin:/usr/bin:/bin" \
-    XDG_DATA_DIRS="$R/usr/local/share:/usr/share" bash complete.sh
+  # A shell each: loading one program's file must not be what makes another work.
+  out=""
+  for p in mesh-keygen mesh-coord mesh-punch mesh-relay mesh-apply mesh-up; do
+    mrun -s 0 env -i HOME="$BATS_TEST_TMPDIR" PATH="$R/usr/local/bin:/usr/bin:/bin" \
+      XDG_DATA_DIRS="$R/usr/local/share:/usr/share" bash complete.sh "$p"
+    out+="$output"$'\n'
+  done
+  output=$out
   echo "$output"
   has() { local l w; l=$(grep "^$1: " <<<"$output"); for w in "${@:2}"; do [[ " $l " == *" $w "* ]] || { echo "no '$w' for $1"; return 1; }; done; }
   has mesh-keygen genkey pubkey genpsk pair token

@@ -86,7 +86,7 @@ unit_start() {
   # ${VAR} is one word, $VAR is split at white space (systemd.service(5),
   # "Command lines"): the same as "${VAR}" and an unquoted $VAR in bash.
   exec_line=$(sed -E 's/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/"${\1}"/g' <<<"$exec_line")
-  mapfile -t cmd < <(env -i "${env[@]}" bash -c 'eval "set -- $1"; printf "%s\n" "$@"' _ "$exec_line")
+  mapfile -t cmd < <(env -i "${env[@]}" /bin/bash -c 'eval "set -- $1"; printf "%s\n" "$@"' _ "$exec_line")
   echo "unit_start $unit: ${cmd[*]}" >&2
   start_daemon "$name" ip netns exec "${MESH_RUN}$ns" env -i PATH="$(ship_path "$SYSTEMD_PATH")" \
     "${env[@]}" "${cmd[@]}"
@@ -128,7 +128,7 @@ doc_check() {
   [ "$BASHPID" = "$DOC_TOP" ] || t=15
   # "..." stands for arguments the example leaves out.
   case " $* " in *" ... "*) echo "skip $prog $*" >>"$DOC_LOG"; return 0 ;; esac
-  for i in 1 2 3 4 5 6 7 8 9 10; do
+  for i in 1 2 3 4; do
     timeout -k 2 "$t" "$prog" "$@" 2>"$err"; rc=$?
     # A coordinator the example started in the background a moment ago may
     # not listen yet (an operator types slower): ask again.
