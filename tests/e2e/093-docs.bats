@@ -18,11 +18,34 @@ setup() {
   rmdir "$R/etc/mesh"
 }
 
+# What the man pages' examples take as given: a node key in /etc/mesh and
+# in the working directory, and a node's state directory with its key and
+# map (one peer, $DOC_PEER_KEY).
+doc_fixtures() {
+  local st=$R/var/lib/mesh/$SHIP_IFM d=$BATS_TEST_TMPDIR/doc.$(basename "$1") f
+  mkdir -p "$R/etc/mesh" "$st" "$d"
+  (umask 077; mesh-keygen genkey >"$R/etc/mesh/node.key")
+  cp "$R/etc/mesh/node.key" "$R/etc/mesh/private.key"
+  DOC_PEER_KEY=$(mesh-keygen genkey | mesh-keygen pubkey)
+  jq -n --arg k "$(mesh-keygen pubkey <"$R/etc/mesh/node.key")" --arg p "$DOC_PEER_KEY" \
+    '{version:1, serial:1, self:{name:"n1", public_key:$k, addresses:["100.64.0.1/10"], listen_port:51820},
+      peers:[{name:"n2", public_key:$p, addresses:["100.64.0.2/32"], allowed_ips:[],
+              endpoints:[{endpoint:"203.0.113.2:51820", kind:"host"}]}],
+      firewall:{inbound:[]}}' >"$d/map.json"
+  for f in "$d" "$st"; do cp "$R/etc/mesh/node.key" "$f/node.key"; done
+  cp "$d/map.json" "$st/map.json"
+  on_teardown "nsx $2 mesh-apply down --interface $SHIP_IF0 >/dev/null 2>&1"
+  on_teardown "nsx $2 mesh-apply down --interface $SHIP_IFM >/dev/null 2>&1"
+}
+
 # doc_ok FILE: run FILE's commands in a fresh lab namespace; fail on a FAIL
-# line, or when no mesh program ran at all (the extraction broke).
+# line, or when no mesh program ran at all (the extraction broke). The
+# walk-throughs (README.md, mesh.7) start from a fresh machine; the other
+# man pages from doc_fixtures.
 doc_ok() {
   local doc=$1 ns=d$(( ++doc_n ))
   doc_lab "$ns"
+  case "$doc" in README.md|man/mesh.7) ;; *) doc_fixtures "$doc" "$ns" ;; esac
   doc_run "$ns" "$doc" "$(ship_path "$(doc_commands "$MESH_ROOT/$doc")")"
   echo "== $doc"; cat "$DOC_LOG"
   if grep -q '^FAIL' "$DOC_LOG"; then
@@ -96,6 +119,8 @@ mesh-apply -i wg0 \\
   coord_start coord1
   port=$COORD_PORT
   coord_key k --reusable
+  echo '{"rules":[{"name":"ping","src":["all"],"dst":["all"],"proto":"icmp"}]}' >p.json
+  mrun -s 0 mesh-coord policy set --server "$COORD_URL" p.json
   coord_join n1 k
   coord_join n2 k
   kill "$coord1_pid"; wait "$coord1_pid" || true
@@ -110,7 +135,7 @@ mesh-apply -i wg0 \\
   kill "$coord2_pid"; wait "$coord2_pid" || true
   rm -rf "$COORD_STATE"; cp -a backup "$COORD_STATE"
   COORD_LISTEN=127.0.0.1:$port coord_start coord3
-  wait_until 20 test "$(wc -l <watch.out)" -ge 2
+  wait_until 20 bash -c '[ "$(wc -l <watch.out)" -ge 2 ]'
   low=$(sed -n 2p watch.out | jq .serial)
   [ "$low" -lt "$high" ]
   [ "$(sed -n 2p watch.out | jq -r '[.peers[].name] | sort | join(",")')" = n2 ]

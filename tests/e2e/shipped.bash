@@ -193,17 +193,14 @@ doc_run() {
   ( cd "$DOC_DIR" &&
     ip netns exec "${MESH_RUN}$ns" env DOC_DIR="$DOC_DIR" DOC_LOG="$DOC_LOG" DOC_ROOT="$R" \
       MESH_ROOT="$MESH_ROOT" MESH_BIN="$MESH_BIN" PATH="$R/usr/local/bin:$PATH" \
-      URL=http://203.0.113.1:8420 PEER_KEY="$(mesh-keygen genkey | mesh-keygen pubkey)" \
+      URL=http://203.0.113.1:8420 PEER_KEY="${DOC_PEER_KEY:-$(mesh-keygen genkey | mesh-keygen pubkey)}" \
       timeout -k 5 120 bash "$DOC_DIR.sh" </dev/null >"$DOC_DIR.out" 2>"$DOC_DIR.err" ) || true
 }
 
-# doc_lab NS: a namespace holding the documents' addresses (203.0.113.1,
-# 203.0.113.2, 192.0.2.10) on a dummy interface: their traffic stays in it.
+# doc_lab NS: a namespace owning the documents' addresses (203.0.113.1,
+# 203.0.113.2, 192.0.2.10, on lo): their traffic stays in it.
 doc_lab() {
   netns_add "$1"
-  ip -n "${MESH_RUN}$1" link add "${MESH_RUN}d" type dummy
-  ip -n "${MESH_RUN}$1" addr add 203.0.113.1/24 dev "${MESH_RUN}d"
-  ip -n "${MESH_RUN}$1" addr add 203.0.113.2/24 dev "${MESH_RUN}d"
-  ip -n "${MESH_RUN}$1" addr add 192.0.2.10/24 dev "${MESH_RUN}d"
-  ip -n "${MESH_RUN}$1" link set "${MESH_RUN}d" up
+  local a
+  for a in 203.0.113.1 203.0.113.2 192.0.2.10; do ip -n "${MESH_RUN}$1" addr add "$a/32" dev lo; done
 }
