@@ -155,10 +155,19 @@ cron_job() {
     "[$(peer_json a "$PA" 100.64.0.1/32 198.51.100.1:51820)]" '[{"sources":["100.64.0.1/32"],"proto":"any"}]'
   apply_b "$D/b.json"
   mrun -s 0 "${NA[@]}" ping -c 1 -W 5 100.64.0.2
-  # The next run is a no-op, and still logs its summary.
+  # Once mesh-up has found a direct path (paths.json), it wins over the
+  # relay's endpoint, as in mesh-up's own apply: here the relay moved to a
+  # local port and the direct path is the address WireGuard already has,
+  # so the run changes nothing, and still logs its summary.
+  jq -n --arg k "$PB" '{version:1, peers:[{public_key:$k, status:"relayed", endpoint:"127.0.0.1:40001", kind:"relay"}]}' \
+    >"$st/relay.json"
+  jq -n --arg k "$PB" '{version:1, peers:[{public_key:$k, status:"direct", endpoint:"198.51.100.2:51820", kind:"host"}]}' \
+    >"$st/paths.json"
   mrun -T 60 -s 0 "${NA[@]}" env -i PATH="$CRON_PATH" SHELL=/bin/sh HOME=/root LOGNAME=root \
     "${CRON_ENV[@]}" /bin/sh -c "$CRON_CMD"
   [ "$(tail -1 "$R/var/log/mesh-apply.log" | jq -r .changed)" = false ]
+  [ "$(nsx a wg show "$SHIP_IFM" endpoints | awk '{print $2}')" = 198.51.100.2:51820 ]
+  [ "$(wc -l <"$R/var/log/mesh-apply.log")" -eq 2 ]
 }
 
 @test "bash completion is loaded on demand for every program" {
