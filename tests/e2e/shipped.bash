@@ -20,7 +20,7 @@
 #                              ```sh blocks, a man page's example blocks
 #                              (.EX/.EE, .nf/.fi) in EXAMPLES and WALK-THROUGH,
 #                              roff escapes undone, JSON examples left out
-#   doc_json FILE              the JSON examples of FILE, one per line
+#   doc_json FILE              the JSON examples of FILE, each ended by a NUL
 #   doc_run NS FILE SCRIPT     run SCRIPT (commands from FILE) in namespace NS
 #                              with every mesh program wrapped: each call runs
 #                              the real program, and a usage error (exit 64, or
@@ -47,7 +47,7 @@ ship_path() {
       -e "s#\\bwg1\\b#$SHIP_IF1#g" <<<"$1"
 }
 
-# unit_value FILE KEY: the values of KEY= in the [Service] etc. sections, one per line.
+# unit_value FILE KEY: the values of KEY= in unit FILE, one per line.
 unit_value() { sed -n "s/^$2=//p" "$1"; }
 
 # EnvironmentFile= lines: KEY=VALUE, optional quotes, comments (systemd.exec(5)).
@@ -144,7 +144,17 @@ doc_check() {
   rm -f "$err"
   return 0
 }
-doc_settle() { sleep 2; }
+# After a command started in the background: wait (at most 5 s) until a
+# new socket listens, as an operator waits for a daemon to come up.
+DOC_LISTEN=$(ss -Hlntu | wc -l)
+doc_settle() {
+  local i
+  for i in $(seq 50); do
+    [ "$(ss -Hlntu | wc -l)" -gt "$DOC_LISTEN" ] && break
+    sleep 0.1
+  done
+  DOC_LISTEN=$(ss -Hlntu | wc -l)
+}
 mesh-keygen() { doc_check mesh-keygen "$@"; }
 mesh-coord() { doc_check mesh-coord "$@"; }
 mesh-punch() { doc_check mesh-punch "$@"; }
@@ -186,8 +196,7 @@ doc_run() {
   DOC_LOG=$DOC_DIR.log
   mkdir -p "$DOC_DIR"
   : >"$DOC_LOG"
-  # A daemon started in the background gets the moment an operator takes
-  # to type the next command.
+  # A daemon started in the background gets time to come up (doc_settle).
   { _doc_prelude; sed -E 's/(^|[^&])&[[:space:]]*$/\1\&\ndoc_settle/' <<<"$script"; echo wait; } >"$DOC_DIR.sh"
   # The examples' placeholders: a coordinator URL and a peer's key.
   ( cd "$DOC_DIR" &&
