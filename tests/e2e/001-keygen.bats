@@ -2,6 +2,7 @@
 # mesh-keygen: every verb, every error path, and interop with wg(8).
 
 load helpers
+load apply-lib
 
 setup() { cd "$BATS_TEST_TMPDIR"; }
 
@@ -38,13 +39,53 @@ setup() { cd "$BATS_TEST_TMPDIR"; }
   diff wg.pub mesh.pub
 }
 
-@test "genpsk is accepted by wg as a preshared key" {
+@test "genpsk prints 32 random bytes in base64" {
   mrun -s 0 mesh-keygen genpsk
   [[ "$output" =~ ^[A-Za-z0-9+/]{43}=$ ]]
   [ "$(printf '%s' "$output" | base64 -d | wc -c)" -eq 32 ]
-  mrun -s 0 wg pubkey <<< "$output"   # wg accepts it as a key
   second=$(mesh-keygen genpsk)
   [ "$second" != "$output" ]
+}
+
+# psk_maps PSK_A PSK_B: the apply-lib pair's maps, with the preshared key
+# each side gives its peer (mesh-netmap(5), peers[].preshared_key).
+psk_maps() {
+  standard_maps
+  jq --arg p "$1" '.peers[0].preshared_key = $p' "$D/a.json" >"$D/a.psk.json"
+  jq --arg p "$2" '.peers[0].preshared_key = $p' "$D/b.json" >"$D/b.psk.json"
+}
+
+@test "genpsk is a working WireGuard preshared key: the same one on both sides passes traffic" {
+  apply_pair
+  mrun -s 0 mesh-keygen genpsk
+  psk=$output
+  psk_maps "$psk" "$psk"
+  apply_a "$D/a.psk.json"
+  apply_b "$D/b.psk.json"
+  # WireGuard took it as the peer's preshared key on both sides.
+  [ "$(nsx a wg show "$IFA" preshared-keys | awk '{print $2}')" = "$psk" ]
+  [ "$(nsx b wg show "$IFB" preshared-keys | awk '{print $2}')" = "$psk" ]
+  mrun -s 0 "${NA[@]}" ping -c 1 -W 5 100.64.0.2
+  mrun -s 0 "${NB[@]}" ping -c 1 -W 5 100.64.0.1
+}
+
+@test "genpsk: different preshared keys on the two sides pass no traffic" {
+  apply_pair
+  psk_maps "$(mesh-keygen genpsk)" "$(mesh-keygen genpsk)"
+  apply_a "$D/a.psk.json"
+  apply_b "$D/b.psk.json"
+  # Handshakes fail on the PSK mix-in: no session, no ping, either way.
+  mrun "${NA[@]}" ping -c 3 -i 0.5 -W 2 100.64.0.2
+  [ "$status" -ne 0 ]
+  mrun "${NB[@]}" ping -c 1 -W 2 100.64.0.1
+  [ "$status" -ne 0 ]
+  [ "$(nsx a wg show "$IFA" latest-handshakes | awk '{print $2}')" = 0 ]
+  # The same pair with matching keys talks: it was only the keys.
+  psk=$(mesh-keygen genpsk)
+  psk_maps "$psk" "$psk"
+  apply_a "$D/a.psk.json"
+  apply_b "$D/b.psk.json"
+  mrun -s 0 "${NA[@]}" ping -c 1 -W 6 100.64.0.2
 }
 
 @test "pair --json gives a matching key pair" {
