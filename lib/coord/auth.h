@@ -15,9 +15,9 @@
 //                           and "mesh-coord v1 seal response"
 // Headers: X-Mesh-Key (peer public key), X-Mesh-Time (unix seconds),
 // X-Mesh-Nonce (16 random bytes, base64url), X-Mesh-Auth (base64 MAC),
-// X-Mesh-Seal: 1 (required). Bodies are sealed so setup keys and relay
-// passwords never cross plain HTTP readable: a non-empty request body and
-// every response body are 24 random bytes || XChaCha20-Poly1305(K_seal_*,
+// X-Mesh-Seal: 1. Bodies are sealed so setup keys and relay passwords
+// never cross plain HTTP readable: non-empty request and response bodies
+// are 24 random bytes || XChaCha20-Poly1305(K_seal_*,
 // that nonce, body, associated data = the X-Mesh-Nonce value); the MACs
 // cover the sealed bytes.
 #pragma once

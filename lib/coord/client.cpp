@@ -173,7 +173,7 @@ Result<Response> Client::peer(const std::string& method, const std::string& targ
   MESH_ASSIGN(auto r, send(method, target, h, wire, read_timeout_s, "application/octet-stream"));
   bool authentic = !last_mac_.empty() &&
                    mac_equal(last_mac_, response_mac(keys->response, r.status, nonce, r.body));
-  if (authentic && last_sealed_) {
+  if (authentic && last_sealed_ && !r.body.empty()) {
     MESH_ASSIGN(r.body, open_body(keys->seal_response, nonce, r.body));
   }
   if (r.status >= 200 && r.status < 300) {

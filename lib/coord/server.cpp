@@ -605,8 +605,10 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
 }
 
 void Coordinator::sign(const PeerAuth& a, httplib::Response& res) {
+  // Empty bodies stay empty: a 204 cannot carry one, and hides nothing.
   if (a.sealed) {
-    res.set_content(seal_body(a.keys.seal_response, a.nonce, res.body), "application/octet-stream");
+    if (!res.body.empty())
+      res.set_content(seal_body(a.keys.seal_response, a.nonce, res.body), "application/octet-stream");
     res.set_header(kHdrSeal, "1");
   }
   res.set_header(kHdrAuth, response_mac(a.keys.response, res.status, a.nonce, res.body));
