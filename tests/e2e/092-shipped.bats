@@ -35,6 +35,7 @@ ship_lab() {
   netns_add node
   veth_link srv 203.0.113.1/24 node 203.0.113.2/24
   NODE=(ip netns exec "${MESH_RUN}node")   # for mrun
+  SRV=(ip netns exec "${MESH_RUN}srv")     # admin verbs run on the coordinator's host
   mesh-keygen token -o "$R/etc/mesh/relay.secret"
 }
 
@@ -55,7 +56,7 @@ coord_unit_start() {
   # Its state went where the unit says, with the admin token.
   [ "$(stat -c %a "$R/var/lib/mesh-coord")" = 700 ]
   export MESH_ADMIN_TOKEN=$(cat "$R/var/lib/mesh-coord/admin.token")
-  mrun -s 0 "${NODE[@]}" mesh-coord setup-key create --server http://203.0.113.1:8420 --name n -o sk
+  mrun -s 0 "${SRV[@]}" mesh-coord setup-key create --server http://203.0.113.1:8420 --name n -o sk
   mesh-keygen genkey -o n1.key
   mrun -s 0 "${NODE[@]}" mesh-coord join --server http://203.0.113.1:8420 --setup-key-file sk \
     --key n1.key --name n1
@@ -92,7 +93,7 @@ coord_unit_start() {
   inst=$(wg_name up)
   on_teardown "nsx node mesh-apply down --interface $inst >/dev/null 2>&1"
   export MESH_ADMIN_TOKEN=$(cat "$R/var/lib/mesh-coord/admin.token")
-  mrun -s 0 "${NODE[@]}" mesh-coord setup-key create --server http://203.0.113.1:8420 --name nodes \
+  mrun -s 0 "${SRV[@]}" mesh-coord setup-key create --server http://203.0.113.1:8420 --name nodes \
     -o "$R/etc/mesh/$inst.setup-key"
   echo 'MESH_SERVER=http://203.0.113.1:8420' >"$R/etc/mesh/$inst.env"
   unit_start up "mesh-up@.service" node "$inst"
