@@ -156,7 +156,9 @@ EOF
 
 @test "announced candidates no peer can reach are refused, naming the candidate" {
   coord_start coord
-  coord_key k --reusable
+  coord_key k --reusable --group g
+  printf '{"groups":{"g":{}},"rules":[{"src":["g"],"dst":["g"]}]}' >p.json
+  mrun -s 0 mesh-coord policy set --server "$COORD_URL" p.json
   coord_join a k
   local bad
   for bad in 127.0.0.1:51820 0.0.0.0:51820 224.0.0.251:5353 255.255.255.255:51820 \
