@@ -6,6 +6,7 @@
 
 #include "coord/auth.h"
 #include "coord/candidates.h"
+#include "coord/httpguard.h"
 #include "coord/limits.h"
 #include "coord/mapjson.h"
 #include "coord/model.h"
@@ -628,4 +629,44 @@ TEST(CoordWatch, OnlyPermanentRefusalsEndAWatch) {
     EXPECT_EQ(classify_watch_failure(http, Exit::DataErr), WatchFailure::Exit) << http;
   // A 200 the coordinator key does not authenticate.
   EXPECT_EQ(classify_watch_failure(200, Exit::NoPerm), WatchFailure::Exit);
+}
+
+TEST(CoordLimits, APoolWithEveryThreadBusyQueuesThenShedsOnTheCallersThread) {
+  ElasticPool pool(1, 1);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false, started = false;
+  std::atomic<int> ran{0};
+  pool.enqueue([&] {
+    std::unique_lock lk(mu);
+    started = true;
+    cv.notify_all();
+    cv.wait(lk, [&] { return release; });
+    ++ran;
+  });
+  {
+    std::unique_lock lk(mu);
+    cv.wait(lk, [&] { return started; });
+  }
+  bool queued_shed = true, overflow_shed = false;
+  std::thread::id overflow_thread;
+  pool.enqueue([&] { queued_shed = pool.shedding(); ++ran; });  // waits in the queue
+  pool.enqueue([&] {  // no room: runs now, here, marked as shed
+    overflow_shed = pool.shedding();
+    overflow_thread = std::this_thread::get_id();
+    ++ran;
+  });
+  EXPECT_TRUE(overflow_shed);
+  EXPECT_EQ(overflow_thread, std::this_thread::get_id());
+  EXPECT_EQ(ran.load(), 1);
+  EXPECT_FALSE(pool.shedding());
+  {
+    std::lock_guard lk(mu);
+    release = true;
+  }
+  cv.notify_all();
+  pool.shutdown();
+  EXPECT_EQ(ran.load(), 3);
+  EXPECT_FALSE(queued_shed);
+  EXPECT_EQ(pool.threads(), 0u);
 }
