@@ -141,7 +141,10 @@ EOF
   # every few milliseconds), without exiting ...
   sleep 3
   kill -0 "$w2_pid"
-  [ "$(grep -c 'too many concurrent watches' w2.err)" -le 4 ]
+  refusals=$(curl -s -H "Authorization: Bearer $MESH_ADMIN_TOKEN" "$COORD_URL/metrics" |
+    awk '$1 == "mesh_coord_rate_limited_total" { print $2 }')
+  echo "refusals in about 3 s: $refusals" >&3
+  [ "$refusals" -ge 1 ] && [ "$refusals" -le 4 ]
   # ... and the coordinator is not reported down: it answered.
   ! grep -q '"state":"down"' w2.out
   # It gets its long-poll once the other watch ends (a long-poll whose
@@ -195,4 +198,15 @@ EOF
   wait_until 5 count_is 4 mesh-coord events --server "$COORD_URL"
   mrun -s 0 mesh-coord events --server "$COORD_URL"
   [ "$(tail -n1 <<<"$output" | jq -r '.action + " " + .target')" = "peer.announce b" ]
+}
+
+@test "limit flags out of range are refused with 64 before anything starts" {
+  local f
+  for f in "--request-timeout 0" "--request-timeout 3601" "--max-watches-per-peer 0" \
+           "--max-nonces 0" "--max-connections 0" "--announces-per-minute -1" "--audit-max-age -1"; do
+    # shellcheck disable=SC2086
+    mrun -s "$EX_USAGE" mesh-coord serve --state st $f
+    [[ "$stderr" == "mesh-coord: error: ${f%% *}"* ]] || { echo "$f: $stderr"; false; }
+  done
+  [ ! -e st ]
 }
