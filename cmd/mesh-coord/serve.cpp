@@ -29,6 +29,31 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   app.add_option("--max-body", o.max_body, "largest request body in bytes")->capture_default_str();
   app.add_option("--max-connections", o.max_threads, "concurrent connections (watchers included)")
       ->capture_default_str();
+  app.add_option("--max-connections-per-source", o.max_connections_per_source,
+                 "concurrent connections per IPv4 address or IPv6 /64 (0: a quarter of "
+                 "--max-connections)")
+      ->capture_default_str();
+  app.add_option("--max-queue", o.max_queue,
+                 "connections waiting for a free slot; beyond, 503 at once")
+      ->capture_default_str();
+  app.add_option("--request-timeout", o.request_timeout,
+                 "seconds a whole request (idle wait, headers, body) may take; then 408")
+      ->capture_default_str();
+  app.add_option("--max-watches-per-peer", o.max_watches_per_peer,
+                 "concurrent long-polls (watch) per peer; beyond, 429")
+      ->capture_default_str();
+  app.add_option("--max-nonces", o.max_nonces,
+                 "peer request nonces remembered for replay protection; beyond, 429")
+      ->capture_default_str();
+  app.add_option("--announces-per-minute", o.announces_per_minute,
+                 "endpoint announces per peer per minute; beyond, 429 (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--audit-max-age", o.audit_max_age,
+                 "seconds audit events are kept (0: no age limit)")
+      ->capture_default_str();
+  app.add_option("--audit-max-events", o.audit_max_events,
+                 "audit events kept, the newest (0: no count limit)")
+      ->capture_default_str();
   app.add_option("--janitor-interval", o.janitor_interval,
                  "seconds between ephemeral-peer and credential sweeps")
       ->capture_default_str();

@@ -1,5 +1,6 @@
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -63,6 +64,9 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
   std::mt19937 rng(std::random_device{}());
   std::uniform_real_distribution<double> unit(0.0, 1.0);
   Backoff backoff(0.1, max_backoff);
+  // Refusals that may pass (429, 408, 5xx) wait longer each time, up to a
+  // minute, so that an overloaded coordinator is not asked again at once.
+  Backoff refused(1.0, std::max(max_backoff, 60.0));
   enum class Link { Unknown, Up, Down } link = Link::Unknown;
   auto last_warn = std::chrono::steady_clock::time_point{};
   int failures = 0;
@@ -77,9 +81,8 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
                           std::to_string(quick ? 0 : wait) + (events ? "&events=1" : ""),
                       c->node, c->coordinator, "", quick ? 30 : wait + 15);
     if (!r) {
-      Exit code = r.status().code();
-      if (code != Exit::Unavailable && code != Exit::TempFail && code != Exit::IoErr)
-        return report(ctx, r.status());
+      WatchFailure what = classify_watch_failure(cli.last_status(), r.status().code());
+      if (what == WatchFailure::Exit) return report(ctx, r.status());
       // Warn once when the coordinator goes away, then at most once a
       // minute while it stays away, not on every retry.
       auto now = std::chrono::steady_clock::now();
@@ -87,10 +90,13 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
         ctx.log.warn(r.status().message() + "; retrying");
         last_warn = now;
       }
-      if (events && link != Link::Down &&
-          !write_line(ctx, coordinator_event_line(false, r.status().message())))
-        return cannot_write();
-      link = Link::Down;
+      // A refusal is an answer: the coordinator is up, only busy.
+      if (what == WatchFailure::Reconnect) {
+        if (events && link != Link::Down &&
+            !write_line(ctx, coordinator_event_line(false, r.status().message())))
+          return cannot_write();
+        link = Link::Down;
+      }
       if (first && cached_line) {
         // Keep the node working while the coordinator is down.
         auto j = parse_json(*cached_line, cache);
@@ -101,12 +107,17 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
         }
         cached_line.reset();
       }
-      std::this_thread::sleep_for(std::chrono::duration<double>(backoff.next(unit(rng))));
+      Backoff& b = what == WatchFailure::Backoff ? refused : backoff;
+      std::this_thread::sleep_for(std::chrono::duration<double>(b.next(unit(rng))));
       continue;
     }
     first = false;
     cached_line.reset();
     backoff.reset();
+    // Quick requests are answered even while long-polls are refused (too
+    // many watches): only a long-poll taken again ends a refusal.
+    if (!quick) refused.reset();
+    if (link == Link::Up) failures = 0;
     if (link != Link::Up) {
       if (link == Link::Down)
         ctx.log.info("reconnected to the coordinator after " + std::to_string(failures) +

@@ -126,4 +126,32 @@ size_t NonceCache::size() const {
   return seen_.size();
 }
 
+std::optional<SessionKeys> SessionKeyCache::get(const PublicKey& k) {
+  std::lock_guard lk(mu_);
+  auto it = index_.find(k);
+  if (it == index_.end()) return std::nullopt;
+  lru_.splice(lru_.begin(), lru_, it->second);
+  return it->second->second;
+}
+
+void SessionKeyCache::put(const PublicKey& k, const SessionKeys& keys) {
+  std::lock_guard lk(mu_);
+  if (auto it = index_.find(k); it != index_.end()) {
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return;
+  }
+  if (max_ == 0) return;
+  while (lru_.size() >= max_) {
+    index_.erase(lru_.back().first);
+    lru_.pop_back();
+  }
+  lru_.emplace_front(k, keys);
+  index_.emplace(k, lru_.begin());
+}
+
+size_t SessionKeyCache::size() const {
+  std::lock_guard lk(mu_);
+  return lru_.size();
+}
+
 }  // namespace mesh::coord

@@ -25,9 +25,12 @@
 #include <array>
 #include <cstdint>
 #include <deque>
+#include <list>
+#include <map>
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <optional>
 #include <unordered_map>
 
 #include "core/key.h"
@@ -86,6 +89,24 @@ class NonceCache {
   mutable std::mutex mu_;
   std::unordered_map<std::string, int64_t> seen_;  // nonce -> expiry
   std::deque<std::pair<int64_t, std::string>> order_;
+};
+
+// Session keys of peers, so a request does not pay an X25519 each time.
+// Bounded with least-recently-used eviction: a full cache drops its coldest
+// entry, never the keys of every active peer at once.
+class SessionKeyCache {
+ public:
+  explicit SessionKeyCache(size_t max_entries = 200000) : max_(max_entries) {}
+  std::optional<SessionKeys> get(const PublicKey& k);  // marks k recently used
+  void put(const PublicKey& k, const SessionKeys& keys);
+  size_t size() const;
+
+ private:
+  using Lru = std::list<std::pair<PublicKey, SessionKeys>>;  // most recent first
+  size_t max_;
+  mutable std::mutex mu_;
+  Lru lru_;
+  std::map<PublicKey, Lru::iterator> index_;
 };
 
 // Validates the time header against `now` (NoPerm when stale).

@@ -18,7 +18,7 @@ namespace mesh::coord {
 Status http_error(const Response& r) {
   Exit code = Exit::DataErr;
   if (r.status == 401 || r.status == 403) code = Exit::NoPerm;
-  else if (r.status == 429) code = Exit::TempFail;
+  else if (r.status == 429 || r.status == 408) code = Exit::TempFail;
   else if (r.status >= 500) code = Exit::Unavailable;
   std::string msg = "HTTP " + std::to_string(r.status);
   auto j = parse_json(r.body, "response");
@@ -33,6 +33,7 @@ Result<Response> Client::send(const std::string& method, const std::string& targ
                               const std::vector<std::pair<std::string, std::string>>& headers,
                               const std::string& body, int read_timeout_s,
                               const std::string& content_type) {
+  last_status_ = 0;
   try {
     httplib::Client cli(server_);
     if (!cli.is_valid()) return usage_error("invalid server URL '" + server_ + "'");
@@ -52,6 +53,7 @@ Result<Response> Client::send(const std::string& method, const std::string& targ
       return unavailable("cannot reach the coordinator at " + server_ + ": " +
                          httplib::to_string(res.error()));
     Response r{res->status, res->body};
+    last_status_ = res->status;
     r.body = res->body;
     if (res->has_header(kHdrAuth)) last_mac_ = res->get_header_value(kHdrAuth);
     else last_mac_.clear();

@@ -1,8 +1,8 @@
 // The client side of the coordinator API, used by the mesh-coord verbs:
 // signed peer requests with verified responses (coord/auth.h) and admin
 // requests with a bearer token. HTTP errors become Status with the exit
-// codes of man/mesh-coord.8 (unreachable 69, 401/403 77, 429 75, other
-// 4xx 65, 5xx 69) and the server's message (which names the bad field).
+// codes of man/mesh-coord.8 (unreachable 69, 401/403 77, 408/429 75,
+// other 4xx 65, 5xx 69) and the server's message (which names the bad field).
 #pragma once
 
 #include <optional>
@@ -44,6 +44,8 @@ class Client {
                      const std::string& token, const std::string& body);
 
   const std::string& server() const { return server_; }
+  // HTTP status of the last response; 0 when the last request got none.
+  int last_status() const { return last_status_; }
 
  private:
   Result<Response> send(const std::string& method, const std::string& target,
@@ -54,6 +56,7 @@ class Client {
   const Log& log_;
   std::string last_mac_;  // X-Mesh-Auth of the last response
   bool last_sealed_ = false;  // it carried X-Mesh-Seal: 1
+  int last_status_ = 0;
 };
 
 // A setup key as `setup-key create` prints it: SECRET.COORD, where COORD is

@@ -58,12 +58,16 @@ size_t PunchQueue::size() const {
 }
 
 bool WindowLimiter::allow(const PublicKey& who, int64_t now_ms) {
+  return allow_or_wait(who, now_ms) == 0;
+}
+
+int64_t WindowLimiter::allow_or_wait(const PublicKey& who, int64_t now_ms) {
   std::lock_guard lk(mu_);
   auto& d = ev_[who];
   while (!d.empty() && d.front() <= now_ms - window_ms_) d.pop_front();
-  if (d.size() >= max_) return false;
+  if (d.size() >= max_) return d.empty() ? window_ms_ : std::max<int64_t>(1, d.front() + window_ms_ - now_ms);
   d.push_back(now_ms);
-  return true;
+  return 0;
 }
 
 void WindowLimiter::prune(int64_t now_ms) {

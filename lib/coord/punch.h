@@ -62,6 +62,9 @@ class WindowLimiter {
   // Records an event for `who` and returns true, or returns false (and
   // records nothing) when `who` already had `max` events in the window.
   bool allow(const PublicKey& who, int64_t now_ms);
+  // As allow(), but when refused returns how many milliseconds until the
+  // oldest event leaves the window (> 0); 0 when allowed (and recorded).
+  int64_t allow_or_wait(const PublicKey& who, int64_t now_ms);
   // Forgets keys with no event in the window.
   void prune(int64_t now_ms);
   size_t keys() const;

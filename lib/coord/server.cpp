@@ -19,6 +19,9 @@
 
 #include "coord/auth.h"
 #include "coord/client.h"
+#include "coord/candidates.h"
+#include "coord/httpguard.h"
+#include "coord/limits.h"
 #include "coord/mapjson.h"
 #include "coord/punch.h"
 #include "coord/store.h"
@@ -48,68 +51,6 @@ int64_t mono_ms() {
 constexpr size_t kPunchBurst = 30;
 constexpr int64_t kPunchWindowMs = 10000;
 constexpr size_t kPunchTargets = 64;
-
-// httplib runs each connection on a task queue. Long-polls hold their
-// thread while waiting (blocked on a condition variable, not spinning), so
-// the pool grows on demand up to `max` threads instead of queueing a new
-// request behind 1,000 idle watchers. Threads are kept for reuse.
-class ElasticPool : public httplib::TaskQueue {
- public:
-  explicit ElasticPool(size_t max) : max_(max) {}
-  ~ElasticPool() override { shutdown(); }
-
-  void enqueue(std::function<void()> fn) override {
-    std::unique_lock lk(mu_);
-    q_.push_back(std::move(fn));
-    if (q_.size() > idle_ && threads_.size() < max_) threads_.emplace_back([this] { work(); });
-    cv_.notify_one();
-  }
-
-  void shutdown() override {
-    {
-      std::lock_guard lk(mu_);
-      if (stop_) return;
-      stop_ = true;
-    }
-    cv_.notify_all();
-    std::vector<std::thread> ts;
-    {
-      std::lock_guard lk(mu_);
-      ts.swap(threads_);
-    }
-    for (auto& t : ts) t.join();
-  }
-
-  size_t threads() {
-    std::lock_guard lk(mu_);
-    return threads_.size();
-  }
-
- private:
-  void work() {
-    for (;;) {
-      std::function<void()> fn;
-      {
-        std::unique_lock lk(mu_);
-        ++idle_;
-        cv_.wait(lk, [&] { return stop_ || !q_.empty(); });
-        --idle_;
-        if (q_.empty()) return;  // stopping
-        fn = std::move(q_.front());
-        q_.pop_front();
-      }
-      fn();
-    }
-  }
-
-  size_t max_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> q_;
-  std::vector<std::thread> threads_;
-  size_t idle_ = 0;
-  bool stop_ = false;
-};
 
 // An error for the HTTP client: status, message, and the request field it
 // is about (when one is).
@@ -177,29 +118,6 @@ Result<Json> json_body(const httplib::Request& req, size_t max) {
   return parse_json(req.body, "request");
 }
 
-
-class RateLimiter {
- public:
-  explicit RateLimiter(int per_minute) : limit_(per_minute) {}
-  bool blocked(const std::string& who, int64_t now) {
-    std::lock_guard lk(mu_);
-    auto& d = fails_[who];
-    while (!d.empty() && d.front() <= now - 60) d.pop_front();
-    return static_cast<int>(d.size()) >= limit_;
-  }
-  void failed(const std::string& who, int64_t now) {
-    std::lock_guard lk(mu_);
-    auto& d = fails_[who];
-    d.push_back(now);
-    if (fails_.size() > 100000) fails_.clear();  // bounded memory under a flood
-  }
-
- private:
-  int limit_;
-  std::mutex mu_;
-  std::unordered_map<std::string, std::deque<int64_t>> fails_;
-};
-
 struct PeerAuth {
   PublicKey key;
   SessionKeys keys;
@@ -226,13 +144,19 @@ class Coordinator {
       : opt_(opt),
         log_(log),
         model_(ModelConfig{}),
+        nonces_(opt.max_nonces),
         limiter_(opt.auth_failures_per_minute),
-        punch_limiter_(kPunchBurst, kPunchWindowMs) {}
+        punch_limiter_(kPunchBurst, kPunchWindowMs),
+        announce_limiter_(static_cast<size_t>(std::max(opt.announces_per_minute, 0)), 60000),
+        watches_(opt.max_watches_per_peer) {}
 
   Status init();
   void routes(httplib::Server& s);
   void janitor(const std::atomic<bool>& stop);
-  void set_pool(ElasticPool* p) { pool_ = p; }
+  void set_server(ElasticPool* p, GuardedServer* g) {
+    pool_ = p;
+    guard_ = g;
+  }
   // Wakes every long-poll so the server can stop without waiting them out.
   void shutdown() {
     {
@@ -278,6 +202,8 @@ class Coordinator {
 
   Json registration(const Peer& p) const;
   Result<PeerAuth> keys_for(const PublicKey& k);
+  Status check_candidates(const std::vector<Candidate>& cands);
+  void prune_audit(int64_t now);
   Status delete_peer_locked(Peer& p, const std::string& actor, const std::string& why);
 
   ServeOptions opt_;
@@ -291,14 +217,17 @@ class Coordinator {
   std::vector<SetupKey> setup_keys_;
   std::shared_mutex mu_;
   std::condition_variable_any cv_;
-  NonceCache nonces_;
-  RateLimiter limiter_;
-  std::mutex keycache_mu_;
-  std::map<PublicKey, SessionKeys> keycache_;
+  NonceCache nonces_;       // enrolled peers' requests
+  JoinNonces join_nonces_;  // join requests, signed by any key (limits.h)
+  FailureLimiter limiter_;  // failed authentications per source
+  SessionKeyCache keycache_;  // enrolled peers only
   // Pushed under mu_ held exclusively (see h_punch), drained by h_map.
   PunchQueue punches_;
   WindowLimiter punch_limiter_;
+  WindowLimiter announce_limiter_;
+  WatchCounter watches_;  // long-polls per peer
   ElasticPool* pool_ = nullptr;
+  GuardedServer* guard_ = nullptr;  // null with TLS
   bool stopping_ = false;  // guarded by mu_
   // metrics
   std::atomic<int64_t> watchers_{0};
@@ -523,17 +452,12 @@ Status Coordinator::record_event(const Event& ev) {
 
 // ------------------------------------------------------------------ auth
 
+// Keys are cached by auth_peer only once the key proved to be an enrolled
+// peer's, so requests signed with self-made keys never evict a peer's.
 Result<PeerAuth> Coordinator::keys_for(const PublicKey& k) {
-  {
-    std::lock_guard lk(keycache_mu_);
-    auto it = keycache_.find(k);
-    if (it != keycache_.end()) return PeerAuth{k, it->second, ""};
-  }
+  if (auto hit = keycache_.get(k)) return PeerAuth{k, *hit, ""};
   auto keys = derive_session_keys(coord_key_, k, k, coord_pub_);
   if (!keys) return no_permission("bad peer key: " + keys.status().message());
-  std::lock_guard lk(keycache_mu_);
-  if (keycache_.size() > 200000) keycache_.clear();
-  keycache_.emplace(k, *keys);
   return PeerAuth{k, *keys, ""};
 }
 
@@ -547,7 +471,7 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
     ++auth_failures_;
     return Status(Exit::NoPerm, m);
   };
-  if (!require_enrolled && limiter_.blocked(req.remote_addr, now)) {
+  if (!require_enrolled && limiter_.blocked(source_key(req.remote_addr), now)) {
     ++rate_limited_;
     return temp_failure("too many failed authentications from " + req.remote_addr +
                         "; retry in a minute");
@@ -585,8 +509,18 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
     a.body = std::move(*plain);
   }
   // Enrolment is checked before the nonce is remembered, so keys that are
-  // not enrolled cannot fill the nonce cache (join is rate limited instead).
-  if (require_enrolled) {
+  // not enrolled cannot fill the peers' nonce cache: join requests keep
+  // theirs apart, bounded per source, and every failed join counts against
+  // the source's limiter (routes()).
+  if (!require_enrolled) {
+    if (Status s = join_nonces_.check_and_insert(source_key(req.remote_addr), a.nonce, now); !s) {
+      if (s.code() == Exit::NoPerm) return fail(s.message());
+      ++rate_limited_;
+      return s;
+    }
+    return a;
+  }
+  {
     std::shared_lock lk(mu_);
     Peer* p = model_.by_key(*key);
     if (!p) return Status(Exit::NoInput, "peer is not enrolled (deleted or never joined)");
@@ -597,11 +531,25 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
     if (s.code() == Exit::NoPerm) return fail(s.message());
     return s;
   }
-  if (require_enrolled) {
+  {
     std::shared_lock lk(mu_);
     if (Peer* p = model_.by_id(*id)) p->last_seen = now;
   }
+  keycache_.put(a.key, a.keys);
   return a;
+}
+
+// "request: candidates[I]: ADDR:PORT is ...": the error names the candidate.
+Status Coordinator::check_candidates(const std::vector<Candidate>& cands) {
+  std::vector<Prefix> overlay;
+  {
+    std::shared_lock lk(mu_);
+    overlay = {model_.config().ipv4, model_.config().ipv6};
+  }
+  for (size_t i = 0; i < cands.size(); ++i)
+    if (Status s = check_candidate(cands[i], overlay); !s)
+      return data_error("request: candidates[" + std::to_string(i) + "]: " + s.message());
+  return Status::ok();
 }
 
 void Coordinator::sign(const PeerAuth& a, httplib::Response& res) {
@@ -634,7 +582,8 @@ void Coordinator::peer_error(const PeerAuth* a, httplib::Response& res, const Ap
 
 bool Coordinator::auth_admin(const httplib::Request& req, httplib::Response& res) {
   int64_t now = unix_now();
-  if (limiter_.blocked(req.remote_addr, now)) {
+  std::string source = source_key(req.remote_addr);
+  if (limiter_.blocked(source, now)) {
     ++rate_limited_;
     send_error(res, {429, "too many failed authentications from " + req.remote_addr +
                               "; retry in a minute"});
@@ -644,7 +593,7 @@ bool Coordinator::auth_admin(const httplib::Request& req, httplib::Response& res
   const std::string pre = "Bearer ";
   if (h.rfind(pre, 0) == 0 && secure_equal(h.substr(pre.size()), admin_token_)) return true;
   ++auth_failures_;
-  limiter_.failed(req.remote_addr, now);
+  limiter_.failed(source, now);
   (void)record_event(Event{0, now, "remote:" + req.remote_addr, "auth.failed", "admin",
                            Json{{"reason", h.empty() ? "no token" : "bad token"},
                                 {"path", req.path}}});
@@ -748,7 +697,6 @@ void Coordinator::h_join(const httplib::Request& req, httplib::Response& res) {
     if (secure_equal(k.hash, hash)) key = &k;
   if (!key) {
     ++auth_failures_;
-    limiter_.failed(req.remote_addr, now);
     lk.unlock();
     (void)record_event(Event{0, now, "remote:" + req.remote_addr, "auth.failed", "setup-key",
                              Json{{"reason", "unknown setup key"},
@@ -771,8 +719,8 @@ void Coordinator::h_join(const httplib::Request& req, httplib::Response& res) {
   std::string name;
   if (auto e = choose_name(*key, want, id, &name)) {
     if (e->http == 409) {
-      // Counted like a bad setup key: a key holder probing for names is slowed.
-      limiter_.failed(req.remote_addr, now);
+      // Counted against the source like every refused join (routes()), and
+      // logged: a key holder probing for names is slowed and seen.
       std::string key_name = key->name;
       lk.unlock();
       (void)record_event(Event{0, now, "setup-key:" + key_name, "auth.failed", "peer-name",
@@ -842,6 +790,23 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
       return peer_error(&*a, res, {400, "request: events: expected 0 or 1", "events"});
     events = e == "1";
   }
+  // A peer needs one long-poll (two while its watch restarts); more would
+  // let one peer hold many of the coordinator's connection threads.
+  std::string who = a->key.to_base64();
+  struct Slot {
+    WatchCounter& w;
+    const std::string& who;
+    bool held;
+    ~Slot() {
+      if (held) w.release(who);
+    }
+  } slot{watches_, who, wait > 0 && watches_.acquire(who)};
+  if (wait > 0 && !slot.held) {
+    ++rate_limited_;
+    res.set_header("Retry-After", "5");
+    return peer_error(&*a, res, {429, "too many concurrent watches by this peer (at most " +
+                                          std::to_string(watches_.max()) + "); retry later"});
+  }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait);
   std::shared_lock lk(mu_);
   bool counted = false;
@@ -904,10 +869,24 @@ void Coordinator::h_announce(const httplib::Request& req, httplib::Response& res
   uint32_t id = 0;
   auto a = auth_peer(req, true, &id);
   if (!a) return auth_error(req, res, a.status());
+  // Each announce that changes something is a new map for every peer that
+  // sees the announcer, and makes them probe: throttled per peer.
+  int64_t wait_ms =
+      opt_.announces_per_minute > 0 ? announce_limiter_.allow_or_wait(a->key, mono_ms()) : 0;
+  if (wait_ms > 0) {
+    ++rate_limited_;
+    res.set_header("Retry-After", std::to_string((wait_ms + 999) / 1000));
+    return peer_error(&*a, res, {429, "too many announces (at most " +
+                                          std::to_string(opt_.announces_per_minute) +
+                                          " per minute); retry in " +
+                                          std::to_string((wait_ms + 999) / 1000) + " s"});
+  }
   auto j = json_body(*a, 65536);
   if (!j) return peer_error(&*a, res, from_status(j.status()));
   auto doc = parse_endpoints(*j, "request");
   if (!doc) return peer_error(&*a, res, from_status(doc.status()));
+  if (Status s = check_candidates(doc->candidates); !s)
+    return peer_error(&*a, res, from_status(s));
   if (doc->public_key && *doc->public_key != a->key)
     return peer_error(&*a, res, {400, "request: public_key: does not match the authenticated peer", "public_key"});
   if (doc->candidates.size() > 32)
@@ -1342,6 +1321,8 @@ void Coordinator::h_metrics(const httplib::Request& req, httplib::Response& res)
     << "mesh_coord_peers{state=\"disabled\"} " << disabled << "\n";
   g("mesh_coord_watchers", "Long-poll watchers currently waiting for a map.", "gauge", watchers_.load());
   g("mesh_coord_threads", "Connection threads.", "gauge", pool_ ? pool_->threads() : 0);
+  g("mesh_coord_connections", "Open connections (plain HTTP).", "gauge", guard_ ? guard_->connections() : 0);
+  g("mesh_coord_connections_refused_total", "Connections refused by a connection limit.", "counter", guard_ ? guard_->refused() : 0);
   g("mesh_coord_setup_keys", "Setup keys (any state).", "gauge", keys);
   g("mesh_coord_map_serial", "Latest map serial.", "counter", serial);
   g("mesh_coord_map_computations_total", "Per-peer map digest computations.", "counter", st.map_computations);
@@ -1356,6 +1337,7 @@ void Coordinator::h_metrics(const httplib::Request& req, httplib::Response& res)
   g("mesh_coord_auth_failures_total", "Failed authentications (peer signatures, admin tokens, setup keys).", "counter", auth_failures_.load());
   g("mesh_coord_rate_limited_total", "Requests refused by a rate limit (authentication failures, punch requests).", "counter", rate_limited_.load());
   g("mesh_coord_nonces", "Nonces remembered for replay protection.", "gauge", nonces_.size());
+  g("mesh_coord_join_nonces", "Nonces of join requests remembered for replay protection.", "gauge", join_nonces_.size());
   g("mesh_coord_punch_pending", "Punch requests waiting for their target's watcher.", "gauge", punches_.size());
   g("mesh_coord_punch_queued_total", "Punch requests queued.", "counter", punches_queued_.load());
   g("mesh_coord_punch_delivered_total", "Punch requests delivered to watchers.", "counter", punches_delivered_.load());
@@ -1378,7 +1360,14 @@ void Coordinator::routes(httplib::Server& s) {
   };
   s.Get("/v1/info", wrap(&Coordinator::h_info));
   s.Get("/healthz", [](Req, Res res) { res.set_content("ok\n", "text/plain"); });
-  s.Post("/v1/join", wrap(&Coordinator::h_join));
+  // Every refused join (bad signature, bad body, unknown key, name in use)
+  // counts against its source: join requests can be signed with self-made
+  // keys, so nothing else bounds how many a source may try.
+  s.Post("/v1/join", [this, join = wrap(&Coordinator::h_join)](Req req, Res res) {
+    join(req, res);
+    if (res.status >= 400 && res.status < 500 && res.status != 429)
+      limiter_.failed(source_key(req.remote_addr), unix_now());
+  });
   s.Get("/v1/map", wrap(&Coordinator::h_map));
   s.Post("/v1/endpoints", wrap(&Coordinator::h_announce));
   s.Post("/v1/punch", wrap(&Coordinator::h_punch));
@@ -1414,6 +1403,17 @@ void Coordinator::routes(httplib::Server& s) {
   });
 }
 
+// The audit table is bounded by age and count (--audit-max-age,
+// --audit-max-events): announces and failed joins add rows at the pace
+// peers and strangers choose.
+void Coordinator::prune_audit(int64_t now) {
+  if (opt_.audit_max_age <= 0 && opt_.audit_max_events <= 0) return;
+  std::lock_guard lk(store_mu_);
+  auto n = store_->prune_events(opt_.audit_max_age > 0 ? now - opt_.audit_max_age : 0,
+                                opt_.audit_max_events);
+  if (!n) log_.error("cannot prune the audit events: " + n.status().message());
+}
+
 // Ephemeral peers idle past their timeout are deleted; relay credentials
 // are re-minted at half their lifetime (which bumps every map's serial).
 void Coordinator::janitor(const std::atomic<bool>& stop) {
@@ -1426,6 +1426,8 @@ void Coordinator::janitor(const std::atomic<bool>& stop) {
     // Expired punch requests of peers that never collected them.
     punches_.prune(mono_ms());
     punch_limiter_.prune(mono_ms());
+    announce_limiter_.prune(mono_ms());
+    prune_audit(now);
     bool changed = false;
     {
       std::unique_lock lk(mu_);
@@ -1462,13 +1464,30 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
   if (!opt.turn.empty() && opt.relay_secret_file.empty())
     return usage_error("--turn needs --relay-secret-file (coturn REST credentials)");
   if (opt.credential_lifetime < 120) return usage_error("--credential-lifetime must be at least 120 s");
+  if (opt.max_threads < 1) return usage_error("--max-connections must be at least 1");
+  if (opt.request_timeout < 1 || opt.request_timeout > 3600)
+    return usage_error("--request-timeout must be 1-3600 seconds");
+  if (opt.max_watches_per_peer < 1) return usage_error("--max-watches-per-peer must be at least 1");
+  if (opt.max_nonces < 1) return usage_error("--max-nonces must be at least 1");
+  if (opt.announces_per_minute < 0) return usage_error("--announces-per-minute must be 0 (no limit) or more");
+  if (opt.audit_max_age < 0 || opt.audit_max_events < 0)
+    return usage_error("--audit-max-age and --audit-max-events must be 0 (no limit) or more");
 
   // State (database, keys, token) is private to the coordinator.
   ::umask(077);
   Coordinator coord(opt, log);
   MESH_TRY(coord.init());
 
+  GuardOptions guard_opt;
+  guard_opt.max_connections = opt.max_threads;
+  guard_opt.max_per_source = opt.max_connections_per_source
+                                 ? opt.max_connections_per_source
+                                 : std::max<size_t>(1, opt.max_threads / 4);
+  guard_opt.max_queue = opt.max_queue;
+  guard_opt.request_timeout = opt.request_timeout;
   std::unique_ptr<httplib::Server> svr;
+  GuardedServer* guard = nullptr;
+  ElasticPool* pool = nullptr;
   if (!opt.tls_cert.empty()) {
     for (const auto& f : {opt.tls_cert, opt.tls_key}) {
       auto r = read_file(f, 1 << 20);
@@ -1477,15 +1496,20 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
     auto tls = std::make_unique<httplib::SSLServer>(opt.tls_cert.c_str(), opt.tls_key.c_str());
     if (!tls->is_valid()) return Status(Exit::Config, "cannot load --tls-cert/--tls-key");
     svr = std::move(tls);
+    // httplib's TLS server runs its own connection loop: the pool bounds
+    // its threads, not its queue (a shed task would run the TLS handshake
+    // on the accept thread), and the per-request deadline and connection
+    // limits of GuardedServer do not apply (man/mesh-coord.8, LIMITS).
+    size_t max_threads = opt.max_threads;
+    svr->new_task_queue = [&pool, max_threads] {
+      pool = new ElasticPool(max_threads, SIZE_MAX);
+      return pool;
+    };
   } else {
-    svr = std::make_unique<httplib::Server>();
+    auto g = std::make_unique<GuardedServer>(guard_opt);
+    guard = g.get();
+    svr = std::move(g);
   }
-  ElasticPool* pool = nullptr;
-  size_t max_threads = opt.max_threads;
-  svr->new_task_queue = [&pool, max_threads] {
-    pool = new ElasticPool(max_threads);
-    return pool;
-  };
   // httplib listens with a backlog of 5; a burst of watchers reconnecting
   // (a coordinator restart) would see SYNs dropped and 1-3 s retransmits.
   // Capture the socket and widen the backlog after bind (Linux allows
@@ -1498,8 +1522,10 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
   });
   svr->set_payload_max_length(opt.max_body);
   svr->set_keep_alive_max_count(100000);
-  svr->set_keep_alive_timeout(75);
-  svr->set_read_timeout(10, 0);
+  // An idle connection holds a thread: it may wait for its next request as
+  // long as a request may take to arrive, no longer.
+  svr->set_keep_alive_timeout(opt.request_timeout);
+  svr->set_read_timeout(opt.request_timeout, 0);
   svr->set_write_timeout(10, 0);
   coord.routes(*svr);
 
@@ -1537,7 +1563,7 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
   std::thread announce([&] {
     for (int i = 0; i < 500 && !svr->is_running() && !stopping; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    coord.set_pool(pool);
+    coord.set_server(guard ? guard->pool() : pool, guard);
     out << "listening on " << (opt.tls_cert.empty() ? "http" : "https") << "://" << shown << ":"
         << port << "\n" << std::flush;
     log.info("state in " + opt.state_dir);

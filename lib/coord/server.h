@@ -33,6 +33,15 @@ struct ServeOptions {
   size_t max_threads = 4096;   // concurrent connections (long-polls hold one each)
   int janitor_interval = 5;    // seconds between ephemeral/credential sweeps
   int auth_failures_per_minute = 10;
+  // Abuse limits (man/mesh-coord.8, LIMITS; coord/limits.h, coord/httpguard.h).
+  size_t max_connections_per_source = 0;  // 0: a quarter of max_threads (at least 1)
+  size_t max_queue = 1024;       // connections waiting for a thread (plain HTTP)
+  int request_timeout = 10;      // seconds for a whole request, idle wait included
+  size_t max_watches_per_peer = 4;
+  size_t max_nonces = 1u << 20;  // peers' nonces remembered for replay protection
+  int announces_per_minute = 20; // per peer
+  int64_t audit_max_age = 90 * 86400;  // seconds; 0: no age limit
+  int64_t audit_max_events = 1000000;  // 0: no count limit
 };
 
 // Runs until SIGINT/SIGTERM (or *stop becomes true). Prints exactly one line

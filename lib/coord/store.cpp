@@ -85,7 +85,9 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path) {
       "CREATE TABLE IF NOT EXISTS events(seq INTEGER PRIMARY KEY AUTOINCREMENT,"
       "  at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,"
       "  detail TEXT NOT NULL);"
-      "CREATE INDEX IF NOT EXISTS events_action ON events(action);"));
+      "CREATE INDEX IF NOT EXISTS events_action ON events(action);"
+      // The audit is pruned by age (prune_events).
+      "CREATE INDEX IF NOT EXISTS events_at ON events(at);"));
   return s;
 }
 
@@ -212,6 +214,25 @@ Result<std::vector<Event>> Store::events(int64_t after, int64_t limit, const std
   }
   if (rc != SQLITE_DONE) return error("events");
   return out;
+}
+
+Result<int64_t> Store::prune_events(int64_t before_at, int64_t keep) {
+  int64_t n = 0;
+  if (before_at > 0) {
+    Stmt st(db_, "DELETE FROM events WHERE at<?");
+    if (!st.ok()) return error("prune_events");
+    st.bind(1, before_at);
+    if (st.step() != SQLITE_DONE) return error("prune_events");
+    n += sqlite3_changes(db_);
+  }
+  if (keep > 0) {
+    Stmt st(db_, "DELETE FROM events WHERE seq<=(SELECT MAX(seq) FROM events)-?");
+    if (!st.ok()) return error("prune_events");
+    st.bind(1, keep);
+    if (st.step() != SQLITE_DONE) return error("prune_events");
+    n += sqlite3_changes(db_);
+  }
+  return n;
 }
 
 }  // namespace mesh::coord

@@ -63,6 +63,10 @@ class Store {
 
   Result<int64_t> add_event(const Event& e);
   Result<std::vector<Event>> events(int64_t after_seq, int64_t limit, const std::string& action);
+  // Deletes audit events older than `before_at` (unix seconds; 0: none by
+  // age) and all but the newest `keep` (0: none by count). Returns how many
+  // went. Sequence numbers are never reused, so `events --after` still works.
+  Result<int64_t> prune_events(int64_t before_at, int64_t keep);
 
  private:
   explicit Store(sqlite3* db) : db_(db) {}

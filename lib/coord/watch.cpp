@@ -16,6 +16,15 @@ double Backoff::next(double u) {
   return d;
 }
 
+WatchFailure classify_watch_failure(int http, Exit code) {
+  if (http == 0)
+    return code == Exit::Unavailable || code == Exit::TempFail || code == Exit::IoErr
+               ? WatchFailure::Reconnect
+               : WatchFailure::Exit;
+  if (http == 408 || http == 429 || http >= 500) return WatchFailure::Backoff;
+  return WatchFailure::Exit;
+}
+
 std::string map_event_line(uint64_t serial) {
   return dump_json(Json{{"event", "map"}, {"serial", serial}}) + "\n";
 }

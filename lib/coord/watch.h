@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/exit.h"
 #include "core/json.h"
 #include "core/key.h"
 #include "core/status.h"
@@ -31,6 +32,15 @@ class Backoff {
  private:
   double initial_, cap_, step_;
 };
+
+// What `watch` does after a failed request. `http` is the status of the
+// answer (0: none came), `code` the failure's exit status. Reconnect: no
+// answer (the coordinator is down or restarting), retry soon. Backoff: a
+// transient refusal (408, 429, 5xx), retry later and later. Exit: a
+// permanent one (401/403: unknown, deleted or disabled peer, or a response
+// the coordinator key does not authenticate; 404; other 4xx).
+enum class WatchFailure { Reconnect, Backoff, Exit };
+WatchFailure classify_watch_failure(int http, Exit code);
 
 // One event line of `watch --events`: a compact JSON object and "\n", at
 // most kMaxEventLine bytes, well under PIPE_BUF (4096), so one write(2) of

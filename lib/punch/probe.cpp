@@ -89,6 +89,27 @@ struct Pending {
 
 stun::Bytes as_bytes(const SecretKey& k) { return {k.bytes().data(), k.bytes().size()}; }
 
+std::array<uint8_t, 8> mesh_time(int64_t ms) {
+  std::array<uint8_t, 8> b{};
+  for (int i = 7; i >= 0; --i, ms >>= 8) b[i] = static_cast<uint8_t>(ms & 0xff);
+  return b;
+}
+
+// An authenticated request is fresh when its MESH-TIME is within
+// kProbeMaxSkew of our clock and its transaction id is new to this probe
+// (probe.h). `seen` keeps the ids taken, the newest 4096.
+bool fresh_check(const stun::MessageView& m, int64_t now_ms, std::vector<stun::TxId>& seen) {
+  const auto* t = m.find(kMeshTimeAttr);
+  if (!t || t->value.size() != 8) return false;
+  int64_t sent = 0;
+  for (uint8_t b : t->value) sent = sent << 8 | b;
+  if (sent < now_ms - kProbeMaxSkew.count() || sent > now_ms + kProbeMaxSkew.count()) return false;
+  if (std::find(seen.begin(), seen.end(), m.tx) != seen.end()) return false;
+  if (seen.size() >= 4096) seen.erase(seen.begin(), seen.begin() + 1024);
+  seen.push_back(m.tx);
+  return true;
+}
+
 }  // namespace
 
 Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
@@ -145,6 +166,7 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
   }
 
   std::vector<Pending> pending;
+  std::vector<stun::TxId> taken;  // transaction ids of the requests we took
   uint8_t buf[1500], out[1500];
   auto maybe_same_lan = [&](const PeerState& ps) {
     if (!opt.local_subnets) return true;
@@ -196,6 +218,8 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
           stun::TxId id = stun::random_txid();
           stun::Builder b(out, stun::kBinding, stun::kRequest, id);
           b.add_string(stun::kUsername, ps.user_out);
+          auto sent_at = mesh_time(opt.wall_ms());
+          b.add(kMeshTimeAttr, sent_at);
           if (ps.heard) b.add(stun::kUseCandidate, {});
           b.add_integrity_sha256(as_bytes(ps.key)).add_fingerprint();
           Status s = t.send(c.addr, b.finish(), opening ? opt.open_ttl : 0);
@@ -235,6 +259,10 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       });
       if (it == peers.end() || !stun::check_integrity_sha256(*m, as_bytes(it->key))) {
         debug("ignoring an unauthenticated probe from " + got->from.to_string());
+        continue;
+      }
+      if (!fresh_check(*m, opt.wall_ms(), taken)) {
+        debug("ignoring a stale or replayed probe from " + got->from.to_string());
         continue;
       }
       PeerState& ps = *it;

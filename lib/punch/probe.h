@@ -14,6 +14,12 @@
 // shared secret of the two WireGuard keys over a label and both public keys,
 // so only the two peers can make or answer a probe; a forged or replayed
 // response cannot match a fresh transaction id, so nobody can redirect a path.
+// Requests carry MESH-TIME (kMeshTimeAttr: the sender's wall clock, unix ms,
+// 8 bytes big-endian) under the integrity, and a request without it, more
+// than kProbeMaxSkew from our clock, or with a transaction id this probe
+// already took is ignored: a captured request replayed later, or from
+// another address, neither adds a peer-reflexive candidate (checks aimed
+// where the replayer chose) nor counts as the peer's USE-CANDIDATE.
 //
 // Schedule (all from port P):
 //   t = 0: checks to host candidates (full TTL); short-TTL "opening" requests
@@ -43,6 +49,9 @@
 #include "punch/transport.h"
 
 namespace mesh::punch {
+
+inline constexpr uint16_t kMeshTimeAttr = 0xC06D;  // comprehension-optional range
+inline constexpr std::chrono::milliseconds kProbeMaxSkew{30000};
 
 // The per-pair probe key (both peers derive the same one).
 Result<SecretKey> derive_probe_key(const SecretKey& own_private, const PublicKey& peer);
@@ -83,6 +92,12 @@ struct ProbeOptions {
   std::function<std::vector<ProbePeer>()> refresh;
   std::function<std::chrono::steady_clock::time_point()> now = [] {
     return std::chrono::steady_clock::now();
+  };
+  // Wall clock in unix milliseconds, for MESH-TIME.
+  std::function<int64_t()> wall_ms = [] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
   };
 };
 

@@ -40,6 +40,17 @@ replay() {  # replay [NONCE] [BODY]
   [ "$(jq -r .error.exit resp.json)" = permission ]
 }
 
+@test "a captured punch request cannot be replayed to make a peer probe again" {
+  coord_join b k
+  capture mesh-coord punch --registration a.json --key a.key --peer "$(mesh-keygen pubkey <b.key)"
+  [ "$REQ_METHOD" = POST ]
+  [ "$(replay "" "{\"peers\":[\"$(mesh-keygen pubkey <b.key)\"]}")" = 401 ]
+  [[ "$(jq -r .error.message resp.json)" == *"replayed request"* ]]
+  # Only the original is waiting for b: one punch event, from a.
+  mrun -T 10 -s 0 mesh-coord watch --registration b.json --key b.key --events --cache b.map --count 1
+  [ "$(grep -c '"event":"punch"' <<<"$output")" -eq 1 ]
+}
+
 @test "forged requests are refused: other nonce, altered body, someone else's key" {
   capture mesh-coord map --registration a.json --key a.key
   [ "$(replay AAAAAAAAAAAAAAAAAAAAAA)" = 401 ]
@@ -84,6 +95,64 @@ replay() {  # replay [NONCE] [BODY]
   cut -d. -f1 k.sk >bare.sk  # without the coordinator key it carries
   mrun -s "$EX_NOPERM" mesh-coord join --server "$COORD_URL" --coordinator-key "$other" \
     --setup-key-file bare.sk --key a.key
+}
+
+# mac_proxy MODE: an HTTP proxy on 127.0.0.1 in front of the coordinator
+# that passes requests through and, with MODE "tamper", replaces the
+# response's X-Mesh-Auth with a MAC of the right size made with another key
+# (MODE "pass": unchanged). Sets PROXY_URL.
+mac_proxy() {
+  cat >proxy.py <<'EOF'
+import base64, http.client, http.server, os, sys
+mode, port = sys.argv[1], int(sys.argv[2])
+class H(http.server.BaseHTTPRequestHandler):
+    def fwd(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else None
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        hdrs = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+        c.request(self.command, self.path, body=body, headers=hdrs)
+        r = c.getresponse()
+        data = r.read()
+        self.send_response(r.status)
+        for k, v in r.getheaders():
+            if k.lower() in ("content-length", "connection", "transfer-encoding"):
+                continue
+            if k.lower() == "x-mesh-auth" and mode == "tamper":
+                v = base64.b64encode(os.urandom(32)).decode()
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    do_GET = do_POST = fwd
+    def log_message(self, *a): pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print("listening on http://127.0.0.1:%d" % s.server_address[1], flush=True)
+s.serve_forever()
+EOF
+  start_daemon "proxy-$1" python3 proxy.py "$1" "$COORD_PORT"
+  wait_for_line "proxy-$1.out" '^listening on ' 5
+  PROXY_URL=$(sed -n 's/^listening on //p' "proxy-$1.out")
+}
+
+@test "responses are verified: an answer whose MAC the coordinator key does not make is refused with 77" {
+  # Through a proxy that changes nothing, the request works: the proxy is
+  # transparent, so what fails below is the response check alone.
+  mac_proxy pass
+  mrun -s 0 mesh-coord map --registration a.json --key a.key --server "$PROXY_URL"
+  [ "$(jq -r .self.name <<<"$output")" = a ]
+  # The coordinator accepted the request and answered; the response MAC
+  # was replaced on the way.
+  mac_proxy tamper
+  mrun -s "$EX_NOPERM" mesh-coord map --registration a.json --key a.key --server "$PROXY_URL"
+  [[ "$stderr" == *"is not authenticated by the coordinator key"* ]]
+  [ -z "$output" ]
+  printf '{"version":1,"candidates":[{"endpoint":"192.0.2.1:1000","kind":"host"}]}' >ep.json
+  mrun -s "$EX_NOPERM" mesh-coord announce --registration a.json --key a.key --server "$PROXY_URL" -f ep.json
+  [[ "$stderr" == *"is not authenticated by the coordinator key"* ]]
+  # A watch does not take a forged map either: it exits 77, nothing printed.
+  mrun -T 10 -s "$EX_NOPERM" mesh-coord watch --registration a.json --key a.key --server "$PROXY_URL" --count 1
+  [ -z "$output" ]
 }
 
 @test "setup keys: one-off, usage limit, revoked, expired, unknown" {

@@ -6,6 +6,9 @@
 
 #include "coord/auth.h"
 #include "coord/client.h"
+#include "coord/candidates.h"
+#include "coord/httpguard.h"
+#include "coord/limits.h"
 #include "coord/mapjson.h"
 #include "coord/model.h"
 #include "coord/punch.h"
@@ -552,4 +555,174 @@ TEST(CoordWatch, EnvelopeCarriesAnOptionalMapAndPunchEvents) {
                             R"(","name":"A B\n"}]})"),
       "t");
   EXPECT_EQ(badname.status().code(), Exit::DataErr);
+}
+
+TEST(CoordLimits, SourceKeyIsTheIpv4AddressOrTheIpv6Slash64) {
+  EXPECT_EQ(source_key("192.0.2.7"), "192.0.2.7");
+  EXPECT_EQ(source_key("::ffff:192.0.2.7"), "192.0.2.7");
+  EXPECT_EQ(source_key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+  EXPECT_EQ(source_key("2001:db8:1:2:bbbb::9"), source_key("2001:db8:1:2:aaaa::1"));
+  EXPECT_NE(source_key("2001:db8:1:3::1"), source_key("2001:db8:1:2::1"));
+}
+
+TEST(CoordLimits, AFullLimiterTableKeepsItsBlockedSources) {
+  FailureLimiter l(2, 10);
+  l.failed("guesser", 1000);
+  l.failed("guesser", 1000);
+  ASSERT_TRUE(l.blocked("guesser", 1000));
+  // A flood of new sources, each failing once, overflows the table many
+  // times: the blocked source stays blocked until its failures age out.
+  for (int i = 0; i < 100; ++i) l.failed("flood-" + std::to_string(i), 1001);
+  EXPECT_LE(l.size(), 10u);
+  EXPECT_TRUE(l.blocked("guesser", 1010));
+  EXPECT_FALSE(l.blocked("guesser", 1061));
+}
+
+TEST(CoordLimits, ATableOfBlockedSourcesBlocksNewcomersTogether) {
+  FailureLimiter l(2, 3);
+  for (std::string s : {"a", "b", "c"}) {
+    l.failed(s, 1000);
+    l.failed(s, 1000);
+  }
+  EXPECT_FALSE(l.blocked("d", 1000));
+  l.failed("d", 1000);
+  l.failed("e", 1000);
+  EXPECT_TRUE(l.blocked("d", 1000));
+  EXPECT_TRUE(l.blocked("f", 1000));
+  EXPECT_TRUE(l.blocked("a", 1000));
+  EXPECT_FALSE(l.blocked("f", 1061));
+}
+
+TEST(CoordLimits, JoinNoncesAreBoundedPerSourceAndInTotal) {
+  JoinNonces jn(2, 3);
+  EXPECT_TRUE(jn.check_and_insert("s1", "aaaaaaaaaaaaaaaaaaaaaa", 1000));
+  EXPECT_EQ(jn.check_and_insert("s2", "aaaaaaaaaaaaaaaaaaaaaa", 1000).code(), Exit::NoPerm);
+  EXPECT_TRUE(jn.check_and_insert("s1", "bbbbbbbbbbbbbbbbbbbbbb", 1000));
+  // The source is full; another source is not.
+  EXPECT_EQ(jn.check_and_insert("s1", "cccccccccccccccccccccc", 1000).code(), Exit::TempFail);
+  EXPECT_TRUE(jn.check_and_insert("s2", "cccccccccccccccccccccc", 1000));
+  // The store is full.
+  EXPECT_EQ(jn.check_and_insert("s3", "dddddddddddddddddddddd", 1000).code(), Exit::TempFail);
+  EXPECT_EQ(jn.size(), 3u);
+  // Once their requests cannot be fresh, the nonces go and the room returns.
+  EXPECT_TRUE(jn.check_and_insert("s1", "dddddddddddddddddddddd", 1000 + 2 * kMaxSkewSeconds + 2));
+  EXPECT_EQ(jn.size(), 1u);
+}
+
+TEST(CoordLimits, ConnectionsAndWatchesAreCountedAndReleased) {
+  ConnectionLimits c(3, 2);
+  EXPECT_EQ(c.try_open("a"), ConnectionLimits::Verdict::Ok);
+  EXPECT_EQ(c.try_open("a"), ConnectionLimits::Verdict::Ok);
+  EXPECT_EQ(c.try_open("a"), ConnectionLimits::Verdict::SourceFull);
+  EXPECT_EQ(c.try_open("b"), ConnectionLimits::Verdict::Ok);
+  EXPECT_EQ(c.try_open("c"), ConnectionLimits::Verdict::ServerFull);
+  c.close("a");
+  EXPECT_EQ(c.open(), 2u);
+  EXPECT_EQ(c.try_open("c"), ConnectionLimits::Verdict::Ok);
+  WatchCounter w(1);
+  EXPECT_TRUE(w.acquire("k"));
+  EXPECT_FALSE(w.acquire("k"));
+  EXPECT_TRUE(w.acquire("j"));
+  w.release("k");
+  EXPECT_TRUE(w.acquire("k"));
+}
+
+TEST(CoordAuth, SessionKeyCacheEvictsTheLeastRecentlyUsedKeyOnly) {
+  SecretKey coord = SecretKey::generate_private();
+  PublicKey cp = coord.public_key();
+  auto keys_of = [&](const PublicKey& p) { return *derive_session_keys(coord, p, p, cp); };
+  PublicKey a = SecretKey::generate_private().public_key();
+  PublicKey b = SecretKey::generate_private().public_key();
+  SessionKeyCache c(2);
+  c.put(a, keys_of(a));
+  c.put(b, keys_of(b));
+  ASSERT_TRUE(c.get(a));  // a is now the most recently used
+  for (int i = 0; i < 10; ++i) {
+    PublicKey x = SecretKey::generate_private().public_key();
+    c.put(x, keys_of(x));
+    ASSERT_TRUE(c.get(a)) << "an active peer's keys were evicted by a flood";
+  }
+  EXPECT_FALSE(c.get(b));
+  EXPECT_EQ(c.size(), 2u);
+  EXPECT_EQ(c.get(a)->request.bytes(), keys_of(a).request.bytes());
+}
+
+TEST(CoordCandidates, OnlyAddressesOtherPeersCanReachAreAccepted) {
+  std::vector<Prefix> overlay{*Prefix::parse("100.64.0.0/10"), *Prefix::parse("fd00:1:2::/48")};
+  auto check = [&](const char* ep) {
+    return check_candidate(Candidate{*SockAddr::parse(ep), "host"}, overlay);
+  };
+  // Public, documentation and private LAN addresses: a LAN is how two peers
+  // behind one router find each other.
+  for (const char* ok : {"192.0.2.1:51820", "198.18.0.5:1", "10.1.2.3:51820", "100.63.255.255:9",
+                         "100.128.0.1:9", "[2001:db8::1]:51820", "[fd00:1:3::1]:9"})
+    EXPECT_TRUE(check(ok)) << ok;
+  for (const char* bad : {"127.0.0.1:51820", "0.0.0.0:1", "169.254.169.254:80", "224.0.0.251:5353",
+                          "239.1.1.1:9", "255.255.255.255:9", "240.0.0.1:9", "100.64.0.1:51820",
+                          "100.127.255.254:9", "[::1]:9", "[::]:9", "[fe80::1]:9", "[ff02::1]:9",
+                          "[::ffff:192.0.2.1]:9", "[fd00:1:2::5]:9", "192.0.2.1:0"}) {
+    Status s = check(bad);
+    EXPECT_EQ(s.code(), Exit::DataErr) << bad;
+    EXPECT_NE(s.message().find(bad), std::string::npos) << s.message();
+  }
+}
+
+TEST(CoordPunch, WindowLimiterTellsHowLongUntilTheNextEvent) {
+  WindowLimiter l(2, 60000);
+  PublicKey a = SecretKey::generate_private().public_key();
+  EXPECT_EQ(l.allow_or_wait(a, 1000), 0);
+  EXPECT_EQ(l.allow_or_wait(a, 5000), 0);
+  EXPECT_EQ(l.allow_or_wait(a, 6000), 55000);  // the event at 1000 leaves at 61000
+  EXPECT_EQ(l.allow_or_wait(a, 61000), 0);
+}
+
+TEST(CoordWatch, OnlyPermanentRefusalsEndAWatch) {
+  EXPECT_EQ(classify_watch_failure(0, Exit::Unavailable), WatchFailure::Reconnect);
+  EXPECT_EQ(classify_watch_failure(0, Exit::Usage), WatchFailure::Exit);
+  for (int http : {408, 429, 500, 502, 503})
+    EXPECT_EQ(classify_watch_failure(http, Exit::TempFail), WatchFailure::Backoff) << http;
+  for (int http : {400, 401, 403, 404, 409})
+    EXPECT_EQ(classify_watch_failure(http, Exit::DataErr), WatchFailure::Exit) << http;
+  // A 200 the coordinator key does not authenticate.
+  EXPECT_EQ(classify_watch_failure(200, Exit::NoPerm), WatchFailure::Exit);
+}
+
+TEST(CoordLimits, APoolWithEveryThreadBusyQueuesThenShedsOnTheCallersThread) {
+  ElasticPool pool(1, 1);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false, started = false;
+  std::atomic<int> ran{0};
+  pool.enqueue([&] {
+    std::unique_lock lk(mu);
+    started = true;
+    cv.notify_all();
+    cv.wait(lk, [&] { return release; });
+    ++ran;
+  });
+  {
+    std::unique_lock lk(mu);
+    cv.wait(lk, [&] { return started; });
+  }
+  bool queued_shed = true, overflow_shed = false;
+  std::thread::id overflow_thread;
+  pool.enqueue([&] { queued_shed = pool.shedding(); ++ran; });  // waits in the queue
+  pool.enqueue([&] {  // no room: runs now, here, marked as shed
+    overflow_shed = pool.shedding();
+    overflow_thread = std::this_thread::get_id();
+    ++ran;
+  });
+  EXPECT_TRUE(overflow_shed);
+  EXPECT_EQ(overflow_thread, std::this_thread::get_id());
+  EXPECT_EQ(ran.load(), 1);
+  EXPECT_FALSE(pool.shedding());
+  {
+    std::lock_guard lk(mu);
+    release = true;
+  }
+  cv.notify_all();
+  pool.shutdown();
+  EXPECT_EQ(ran.load(), 3);
+  EXPECT_FALSE(queued_shed);
+  EXPECT_EQ(pool.threads(), 0u);
 }

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstring>
 #include <future>
+#include <optional>
 #include <thread>
 
 #include "core/fd.h"
@@ -409,6 +410,65 @@ TEST_F(RelayedProbe, ReportsARelayedPathWhenNoDirectOneAnswers) {
   EXPECT_EQ(ra[0].status, "direct");
   EXPECT_EQ(ra[0].kind, "relay");
   EXPECT_EQ(ra[0].endpoint, af);
+}
+
+// L10: a check the peer's key authenticates is still refused when it is
+// stale (no MESH-TIME, or an old one) or replayed (a transaction id the
+// probe already took, here sent again from another address): a replay must
+// not make a answer it, nor add the replayer as a candidate to check.
+TEST(Punch, ProbeIgnoresStaleAndReplayedChecks) {
+  auto ta = punch::open_ephemeral();
+  auto tx = punch::open_ephemeral();  // where b's fresh check comes from
+  auto ty = punch::open_ephemeral();  // the replayer
+  ASSERT_TRUE(ta && tx && ty);
+  SecretKey ka = SecretKey::generate_private(), kb = SecretKey::generate_private();
+  SockAddr aa{ip("127.0.0.1"), (*ta)->port()};
+  punch::ProbeOptions oa;
+  oa.peers = {{kb.public_key(), "b", {}}};
+  oa.timeout = std::chrono::milliseconds(900);
+  auto key = punch::derive_probe_key(kb, ka.public_key());
+  ASSERT_TRUE(key);
+  std::string user = ka.public_key().to_base64() + ":" + kb.public_key().to_base64();
+  auto check = [&](stun::TxId id, std::optional<int64_t> at_ms) {
+    static uint8_t out[512];
+    stun::Builder b(out, stun::kBinding, stun::kRequest, id);
+    b.add_string(stun::kUsername, user);
+    std::array<uint8_t, 8> t{};
+    for (int i = 7, v = 0; at_ms && i >= 0; --i, ++v) t[i] = static_cast<uint8_t>(*at_ms >> (8 * v));
+    if (at_ms) b.add(punch::kMeshTimeAttr, t);
+    b.add_integrity_sha256({key->bytes().data(), key->bytes().size()}).add_fingerprint();
+    auto f = b.finish();
+    return std::vector<uint8_t>(f.begin(), f.end());
+  };
+  int64_t now_ms = oa.wall_ms();
+  stun::TxId fresh = stun::random_txid(), untimed = stun::random_txid(), old = stun::random_txid();
+  auto fa = std::async(std::launch::async, [&] { return punch::probe(**ta, ka, oa); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_TRUE((*tx)->send(aa, check(fresh, now_ms)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE((*ty)->send(aa, check(fresh, now_ms)));  // the same check, replayed
+  ASSERT_TRUE((*ty)->send(aa, check(untimed, std::nullopt)));
+  ASSERT_TRUE((*ty)->send(aa, check(old, now_ms - 600000)));
+  auto answered = [&](punch::Transport& t) {
+    std::vector<stun::TxId> ids;
+    uint8_t buf[1500];
+    for (auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(600);
+         std::chrono::steady_clock::now() < end;) {
+      auto r = t.recv(50, buf);
+      if (!r || !*r) continue;
+      auto m = stun::parse({buf, (*r)->len});
+      if (m) ids.push_back(m->tx);
+    }
+    return ids;
+  };
+  auto fy = std::async(std::launch::async, [&] { return answered(**ty); });
+  auto got_x = answered(**tx);
+  auto got_y = fy.get();
+  ASSERT_TRUE(fa.get().is_ok());
+  // x (where the fresh check came from) got its answer and a's own checks.
+  EXPECT_NE(std::find(got_x.begin(), got_x.end(), fresh), got_x.end());
+  // y got nothing: no answer to any of its checks, no check of a's.
+  EXPECT_TRUE(got_y.empty()) << got_y.size() << " packets reached the replayer";
 }
 
 TEST(Punch, ProbeIgnoresAPeerWithTheWrongKey) {
