@@ -171,7 +171,10 @@ Result<Response> Client::peer(const std::string& method, const std::string& targ
   // the nonce makes a replay fail), which is how the tests capture one.
   log_.debug("request " + method + " " + server_ + target + " " + kHdrKey + ": " + me.to_base64() +
              " " + kHdrTime + ": " + std::to_string(now) + " " + kHdrNonce + ": " + nonce + " " +
-             kHdrAuth + ": " + mac);
+             kHdrAuth + ": " + mac + " " + kHdrSeal + ": 1" +
+             (wire.empty() ? "" : " body: " + base64_encode(std::span(
+                                                  reinterpret_cast<const uint8_t*>(wire.data()),
+                                                  wire.size()))));
   MESH_ASSIGN(auto r, send(method, target, h, wire, read_timeout_s, "application/octet-stream"));
   bool authentic = !last_mac_.empty() &&
                    mac_equal(last_mac_, response_mac(keys->response, r.status, nonce, r.body));

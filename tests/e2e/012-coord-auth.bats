@@ -16,20 +16,22 @@ setup() {
 }
 
 # Runs a signed request with MESH_LOG=debug and sets REQ_* from the logged
-# request line (method, URL, headers), so it can be replayed with curl.
+# request line (method, URL, headers, sealed body), so it can be replayed
+# with curl: `replay "" @body.bin` sends the captured body itself.
 capture() {
   MESH_LOG=debug "$@" 2>dbg.txt >/dev/null || true
   local line
   line=$(grep -m1 ' request ' dbg.txt)
-  read -r _ _ _ REQ_METHOD REQ_URL _ REQ_KEY _ REQ_TIME _ REQ_NONCE _ REQ_AUTH <<<"$line"
-  [ -n "$REQ_AUTH" ]
+  read -r _ _ _ REQ_METHOD REQ_URL _ REQ_KEY _ REQ_TIME _ REQ_NONCE _ REQ_AUTH _ REQ_SEAL _ REQ_BODY <<<"$line"
+  [ -n "$REQ_AUTH" ] && [ "$REQ_SEAL" = 1 ]
+  printf '%s' "$REQ_BODY" | base64 -d >body.bin
 }
 
 replay() {  # replay [NONCE] [BODY]
   curl -s -o resp.json -w '%{http_code}' -X "$REQ_METHOD" "$REQ_URL" \
     -H "X-Mesh-Key: $REQ_KEY" -H "X-Mesh-Time: $REQ_TIME" \
-    -H "X-Mesh-Nonce: ${1:-$REQ_NONCE}" -H "X-Mesh-Auth: $REQ_AUTH" \
-    -H 'Content-Type: application/json' ${2:+--data-binary "$2"}
+    -H "X-Mesh-Nonce: ${1:-$REQ_NONCE}" -H "X-Mesh-Auth: $REQ_AUTH" -H "X-Mesh-Seal: 1" \
+    -H 'Content-Type: application/octet-stream' ${2:+--data-binary "$2"}
 }
 
 @test "a captured request cannot be replayed" {
@@ -44,7 +46,8 @@ replay() {  # replay [NONCE] [BODY]
   coord_join b k
   capture mesh-coord punch --registration a.json --key a.key --peer "$(mesh-keygen pubkey <b.key)"
   [ "$REQ_METHOD" = POST ]
-  [ "$(replay "" "{\"peers\":[\"$(mesh-keygen pubkey <b.key)\"]}")" = 401 ]
+  [ -s body.bin ]
+  [ "$(replay "" @body.bin)" = 401 ]
   [[ "$(jq -r .error.message resp.json)" == *"replayed request"* ]]
   # Only the original is waiting for b: one punch event, from a.
   mrun -T 10 -s 0 mesh-coord watch --registration b.json --key b.key --events --cache b.map --count 1

@@ -86,7 +86,7 @@ setup() {
     --setup-key-file k.sk --key n1.key --name n1
   printf '%s\n' "$output" >n1.json
   MESH_LOG=debug ip netns exec "${MESH_RUN}n" mesh-coord map --registration n1.json --key n1.key 2>dbg.txt >/dev/null
-  read -r _ _ _ m url _ key _ t _ nonce _ auth <<<"$(grep -m1 ' request ' dbg.txt)"
+  read -r _ _ _ m url _ key _ t _ nonce _ auth _ <<<"$(grep -m1 ' request ' dbg.txt)"
   # The same signed request without X-Mesh-Seal (the seal is checked
   # before the nonce, so this is not refused as a replay).
   mrun ip netns exec "${MESH_RUN}n" curl -s -w '\n%{http_code}' "$url" -H "X-Mesh-Key: $key" \
