@@ -1,5 +1,6 @@
 #include "coord/httpguard.h"
 
+#include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -57,9 +58,13 @@ void name_of(int fd, bool peer, std::string& ip, int& port) {
 // per read, and a cap on the bytes before the blank line that ends the
 // headers. A request that misses either gets its error answer here and
 // every later read or write fails, so httplib gives up on the connection.
+//
+// With TLS (`ssl` not null) the socket is non-blocking and bytes go through
+// SSL_read/SSL_write, which may want to read or write first (renegotiation,
+// a partial record): both wait under the same deadline.
 class GuardedStream : public httplib::Stream {
  public:
-  GuardedStream(int fd, const GuardOptions& o) : fd_(fd), opt_(o) {}
+  GuardedStream(int fd, SSL* ssl, const GuardOptions& o) : fd_(fd), ssl_(ssl), opt_(o) {}
 
   // Arms the deadline of the next request and waits for its first byte.
   // False when the connection closed or stayed idle past the deadline.
@@ -71,7 +76,9 @@ class GuardedStream : public httplib::Stream {
     return !dead_ && fill_if_empty(/*answer_timeout=*/false);
   }
 
-  bool is_readable() const override { return off_ < len_ || wait_for(POLLIN, remaining_ms()); }
+  bool is_readable() const override {
+    return off_ < len_ || (ssl_ && SSL_pending(ssl_) > 0) || wait_for(POLLIN, remaining_ms());
+  }
   bool is_writable() const override { return !dead_ && wait_for(POLLOUT, opt_.write_timeout * 1000); }
 
   ssize_t read(char* ptr, size_t size) override {
@@ -85,7 +92,15 @@ class GuardedStream : public httplib::Stream {
 
   ssize_t write(const char* ptr, size_t size) override {
     if (dead_ || !is_writable()) return -1;
-    return ::send(fd_, ptr, size, MSG_NOSIGNAL);
+    if (!ssl_) return ::send(fd_, ptr, size, MSG_NOSIGNAL);
+    int len = static_cast<int>(std::min<size_t>(size, 1 << 20));
+    for (;;) {
+      int n = SSL_write(ssl_, ptr, len);
+      if (n > 0) return n;
+      int e = SSL_get_error(ssl_, n);
+      short want = e == SSL_ERROR_WANT_READ ? POLLIN : e == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
+      if (!want || !wait_for(want, opt_.write_timeout * 1000)) return -1;
+    }
   }
 
   void get_remote_ip_and_port(std::string& ip, int& port) const override { name_of(fd_, true, ip, port); }
@@ -110,7 +125,8 @@ class GuardedStream : public httplib::Stream {
   // part of a request came (`answer_timeout`); an idle connection is closed.
   bool fill_if_empty(bool answer_timeout) {
     if (off_ < len_) return true;
-    if (!wait_for(POLLIN, remaining_ms())) {
+    bool pending = ssl_ && SSL_pending(ssl_) > 0;  // decrypted bytes the socket no longer shows
+    if (!pending && !wait_for(POLLIN, remaining_ms())) {
       if (answer_timeout)
         fail(error_response(408, "Request Timeout", Exit::TempFail,
                             "request not received within " + std::to_string(opt_.request_timeout) +
@@ -118,13 +134,29 @@ class GuardedStream : public httplib::Stream {
       dead_ = true;
       return false;
     }
-    ssize_t n;
-    do n = ::recv(fd_, buf_, sizeof buf_, 0);
-    while (n < 0 && errno == EINTR);
+    ssize_t n = ssl_ ? tls_read() : plain_read();
     if (n <= 0) return false;
     off_ = 0;
     len_ = static_cast<size_t>(n);
     return true;
+  }
+
+  ssize_t plain_read() {
+    ssize_t n;
+    do n = ::recv(fd_, buf_, sizeof buf_, 0);
+    while (n < 0 && errno == EINTR);
+    return n;
+  }
+
+  // Until a record is whole or the deadline passes (then 0: no data).
+  ssize_t tls_read() {
+    for (;;) {
+      int n = SSL_read(ssl_, buf_, sizeof buf_);
+      if (n > 0) return n;
+      int e = SSL_get_error(ssl_, n);
+      short want = e == SSL_ERROR_WANT_READ ? POLLIN : e == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
+      if (!want || !wait_for(want, remaining_ms())) return 0;
+    }
   }
 
   // Counts the request line and headers up to the blank line ("\r\n\r\n").
@@ -146,11 +178,13 @@ class GuardedStream : public httplib::Stream {
   }
 
   void fail(const std::string& answer) {
-    send_now(fd_, answer);
+    if (ssl_) (void)SSL_write(ssl_, answer.data(), static_cast<int>(answer.size()));
+    else send_now(fd_, answer);
     dead_ = true;
   }
 
   int fd_;
+  SSL* ssl_;
   const GuardOptions& opt_;
   char buf_[4096];
   size_t off_ = 0, len_ = 0;
@@ -217,57 +251,118 @@ void ElasticPool::work() {
   }
 }
 
-// ------------------------------------------------------------ GuardedServer
+// ------------------------------------------------------------ ConnectionGuard
 
-GuardedServer::GuardedServer(const GuardOptions& o)
-    : opt_(o), limits_(o.max_connections, o.max_per_source) {
-  new_task_queue = [this] {
-    pool_ = new ElasticPool(opt_.max_connections, opt_.max_queue);
-    return pool_;
-  };
+ConnectionGuard::ConnectionGuard(const GuardOptions& o)
+    : opt_(o), limits_(o.max_connections, o.max_per_source) {}
+
+ElasticPool* ConnectionGuard::make_pool() {
+  pool_ = new ElasticPool(opt_.max_connections, opt_.max_queue);
+  return pool_;
 }
 
-bool GuardedServer::process_and_close_socket(socket_t sock) {
-  serve_connection(sock);
-  ::shutdown(sock, SHUT_RDWR);
-  ::close(sock);
-  return true;
-}
-
-void GuardedServer::serve_connection(socket_t sock) {
-  if (pool_ && pool_->shedding()) {
+// Only plain HTTP can be answered before a TLS handshake: a refused TLS
+// connection is closed without a word.
+bool ConnectionGuard::admit(int sock, bool tls, std::string* source) {
+  auto refuse = [&](int status, const char* reason, Exit e, const std::string& msg) {
     ++refused_;
-    return send_now(sock, error_response(503, "Service Unavailable", Exit::Unavailable,
-                                         "coordinator busy: every connection slot and the queue "
-                                         "are taken; retry later"));
-  }
+    if (!tls) send_now(sock, error_response(status, reason, e, msg));
+    return false;
+  };
+  if (pool_ && pool_->shedding())
+    return refuse(503, "Service Unavailable", Exit::Unavailable,
+                  "coordinator busy: every connection slot and the queue are taken; retry later");
   std::string ip;
   int port = 0;
   name_of(sock, true, ip, port);
-  std::string src = source_key(ip);
-  switch (limits_.try_open(src)) {
-    case ConnectionLimits::Verdict::Ok: break;
+  *source = source_key(ip);
+  switch (limits_.try_open(*source)) {
+    case ConnectionLimits::Verdict::Ok: return true;
     case ConnectionLimits::Verdict::SourceFull:
-      ++refused_;
-      return send_now(sock, error_response(429, "Too Many Requests", Exit::TempFail,
-                                           "too many connections from " + src + " (limit " +
-                                               std::to_string(opt_.max_per_source) + ")"));
+      return refuse(429, "Too Many Requests", Exit::TempFail,
+                    "too many connections from " + *source + " (limit " +
+                        std::to_string(opt_.max_per_source) + ")");
     case ConnectionLimits::Verdict::ServerFull:
-      ++refused_;
-      return send_now(sock, error_response(503, "Service Unavailable", Exit::Unavailable,
-                                           "coordinator at its connection limit (" +
-                                               std::to_string(opt_.max_connections) +
-                                               "); retry later"));
+      break;
   }
-  GuardedStream strm(sock, opt_);
-  // httplib's own loop (process_server_socket) with our stream: keep-alive
-  // up to keep_alive_max_count_ requests, each under its own deadline.
-  for (size_t i = 0; i < keep_alive_max_count_ && svr_sock_ != INVALID_SOCKET; ++i) {
-    if (!strm.next_request()) break;
-    bool closed = false;
-    if (!process_request(strm, i + 1 == keep_alive_max_count_, closed, nullptr) || closed) break;
+  return refuse(503, "Service Unavailable", Exit::Unavailable,
+                "coordinator at its connection limit (" + std::to_string(opt_.max_connections) +
+                    "); retry later");
+}
+
+// The TLS handshake, on a non-blocking socket, within the request deadline.
+SSL* ConnectionGuard::handshake(int sock, SSL_CTX* ctx) const {
+  SSL* ssl = SSL_new(ctx);
+  if (!ssl) return nullptr;
+  ::fcntl(sock, F_SETFL, ::fcntl(sock, F_GETFL) | O_NONBLOCK);
+  SSL_set_fd(ssl, sock);
+  auto deadline = Clock::now() + std::chrono::seconds(opt_.request_timeout);
+  for (;;) {
+    int rc = SSL_accept(ssl);
+    if (rc == 1) return ssl;
+    int e = SSL_get_error(ssl, rc);
+    short want = e == SSL_ERROR_WANT_READ ? POLLIN : e == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    pollfd p{sock, want, 0};
+    if (!want || left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) {
+      SSL_free(ssl);
+      return nullptr;
+    }
   }
-  limits_.close(src);
+}
+
+void ConnectionGuard::serve(int sock, SSL_CTX* tls, size_t max_requests,
+                            const std::function<bool()>& running, const RequestFn& request) {
+  std::string src;
+  if (admit(sock, tls != nullptr, &src)) {
+    SSL* ssl = tls ? handshake(sock, tls) : nullptr;
+    if (!tls || ssl) {
+      GuardedStream strm(sock, ssl, opt_);
+      // httplib's own loop (process_server_socket) with our stream:
+      // keep-alive up to max_requests requests, each under its own deadline.
+      for (size_t i = 0; i < max_requests && running(); ++i) {
+        if (!strm.next_request()) break;
+        bool closed = false;
+        if (!request(strm, i + 1 == max_requests, closed) || closed) break;
+      }
+    }
+    if (ssl) {
+      (void)SSL_shutdown(ssl);
+      SSL_free(ssl);
+    }
+    limits_.close(src);
+  }
+  ::shutdown(sock, SHUT_RDWR);
+  ::close(sock);
+}
+
+// ------------------------------------------------------------ servers
+
+GuardedServer::GuardedServer(const GuardOptions& o) : guard_(o) {
+  new_task_queue = [this] { return guard_.make_pool(); };
+}
+
+bool GuardedServer::process_and_close_socket(socket_t sock) {
+  guard_.serve(
+      sock, nullptr, keep_alive_max_count_, [this] { return svr_sock_ != INVALID_SOCKET; },
+      [this](httplib::Stream& s, bool close, bool& closed) {
+        return process_request(s, close, closed, nullptr);
+      });
+  return true;
+}
+
+GuardedTlsServer::GuardedTlsServer(const GuardOptions& o, const char* cert, const char* key)
+    : httplib::SSLServer(cert, key), guard_(o) {
+  new_task_queue = [this] { return guard_.make_pool(); };
+}
+
+bool GuardedTlsServer::process_and_close_socket(socket_t sock) {
+  guard_.serve(
+      sock, ssl_context(), keep_alive_max_count_, [this] { return svr_sock_ != INVALID_SOCKET; },
+      [this](httplib::Stream& s, bool close, bool& closed) {
+        return process_request(s, close, closed, nullptr);
+      });
+  return true;
 }
 
 }  // namespace mesh::coord

@@ -1,4 +1,4 @@
-// The coordinator's HTTP server with connection limits (man/mesh-coord.8,
+// The coordinator's HTTP(S) server with connection limits (man/mesh-coord.8,
 // LIMITS). cpp-httplib gives one thread per connection, a timeout per read
 // and no bound on the request line, the headers or the task queue, so a
 // few idle or slow sockets could hold every thread. GuardedServer keeps
@@ -64,21 +64,49 @@ class ElasticPool : public httplib::TaskQueue {
   std::atomic<std::thread::id> shed_thread_{};
 };
 
-class GuardedServer : public httplib::Server {
+// The connection side of GuardedServer and GuardedTlsServer: accounting,
+// the TLS handshake under the request deadline, and httplib's request loop
+// over a GuardedStream.
+class ConnectionGuard {
  public:
-  explicit GuardedServer(const GuardOptions& o);
+  using RequestFn = std::function<bool(httplib::Stream&, bool close, bool& closed)>;
+  explicit ConnectionGuard(const GuardOptions& o);
+  ElasticPool* make_pool();  // for httplib's new_task_queue (httplib owns it)
   ElasticPool* pool() const { return pool_; }
   size_t connections() const { return limits_.open(); }
   // Connections refused by a limit (any of them), for /metrics.
   uint64_t refused() const { return refused_.load(); }
+  // Serves one accepted connection and closes it. `tls`: null for plain HTTP.
+  void serve(int sock, SSL_CTX* tls, size_t max_requests, const std::function<bool()>& running,
+             const RequestFn& request);
+
+ private:
+  bool admit(int sock, bool tls, std::string* source);
+  SSL* handshake(int sock, SSL_CTX* ctx) const;
+  GuardOptions opt_;
+  ConnectionLimits limits_;
+  ElasticPool* pool_ = nullptr;
+  std::atomic<uint64_t> refused_{0};
+};
+
+class GuardedServer : public httplib::Server {
+ public:
+  explicit GuardedServer(const GuardOptions& o);
+  ConnectionGuard& guard() { return guard_; }
 
  private:
   bool process_and_close_socket(socket_t sock) override;
-  void serve_connection(socket_t sock);
-  GuardOptions opt_;
-  ConnectionLimits limits_;
-  ElasticPool* pool_ = nullptr;  // owned by httplib once new_task_queue made it
-  std::atomic<uint64_t> refused_{0};
+  ConnectionGuard guard_;
+};
+
+class GuardedTlsServer : public httplib::SSLServer {
+ public:
+  GuardedTlsServer(const GuardOptions& o, const char* cert, const char* key);
+  ConnectionGuard& guard() { return guard_; }
+
+ private:
+  bool process_and_close_socket(socket_t sock) override;
+  ConnectionGuard guard_;
 };
 
 }  // namespace mesh::coord

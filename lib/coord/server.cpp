@@ -153,10 +153,7 @@ class Coordinator {
   Status init();
   void routes(httplib::Server& s);
   void janitor(const std::atomic<bool>& stop);
-  void set_server(ElasticPool* p, GuardedServer* g) {
-    pool_ = p;
-    guard_ = g;
-  }
+  void set_server(ConnectionGuard* g) { guard_ = g; }
   // Wakes every long-poll so the server can stop without waiting them out.
   void shutdown() {
     {
@@ -226,8 +223,7 @@ class Coordinator {
   WindowLimiter punch_limiter_;
   WindowLimiter announce_limiter_;
   WatchCounter watches_;  // long-polls per peer
-  ElasticPool* pool_ = nullptr;
-  GuardedServer* guard_ = nullptr;  // null with TLS
+  ConnectionGuard* guard_ = nullptr;
   bool stopping_ = false;  // guarded by mu_
   // metrics
   std::atomic<int64_t> watchers_{0};
@@ -1320,8 +1316,8 @@ void Coordinator::h_metrics(const httplib::Request& req, httplib::Response& res)
     << "mesh_coord_peers{state=\"enabled\"} " << enabled << "\n"
     << "mesh_coord_peers{state=\"disabled\"} " << disabled << "\n";
   g("mesh_coord_watchers", "Long-poll watchers currently waiting for a map.", "gauge", watchers_.load());
-  g("mesh_coord_threads", "Connection threads.", "gauge", pool_ ? pool_->threads() : 0);
-  g("mesh_coord_connections", "Open connections (plain HTTP).", "gauge", guard_ ? guard_->connections() : 0);
+  g("mesh_coord_threads", "Connection threads.", "gauge", guard_ && guard_->pool() ? guard_->pool()->threads() : 0);
+  g("mesh_coord_connections", "Open connections.", "gauge", guard_ ? guard_->connections() : 0);
   g("mesh_coord_connections_refused_total", "Connections refused by a connection limit.", "counter", guard_ ? guard_->refused() : 0);
   g("mesh_coord_setup_keys", "Setup keys (any state).", "gauge", keys);
   g("mesh_coord_map_serial", "Latest map serial.", "counter", serial);
@@ -1486,28 +1482,20 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
   guard_opt.max_queue = opt.max_queue;
   guard_opt.request_timeout = opt.request_timeout;
   std::unique_ptr<httplib::Server> svr;
-  GuardedServer* guard = nullptr;
-  ElasticPool* pool = nullptr;
+  ConnectionGuard* guard = nullptr;
   if (!opt.tls_cert.empty()) {
     for (const auto& f : {opt.tls_cert, opt.tls_key}) {
       auto r = read_file(f, 1 << 20);
       if (!r) return r.status();
     }
-    auto tls = std::make_unique<httplib::SSLServer>(opt.tls_cert.c_str(), opt.tls_key.c_str());
+    auto tls = std::make_unique<GuardedTlsServer>(guard_opt, opt.tls_cert.c_str(),
+                                                  opt.tls_key.c_str());
     if (!tls->is_valid()) return Status(Exit::Config, "cannot load --tls-cert/--tls-key");
+    guard = &tls->guard();
     svr = std::move(tls);
-    // httplib's TLS server runs its own connection loop: the pool bounds
-    // its threads, not its queue (a shed task would run the TLS handshake
-    // on the accept thread), and the per-request deadline and connection
-    // limits of GuardedServer do not apply (man/mesh-coord.8, LIMITS).
-    size_t max_threads = opt.max_threads;
-    svr->new_task_queue = [&pool, max_threads] {
-      pool = new ElasticPool(max_threads, SIZE_MAX);
-      return pool;
-    };
   } else {
     auto g = std::make_unique<GuardedServer>(guard_opt);
-    guard = g.get();
+    guard = &g->guard();
     svr = std::move(g);
   }
   // httplib listens with a backlog of 5; a burst of watchers reconnecting
@@ -1563,7 +1551,7 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
   std::thread announce([&] {
     for (int i = 0; i < 500 && !svr->is_running() && !stopping; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    coord.set_server(guard ? guard->pool() : pool, guard);
+    coord.set_server(guard);
     out << "listening on " << (opt.tls_cert.empty() ? "http" : "https") << "://" << shown << ":"
         << port << "\n" << std::flush;
     log.info("state in " + opt.state_dir);

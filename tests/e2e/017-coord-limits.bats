@@ -112,7 +112,7 @@ EOF
   awk -v s="$secs" 'BEGIN { exit !(s >= 1.5 && s < 4) }'
 }
 
-@test "an idle connection is closed at the request deadline; headers over 16 KiB get 431" {
+@test "an idle connection is closed at the request deadline; headers over 16 KiB get 431, a request line over 8 KiB 414" {
   coord_start coord --request-timeout 2
   idle_sockets 1
   wait_for_line idle.out '^closed 0: \(no answer\)' 4
@@ -121,6 +121,9 @@ EOF
   [ "$code" = 431 ]
   [ "$(jq -r .error.exit big.json)" = data ]
   [[ "$(jq -r .error.message big.json)" == *"larger than 16384 bytes"* ]]
+  # A request line over 8 KiB gets 414.
+  long=$(head -c 9000 /dev/zero | tr '\0' a)
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "$COORD_URL/$long")" = 414 ]
   # Normal requests still work.
   [ "$(curl -s "$COORD_URL/healthz")" = ok ]
 }
