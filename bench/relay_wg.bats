@@ -151,7 +151,7 @@ stop_clients() {
   # credentials from the same secret, the lab's addresses allowed as peers.
   start_daemon relay ip netns exec "$(lab_ns inet)" mesh-relay serve \
     --listen 203.0.113.1:3478 --relay-ports 50000-50999 --threads 1 \
-    --auth-secret-file "$BATS_TEST_TMPDIR/secret" --allow-peer 203.0.113.0/24 $RELAY_ARGS
+    --auth-secret-file "$BATS_TEST_TMPDIR/secret" --allow-peer 203.0.113.0/24 --max-bps 0 $RELAY_ARGS
   start_daemon turnserver ip netns exec "$(lab_ns inet)" turnserver -n \
     --listening-ip 203.0.113.2 --listening-port 3478 --relay-ip 203.0.113.2 \
     --min-port 50000 --max-port 50999 --relay-threads 1 \
@@ -163,7 +163,7 @@ stop_clients() {
     ip -n "$(lab_ns inet)" addr add 203.0.113.3/32 dev lo
     start_daemon relaybase ip netns exec "$(lab_ns inet)" "$BASE" serve \
       --listen 203.0.113.3:3478 --relay-ports 50000-50999 --threads 1 \
-      --auth-secret-file "$BATS_TEST_TMPDIR/secret" --allow-peer 203.0.113.0/24 $RELAY_ARGS
+      --auth-secret-file "$BATS_TEST_TMPDIR/secret" --allow-peer 203.0.113.0/24 --max-bps 0 $RELAY_ARGS
     wait_for_line "$BATS_TEST_TMPDIR/relaybase.out" '^listening udp 203.0.113.3:3478$' 10
   fi
   wait_for_line "$BATS_TEST_TMPDIR/relay.out" '^listening udp 203.0.113.1:3478$' 10

@@ -19,7 +19,7 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   app.add_option("--relay-secret-file", o.relay_secret_file,
                  "file with the TURN REST shared secret (coturn static-auth-secret)");
   app.add_option("--credential-lifetime", o.credential_lifetime,
-                 "TURN credential lifetime in seconds (re-minted at half-life)")
+                 "TURN credential lifetime in seconds (default 3600; re-minted at half-life)")
       ->capture_default_str();
   app.add_option("--keepalive", o.keepalive, "persistent keepalive given to peers (seconds)")
       ->capture_default_str();

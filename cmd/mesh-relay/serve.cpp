@@ -24,7 +24,7 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   ServeOptions o;
   std::vector<std::string> listen, tls_listen, relay_ip, allow, deny;
   std::string alt, ports, metrics;
-  int64_t max_bps = 0;
+  int64_t max_bps = static_cast<int64_t>(o.turn.max_bps);
   bool no_self_relay = false, verbose = false;
   app.add_option("--listen", listen, "UDP (and with --tcp, TCP) listen ADDR:PORT; port 0 picks one")
       ->required();
@@ -43,17 +43,30 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   app.add_option("--realm", o.realm, "authentication realm (default mesh)");
   app.add_option("--allow-peer", allow, "peer CIDR always allowed (overrides the denied ranges)");
   app.add_option("--deny-peer", deny, "peer CIDR refused, in addition to the default ranges");
+  app.add_flag("--allow-loopback-peers", o.turn.allow_loopback,
+               "allow loopback peers on any port (opens the host's loopback services; tests only)");
   app.add_flag("--no-self-relay", no_self_relay,
                "refuse peers on our own relay addresses (relaying between allocations)");
-  app.add_option("--max-allocations", o.turn.max_allocations, "total allocations (0 = unlimited)");
-  app.add_option("--user-quota", o.turn.user_quota, "allocations per user (0 = unlimited)");
-  app.add_option("--max-bps", max_bps, "bytes per second per allocation (0 = unlimited)");
+  app.add_option("--max-allocations", o.turn.max_allocations,
+                 "total allocations (default 10000, 0 = unlimited)");
+  app.add_option("--user-quota", o.turn.user_quota, "allocations per user (default 10, 0 = unlimited)");
+  app.add_option("--max-bps", max_bps,
+                 "bytes per second per allocation (default 12500000, 0 = unlimited)");
   app.add_option("--max-lifetime", o.turn.max_lifetime, "maximum allocation lifetime in seconds");
   app.add_option("--nonce-lifetime", o.turn.nonce_lifetime, "seconds before a nonce is stale (438)");
   app.add_option("--permission-lifetime", o.turn.permission_lifetime,
                  "permission lifetime in seconds (RFC: 300)");
   app.add_option("--channel-lifetime", o.turn.channel_lifetime,
                  "channel binding lifetime in seconds (RFC: 600)");
+  app.add_option("--max-connections", o.max_connections,
+                 "TCP/TLS connections at once; more are closed at accept (default 1024)")
+      ->check(CLI::Range(1, 1000000));
+  app.add_option("--handshake-timeout", o.handshake_timeout_s,
+                 "seconds for a TCP/TLS connection to send its first TURN message (default 10)")
+      ->check(CLI::Range(1, 3600));
+  app.add_option("--idle-timeout", o.idle_timeout_s,
+                 "seconds a TCP/TLS connection without an allocation may stay silent (default 120)")
+      ->check(CLI::Range(1, 86400));
   app.add_option("--threads", o.threads, "worker threads (default: CPUs, at most 8)");
   app.add_option("--socket-buffer", o.socket_buffer, "socket buffer bytes (default 4194304)");
   app.add_option("--coalesce-us", o.coalesce_us,
@@ -62,6 +75,8 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   auto* sf = app.add_option("--stats-file", o.stats_file, "write JSON statistics to FILE every second");
   app.add_option("--metrics", metrics, "serve /metrics (Prometheus) and /stats (JSON) on ADDR:PORT");
   app.add_option("--software", o.turn.software, "SOFTWARE attribute value");
+  app.add_option("--revocations", o.revocations_url,
+                 "follow a mesh-coord's revoked relay credentials at http(s)://HOST:PORT");
   app.add_flag("-v,--verbose", verbose, "log informational messages");
   (void)sf;
   o.threads = static_cast<int>(std::min(8u, std::max(1u, std::thread::hardware_concurrency())));
@@ -96,6 +111,8 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   if (o.turn.max_lifetime < o.turn.default_lifetime) o.turn.default_lifetime = o.turn.max_lifetime;
   if (o.users_file.empty() && o.secret_file.empty())
     return report(ctx, usage_error("give --users-file and/or --auth-secret-file (never an open relay)"));
+  if (!o.revocations_url.empty() && o.secret_file.empty())
+    return report(ctx, usage_error("--revocations needs --auth-secret-file (the secret mesh-coord signs with)"));
   o.on_listening = [&ctx](const std::string& line) {
     ctx.out << "listening " << line << "\n";
     ctx.out.flush();

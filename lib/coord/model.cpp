@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "coord/mapjson.h"
+#include "coord/revoked.h"
 #include "core/base64.h"
 
 namespace mesh::coord {
@@ -186,6 +187,11 @@ std::vector<const Peer*> Model::peers() const {
   for (const auto& p : by_id_)
     if (p) out.push_back(p.get());
   return out;
+}
+
+int64_t Model::credential_expiry() const {
+  int64_t half = std::max<int64_t>(cfg_.credential_lifetime / 2, 1);
+  return (cred_window_ + 2) * half;
 }
 
 int64_t Model::credential_window(int64_t now) const {
@@ -563,13 +569,14 @@ NetMap Model::build_map(const Peer& p, bool lists) const {
   }
   m.stun = cfg_.stun;
   if (!cfg_.relay_secret.empty()) {
-    int64_t half = std::max<int64_t>(cfg_.credential_lifetime / 2, 1);
-    int64_t expiry = (cred_window_ + 2) * half;
+    int64_t expiry = credential_expiry();
     for (const auto& t : cfg_.turn) {
       TurnServer ts;
       ts.server = t.server;
       ts.transport = t.transport;
-      ts.username = std::to_string(expiry) + ":" + p.name;
+      // One subject per enrolment (NAME@ID): revoking a deleted peer's
+      // credentials (coord/revoked.h) never blocks a re-enrolled NAME.
+      ts.username = std::to_string(expiry) + ":" + relay_subject(p.name, p.id);
       ts.password = turn_password(cfg_.relay_secret, ts.username);
       ts.expires_at = expiry;
       m.turn.push_back(std::move(ts));

@@ -41,7 +41,9 @@ struct ModelConfig {
   std::vector<std::string> stun;
   std::vector<TurnConfig> turn;
   std::string relay_secret;           // empty: no TURN credentials
-  int64_t credential_lifetime = 86400;  // seconds; re-minted at half-life
+  // Seconds; re-minted at half-life. Short, since a credential outlives its
+  // peer's deletion on relays that do not follow the revocations.
+  int64_t credential_lifetime = 3600;
   int keepalive = 25;
   int mtu = 1420;
 };
@@ -143,6 +145,9 @@ class Model {
   uint64_t serial_counter() const { return serial_counter_; }
   uint32_t next_host() const { return next_host_; }
   int64_t credential_window(int64_t now) const;
+  // The EXPIRY of the TURN credentials handed out in the current window (the
+  // latest any peer holds).
+  int64_t credential_expiry() const;
 
   // Ids of peers in `id`'s map (sorted).
   std::vector<uint32_t> visible(uint32_t id) const;

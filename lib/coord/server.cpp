@@ -24,6 +24,7 @@
 #include "coord/limits.h"
 #include "coord/mapjson.h"
 #include "coord/punch.h"
+#include "coord/revoked.h"
 #include "coord/store.h"
 #include "core/base64.h"
 #include "core/file.h"
@@ -196,6 +197,7 @@ class Coordinator {
   void h_policy_plan(const httplib::Request&, httplib::Response&);
   void h_events(const httplib::Request&, httplib::Response&);
   void h_metrics(const httplib::Request&, httplib::Response&);
+  void h_relay_revoked(const httplib::Request&, httplib::Response&);
 
   Json registration(const Peer& p) const;
   Result<PeerAuth> keys_for(const PublicKey& k);
@@ -212,6 +214,7 @@ class Coordinator {
   std::string admin_token_;
   Model model_;
   std::vector<SetupKey> setup_keys_;
+  RevocationList revoked_;  // deleted peers' relay credentials (guarded by mu_)
   std::shared_mutex mu_;
   std::condition_variable_any cv_;
   NonceCache nonces_;       // enrolled peers' requests
@@ -393,9 +396,17 @@ Status Coordinator::load_model() {
     }
     keys.push_back(std::move(k));
   }
+  MESH_ASSIGN(auto rev_text, store_->get_meta("relay_revocations"));
+  RevocationList rev;
+  if (rev_text) {
+    MESH_ASSIGN(auto rj, parse_json(*rev_text, "stored relay revocations"));
+    MESH_ASSIGN(rev, RevocationList::from_json(rj));
+    rev.prune(now);
+  }
   // Swap in only when everything loaded.
   model_ = std::move(m);
   setup_keys_ = std::move(keys);
+  revoked_ = std::move(rev);
   // Credentials may have aged while we were down.
   Changes ch = model_.tick_credentials(now);
   if (ch.serial != 0 || static_cast<uint64_t>(model_.cred_window()) != cred_window)
@@ -1117,10 +1128,64 @@ Status Coordinator::delete_peer_locked(Peer& p, const std::string& actor, const 
   uint32_t id = p.id;
   std::string name = p.name;
   Json detail{{"public_key", p.public_key.to_base64()}, {"reason", why}};
+  // The credentials it holds stay good on the relays until their EXPIRY:
+  // publish their subject to relays that follow /v1/relay/revoked.
+  bool relays = !model_.config().relay_secret.empty() && !model_.config().turn.empty();
+  if (relays) {
+    revoked_.prune(now);
+    revoked_.add(relay_subject(name, id), model_.credential_expiry());
+  }
+  std::string rev_text = dump_json(revoked_.to_json());
   Changes ch = model_.remove_peer(id, now);
   detail["maps_changed"] = ch.changed.size();
-  return persist([&](Store& st) { return st.delete_peer(id); }, ch,
-                 Event{0, now, actor, "peer.delete", name, detail});
+  return persist(
+      [&](Store& st) {
+        MESH_TRY(st.delete_peer(id));
+        return relays ? st.set_meta("relay_revocations", rev_text) : Status::ok();
+      },
+      ch, Event{0, now, actor, "peer.delete", name, detail});
+}
+
+// GET /v1/relay/revoked?after=SEQ&wait=S, for mesh-relay serve
+// --revocations: the subjects of deleted peers' relay credentials, as a
+// long-poll like /v1/map. Authenticated by the relay secret (relays hold no
+// other credential); see coord/revoked.h.
+void Coordinator::h_relay_revoked(const httplib::Request& req, httplib::Response& res) {
+  std::string secret;
+  struct Wipe {
+    std::string& s;
+    ~Wipe() { wipe(s); }
+  } wiped{secret};
+  {
+    std::shared_lock lk(mu_);
+    secret = model_.config().relay_secret;
+  }
+  if (secret.empty()) return send_error(res, {404, "no relay secret configured (--relay-secret-file)"});
+  int64_t after = 0;
+  int wait = 0;
+  try {
+    if (req.has_param("after")) after = std::stoll(req.get_param_value("after"));
+    if (req.has_param("wait")) wait = std::stoi(req.get_param_value("wait"));
+  } catch (const std::exception&) {
+    return send_error(res, {400, "request: after/wait: expected integers", "after"});
+  }
+  if (after < 0 || wait < 0 || wait > 60)
+    return send_error(res, {400, "request: after must be >= 0 and wait 0-60", "after"});
+  int64_t ts = 0;
+  Status auth = check_revocation_request(secret, req.get_header_value(kRevocationAuthHeader),
+                                         unix_now(), after, wait, &ts);
+  if (!auth) {
+    ++auth_failures_;
+    return send_error(res, {401, "relay authentication: " + auth.message()});
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait);
+  std::shared_lock lk(mu_);
+  while (!stopping_ && revoked_.seq() == after && std::chrono::steady_clock::now() < deadline)
+    cv_.wait_until(lk, deadline);
+  std::string body = dump_json(revoked_.since(after)) + "\n";
+  lk.unlock();
+  res.set_header(kRevocationMacHeader, revocation_response_mac(secret, ts, body));
+  res.set_content(std::move(body), "application/json");
 }
 
 void Coordinator::h_peer_op(const httplib::Request& req, httplib::Response& res,
@@ -1386,6 +1451,7 @@ void Coordinator::routes(httplib::Server& s) {
   s.Post("/v1/admin/policy/plan", wrap(&Coordinator::h_policy_plan));
   s.Get("/v1/admin/events", wrap(&Coordinator::h_events));
   s.Get("/metrics", wrap(&Coordinator::h_metrics));
+  s.Get("/v1/relay/revoked", wrap(&Coordinator::h_relay_revoked));
   s.set_error_handler([](Req req, Res res) {
     if (!res.body.empty()) return;
     if (res.status == 413)

@@ -25,7 +25,7 @@ struct ServeOptions {
   std::vector<std::string> stun;
   std::vector<TurnConfig> turn;
   std::string relay_secret_file;
-  int64_t credential_lifetime = 86400;
+  int64_t credential_lifetime = 3600;
   int keepalive = 25;
   std::string tls_cert, tls_key;
   bool public_metrics = false;

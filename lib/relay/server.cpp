@@ -1,5 +1,6 @@
 #include "relay/server.h"
 
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <netinet/tcp.h>
@@ -27,6 +28,7 @@
 #include "core/file.h"
 #include "core/fd.h"
 #include "core/json.h"
+#include "relay/revocations.h"
 #include "relay/sockets.h"
 
 namespace mesh::relay {
@@ -37,7 +39,14 @@ using turn::ClientKey;
 constexpr int kBatch = 64;
 constexpr size_t kHeadroom = 64;  // room for a ChannelData or Data indication header
 constexpr size_t kSlot = 65536 + kHeadroom;
-constexpr size_t kConnOutCap = 4u << 20;  // per TCP/TLS connection, then data is dropped
+// Per TCP/TLS connection: queued output beyond this drops relayed data, and
+// a control reply that does not fit closes the connection (a client that
+// sends requests and never reads must not grow our memory).
+constexpr size_t kConnOutCap = 4u << 20;
+// Input buffer: small while frames are (WireGuard, control), grown to the
+// largest frame (20 + 65535 bytes) only for a frame that needs it.
+constexpr size_t kConnInSmall = 4096;
+constexpr size_t kConnInMax = 65536 + 24;
 
 enum Tag : uint64_t { kTagAlloc = 0, kTagUdp = 1, kTagTcpListen = 2, kTagConn = 3, kTagWake = 4 };
 
@@ -81,6 +90,9 @@ struct Conn {
   bool want_out = false;
   bool dirty = false;  // in Worker::dirty_: data queued, to flush
   bool dead = false;
+  bool greeted = false;     // a whole TURN message arrived (after the TLS handshake)
+  int64_t opened_ms = 0;    // handshake timeout from here
+  int64_t last_rx_ms = 0;   // idle timeout from here
   ~Conn() {
     if (ssl) SSL_free(ssl);
   }
@@ -97,6 +109,10 @@ class Worker final : public turn::Io {
 
   turn::Stats stats;
   std::atomic<uint64_t> tx_drops{0};
+  // TCP/TLS: refused at accept (over --max-connections), closed by the
+  // handshake or idle timeout, closed for not reading their replies.
+  std::atomic<uint64_t> conns_refused{0}, conns_timed_out{0}, conns_overflowed{0};
+  std::atomic<int64_t> conns_open{0};
   uint64_t tx_batch_drops() const { return tx_.drops(); }
 
   // turn::Io
@@ -116,6 +132,7 @@ class Worker final : public turn::Io {
   void conn_flush(Conn* c);
   void conn_send(Conn* c, const uint8_t* p, size_t len, bool control);
   void conn_close(Conn* c);
+  void conn_sweep();
   void queue_out(int fd, const SockAddr& to, const uint8_t* p, size_t len);
   void flush_out() { tx_.flush(); }
   void forward(const turn::Engine::Route& r, uint8_t* p, size_t len);
@@ -151,6 +168,7 @@ struct Server {
   std::vector<std::vector<UniqueFd>> sockets;
   std::vector<std::unique_ptr<Worker>> workers;
   std::atomic<bool> stop{false};
+  std::atomic<int> connections{0};  // TCP/TLS, all workers
   SSL_CTX* tls = nullptr;
   int64_t started_ms = 0;
   ~Server() {
@@ -250,6 +268,8 @@ void Worker::run() {
     }
     if (now_ms_ >= next_expire) {
       engine_->expire(now_ms_);
+      engine_->end_revoked(static_cast<int64_t>(::time(nullptr)));
+      conn_sweep();
       next_expire = now_ms_ + 1000;
     }
     engine_->collect();
@@ -259,6 +279,7 @@ void Worker::run() {
   dirty_.clear();
   for (auto& [id, c] : conns_)
     if (c->ssl) SSL_shutdown(c->ssl);
+  srv_.connections.fetch_sub(static_cast<int>(conns_.size()));
   conns_.clear();
 }
 
@@ -407,24 +428,61 @@ void Worker::on_accept(uint32_t j) {
     socklen_t sl = sizeof ss;
     int fd = accept4(lfd, reinterpret_cast<sockaddr*>(&ss), &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) break;
+    UniqueFd owned(fd);
+    // Accepted and closed rather than left in the backlog: the client
+    // learns at once, and the backlog stays free for when a slot opens.
+    if (srv_.connections.fetch_add(1) >= srv_.opt.max_connections) {
+      srv_.connections.fetch_sub(1);
+      conns_refused.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
     auto c = std::make_unique<Conn>();
-    c->fd.reset(fd);
+    c->fd = std::move(owned);
     c->id = (next_conn_++ << 8) | static_cast<uint32_t>(index_ & 0xFF);
     if (c->id < 0x10000) c->id |= 0x10000;  // never a UDP listener index
     c->peer = SockAddr::from_sockaddr(reinterpret_cast<sockaddr*>(&ss));
-    c->in.resize(65536 + 8);
+    c->in.resize(kConnInSmall);
+    c->opened_ms = c->last_rx_ms = now_ms_;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    bool ok = true;
     if (srv_.specs[j].proto == "tls") {
       c->ssl = SSL_new(srv_.tls);
-      if (!c->ssl) continue;
-      SSL_set_fd(c->ssl, fd);
-      SSL_set_accept_state(c->ssl);
+      ok = c->ssl != nullptr;
+      if (ok) {
+        SSL_set_fd(c->ssl, fd);
+        SSL_set_accept_state(c->ssl);
+      }
     }
     epoll_event e{EPOLLIN | EPOLLRDHUP, {}};
     e.data.u64 = tag(c.get(), kTagConn);
-    if (epoll_ctl(ep_.get(), EPOLL_CTL_ADD, fd, &e) < 0) continue;
+    if (!ok || epoll_ctl(ep_.get(), EPOLL_CTL_ADD, fd, &e) < 0) {
+      srv_.connections.fetch_sub(1);
+      continue;
+    }
+    conns_open.fetch_add(1, std::memory_order_relaxed);
     conns_.emplace(c->id, std::move(c));
+  }
+}
+
+// Once a second: connections that never got as far as a TURN message, and
+// connections without an allocation that went quiet, are closed (each
+// holds a slot of --max-connections and its buffers).
+void Worker::conn_sweep() {
+  const int64_t hs = int64_t{srv_.opt.handshake_timeout_s} * 1000;
+  const int64_t idle = int64_t{srv_.opt.idle_timeout_s} * 1000;
+  std::vector<Conn*> doomed;
+  for (auto& [id, c] : conns_) {
+    if (c->dead) continue;
+    if (!c->greeted) {
+      if (now_ms_ - c->opened_ms >= hs) doomed.push_back(c.get());
+    } else if (now_ms_ - c->last_rx_ms >= idle && !engine_->find({c->peer, c->id, turn::kTcp})) {
+      doomed.push_back(c.get());
+    }
+  }
+  for (Conn* c : doomed) {
+    conns_timed_out.fetch_add(1, std::memory_order_relaxed);
+    conn_close(c);
   }
 }
 
@@ -458,6 +516,7 @@ void Worker::conn_read(Conn* c) {
       if (r <= 0) return conn_close(c);
     }
     c->in_len += static_cast<size_t>(r);
+    c->last_rx_ms = now_ms_;
     // Frames: STUN (20-byte header + length) or ChannelData (4 + length,
     // padded to 4 on streams: RFC 8656 section 12.5).
     size_t off = 0;
@@ -475,7 +534,12 @@ void Worker::conn_read(Conn* c) {
       } else {
         return conn_close(c);  // not TURN
       }
-      if (avail < need) break;
+      if (avail < need) {
+        // A frame larger than the buffer: grow it for this frame only.
+        if (need > c->in.size()) c->in.resize(std::min(need, kConnInMax));
+        break;
+      }
+      c->greeted = true;
       if (chan) {
         uint16_t ch = static_cast<uint16_t>(p[0] << 8 | p[1]);
         size_t dlen = static_cast<size_t>(p[2] << 8 | p[3]);
@@ -493,6 +557,9 @@ void Worker::conn_read(Conn* c) {
       std::memmove(c->in.data(), c->in.data() + off, c->in_len - off);
       c->in_len -= off;
     }
+    if (c->in_len == 0 && c->in.size() > kConnInSmall) {
+      std::vector<uint8_t>(kConnInSmall).swap(c->in);  // back to small after a big frame
+    }
     if (c->in_len == c->in.size()) return conn_close(c);  // cannot happen with valid frames
   }
 }
@@ -500,7 +567,13 @@ void Worker::conn_read(Conn* c) {
 void Worker::conn_send(Conn* c, const uint8_t* p, size_t len, bool control) {
   if (c->dead) return;
   size_t pending = c->out.size() - c->out_off;
-  if (!control && pending + len > kConnOutCap) {
+  if (pending + len > kConnOutCap) {
+    if (control) {
+      // It does not read what it asked for: dropping a reply would stall
+      // an honest client, keeping it would let this one grow without bound.
+      conns_overflowed.fetch_add(1, std::memory_order_relaxed);
+      return conn_close(c);
+    }
     tx_drops.fetch_add(1, std::memory_order_relaxed);
     return;
   }
@@ -541,6 +614,7 @@ void Worker::conn_flush(Conn* c) {
   if (c->dead) return;
   if (c->out_off == c->out.size()) {
     c->out.clear();
+    if (c->out.capacity() > (256u << 10)) c->out.shrink_to_fit();  // a burst is over
     c->out_off = 0;
     c->frame_ends.clear();
     c->frames_done = 0;
@@ -563,6 +637,8 @@ void Worker::conn_flush(Conn* c) {
 void Worker::conn_close(Conn* c) {
   if (c->dead) return;
   c->dead = true;
+  srv_.connections.fetch_sub(1);
+  conns_open.fetch_sub(1, std::memory_order_relaxed);
   engine_->client_gone({c->peer, c->id, turn::kTcp});
   epoll_ctl(ep_.get(), EPOLL_CTL_DEL, c->fd.get(), nullptr);
   auto it = conns_.find(c->id);
@@ -698,8 +774,15 @@ Json stats_json(const Server& srv) {
   Json workers = Json::array();
   uint64_t tot[14] = {};
   int64_t gauges[3] = {};
+  int64_t conns = 0;
+  uint64_t refused = 0, timed_out = 0, overflowed = 0, revoked = 0;
   for (const auto& w : srv.workers) {
+    conns += w->conns_open.load();
+    refused += w->conns_refused.load();
+    timed_out += w->conns_timed_out.load();
+    overflowed += w->conns_overflowed.load();
     const auto& s = w->stats;
+    revoked += s.allocations_revoked.load();
     uint64_t v[14] = {s.requests.load(), s.auth_failures.load(), s.allocations_created.load(),
                       s.allocations_expired.load(), s.quota_rejections.load(),
                       s.forbidden_peers.load(), s.client_to_peer_packets.load(),
@@ -734,6 +817,11 @@ Json stats_json(const Server& srv) {
          {"binding_requests", tot[11]},
          {"internal_packets", tot[12]},
          {"internal_bytes", tot[13]},
+         {"allocations_revoked", revoked},
+         {"connections", conns},
+         {"connections_refused", refused},
+         {"connections_timed_out", timed_out},
+         {"connections_overflowed", overflowed},
          {"threads", srv.workers.size()}};
   return j;
 }
@@ -763,6 +851,12 @@ std::string prometheus(const Json& j) {
       {"internal_packets", "counter",
        "Datagrams relayed between two allocations of one worker without the kernel"},
       {"internal_bytes", "counter", "Payload bytes of internal_packets"},
+      {"allocations_revoked", "counter", "Allocations ended because their credential was revoked"},
+      {"connections", "gauge", "Open TCP/TLS connections"},
+      {"connections_refused", "counter", "TCP/TLS connections closed at accept (--max-connections)"},
+      {"connections_timed_out", "counter", "TCP/TLS connections closed by the handshake or idle timeout"},
+      {"connections_overflowed", "counter",
+       "TCP/TLS connections closed for not reading their replies (output cap)"},
       {"uptime_s", "gauge", "Seconds since start"},
   };
   std::string out;
@@ -811,6 +905,27 @@ void serve_metrics(int lfd, const Server& srv) {
   }
 }
 
+// The addresses of this host a TURN user must not reach beyond the relay
+// ports (turn::Shared::peer_allowed): the listen addresses and every
+// interface address at start (a wildcard listener answers on all of them).
+std::vector<IpAddr> host_addresses(const ServeOptions& opt) {
+  std::vector<IpAddr> out;
+  auto add = [&](const IpAddr& ip) {
+    if (std::find(out.begin(), out.end(), ip) == out.end()) out.push_back(ip);
+  };
+  for (const auto& a : opt.listen) add(a.ip);
+  for (const auto& a : opt.tls_listen) add(a.ip);
+  if (opt.alt_listen) add(opt.alt_listen->ip);
+  ifaddrs* ifs = nullptr;
+  if (getifaddrs(&ifs) == 0) {
+    for (ifaddrs* i = ifs; i; i = i->ifa_next)
+      if (i->ifa_addr && (i->ifa_addr->sa_family == AF_INET || i->ifa_addr->sa_family == AF_INET6))
+        add(SockAddr::from_sockaddr(i->ifa_addr).ip);
+    freeifaddrs(ifs);
+  }
+  return out;
+}
+
 }  // namespace
 
 Status serve(const ServeOptions& opt, Log& log) {
@@ -846,6 +961,7 @@ Status serve(const ServeOptions& opt, Log& log) {
     }
     if (cfg.relay_ips.empty()) return usage_error("give --relay-ip");
   }
+  cfg.self_ips = host_addresses(opt);
   MESH_ASSIGN(auto creds, turn::Credentials::load(opt.users_file, opt.secret_file, opt.realm));
   if (creds->empty()) return Status(Exit::Config, "no credentials in the users or secret file");
   srv.shared = std::make_unique<turn::Shared>(cfg, std::move(creds));
@@ -856,7 +972,9 @@ Status serve(const ServeOptions& opt, Log& log) {
     srv.tls = SSL_CTX_new(TLS_server_method());
     if (!srv.tls) return internal_error("SSL_CTX_new failed");
     SSL_CTX_set_min_proto_version(srv.tls, TLS1_2_VERSION);
-    SSL_CTX_set_mode(srv.tls, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    // RELEASE_BUFFERS: an idle connection keeps no 34 KiB of record buffers.
+    SSL_CTX_set_mode(srv.tls, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                                  SSL_MODE_RELEASE_BUFFERS);
     if (SSL_CTX_use_certificate_chain_file(srv.tls, opt.tls_cert.c_str()) != 1)
       return Status(Exit::Config, "cannot load TLS certificate " + opt.tls_cert);
     if (SSL_CTX_use_PrivateKey_file(srv.tls, opt.tls_key.c_str(), SSL_FILETYPE_PEM) != 1)
@@ -874,6 +992,11 @@ Status serve(const ServeOptions& opt, Log& log) {
 
   int threads = std::max(1, opt.threads);
   MESH_TRY(open_listeners(srv, threads));
+  std::unique_ptr<RevocationFollower> follower;
+  if (!opt.revocations_url.empty()) {
+    follower = std::make_unique<RevocationFollower>(opt.revocations_url, opt.secret_file, *srv.shared, log);
+    MESH_TRY(follower->start());
+  }
   UniqueFd metrics;
   if (opt.metrics) {
     MESH_ASSIGN(metrics, open_listener(*opt.metrics, false, 0));
@@ -940,6 +1063,7 @@ Status serve(const ServeOptions& opt, Log& log) {
     }
   }
   log.info("shutting down");
+  if (follower) follower->stop();
   srv.stop.store(true);
   for (auto& w : srv.workers) w->wake();
   for (auto& t : ts) t.join();

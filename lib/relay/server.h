@@ -46,6 +46,15 @@ struct ServeOptions {
   // it (mesh-apply(8), "Socket buffers") TCP and UDP through the relay are
   // as good or better with it.
   int coalesce_us = 200;
+  // TCP/TLS connections: at most max_connections at once (across workers;
+  // more are closed at accept), each closed when it has not completed the
+  // TLS handshake and sent a whole TURN message within handshake_timeout_s,
+  // or has no allocation and has sent nothing for idle_timeout_s.
+  int max_connections = 1024;
+  int handshake_timeout_s = 10;
+  int idle_timeout_s = 120;
+  // A coordinator whose revoked relay credentials to follow ("": none).
+  std::string revocations_url;
   std::string stats_file;                 // JSON, rewritten every stats_interval
   int stats_interval_ms = 1000;
   std::optional<SockAddr> metrics;        // HTTP: /metrics (Prometheus), /stats (JSON)

@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 
@@ -164,31 +165,45 @@ bool parse_rest_username(std::string_view u, int64_t* expiry, std::string_view* 
 
 NonceMint::NonceMint() { random_bytes(key_.data(), key_.size()); }
 
-std::string NonceMint::make(int64_t now, int64_t lifetime) const {
-  uint64_t exp = static_cast<uint64_t>(now + lifetime);
-  uint8_t be[8];
-  for (int i = 0; i < 8; ++i) be[i] = static_cast<uint8_t>(exp >> (56 - 8 * i));
+namespace {
+// HMAC-SHA1(key, expiry || client), of which 8 bytes are kept: the nonce
+// only proves freshness and origin, MESSAGE-INTEGRITY authenticates.
+void nonce_mac(const std::array<uint8_t, 32>& key, const uint8_t be[4],
+               std::span<const uint8_t> client, uint8_t mac[20]) {
+  uint8_t msg[4 + 64];
+  size_t n = std::min<size_t>(client.size(), 64);
+  std::memcpy(msg, be, 4);
+  if (n) std::memcpy(msg + 4, client.data(), n);
+  hmac_sha1({reinterpret_cast<const char*>(key.data()), key.size()}, msg, 4 + n, mac);
+}
+}  // namespace
+
+std::string NonceMint::make(int64_t now, int64_t lifetime, std::span<const uint8_t> client) const {
+  uint32_t exp = static_cast<uint32_t>(now + lifetime);
+  uint8_t be[4];
+  for (int i = 0; i < 4; ++i) be[i] = static_cast<uint8_t>(exp >> (24 - 8 * i));
   uint8_t mac[20];
-  hmac_sha1({reinterpret_cast<const char*>(key_.data()), key_.size()}, be, 8, mac);
-  std::string out = hex_encode(be);
-  out += hex_encode(std::span<const uint8_t>(mac, 12));
-  return out;  // 16 + 24 hex characters
+  nonce_mac(key_, be, client, mac);
+  std::string out = hex_encode(std::span<const uint8_t>(be, 4));
+  out += hex_encode(std::span<const uint8_t>(mac, 8));
+  return out;  // 8 + 16 hex characters
 }
 
-NonceMint::Check NonceMint::check(std::string_view nonce, int64_t now) const {
-  if (nonce.size() != 40) return Check::Invalid;
-  uint8_t be[8];
-  for (size_t i = 0; i < 8; ++i) {
+NonceMint::Check NonceMint::check(std::string_view nonce, int64_t now,
+                                  std::span<const uint8_t> client) const {
+  if (nonce.size() != 24) return Check::Invalid;
+  uint8_t be[4];
+  for (size_t i = 0; i < 4; ++i) {
     int hi = hexval(nonce[2 * i]), lo = hexval(nonce[2 * i + 1]);
     if (hi < 0 || lo < 0) return Check::Invalid;
     be[i] = static_cast<uint8_t>(hi << 4 | lo);
   }
   uint8_t mac[20];
-  hmac_sha1({reinterpret_cast<const char*>(key_.data()), key_.size()}, be, 8, mac);
-  std::string want = hex_encode(std::span<const uint8_t>(mac, 12));
-  if (!secure_equal(want, nonce.substr(16))) return Check::Invalid;
-  uint64_t exp = 0;
-  for (int i = 0; i < 8; ++i) exp = exp << 8 | be[i];
+  nonce_mac(key_, be, client, mac);
+  std::string want = hex_encode(std::span<const uint8_t>(mac, 8));
+  if (!secure_equal(want, nonce.substr(8))) return Check::Invalid;
+  uint32_t exp = 0;
+  for (int i = 0; i < 4; ++i) exp = exp << 8 | be[i];
   return static_cast<int64_t>(exp) < now ? Check::Stale : Check::Valid;
 }
 

@@ -7,13 +7,16 @@
 //    "EXPIRY[:NAME]" (EXPIRY in unix seconds), password
 //    base64(HMAC-SHA1(SECRET, username)); several secrets (one per line in
 //    the secret file) verify, so a secret can be rotated without downtime;
-//  - stateless nonces: hex(expiry) + truncated HMAC under a per-process key,
-//    so any worker thread can check any nonce without shared state.
+//  - stateless nonces: hex(expiry) + truncated HMAC under a per-process key
+//    over the expiry and the client's transport address, so any worker
+//    thread can check any nonce without shared state, and a nonce is good
+//    only from the address it was given to.
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <map>
+#include <span>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -59,6 +62,9 @@ class Credentials {
   Lookup keys_for(std::string_view username, int64_t now, std::vector<LongTermKey>* keys,
                   std::string* quota_name) const;
 
+  // A static user (users file) of that name: never a REST credential.
+  bool has_user(std::string_view username) const { return users_.find(username) != users_.end(); }
+
   void set_realm(std::string r) { realm_ = std::move(r); }
   void add_user(const std::string& user, const LongTermKey& k) { users_[user] = k; }
   void add_secret(std::string s) { secrets_.push_back(std::move(s)); }
@@ -82,10 +88,14 @@ class NonceMint {
  public:
   NonceMint();  // random key
   explicit NonceMint(const std::array<uint8_t, 32>& key) : key_(key) {}
-  // A nonce valid until now + lifetime seconds.
-  std::string make(int64_t now, int64_t lifetime) const;
+  // A nonce valid until now + lifetime seconds for the client `bound_to`
+  // (its transport address, serialized by the caller). 24 characters: the
+  // 401 that carries it answers unauthenticated requests, so it is short.
+  std::string make(int64_t now, int64_t lifetime, std::span<const uint8_t> bound_to = {}) const;
+  // Invalid: not ours, or made for another client (the client then gets
+  // 438 with a nonce of its own, as for an expired one).
   enum class Check { Valid, Stale, Invalid };
-  Check check(std::string_view nonce, int64_t now) const;
+  Check check(std::string_view nonce, int64_t now, std::span<const uint8_t> bound_to = {}) const;
 
  private:
   std::array<uint8_t, 32> key_{};

@@ -14,9 +14,10 @@ std::vector<Prefix> default_denied_peers() {
   static const char* const kRanges[] = {
       "0.0.0.0/8",       "10.0.0.0/8",      "100.64.0.0/10",  "127.0.0.0/8",
       "169.254.0.0/16",  "172.16.0.0/12",   "192.0.0.0/24",   "192.0.2.0/24",
-      "192.168.0.0/16",  "198.18.0.0/15",   "198.51.100.0/24", "203.0.113.0/24",
+      "192.88.99.0/24",  "192.168.0.0/16",  "198.18.0.0/15",   "198.51.100.0/24", "203.0.113.0/24",
       "224.0.0.0/4",     "240.0.0.0/4",     "::/128",         "::1/128",
-      "::ffff:0:0/96",   "64:ff9b:1::/48",  "100::/64",       "2001:db8::/32",
+      "::ffff:0:0/96",   "64:ff9b::/96",    "64:ff9b:1::/48",  "100::/64",
+      "2002::/16",       "2001:db8::/32",
       "fc00::/7",        "fe80::/10",       "ff00::/8",
   };
   std::vector<Prefix> out;
@@ -37,6 +38,15 @@ size_t ClientKeyHash::operator()(const ClientKey& k) const noexcept {
   return static_cast<size_t>(h ^ (h >> 29));
 }
 
+std::array<uint8_t, 19> nonce_binding(const ClientKey& k) {
+  std::array<uint8_t, 19> out{};
+  std::memcpy(out.data(), k.addr.ip.bytes.data(), 16);
+  out[16] = static_cast<uint8_t>(k.addr.port >> 8);
+  out[17] = static_cast<uint8_t>(k.addr.port);
+  out[18] = k.transport;
+  return out;
+}
+
 // ---- Shared -------------------------------------------------------------------
 
 Shared::Shared(Config cfg, std::unique_ptr<Credentials> creds)
@@ -53,15 +63,67 @@ void Shared::set_credentials(std::unique_ptr<Credentials> c) {
   creds_.swap(n);
 }
 
-bool Shared::peer_allowed(const IpAddr& ip) const {
+bool Shared::is_self(const IpAddr& ip) const {
+  static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (!ip.is_v4() && std::memcmp(ip.bytes.data(), kMapped, 12) == 0) {
+    IpAddr v4{AF_INET, {}};
+    std::memcpy(v4.bytes.data(), ip.bytes.data() + 12, 4);
+    return is_self(v4);  // ::ffff:a.b.c.d reaches a.b.c.d
+  }
+  if (ip.is_loopback() || ip == IpAddr{ip.family, {}}) return true;
+  for (const auto& r : cfg_.relay_ips)
+    if (r == ip) return true;
+  for (const auto& r : cfg_.self_ips)
+    if (r == ip) return true;
+  return false;
+}
+
+void Shared::add_relayed(const SockAddr& a) {
+  std::lock_guard lk(mu_);
+  relayed_.insert({a.ip, a.port});
+}
+
+void Shared::remove_relayed(const SockAddr& a) {
+  std::lock_guard lk(mu_);
+  relayed_.erase({a.ip, a.port});
+}
+
+bool Shared::peer_allowed(const SockAddr& peer) const {
+  const IpAddr& ip = peer.ip;
+  // The host's own addresses come first: --allow-peer must not open its
+  // services (a relay on 127.0.0.1 in the tests, or a public address).
+  if (cfg_.allow_loopback && ip.is_loopback()) return true;
+  if (is_self(ip)) {
+    if (!cfg_.self_relay) return false;
+    if (peer.port == 0) return true;
+    std::lock_guard lk(mu_);
+    return relayed_.count({ip, peer.port}) > 0;
+  }
   for (const auto& p : cfg_.allow_peers)
     if (p.contains(ip)) return true;
-  if (cfg_.self_relay)
-    for (const auto& r : cfg_.relay_ips)
-      if (r == ip) return true;
   for (const auto& p : cfg_.deny_peers)
     if (p.contains(ip)) return false;
   return true;
+}
+
+void Shared::revoke(const std::vector<std::pair<std::string, int64_t>>& entries, bool full,
+                    int64_t now) {
+  if (!full && entries.empty()) return;  // an empty long-poll answer: nothing new
+  std::lock_guard lk(mu_);
+  if (full) revoked_.clear();
+  for (const auto& [subject, until] : entries) {
+    int64_t& u = revoked_[subject];
+    u = std::max(u, until);
+  }
+  std::erase_if(revoked_, [now](const auto& kv) { return kv.second < now; });
+  rev_gen_.fetch_add(1, std::memory_order_release);
+}
+
+bool Shared::revoked(std::string_view subject, int64_t now) const {
+  std::lock_guard lk(mu_);
+  if (revoked_.empty()) return false;
+  auto it = revoked_.find(std::string(subject));
+  return it != revoked_.end() && it->second >= now;
 }
 
 Shared::Admit Shared::admit(const std::string& name) {
@@ -94,6 +156,7 @@ size_t Shared::total_allocations() const {
 struct Engine::Auth {
   std::string username;
   std::string quota_name;
+  bool rest = false;
   LongTermKey key{};
   bool ok = false;
 };
@@ -116,7 +179,7 @@ Allocation* Engine::find_relayed(const SockAddr& relayed) {
 void Engine::on_message(const ClientKey& from, Bytes pkt, Now now) {
   auto r = stun::parse(pkt);
   if (!r) {
-    stats_.dropped_other.fetch_add(1, std::memory_order_relaxed);
+    if (!classic_binding(from, pkt)) stats_.dropped_other.fetch_add(1, std::memory_order_relaxed);
     return;
   }
   const MessageView& m = *r;
@@ -152,6 +215,13 @@ bool known_attr(uint16_t t) {
   }
 }
 
+// EXPIRY of a REST username "EXPIRY[:NAME]" (0 when it is not one).
+int64_t rest_expiry(std::string_view username) {
+  int64_t expiry = 0;
+  std::string_view name;
+  return parse_rest_username(username, &expiry, &name) ? expiry : 0;
+}
+
 uint32_t clamp_lifetime(const MessageView& m, const Config& c) {
   uint32_t lt = c.default_lifetime;
   if (const auto* a = m.find(stun::kLifetime)) {
@@ -179,7 +249,7 @@ void Engine::handle_request(const ClientKey& from, const MessageView& m, Now now
       ua[2 * i + 1] = static_cast<uint8_t>(unknown[i]);
     }
     b.add(stun::kUnknownAttributes, Bytes(ua, 2 * nunknown));
-    b.add_string(stun::kSoftware, shared_.config().software).add_fingerprint();
+    finish_unauthenticated(b, m);
     io_.reply(from, b.finish(), 0);
     return;
   }
@@ -198,9 +268,18 @@ void Engine::handle_request(const ClientKey& from, const MessageView& m, Now now
     return;
   }
   if (a->username != auth.username) {
-    // RFC 8656 section 5: the same credentials as the Allocate.
-    send_error(from, m, 441, "Wrong Credentials", &auth, now);
-    return;
+    if (a->rest && auth.rest && a->quota_name == auth.quota_name &&
+        rest_expiry(auth.username) > rest_expiry(a->username)) {
+      // The same REST subject with a newer credential: mesh-coord re-mints
+      // them every half lifetime, and the allocation follows its user rather
+      // than end (a new relayed address every half hour).
+      a->username = auth.username;
+      a->key = auth.key;
+    } else {
+      // RFC 8656 section 5: the same credentials as the Allocate.
+      send_error(from, m, 441, "Wrong Credentials", &auth, now);
+      return;
+    }
   }
   switch (m.method) {
     case stun::kRefresh: return refresh(*a, m, now, auth);
@@ -226,7 +305,8 @@ void Engine::binding(const ClientKey& from, const MessageView& m) {
     Builder b(out_, m.method, stun::kError, m.tx);
     b.add_error(420, "Unknown Attribute (no alternate address)");
     uint8_t ua[2] = {0x00, 0x03};
-    b.add(stun::kUnknownAttributes, Bytes(ua, 2)).add_fingerprint();
+    b.add(stun::kUnknownAttributes, Bytes(ua, 2));
+    finish_unauthenticated(b, m);
     io_.reply(from, b.finish(), 0);
     return;
   }
@@ -234,8 +314,41 @@ void Engine::binding(const ClientKey& from, const MessageView& m) {
   b.add_xor_address(stun::kXorMappedAddress, from.addr);
   if (origin.response_origin) b.add_address(stun::kResponseOrigin, *origin.response_origin);
   if (origin.other_address) b.add_address(stun::kOtherAddress, *origin.other_address);
-  b.add_string(stun::kSoftware, shared_.config().software).add_fingerprint();
+  finish_unauthenticated(b, m);
   io_.reply(from, b.finish(), change);
+}
+
+// RFC 3489 clients (the `stun` client of Debian's stun-client package) send
+// a 16-byte transaction id where RFC 8489 has the magic cookie, and read
+// MAPPED-ADDRESS; RFC 8489 section 12 asks servers to answer them so. With
+// an RFC 5780 grid, CHANGE-REQUEST is honoured and SOURCE-ADDRESS and
+// CHANGED-ADDRESS tell where from and where else; a change we cannot make
+// gets no answer (RFC 3489 has no error for it: the client reads silence).
+bool Engine::classic_binding(const ClientKey& from, Bytes pkt) {
+  if (pkt.size() < stun::kHeaderSize || pkt[0] != 0x00 || pkt[1] != 0x01) return false;
+  size_t len = static_cast<size_t>(pkt[2] << 8 | pkt[3]);
+  if (len % 4 != 0 || len + stun::kHeaderSize != pkt.size()) return false;
+  uint32_t change = 0;
+  for (size_t off = stun::kHeaderSize; off + 4 <= pkt.size();) {
+    uint16_t type = static_cast<uint16_t>(pkt[off] << 8 | pkt[off + 1]);
+    size_t alen = static_cast<size_t>(pkt[off + 2] << 8 | pkt[off + 3]);
+    if (off + 4 + alen > pkt.size()) return false;
+    if (type == stun::kChangeRequest && alen == 4) change = pkt[off + 7] & (stun::kChangeIp | stun::kChangePort);
+    off += 4 + ((alen + 3) & ~size_t{3});
+  }
+  stats_.bindings.fetch_add(1, std::memory_order_relaxed);
+  Io::Origin origin;
+  if (!io_.origin(from, change, &origin)) return true;
+  stun::TxId tx;
+  std::memcpy(tx.data(), pkt.data() + 8, tx.size());
+  Builder b(out_, stun::kBinding, stun::kSuccess, tx);
+  b.add_address(stun::kMappedAddress, from.addr);
+  if (origin.response_origin) b.add_address(0x0004, *origin.response_origin);  // SOURCE-ADDRESS
+  if (origin.other_address) b.add_address(0x0005, *origin.other_address);      // CHANGED-ADDRESS
+  Bytes out = b.finish();
+  std::memcpy(out_.data() + 4, pkt.data() + 4, 4);  // the id's first 4 bytes, not the cookie
+  io_.reply(from, out, change);
+  return true;
 }
 
 bool Engine::authenticate(const ClientKey& from, const MessageView& m, Now now, Auth* out) {
@@ -252,13 +365,21 @@ bool Engine::authenticate(const ClientKey& from, const MessageView& m, Now now, 
     send_error(from, m, 400, "Bad Request", nullptr, now);
     return false;
   }
-  if (shared_.nonces().check(stun::as_string(*nonce), now.unix_s) != NonceMint::Check::Valid) {
+  auto bound = nonce_binding(from);
+  if (shared_.nonces().check(stun::as_string(*nonce), now.unix_s, bound) != NonceMint::Check::Valid) {
     send_error(from, m, 438, "Stale Nonce", nullptr, now, true);
     return false;
   }
   std::string_view uname = stun::as_string(*user);
   if (stun::as_string(*realm) != creds->realm() ||
       creds->keys_for(uname, now.unix_s, &keys_, &out->quota_name) != Credentials::Lookup::Ok) {
+    stats_.auth_failures.fetch_add(1, std::memory_order_relaxed);
+    send_error(from, m, 401, "Unauthorized", nullptr, now, true);
+    return false;
+  }
+  out->rest = !creds->has_user(uname);
+  if (out->rest && shared_.revoked(out->quota_name, now.unix_s)) {
+    // A deleted peer's credential (mesh-coord publishes them): as unknown.
     stats_.auth_failures.fetch_add(1, std::memory_order_relaxed);
     send_error(from, m, 401, "Unauthorized", nullptr, now, true);
     return false;
@@ -283,13 +404,20 @@ void Engine::send_error(const ClientKey& to, const MessageView& m, int code,
   if (with_nonce) {
     auto creds = shared_.credentials();
     b.add_string(stun::kRealm, creds->realm());
-    b.add_string(stun::kNonce,
-                 shared_.nonces().make(now.unix_s, shared_.config().nonce_lifetime));
+    b.add_string(stun::kNonce, shared_.nonces().make(now.unix_s, shared_.config().nonce_lifetime,
+                                                     nonce_binding(to)));
   }
-  b.add_string(stun::kSoftware, shared_.config().software);
-  if (auth && auth->ok) b.add_integrity(auth->key);
-  b.add_fingerprint();
+  if (auth && auth->ok) {
+    b.add_string(stun::kSoftware, shared_.config().software);
+    b.add_integrity(auth->key).add_fingerprint();
+  } else {
+    finish_unauthenticated(b, m);
+  }
   io_.reply(to, b.finish(), 0);
+}
+
+void Engine::finish_unauthenticated(Builder& b, const MessageView& m) {
+  if (m.fingerprint_offset) b.add_fingerprint();
 }
 
 void Engine::send_success(const ClientKey& to, Builder& b, const Auth& auth) {
@@ -360,6 +488,7 @@ void Engine::allocate(const ClientKey& from, const MessageView& m, Now now, cons
   a->client = from;
   a->username = auth.username;
   a->quota_name = auth.quota_name;
+  a->rest = auth.rest;
   a->key = auth.key;
   a->alloc_tx = m.tx;
   a->created_ms = now.mono_ms;
@@ -380,6 +509,7 @@ void Engine::allocate(const ClientKey& from, const MessageView& m, Now now, cons
   b.add_u32(stun::kLifetime, lifetime);
   b.add_xor_address(stun::kXorMappedAddress, from.addr);
   by_relayed_[ClientKey{a->relay.addr, 0, kUdp}] = a.get();
+  shared_.add_relayed(a->relay.addr);
   allocs_.emplace(from, std::move(a));
   last_alloc_ = nullptr;
   stats_.allocations_created.fetch_add(1, std::memory_order_relaxed);
@@ -434,7 +564,7 @@ void Engine::create_permission(Allocation& a, const MessageView& m, Now now, con
       send_error(a.client, m, 443, "Peer Address Family Mismatch", &auth, now);
       return;
     }
-    if (!shared_.peer_allowed(sa->ip)) {
+    if (!shared_.peer_allowed(*sa)) {
       stats_.forbidden_peers.fetch_add(1, std::memory_order_relaxed);
       send_error(a.client, m, 403, "Forbidden", &auth, now);
       return;
@@ -478,7 +608,7 @@ void Engine::channel_bind(Allocation& a, const MessageView& m, Now now, const Au
     send_error(a.client, m, 443, "Peer Address Family Mismatch", &auth, now);
     return;
   }
-  if (!shared_.peer_allowed(peer->ip)) {
+  if (!shared_.peer_allowed(*peer) || (peer->port == 0 && shared_.is_self(peer->ip))) {
     stats_.forbidden_peers.fetch_add(1, std::memory_order_relaxed);
     send_error(a.client, m, 403, "Forbidden", &auth, now);
     return;
@@ -517,6 +647,11 @@ void Engine::handle_send(const ClientKey& from, const MessageView& m, Now now) {
   auto peer = stun::decode_xor_address(*pa, m.tx);
   if (!peer || !a->permitted(peer->ip, now.mono_ms)) {
     stats_.dropped_no_permission.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  // A permission is per IP: on this host's addresses the port decides too.
+  if (!shared_.peer_allowed(*peer) || (peer->port == 0 && shared_.is_self(peer->ip))) {
+    stats_.forbidden_peers.fetch_add(1, std::memory_order_relaxed);
     return;
   }
   if (!take_tokens(*a, data->value.size(), now.mono_ms)) {
@@ -623,6 +758,7 @@ void Engine::remove(const ClientKey& k, bool expired) {
   if (it == allocs_.end()) return;
   Allocation& a = *it->second;
   by_relayed_.erase(ClientKey{a.relay.addr, 0, kUdp});
+  shared_.remove_relayed(a.relay.addr);
   io_.close_relay(a.relay);
   shared_.release(a.quota_name);
   stats_.allocations.fetch_sub(1, std::memory_order_relaxed);
@@ -657,6 +793,19 @@ void Engine::expire(int64_t now_ms) {
     }
   }
   for (const auto& k : dead) remove(k, true);
+}
+
+void Engine::end_revoked(int64_t unix_s) {
+  uint64_t gen = shared_.revocation_generation();
+  if (gen == rev_seen_) return;
+  rev_seen_ = gen;
+  std::vector<ClientKey> dead;
+  for (auto& [k, a] : allocs_)
+    if (a->rest && shared_.revoked(a->quota_name, unix_s)) dead.push_back(k);
+  for (const auto& k : dead) {
+    stats_.allocations_revoked.fetch_add(1, std::memory_order_relaxed);
+    remove(k, false);
+  }
 }
 
 void Engine::client_gone(const ClientKey& k) { remove(k, false); }

@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -40,14 +41,23 @@ struct Config {
   uint32_t permission_lifetime = 300;  // s, RFC 8656 section 9
   uint32_t channel_lifetime = 600;     // s, RFC 8656 section 12
   uint32_t nonce_lifetime = 600;       // s, then 438 Stale Nonce
-  size_t max_allocations = 0;          // total across workers, 0 = unlimited
-  size_t user_quota = 0;               // allocations per user, 0 = unlimited
+  // Quotas (0 = unlimited). The defaults bound what one credential can take
+  // (a mesh node holds one allocation per session) while leaving room for
+  // a few thousand nodes; mesh-relay(1) documents them.
+  size_t max_allocations = 10000;      // total across workers
+  size_t user_quota = 10;              // allocations per user
   size_t max_permissions = 256;        // per allocation
-  uint64_t max_bps = 0;                // bytes/s per allocation (both ways), 0 = unlimited
+  uint64_t max_bps = 12500000;         // bytes/s per allocation (both ways): 100 Mbit/s
   std::vector<Prefix> allow_peers;     // always allowed (checked first)
   std::vector<Prefix> deny_peers;      // refused (default_denied_peers() plus --deny-peer)
   bool self_relay = true;              // peers on our own relay addresses are allowed
+  // Loopback peers on any port (coturn's --allow-loopback-peers): opens the
+  // host's loopback services to every TURN user; for tests and benchmarks.
+  bool allow_loopback = false;
   std::vector<IpAddr> relay_ips;       // addresses relayed sockets bind to (v4 and/or v6)
+  // Other addresses of this host (listen addresses, interface addresses):
+  // like relay_ips, a peer there may only be a port of the relay range.
+  std::vector<IpAddr> self_ips;
   PortRange relay_ports{49152, 65535};
 };
 
@@ -77,6 +87,9 @@ struct ClientKey {
 struct ClientKeyHash {
   size_t operator()(const ClientKey& k) const noexcept;
 };
+// What a nonce is bound to: the client's IP, port and transport (not the
+// connection or listener, so that a client keeps its nonce across them).
+std::array<uint8_t, 19> nonce_binding(const ClientKey& k);
 
 struct RelaySocket {
   int fd = -1;
@@ -118,7 +131,7 @@ class Io {
 struct Stats {
   std::atomic<uint64_t> requests{0}, auth_failures{0}, allocations_created{0},
       allocations_expired{0}, allocations_deleted{0}, quota_rejections{0},
-      forbidden_peers{0}, bindings{0};
+      forbidden_peers{0}, bindings{0}, allocations_revoked{0};
   std::atomic<uint64_t> client_to_peer_packets{0}, client_to_peer_bytes{0};
   std::atomic<uint64_t> peer_to_client_packets{0}, peer_to_client_bytes{0};
   std::atomic<uint64_t> dropped_no_permission{0}, dropped_no_channel{0}, dropped_rate{0},
@@ -140,7 +153,27 @@ class Shared {
   std::shared_ptr<const Credentials> credentials() const;
   void set_credentials(std::unique_ptr<Credentials> c);
   const NonceMint& nonces() const { return nonces_; }
-  bool peer_allowed(const IpAddr& ip) const;
+  // Whether a client may reach `peer`. On addresses of this host (relay_ips,
+  // self_ips, loopback, unspecified) only the relayed address of a live
+  // allocation of this relay is a peer, and only with self_relay: anything
+  // else there is the host's own services (DNS, NTP, the TURN port itself,
+  // which may well be in the relay port range). Port 0 stands for "any
+  // port" (CreatePermission ignores the port, RFC 8656 section 9.1) and
+  // passes; ChannelBind and every Send are checked with their real port.
+  bool peer_allowed(const SockAddr& peer) const;
+  bool is_self(const IpAddr& ip) const;
+  // The relayed addresses of live allocations, across workers.
+  void add_relayed(const SockAddr& a);
+  void remove_relayed(const SockAddr& a);
+
+  // Revoked REST credential subjects (the NAME of "EXPIRY:NAME"), each
+  // until a unix time after which its credentials have expired anyway
+  // (mesh-relay serve --revocations). `full` replaces the list, otherwise
+  // the entries are added.
+  void revoke(const std::vector<std::pair<std::string, int64_t>>& entries, bool full, int64_t now);
+  bool revoked(std::string_view subject, int64_t now) const;
+  // Bumped by every revoke(): workers compare it to end allocations.
+  uint64_t revocation_generation() const { return rev_gen_.load(std::memory_order_acquire); }
 
   enum class Admit { Ok, UserQuota, TotalQuota };
   Admit admit(const std::string& quota_name);
@@ -154,13 +187,17 @@ class Shared {
   std::shared_ptr<const Credentials> creds_;
   std::unordered_map<std::string, size_t> per_user_;
   size_t total_ = 0;
+  std::unordered_map<std::string, int64_t> revoked_;  // subject -> until (guarded by mu_)
+  std::set<std::pair<IpAddr, uint16_t>> relayed_;     // guarded by mu_
+  std::atomic<uint64_t> rev_gen_{0};
 };
 
 struct Allocation {
   ClientKey client;
   RelaySocket relay;
   std::string username;    // as authenticated (RFC 8656: later requests must match)
-  std::string quota_name;  // what quotas count
+  std::string quota_name;  // what quotas count (for REST credentials, the subject)
+  bool rest = false;       // a REST credential: subject to revocation
   LongTermKey key{};       // for MESSAGE-INTEGRITY on responses
   stun::TxId alloc_tx{};   // Allocate retransmissions get the same answer
   int64_t expires_ms = 0;
@@ -245,6 +282,9 @@ class Engine {
 
   // Expires allocations, permissions and channels. Call about once a second.
   void expire(int64_t now_ms);
+  // Ends the allocations of revoked REST subjects (Shared::revoke). Cheap
+  // when nothing was revoked since the last call. Call about once a second.
+  void end_revoked(int64_t unix_s);
   // A TCP/TLS client connection closed: its allocation goes with it.
   void client_gone(const ClientKey& k);
   // Frees allocations removed since the last call. Call once no pointer
@@ -267,6 +307,8 @@ class Engine {
   void handle_request(const ClientKey& from, const stun::MessageView& m, Now now);
   void handle_send(const ClientKey& from, const stun::MessageView& m, Now now);
   void binding(const ClientKey& from, const stun::MessageView& m);
+  // An RFC 3489 Binding request (no magic cookie): answered, true; not one, false.
+  bool classic_binding(const ClientKey& from, stun::Bytes pkt);
   bool authenticate(const ClientKey& from, const stun::MessageView& m, Now now, Auth* out);
   void allocate(const ClientKey& from, const stun::MessageView& m, Now now, const Auth& auth);
   void refresh(Allocation& a, const stun::MessageView& m, Now now, const Auth& auth);
@@ -274,6 +316,10 @@ class Engine {
   void channel_bind(Allocation& a, const stun::MessageView& m, Now now, const Auth& auth);
   void send_error(const ClientKey& to, const stun::MessageView& m, int code, std::string_view reason,
                   const Auth* auth, Now now, bool with_nonce = false);
+  // Ends an answer to an unauthenticated request: no SOFTWARE, and a
+  // FINGERPRINT only when the request had one, so that an answer to a
+  // spoofed source is not much larger than the request (amplification).
+  static void finish_unauthenticated(stun::Builder& b, const stun::MessageView& m);
   void send_success(const ClientKey& to, stun::Builder& b, const Auth& auth);
   void remove(const ClientKey& k, bool expired);
   void add_permission(Allocation& a, const IpAddr& ip, int64_t now_ms);
@@ -293,6 +339,7 @@ class Engine {
   // One-entry cache for the fast path (batches tend to come from one client).
   ClientKey last_key_{};
   Allocation* last_alloc_ = nullptr;
+  uint64_t rev_seen_ = 0;  // Shared::revocation_generation() at the last end_revoked()
 };
 
 }  // namespace mesh::turn

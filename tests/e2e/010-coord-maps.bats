@@ -86,13 +86,14 @@ P
   [ "$(jq -r '.turn | length' <<<"$output")" = 2 ]
   [ "$(jq -r '.turn[1].transport' <<<"$output")" = tls ]
   user=$(jq -r '.turn[0].username' <<<"$output")
-  [[ "$user" =~ ^[0-9]+:web2$ ]]
+  [[ "$user" =~ ^[0-9]+:web2@[0-9]+$ ]]
   [ "${user%%:*}" = "$(jq -r '.turn[0].expires_at' <<<"$output")" ]
   want=$(printf %s "$user" | openssl dgst -sha1 -hmac test-relay-secret -binary | base64)
   [ "$(jq -r '.turn[0].password' <<<"$output")" = "$want" ]
   left=$(( ${user%%:*} - $(date +%s) ))
-  [ "$left" -gt 43000 ]
-  [ "$left" -le 86400 ]
+  # The default lifetime is an hour: between half of it and all of it left.
+  [ "$left" -gt 1700 ]
+  [ "$left" -le 3600 ]
 }
 
 @test "announce publishes candidates into the maps of peers that see it" {

@@ -118,6 +118,28 @@ zero_loss() {
   [[ "$output" == *"Endpoint Independent Filtering"* ]]
 }
 
+@test "the stun client (RFC 3489, no magic cookie) gets its mapped address; with an alternate address, an open network" {
+  serve
+  sp=$((20000 + RANDOM % 20000))
+  # It binds SP and SP+1; exit status is its NAT type code (no alternate
+  # address: its change requests go unanswered, "Firewall").
+  mrun -T 30 stun "127.0.0.1:$PORT" -v -p "$sp"
+  out="$output$stderr"
+  [[ "$out" == *"MappedAddress = 127.0.0.1:$sp"* ]]
+  [[ "$out" == *"test I = 1"* ]]
+  wait_until 5 jq -e '.binding_requests >= 1' "$T/stats.json"
+  kill "$relay_pid"; wait "$relay_pid" || true
+  p1=$((20000 + RANDOM % 20000)); p2=$((p1 + 1))
+  start_daemon relay2 mesh-relay serve --listen "127.0.0.1:$p1" --alt-listen "127.0.0.2:$p2" \
+    --users-file "$T/users" --threads 1
+  wait_for_line "$T/relay2.out" "^listening udp 127.0.0.2:$p2$" 10
+  mrun -T 30 stun "127.0.0.1:$p1" -v -p "$sp"
+  out="$output$stderr"
+  [[ "$out" == *"MappedAddress = 127.0.0.1:$sp"* ]]
+  [[ "$out" == *"ChangedAddress = 127.0.0.2:$p2"* ]]
+  [[ "$out" == *"Primary: Open"* ]]
+}
+
 @test "stats file and Prometheus metrics; SIGHUP reloads users; SIGTERM exits 0" {
   serve --metrics 127.0.0.1:0
   mport=$(sed -n 's/^listening metrics 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$T/relay.out")
@@ -149,6 +171,8 @@ zero_loss() {
   mrun -s "$EX_USAGE" mesh-relay serve --listen 0.0.0.0:0 --users-file "$T/users"
   [[ "$stderr" == *"--relay-ip"* ]]
   mrun -s "$EX_USAGE" mesh-relay serve --listen 127.0.0.1:0 --users-file "$T/users" --coalesce-us 20000
+  mrun -s "$EX_USAGE" mesh-relay serve --listen 127.0.0.1:0 --users-file "$T/users" --max-connections 0
+  mrun -s "$EX_USAGE" mesh-relay serve --listen 127.0.0.1:0 --users-file "$T/users" --handshake-timeout 0
   mrun -s "$EX_USAGE" mesh-relay client --no-such-flag
   mrun -s "$EX_NOINPUT" mesh-relay client "$T/missing-map.json"
   echo '{"version": 1}' >"$T/badmap.json"

@@ -53,6 +53,27 @@ start_relay() {
   nsx b ping -c3 -i0.2 -W2 100.64.0.1
 }
 
+@test "a re-minted credential of the same name carries the allocation on: no new relayed address" {
+  start_relay
+  relay_turn_entry 203.0.113.1:3478 "$BATS_TEST_TMPDIR/secret" >"$BATS_TEST_TMPDIR/turn.json"
+  relay_clients a b
+  relay_wg_peer a b
+  relay_wg_peer b a
+  wait_until 30 nsx a ping -c1 -W1 100.64.0.2
+  old=$(jq -r '.candidates[0].endpoint' "$BATS_TEST_TMPDIR/a.endpoints.json")
+  # What mesh-coord does every half lifetime: the same NAME, a later EXPIRY.
+  # The "coordinator" loop pushes it; the clients refresh every second with it.
+  cred=$(mesh-relay credential --auth-secret-file "$BATS_TEST_TMPDIR/secret" --name lab --ttl 7200 --json)
+  jq -c '{server: "203.0.113.1:3478", transport: "udp", username: .username, password: .password,
+          expires_at: .expires_at}' <<<"$cred" >"$BATS_TEST_TMPDIR/turn.json.tmp"
+  mv "$BATS_TEST_TMPDIR/turn.json.tmp" "$BATS_TEST_TMPDIR/turn.json"
+  wait_until 10 grep -q "$(jq -r .username <<<"$cred")" "$BATS_TEST_TMPDIR/a.map.json"
+  sleep 3
+  [ "$(jq -r '.candidates[0].endpoint' "$BATS_TEST_TMPDIR/a.endpoints.json")" = "$old" ]
+  ! grep -q 'refresh failed' "$BATS_TEST_TMPDIR/client-a.err"
+  nsx a ping -c3 -i0.2 -W2 100.64.0.2
+}
+
 @test "a peer's first packets get through before its relayed address reaches our map (own-IP permission, a port of its own); --events prints short lines" {
   start_relay
   relay_turn_entry 203.0.113.1:3478 "$BATS_TEST_TMPDIR/secret" >"$BATS_TEST_TMPDIR/turn.json"

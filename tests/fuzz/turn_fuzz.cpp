@@ -50,7 +50,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     stun::Builder b(buf, method, stun::kRequest, stun::random_txid());
     fill(b);
     b.add_string(stun::kUsername, "alice").add_string(stun::kRealm, "mesh");
-    b.add_string(stun::kNonce, shared->nonces().make(now.unix_s, 600));
+    b.add_string(stun::kNonce, shared->nonces().make(now.unix_s, 600, turn::nonce_binding(from)));
     b.add_integrity(stun::long_term_key("alice", "mesh", "pw"));
     eng.on_message(from, b.finish(), now);
   };

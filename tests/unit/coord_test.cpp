@@ -374,7 +374,9 @@ TEST(CoordModel, TurnCredentialsRefreshAtHalfLife) {
   ASSERT_EQ(a.turn.size(), 1u);
   EXPECT_GE(a.turn[0].expires_at - 1000000, 43200);
   EXPECT_LE(a.turn[0].expires_at - 1000000, 86400);
-  EXPECT_EQ(a.turn[0].username, std::to_string(a.turn[0].expires_at) + ":a");
+  // One subject per enrolment: NAME@ID (coord/revoked.h).
+  EXPECT_EQ(a.turn[0].username,
+            std::to_string(a.turn[0].expires_at) + ":a@" + std::to_string(m.by_name("a")->id));
   EXPECT_EQ(a.turn[0].password, turn_password("s3cret", a.turn[0].username));
   uint64_t serial = a.serial;
   EXPECT_TRUE(m.tick_credentials(1000001).changed.empty());

@@ -61,6 +61,20 @@ TEST(TurnAuth, Nonces) {
   EXPECT_EQ(NonceMint().check(n, 1000), NonceMint::Check::Invalid);  // another key
 }
 
+TEST(TurnAuth, NonceIsBoundToTheClientAddress) {
+  NonceMint m;
+  ClientKey a{*SockAddr::parse("198.51.100.5:4000"), 0, kUdp};
+  ClientKey other_port{*SockAddr::parse("198.51.100.5:4001"), 0, kUdp};
+  ClientKey other_ip{*SockAddr::parse("198.51.100.6:4000"), 0, kUdp};
+  ClientKey tcp{*SockAddr::parse("198.51.100.5:4000"), 0x10001, kTcp};
+  std::string n = m.make(1000, 600, nonce_binding(a));
+  EXPECT_EQ(n.size(), 24u);
+  EXPECT_EQ(m.check(n, 1000, nonce_binding(a)), NonceMint::Check::Valid);
+  EXPECT_NE(m.check(n, 1000, nonce_binding(other_port)), NonceMint::Check::Valid);
+  EXPECT_NE(m.check(n, 1000, nonce_binding(other_ip)), NonceMint::Check::Valid);
+  EXPECT_NE(m.check(n, 1000, nonce_binding(tcp)), NonceMint::Check::Valid);
+}
+
 // ---- Engine -------------------------------------------------------------------
 
 struct FakeIo : Io {
@@ -102,7 +116,7 @@ struct TurnEngineTest : ::testing::Test {
   std::unique_ptr<Engine> eng;
   Now now{1000000, 1700000000};
   ClientKey client{*SockAddr::parse("198.51.100.5:4000"), 0, kUdp};
-  std::string nonce;
+  std::string nonce;  // when set, sent instead of the sender's own nonce
   std::array<uint8_t, 1500> buf{};
 
   void SetUp() override { make(); }
@@ -116,7 +130,9 @@ struct TurnEngineTest : ::testing::Test {
     c->add_user("bob", stun::long_term_key("bob", "mesh", "pw"));
     shared = std::make_unique<Shared>(cfg, std::move(c));
     eng = std::make_unique<Engine>(*shared, io, stats);
-    nonce = shared->nonces().make(now.unix_s, 600);
+  }
+  std::string nonce_for(const ClientKey& k) const {
+    return shared->nonces().make(now.unix_s, 600, nonce_binding(k));
   }
 
   // Sends a request; returns the parsed answer's bytes (kept in `last`).
@@ -127,7 +143,8 @@ struct TurnEngineTest : ::testing::Test {
     stun::Builder b(buf, method, stun::kRequest, tx);
     if (fill) fill(b);
     if (auth) {
-      b.add_string(stun::kUsername, user).add_string(stun::kRealm, "mesh").add_string(stun::kNonce, nonce);
+      b.add_string(stun::kUsername, user).add_string(stun::kRealm, "mesh");
+      b.add_string(stun::kNonce, nonce.empty() ? nonce_for(from ? *from : client) : nonce);
       b.add_integrity(stun::long_term_key(user, "mesh", "pw"));
     }
     b.add_fingerprint();
@@ -162,7 +179,8 @@ TEST_F(TurnEngineTest, UnauthenticatedGets401WithRealmAndNonce) {
   ASSERT_TRUE(m.find(stun::kRealm));
   EXPECT_EQ(stun::as_string(*m.find(stun::kRealm)), "mesh");
   ASSERT_TRUE(m.find(stun::kNonce));
-  EXPECT_EQ(shared->nonces().check(stun::as_string(*m.find(stun::kNonce)), now.unix_s),
+  EXPECT_EQ(shared->nonces().check(stun::as_string(*m.find(stun::kNonce)), now.unix_s,
+                                   nonce_binding(client)),
             NonceMint::Check::Valid);
   EXPECT_EQ(io.open, 0);
 }
@@ -170,7 +188,8 @@ TEST_F(TurnEngineTest, UnauthenticatedGets401WithRealmAndNonce) {
 TEST_F(TurnEngineTest, WrongPasswordAndUnknownUserGet401) {
   stun::Builder b(buf, stun::kAllocate, stun::kRequest, stun::random_txid());
   udp(b);
-  b.add_string(stun::kUsername, "alice").add_string(stun::kRealm, "mesh").add_string(stun::kNonce, nonce);
+  b.add_string(stun::kUsername, "alice").add_string(stun::kRealm, "mesh");
+  b.add_string(stun::kNonce, nonce_for(client));
   b.add_integrity(stun::long_term_key("alice", "mesh", "wrong"));
   eng->on_message(client, b.finish(), now);
   EXPECT_EQ(code(*stun::parse(io.replies.back())), 401);
@@ -179,10 +198,56 @@ TEST_F(TurnEngineTest, WrongPasswordAndUnknownUserGet401) {
 }
 
 TEST_F(TurnEngineTest, StaleNonceGets438) {
+  nonce = nonce_for(client);
   now.unix_s += 601;
   auto m = send(stun::kAllocate, udp);
   EXPECT_EQ(code(m), 438);
   ASSERT_TRUE(m.find(stun::kNonce));
+}
+
+TEST_F(TurnEngineTest, NonceFromAnotherAddressGets438) {
+  // A nonce the server gave 198.51.100.5:4000 is stale from another
+  // address; the answer carries a nonce for the new address, which works.
+  nonce = nonce_for(client);
+  ClientKey moved{*SockAddr::parse("198.51.100.99:4000"), 0, kUdp};
+  auto m = send(stun::kAllocate, udp, "alice", true, &moved);
+  EXPECT_EQ(code(m), 438);
+  ASSERT_TRUE(m.find(stun::kNonce));
+  nonce = std::string(stun::as_string(*m.find(stun::kNonce)));
+  EXPECT_EQ(send(stun::kAllocate, udp, "alice", true, &moved).cls, stun::kSuccess);
+  // And that one is refused from the first address.
+  EXPECT_EQ(code(send(stun::kAllocate, udp)), 438);
+}
+
+TEST_F(TurnEngineTest, UnauthenticatedAnswersAreSmall) {
+  // The smallest requests an attacker can spoof get answers at most 3x
+  // their size (2x for Binding): no SOFTWARE, FINGERPRINT only when asked.
+  std::array<uint8_t, 64> req{};
+  stun::Builder b(req, stun::kAllocate, stun::kRequest, stun::random_txid());
+  udp(b);
+  auto r = b.finish();
+  io.replies.clear();
+  eng->on_message(client, r, now);
+  ASSERT_EQ(io.replies.size(), 1u);
+  auto m = stun::parse(io.replies[0]);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(code(*m), 401);
+  EXPECT_FALSE(m->find(stun::kSoftware));
+  EXPECT_EQ((*m).fingerprint_offset, 0);
+  EXPECT_LE(io.replies[0].size(), 3 * r.size()) << r.size() << " -> " << io.replies[0].size();
+  stun::Builder bb(req, stun::kBinding, stun::kRequest, stun::random_txid());
+  r = bb.finish();
+  io.replies.clear();
+  eng->on_message(client, r, now);
+  ASSERT_EQ(io.replies.size(), 1u);
+  EXPECT_LE(io.replies[0].size(), 2 * r.size()) << r.size() << " -> " << io.replies[0].size();
+  // A request with a FINGERPRINT gets one back.
+  auto fp = send(stun::kBinding, nullptr, "", false);
+  EXPECT_NE(fp.fingerprint_offset, 0);
+  // Authenticated answers still carry SOFTWARE.
+  auto a = send(stun::kAllocate, udp);
+  ASSERT_EQ(a.cls, stun::kSuccess);
+  EXPECT_TRUE(a.find(stun::kSoftware));
 }
 
 TEST_F(TurnEngineTest, AllocateRetransmitMismatchRefreshAndExpiry) {
@@ -246,7 +311,9 @@ TEST_F(TurnEngineTest, PermissionsForbiddenPeersAndLifetimes) {
   };
   EXPECT_EQ(code(perm("127.0.0.1:9")), 403);
   EXPECT_EQ(code(perm("10.1.2.3:9")), 403);
-  EXPECT_EQ(code(perm("203.0.113.1:50123")), 0);  // our own relay address (self relay)
+  EXPECT_EQ(code(perm("203.0.113.1:50000")), 0);  // a relayed address of ours (self relay)
+  EXPECT_EQ(code(perm("203.0.113.1:0")), 0);      // port 0: the IP only (RFC 8656 9.1)
+  EXPECT_EQ(code(perm("203.0.113.1:50123")), 403);  // a relay port no allocation holds
   EXPECT_EQ(perm("198.51.100.9:9").cls, stun::kSuccess);  // allowed range
   Allocation* a = eng->find(client);
   ASSERT_TRUE(a);
@@ -341,6 +408,39 @@ TEST_F(TurnEngineTest, BindingAndUnknownAttributes) {
   ASSERT_TRUE(m.find(stun::kUnknownAttributes));
 }
 
+TEST_F(TurnEngineTest, ClassicRfc3489BindingGetsMappedAddress) {
+  // The `stun` client's Binding request (captured): a 16-byte transaction
+  // id where RFC 8489 has the magic cookie, and CHANGE-REQUEST 0.
+  const uint8_t req[28] = {0x00, 0x01, 0x00, 0x08, 0x01, 0xa4, 0x6d, 0x22, 0xe4, 0xd7,
+                           0x38, 0x58, 0x98, 0xd5, 0xfd, 0x23, 0xa6, 0xb1, 0xba, 0x4f,
+                           0x00, 0x03, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00};
+  io.replies.clear();
+  eng->on_message(client, stun::Bytes(req, sizeof req), now);
+  ASSERT_EQ(io.replies.size(), 1u);
+  const auto& r = io.replies[0];
+  ASSERT_EQ(r.size(), 32u);  // header + MAPPED-ADDRESS: no larger than 28 + 4
+  EXPECT_EQ(r[0], 0x01);
+  EXPECT_EQ(r[1], 0x01);
+  EXPECT_TRUE(std::equal(req + 4, req + 20, r.begin() + 4));  // the same 16-byte id
+  EXPECT_EQ(r[20], 0x00);
+  EXPECT_EQ(r[21], 0x01);  // MAPPED-ADDRESS
+  EXPECT_EQ(r[25], 0x01);  // IPv4
+  EXPECT_EQ(r[26] << 8 | r[27], 4000);
+  EXPECT_EQ(r[28], 198);
+  EXPECT_EQ(r[31], 5);
+  // A change this server cannot make (no alternate address): silence.
+  uint8_t change[28];
+  std::memcpy(change, req, sizeof req);
+  change[27] = stun::kChangeIp;
+  io.replies.clear();
+  eng->on_message(client, stun::Bytes(change, sizeof change), now);
+  EXPECT_TRUE(io.replies.empty());
+  // Other cookie-less messages are not answered.
+  uint8_t other[20] = {0x00, 0x03, 0x00, 0x00};
+  eng->on_message(client, stun::Bytes(other, sizeof other), now);
+  EXPECT_TRUE(io.replies.empty());
+}
+
 TEST_F(TurnEngineTest, DataIndicationBuilds) {
   uint8_t out[200];
   uint8_t d[5] = {9, 8, 7, 6, 5};
@@ -400,7 +500,7 @@ TEST_F(TurnInternalHopTest, PermissionAtReceiverChannelOrDataIndicationAndCounte
   ASSERT_EQ(permit(&bob_key, "bob", *SockAddr::parse("198.51.100.9:1")), 0);
   EXPECT_EQ(eng->route_channel(client, 0x4001, 1000, now.mono_ms).local_channel, -1);
   // Permission, no channel: a Data indication from alice's relayed address.
-  ASSERT_EQ(permit(&bob_key, "bob", SockAddr{ra.ip, 1}), 0);
+  ASSERT_EQ(permit(&bob_key, "bob", SockAddr{ra.ip, 0}), 0);
   r = eng->route_channel(client, 0x4001, 1000, now.mono_ms);
   EXPECT_EQ(r.local, b);
   EXPECT_EQ(r.local_channel, 0);
@@ -478,11 +578,11 @@ TEST_F(TurnInternalHopTest, SendIndicationDeliveredInternally) {
   ASSERT_EQ(io.delivered.size(), 2u);
   EXPECT_EQ(io.delivered[1].channel, 0x4100);
   EXPECT_TRUE(io.sent.empty());  // never through the kernel
-  // A port of ours that no allocation holds: the kernel path.
+  // A port of ours that no allocation holds is not a peer: nothing leaves.
   SockAddr none{rb.ip, static_cast<uint16_t>(rb.port + 100)};
-  ASSERT_EQ(permit(nullptr, "alice", none), 0);
+  EXPECT_EQ(permit(nullptr, "alice", none), 403);
   ind(none);
-  EXPECT_EQ(io.sent.size(), 1u);
+  EXPECT_TRUE(io.sent.empty());
   EXPECT_EQ(stats.internal_packets.load(), 2u);
 }
 
@@ -511,6 +611,73 @@ TEST_F(TurnInternalHopTest, ExpiredReceiverIsGone) {
   auto r = eng->route_channel(client, 0x4001, 100, now.mono_ms + 100 * 1000);
   EXPECT_EQ(r.alloc, a);
   EXPECT_EQ(r.local, nullptr);
+}
+
+TEST_F(TurnInternalHopTest, OurOwnAddressesOnlyAsRelayedAddresses) {
+  // The relay host's own services (the TURN port, DNS, NTP) are not peers,
+  // even when --allow-peer covers the address; other allocations are.
+  cfg.allow_peers.push_back(*Prefix::parse("127.0.0.0/8"));
+  cfg.self_ips = {*IpAddr::parse("192.0.2.77")};
+  eng.reset();
+  SetUp();
+  for (const char* p : {"203.0.113.1:3478", "203.0.113.1:53", "203.0.113.1:49151", "127.0.0.1:53",
+                        "127.0.0.1:8080", "192.0.2.77:123", "0.0.0.0:22", "203.0.113.1:60000",
+                        "127.0.0.1:50000"}) {
+    SCOPED_TRACE(p);
+    EXPECT_EQ(permit(nullptr, "alice", *SockAddr::parse(p)), 403);
+    EXPECT_EQ(bind(nullptr, "alice", 0x4001, *SockAddr::parse(p)), 403);
+  }
+  EXPECT_EQ(bind(nullptr, "alice", 0x4001, SockAddr{rb.ip, 0}), 403);
+  EXPECT_GE(stats.forbidden_peers.load(), 18u);
+  // A permission for our address (any port: 0) does not let a Send
+  // indication reach a port outside the relay range.
+  ASSERT_EQ(permit(nullptr, "alice", SockAddr{rb.ip, 0}), 0);
+  auto ind = [&](SockAddr to) {
+    stun::Builder bb(buf, stun::kSend, stun::kIndication, stun::random_txid());
+    uint8_t d[3] = {1, 2, 3};
+    bb.add_xor_address(stun::kXorPeerAddress, to).add(stun::kData_, stun::Bytes(d, 3));
+    eng->on_message(client, bb.finish(), now);
+  };
+  ind(*SockAddr::parse("203.0.113.1:3478"));
+  ind(*SockAddr::parse("203.0.113.1:53"));
+  EXPECT_TRUE(io.sent.empty());
+  EXPECT_TRUE(io.delivered.empty());
+  // Relaying between two allocations still works, both ways.
+  ASSERT_EQ(bind(nullptr, "alice", 0x4001, rb), 0);
+  ASSERT_EQ(bind(&bob_key, "bob", 0x4002, ra), 0);
+  EXPECT_EQ(eng->route_channel(client, 0x4001, 100, now.mono_ms).local_channel, 0x4002);
+  EXPECT_EQ(eng->route_channel(bob_key, 0x4002, 100, now.mono_ms).local_channel, 0x4001);
+  // A relay port that no allocation holds (another program's, perhaps): no.
+  EXPECT_EQ(bind(nullptr, "alice", 0x4003, SockAddr{rb.ip, static_cast<uint16_t>(rb.port + 1)}), 403);
+  ind(SockAddr{rb.ip, static_cast<uint16_t>(rb.port + 1)});
+  EXPECT_TRUE(io.sent.empty());
+  // Once bob is gone, his relayed address is no peer either.
+  send(stun::kRefresh, [](stun::Builder& bb) { bb.add_u32(stun::kLifetime, 0); }, "bob", true, &bob_key);
+  EXPECT_EQ(bind(nullptr, "alice", 0x4004, rb), 403);
+}
+
+TEST(TurnPeers, DefaultDeniedRangesCoverTranslationAnd6to4) {
+  auto denied = [](const char* ip) {
+    IpAddr a = *IpAddr::parse(ip);
+    for (const auto& p : default_denied_peers())
+      if (p.contains(a)) return true;
+    return false;
+  };
+  // NAT64 (64:ff9b::/96 embeds any IPv4 address, private ones included),
+  // 6to4 (2002::/16 embeds one too) and the 6to4 relay anycast range.
+  EXPECT_TRUE(denied("64:ff9b::a00:1"));
+  EXPECT_TRUE(denied("64:ff9b::7f00:1"));
+  EXPECT_TRUE(denied("2002:a00:1::1"));
+  EXPECT_TRUE(denied("192.88.99.1"));
+  EXPECT_FALSE(denied("8.8.8.8"));
+  EXPECT_FALSE(denied("2001:4860::8888"));
+}
+
+TEST(TurnPeers, DefaultQuotasAreBounded) {
+  Config c;
+  EXPECT_GT(c.user_quota, 0u);
+  EXPECT_GT(c.max_allocations, 0u);
+  EXPECT_GT(c.max_bps, 0u);
 }
 
 TEST_F(TurnInternalHopTest, NoSelfRelayMeansNoPermissionToOurAddresses) {
