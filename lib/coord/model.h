@@ -44,6 +44,7 @@ struct ModelConfig {
   int64_t credential_lifetime = 86400;  // seconds; re-minted at half-life
   int keepalive = 25;
   int mtu = 1420;
+  std::string dns_domain = "mesh";  // maps' dns.domain: peers are NAME.DOMAIN
 };
 
 struct SetupKey {
@@ -182,6 +183,10 @@ class Model {
   Changes rename_peer(uint32_t id, const std::string& name, int64_t now);
   Changes set_policy(Policy p, int64_t now);
   Changes tick_credentials(int64_t now);
+  // A new serial for every peer's map: their content changed in a way the
+  // digests do not see (a setting such as the DNS domain changed across a
+  // restart).
+  Changes reissue_all(int64_t now);
 
   // Policy evaluation helpers.
   Result<PeerAttrs> resolve_test_party(const std::string& who) const;
