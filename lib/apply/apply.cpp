@@ -647,7 +647,9 @@ Result<std::string> run_down(const std::string& interface, const std::string& ba
   bool removed = wg_exists || link.has_value();
   ::unlink((env.state_dir + "/" + interface + ".lock").c_str());  // still held: nothing left
   HostsSync hosts;
-  if (!hosts_file.empty()) { MESH_ASSIGN(hosts, sync_hosts_file(hosts_file, interface, "", false, env.state_dir)); }
+  if (!hosts_file.empty()) {
+    MESH_ASSIGN(hosts, sync_hosts_file(hosts_file, interface, "", false, env.state_dir));
+  }
   if (!removed && !fw_existed && !hosts.changed) log.info("nothing to remove for " + interface);
   Json doc{{"interface", interface},
            {"backend", wg->name()},

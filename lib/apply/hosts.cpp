@@ -141,9 +141,11 @@ Result<std::string> read_hosts_block(const std::string& path, const std::string&
 
 namespace {
 
+// Not IF.lock of any interface (memo.h, lock_interface): no interface
+// name has a ':', and a run holds its interface's lock while it takes this.
 UniqueFd lock_hosts(const std::string& dir) {
   if (dir.empty() || !make_dirs(dir, 0700)) return UniqueFd();
-  UniqueFd fd(::open((dir + "/hosts.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  UniqueFd fd(::open((dir + "/:hosts.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (!fd) return fd;
   while (::flock(fd.get(), LOCK_EX) != 0)
     if (errno != EINTR) return UniqueFd();

@@ -592,12 +592,12 @@ std::optional<NetMap> parse_netmap_fast(std::string_view text, ParseOptions opt,
       case 6:
         return string_list(r, &m.stun);
       case 8: {
-        Seen ds;
-        bool ok = r.object([&](std::string_view k) {
+        Seen ds;  // domain is required in dns
+        bool read = r.object([&](std::string_view k) {
           if (k != "domain") return other(r, strict);
           return ds.first(0) && string_value(r, &m.dns_domain) && valid_dns_domain(m.dns_domain);
         });
-        return ok && ds.bits == 1;
+        return read && ds.bits == 1;
       }
       default:
         return r.array([&] {

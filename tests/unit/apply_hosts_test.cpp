@@ -213,6 +213,8 @@ TEST_F(ApplyHostsFile, WritesKeepsModeAndIsIdempotent) {
   EXPECT_EQ(read(), std::string(kUserText) + block);
   EXPECT_EQ(mode(), 0640u);
   EXPECT_EQ(*read_hosts_block(path_, "wg0"), block);
+  // The lock is no interface's IF.lock (an interface may be called "hosts").
+  EXPECT_TRUE(std::filesystem::exists(dir_ / "state" / ":hosts.lock"));
   // Unchanged: not written at all (the inode would change with a rename).
   struct stat before{}, after{};
   ASSERT_EQ(::stat(path_.c_str(), &before), 0);
