@@ -42,8 +42,13 @@ int cmd_apply(Context& ctx, int argc, char** argv) {
   app.add_option("--socket-buffer", o.socket_buffer,
                  "userspace daemon's UDP socket buffers, bytes each way (0: leave them)")
       ->check(CLI::Range(0, 1 << 30));
+  app.add_option("--hosts-file", o.hosts_file,
+                 "hosts file whose marked block lists the peers' DNS names ('none': leave it alone)")
+      ->capture_default_str();
   app.add_option("map", o.map_file, "network map file, '-' for stdin (default)");
   if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
+  if (o.hosts_file == "none") o.hosts_file.clear();
+  else if (o.hosts_file.empty()) return report(ctx, usage_error("--hosts-file: expected a file or 'none'"));
   if (listen_port >= 0) o.listen_port = static_cast<uint16_t>(listen_port);
   if (o.dry_run && o.print_conf)
     return report(ctx, usage_error("--dry-run and --print-conf are exclusive"));

@@ -23,6 +23,8 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--keepalive", o.keepalive, "persistent keepalive given to peers (seconds)")
       ->capture_default_str();
+  app.add_option("--dns-domain", o.dns_domain,
+                 "domain of the peers' DNS names, NAME.DOMAIN (default: the stored one, else mesh)");
   app.add_option("--tls-cert", o.tls_cert, "serve HTTPS with this certificate (PEM)");
   app.add_option("--tls-key", o.tls_key, "private key for --tls-cert (PEM)");
   app.add_flag("--public-metrics", o.public_metrics, "serve /metrics without the admin token");
@@ -82,6 +84,17 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   if (o.keepalive != 0 && (o.keepalive < 10 || o.keepalive > 3600))
     return report(ctx, usage_error("--keepalive " + std::to_string(o.keepalive) +
                                    ": expected 0 (off) or 10 to 3600 seconds"));
+  if (!o.dns_domain.empty()) {
+    // DNS names are case-insensitive (RFC 4343): keep one spelling; a
+    // fully qualified form's final dot is implied.
+    for (char& c : o.dns_domain)
+      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (o.dns_domain.size() > 1 && o.dns_domain.back() == '.') o.dns_domain.pop_back();
+    if (!valid_dns_domain(o.dns_domain))
+      return report(ctx, usage_error("--dns-domain " + o.dns_domain +
+                                     ": expected a DNS name: labels of 1-63 letters, digits and '-' "
+                                     "(not first or last) joined by '.', at most 253 characters"));
+  }
   for (const auto& s : o.stun) {
     auto colon = s.rfind(':');
     if (colon == std::string::npos || colon == 0 || colon + 1 == s.size())

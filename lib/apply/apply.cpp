@@ -8,6 +8,7 @@
 #include <future>
 #include <nlohmann/json.hpp>
 
+#include "apply/hosts.h"
 #include "apply/memo.h"
 #include "apply/nft.h"
 #include "apply/rtnl.h"
@@ -330,6 +331,7 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   inputs.add("backend", opt.backend);
   inputs.add("strict", opt.strict ? "1" : "0");
   inputs.add("port", opt.listen_port ? std::to_string(*opt.listen_port) : "");
+  inputs.add("hosts", opt.hosts_file);
   ParseOptions po{opt.strict};
   const std::string map_source = opt.map_file == "-" ? "<stdin>" : opt.map_file;
   MESH_ASSIGN(std::string map_text, read_file(opt.map_file));
@@ -361,6 +363,13 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     bool same = session.obs.device_from_memo
                     ? !memo->link.empty() && link_digest(session.obs.cur) == memo->link
                     : state_digest(session.obs.cur) == memo->state;
+    // The hosts file is anyone's to edit: its block is read every time.
+    size_t hosts_names = 0;
+    if (same && !opt.hosts_file.empty() && !opt.print_conf) {
+      auto block = read_hosts_block(opt.hosts_file, opt.interface);
+      same = block && hosts_digest(*block) == memo->hosts;  // else the full path repairs or reports it
+      if (same) hosts_names = hosts_block_names(*block);
+    }
     if (same) {
       lap(session.obs.device_from_memo ? "no-op confirmed from the memo (device snapshot trusted)"
                                        : "no-op confirmed from the memo");
@@ -376,6 +385,8 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
       }
       Plan none;
       none.peers_unchanged = memo->peers;
+      if (!opt.print_conf) none.hosts_file = opt.hosts_file;
+      none.hosts_names = hosts_names;
       return plan_json_text(none, opt.interface, session.wg->name(), "inet " + table_name,
                             opt.dry_run) + "\n";
     }
@@ -414,6 +425,17 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   }
   EndpointsDoc eps = merge_endpoints(docs);
   FirewallScript fw = firewall_script(opt.interface, map.inbound);
+  // The hosts file's block: the names go before the peers move on, and a
+  // damaged block is refused before anything is touched.
+  const bool manage_hosts = !opt.hosts_file.empty() && !opt.print_conf;
+  std::string hosts_text;
+  HostsSync hosts_check;
+  if (manage_hosts) {
+    std::vector<std::string> warnings;
+    hosts_text = hosts_block(opt.interface, hosts_entries(map, &warnings));
+    for (const auto& w : warnings) log.warn(w);
+    MESH_ASSIGN(hosts_check, sync_hosts_file(opt.hosts_file, opt.interface, hosts_text, true, ""));
+  }
   // The map's peers are not needed again: their lists move into `want`.
   MESH_ASSIGN(Desired want, desired_from_map(std::move(map), key, eps, opt.listen_port));
   want.firewall_digest = fw.digest;
@@ -453,12 +475,18 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
 
   // 3. The plan.
   Plan plan = diff(want, obs.cur);
+  if (manage_hosts) {
+    plan.hosts_file = opt.hosts_file;
+    plan.hosts_changed = hosts_check.changed;
+    plan.hosts_names = hosts_check.names;
+  }
   lap("plan computed");
   std::string table = "inet " + fw.table;
   if (opt.dry_run) return plan_json_text(plan, opt.interface, wg.name(), table, true) + "\n";
   Current after = expected_state(want, obs.cur);
   Memo next{"", "", want.peers.size()};
   next.backend = wg.name();
+  if (manage_hosts) next.hosts = hosts_digest(hosts_text);
   next.verified_at = obs.device_from_memo ? memo->verified_at : env.now();
   // A run that fails midway must not leave a snapshot of the old state
   // behind (it would be trusted next time): drop it before touching anything.
@@ -558,6 +586,12 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     MESH_TRY(rt.change_addresses(ifindex, plan.addresses_add, plan.addresses_del));
   if (plan.set_mtu || plan.set_up) MESH_TRY(rt.set_link(ifindex, plan.set_mtu, true));
   MESH_TRY(rt.change_routes(ifindex, plan.routes_add, plan.routes_del));
+  // The names last: they point at addresses that now exist. Read again
+  // under the lock, so concurrent runs for other interfaces keep theirs.
+  if (manage_hosts) {
+    MESH_TRY(sync_hosts_file(opt.hosts_file, opt.interface, hosts_text, false, env.state_dir).status());
+    lap("hosts file updated");
+  }
   lap("applied");
   // A daemon's sockets are new after it starts, after the link comes up
   // and after a port change; a full read of the device (the periodic
@@ -591,9 +625,11 @@ Result<std::string> run_tune(const std::string& interface, const std::string& ba
 }
 
 Result<std::string> run_down(const std::string& interface, const std::string& backend,
-                             const BackendEnv& env, const Log& log) {
+                             const std::string& hosts_file, const BackendEnv& env, const Log& log) {
   MESH_TRY(check_interface_name(interface));
   if (!have_net_admin()) return no_permission("removing " + interface + " needs root (CAP_NET_ADMIN)");
+  // A damaged block is refused before anything is removed.
+  if (!hosts_file.empty()) MESH_TRY(sync_hosts_file(hosts_file, interface, "", true, "").status());
   std::string table = firewall_table_name(interface);
   UniqueFd lock = lock_interface(env.state_dir, interface);
   MESH_ASSIGN(auto digest, firewall_current_digest(table));
@@ -610,13 +646,19 @@ Result<std::string> run_down(const std::string& interface, const std::string& ba
   if (wg_exists || link) MESH_TRY(wg->destroy());
   bool removed = wg_exists || link.has_value();
   ::unlink((env.state_dir + "/" + interface + ".lock").c_str());  // still held: nothing left
-  if (!removed && !fw_existed) log.info("nothing to remove for " + interface);
+  HostsSync hosts;
+  if (!hosts_file.empty()) {
+    MESH_ASSIGN(hosts, sync_hosts_file(hosts_file, interface, "", false, env.state_dir));
+  }
+  if (!removed && !fw_existed && !hosts.changed) log.info("nothing to remove for " + interface);
   Json doc{{"interface", interface},
            {"backend", wg->name()},
-           {"changed", removed || fw_existed},
+           {"changed", removed || fw_existed || hosts.changed},
            {"interface_removed", removed},
            {"firewall_removed", fw_existed},
-           {"firewall", {{"table", "inet " + table}}}};
+           {"firewall", {{"table", "inet " + table}}},
+           {"hosts", {{"file", hosts_file.empty() ? Json(nullptr) : Json(hosts_file)},
+                      {"changed", hosts.changed}}}};
   return dump_json(doc) + "\n";
 }
 

@@ -29,6 +29,9 @@ struct ApplyOptions {
   // Userspace daemon's UDP socket buffers (sockbuf.h); 0 leaves them alone.
   int socket_buffer = kDaemonSocketBuffer;
   std::string map_file = "-";
+  // The hosts file whose block lists the map's DNS names (hosts.h); empty:
+  // none is managed (--hosts-file none).
+  std::string hosts_file = "/etc/hosts";
 };
 
 // Checks a Linux interface name (1-15 bytes, no '/', ':' or whitespace).
@@ -41,8 +44,6 @@ bool have_net_admin();
 // wg-quick configuration with print_conf).
 Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, const Log& log);
 
-// `mesh-apply down`: removes the firewall table and the interface (and the
-// wireguard-go daemon serving it). Returns the JSON document for stdout.
 // `mesh-apply tune`: sizes the socket buffers of the daemon serving an
 // existing interface, configured by mesh-apply or by other tools (wg-quick,
 // wg). Returns the JSON document for stdout. Unavailable when there is no
@@ -50,7 +51,10 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
 Result<std::string> run_tune(const std::string& interface, const std::string& backend, int bytes,
                              const BackendEnv& env);
 
+// `mesh-apply down`: removes the firewall table and the interface (and the
+// wireguard-go daemon serving it), and the interface's block from
+// `hosts_file` (none when empty). Returns the JSON document for stdout.
 Result<std::string> run_down(const std::string& interface, const std::string& backend,
-                             const BackendEnv& env, const Log& log);
+                             const std::string& hosts_file, const BackendEnv& env, const Log& log);
 
 }  // namespace mesh::apply

@@ -419,15 +419,22 @@ std::string memo_path(const std::string& dir, const std::string& interface) {
 }
 
 // File: a header line, then one field per line (inputs, state, peers, link,
-// ifindex, backend, verified_at), then the snapshot (serialise_snapshot).
-static constexpr char kMemoHeader[] = "mesh-apply memo 3";
+// ifindex, backend, verified_at, hosts), then the snapshot
+// (serialise_snapshot).
+static constexpr char kMemoHeader[] = "mesh-apply memo 4";
+
+std::string hosts_digest(std::string_view block) {
+  InputDigest d;
+  d.add("hosts", block);
+  return d.hex();
+}
 
 std::optional<Memo> load_memo(const std::string& path) {
   auto text = read_file(path);
   if (!text) return std::nullopt;
   std::string_view t = *text;
   std::vector<std::string_view> lines;
-  for (int i = 0; i < 8; ++i) {
+  for (int i = 0; i < 9; ++i) {
     auto nl = t.find('\n');
     if (nl == std::string_view::npos) return std::nullopt;
     lines.push_back(t.substr(0, nl));
@@ -442,6 +449,7 @@ std::optional<Memo> load_memo(const std::string& path) {
     return std::nullopt;
   if (lines[4] != "-") m.link = lines[4];
   if (lines[6] != "-") m.backend = lines[6];
+  if (lines[8] != "-") m.hosts = lines[8];
   m.device_text = t;
   return m;
 }
@@ -453,7 +461,8 @@ Result<PendingFile> prepare_memo(const std::string& dir, const Memo& m) {
   for (const std::string& line :
        {std::string(kMemoHeader), m.inputs, m.state, std::to_string(m.peers),
         m.link.empty() ? std::string("-") : m.link, std::to_string(m.ifindex),
-        m.backend.empty() ? std::string("-") : m.backend, std::to_string(m.verified_at)}) {
+        m.backend.empty() ? std::string("-") : m.backend, std::to_string(m.verified_at),
+        m.hosts.empty() ? std::string("-") : m.hosts}) {
     text += line;
     text += '\n';
   }

@@ -90,7 +90,13 @@ struct Memo {
   std::string backend;       // "userspace" or "kernel"
   int64_t verified_at = 0;   // unix seconds of the last full read of the device
   std::string device_text;   // serialised Snapshot (parse_snapshot); empty: none
+  // hosts_digest() of the hosts file block the run left (hosts.h); empty:
+  // the hosts file is not managed.
+  std::string hosts;
 };
+
+// A digest of a hosts file block's text ("" included: no block).
+std::string hosts_digest(std::string_view block);
 
 std::string serialise_snapshot(const Snapshot& s);
 // serialise_snapshot(snapshot_of(d)), without the intermediate copy.

@@ -43,7 +43,7 @@ Json prefixes(const std::vector<Prefix>& ps) {
 bool Plan::changed() const {
   return create_interface || set_private_key || set_listen_port || !peers.empty() ||
          !addresses_add.empty() || !addresses_del.empty() || !routes_add.empty() ||
-         !routes_del.empty() || set_mtu || set_up || firewall;
+         !routes_del.empty() || set_mtu || set_up || firewall || hosts_changed;
 }
 
 size_t Plan::count(PeerChange::Kind k) const {
@@ -324,6 +324,10 @@ Json plan_to_json(const Plan& plan, const std::string& interface, const std::str
       {"routes", {{"added", prefixes(plan.routes_add)}, {"removed", prefixes(plan.routes_del)}}},
       {"link", {{"mtu", plan.set_mtu ? Json(*plan.set_mtu) : Json(nullptr)}, {"up", plan.set_up}}},
       {"firewall", {{"table", firewall_table}, {"changed", plan.firewall}}},
+      {"hosts",
+       {{"file", plan.hosts_file.empty() ? Json(nullptr) : Json(plan.hosts_file)},
+        {"changed", plan.hosts_changed},
+        {"names", plan.hosts_names}}},
   };
 }
 
@@ -465,6 +469,13 @@ std::string plan_json_text(const Plan& plan, const std::string& interface, const
   o.append(",\"firewall\":{\"changed\":").append(boolean(plan.firewall));
   o.append(",\"table\":");
   put_string(&o, firewall_table);
+  o.append("},\"hosts\":{\"changed\":").append(boolean(plan.hosts_changed));
+  o.append(",\"file\":");
+  if (plan.hosts_file.empty())
+    o.append("null");
+  else
+    put_string(&o, plan.hosts_file);
+  o.append(",\"names\":").append(std::to_string(plan.hosts_names));
   o.append("},\"interface\":");
   put_string(&o, interface);
   o.append(",\"link\":{\"mtu\":");

@@ -78,6 +78,10 @@ struct Plan {
   std::optional<int> set_mtu;
   bool set_up = false;
   bool firewall = false;
+  // The hosts file block (hosts.h): filled in by the executor, not diff().
+  std::string hosts_file;  // empty: not managed (--hosts-file none)
+  bool hosts_changed = false;
+  size_t hosts_names = 0;  // lines in the block
 
   bool changed() const;
   size_t count(PeerChange::Kind k) const;

@@ -127,6 +127,13 @@ std::string netmap_json_text(const NetMap& m) {
   Writer w;
   w.out.reserve(256 + m.peers.size() * 320 + m.inbound.size() * 256);
   w.out += '{';
+  if (!m.dns_domain.empty()) {
+    w.key("dns");
+    w.out += '{';
+    w.key("domain");
+    w.str(m.dns_domain);
+    w.out += "},";
+  }
   w.key("firewall");
   w.out += "{\"inbound\":[";
   for (size_t i = 0; i < m.inbound.size(); ++i) {

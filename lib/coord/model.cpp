@@ -526,6 +526,19 @@ Changes Model::tick_credentials(int64_t now) {
   return recompute_all(now);
 }
 
+Changes Model::reissue_all(int64_t now) {
+  Changes ch;
+  for (const auto& p : by_id_)
+    if (p) ch.changed.push_back(p->id);
+  if (ch.changed.empty()) return ch;
+  ch.serial = ++serial_counter_;
+  for (uint32_t id : ch.changed) {
+    by_id_[id]->serial = ch.serial;
+    by_id_[id]->generated_at = now;
+  }
+  return ch;
+}
+
 // ---------------------------------------------------------------- maps
 
 NetMap Model::build_map(const Peer& p, bool lists) const {
@@ -538,6 +551,7 @@ NetMap Model::build_map(const Peer& p, bool lists) const {
   m.self.groups = p.groups;
   m.self.listen_port = p.listen_port;
   m.self.mtu = cfg_.mtu;
+  m.dns_domain = cfg_.dns_domain;
   if (!p.disabled && lists) {
     for (uint32_t id : visible(p.id)) {
       const Peer& q = *by_id_[id];

@@ -46,6 +46,7 @@ struct ModelConfig {
   int64_t credential_lifetime = 3600;
   int keepalive = 25;
   int mtu = 1420;
+  std::string dns_domain = "mesh";  // maps' dns.domain: peers are NAME.DOMAIN
 };
 
 struct SetupKey {
@@ -187,6 +188,10 @@ class Model {
   Changes rename_peer(uint32_t id, const std::string& name, int64_t now);
   Changes set_policy(Policy p, int64_t now);
   Changes tick_credentials(int64_t now);
+  // A new serial for every peer's map: their content changed in a way the
+  // digests do not see (a setting such as the DNS domain changed across a
+  // restart).
+  Changes reissue_all(int64_t now);
 
   // Policy evaluation helpers.
   Result<PeerAttrs> resolve_test_party(const std::string& who) const;

@@ -341,6 +341,13 @@ Status Coordinator::load_model() {
   char ula[64];
   snprintf(ula, sizeof ula, "fd%02x:%02x%02x:%02x%02x::/48", gid[0], gid[1], gid[2], gid[3], gid[4]);
   MESH_TRY(prefix_meta("ipv6_prefix", opt_.ipv6_prefix, ula, &cfg.ipv6));
+  // The DNS domain may change (unlike the prefixes), but only with a new
+  // serial for every map, below; without --dns-domain the stored one stays.
+  MESH_ASSIGN(auto stored_domain, store_->get_meta("dns_domain"));
+  cfg.dns_domain = !opt_.dns_domain.empty() ? opt_.dns_domain : stored_domain ? *stored_domain : "mesh";
+  if (!valid_dns_domain(cfg.dns_domain))
+    return usage_error("--dns-domain " + cfg.dns_domain + ": not a DNS name");
+  bool domain_changed = !stored_domain || *stored_domain != cfg.dns_domain;
   if (cfg.ipv6.addr.is_v4() || cfg.ipv6.len > 96)
     return usage_error("--ipv6-prefix must be an IPv6 prefix of /96 or shorter");
 
@@ -413,6 +420,16 @@ Status Coordinator::load_model() {
     MESH_TRY(persist([](Store&) { return Status::ok(); }, ch,
                      Event{0, now, "system", ch.serial ? "credentials.refresh" : "", "",
                            Json{{"maps_changed", ch.changed.size()}}}));
+  // Maps served before carried another domain (or none: an older
+  // coordinator's state); nodes see the new one only with new serials.
+  if (domain_changed) {
+    Changes dc = model_.reissue_all(now);
+    const std::string domain = cfg.dns_domain;
+    Json detail{{"domain", domain}, {"maps_changed", dc.changed.size()}};
+    if (stored_domain) detail["previous"] = *stored_domain;
+    MESH_TRY(persist([&](Store& st) { return st.set_meta("dns_domain", domain); }, dc,
+                     Event{0, now, "system", dc.serial ? "dns.domain" : "", domain, detail}));
+  }
   return Status::ok();
 }
 

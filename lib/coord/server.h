@@ -27,6 +27,7 @@ struct ServeOptions {
   std::string relay_secret_file;
   int64_t credential_lifetime = 3600;
   int keepalive = 25;
+  std::string dns_domain;   // empty: stored value or "mesh"
   std::string tls_cert, tls_key;
   bool public_metrics = false;
   size_t max_body = 1u << 20;

@@ -548,7 +548,7 @@ std::optional<NetMap> parse_netmap_fast(std::string_view text, ParseOptions opt,
   bool strict = opt.strict;
   bool ok = r.object([&](std::string_view key) {
     int i = index_of(key, {"version", "serial", "generated_at", "self", "peers", "firewall", "stun",
-                           "turn"});
+                           "turn", "dns"});
     if (i < 0) return other(r, strict);
     if (!seen.first(i)) return false;
     int64_t v;
@@ -591,6 +591,14 @@ std::optional<NetMap> parse_netmap_fast(std::string_view text, ParseOptions opt,
       }
       case 6:
         return string_list(r, &m.stun);
+      case 8: {
+        Seen ds;  // domain is required in dns
+        bool read = r.object([&](std::string_view k) {
+          if (k != "domain") return other(r, strict);
+          return ds.first(0) && string_value(r, &m.dns_domain) && valid_dns_domain(m.dns_domain);
+        });
+        return read && ds.bits == 1;
+      }
       default:
         return r.array([&] {
           TurnServer t;

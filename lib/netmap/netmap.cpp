@@ -102,6 +102,24 @@ std::string PortRange::to_string() const {
   return std::to_string(lo) + "-" + std::to_string(hi);
 }
 
+bool valid_dns_label(std::string_view s) {
+  if (s.empty() || s.size() > 63 || s.front() == '-' || s.back() == '-') return false;
+  for (char c : s)
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-'))
+      return false;
+  return true;
+}
+
+bool valid_dns_domain(std::string_view s) {
+  if (s.empty() || s.size() > 253) return false;
+  for (;;) {
+    size_t dot = s.find('.');
+    if (!valid_dns_label(s.substr(0, dot))) return false;
+    if (dot == std::string_view::npos) return true;
+    s.remove_prefix(dot + 1);
+  }
+}
+
 Result<Candidate> parse_candidate(const JsonView& v, bool strict) {
   if (strict) MESH_TRY(v.check_keys({"endpoint", "kind"}));
   Candidate c;
@@ -216,7 +234,7 @@ Result<NetMap> parse_netmap(const Json& j, const std::string& source, ParseOptio
   if (!j.is_object()) return v.error("expected a network map object");
   if (opt.strict)
     MESH_TRY(v.check_keys({"version", "serial", "generated_at", "self", "peers", "firewall",
-                           "stun", "turn"}));
+                           "stun", "turn", "dns"}));
   NetMap m;
   MESH_ASSIGN(auto ver, v.get_int("version"));
   if (ver != 1) return v.error("unsupported version " + std::to_string(ver) + " (expected 1)");
@@ -276,6 +294,14 @@ Result<NetMap> parse_netmap(const Json& j, const std::string& source, ParseOptio
     }
   }
   if (v.optional_field("stun", &f)) { MESH_ASSIGN(m.stun, f.as_string_list()); }
+  if (v.optional_field("dns", &f)) {
+    if (opt.strict) MESH_TRY(f.check_keys({"domain"}));
+    MESH_ASSIGN(auto d, f.field("domain"));
+    MESH_ASSIGN(m.dns_domain, d.as_string());
+    if (!valid_dns_domain(m.dns_domain))
+      return d.error("invalid DNS domain '" + m.dns_domain +
+                     "' (expected labels of letters, digits and '-' joined by '.')");
+  }
   if (v.optional_field("turn", &f)) {
     MESH_ASSIGN(auto els, f.elements());
     for (auto& e : els) {
@@ -357,6 +383,7 @@ Json netmap_to_json(const NetMap& m) {
   out["firewall"]["inbound"] = std::move(inbound);
   out["stun"] = m.stun;
   out["turn"] = std::move(turn);
+  if (!m.dns_domain.empty()) out["dns"] = Json{{"domain", m.dns_domain}};
   return out;
 }
 

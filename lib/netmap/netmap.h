@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/json.h"
@@ -77,6 +78,9 @@ struct NetMap {
   std::vector<FirewallRule> inbound;
   std::vector<std::string> stun;  // HOST:PORT
   std::vector<TurnServer> turn;
+  // dns.domain: every peer (self included) is NAME.DOMAIN. Empty: the map
+  // has no "dns" object and names no one.
+  std::string dns_domain;
 };
 
 struct ParseOptions {
@@ -88,6 +92,13 @@ struct ParseOptions {
 Result<NetMap> parse_netmap(const Json& j, const std::string& source, ParseOptions opt = {});
 Result<NetMap> read_netmap_file(const std::string& path, ParseOptions opt = {});
 Json netmap_to_json(const NetMap& m);
+
+// An RFC 1123 host name label: 1-63 ASCII letters, digits and hyphens, not
+// starting or ending with a hyphen.
+bool valid_dns_label(std::string_view s);
+// Labels as above joined by single dots, at most 253 characters, no
+// leading or trailing dot (the form dns.domain takes).
+bool valid_dns_domain(std::string_view s);
 
 // Shared pieces, also used by the endpoints document.
 Result<Candidate> parse_candidate(const JsonView& v, bool strict);

@@ -63,6 +63,22 @@ teardown() { save_lab; }
   mesh_lab_wait_all 60 "${MESH_LAB_NODES[@]}"
 }
 
+# mesh-up's mesh-apply keeps the names in each node's own hosts file
+# (/etc/netns/NS/hosts, which `ip netns exec` mounts over /etc/hosts).
+v4_of() { nsx "$1" getent ahostsv4 "$2" | awk 'NR == 1 {print $1}'; }
+name_is() { [ "$(v4_of "$1" "$2")" = "$3" ]; }
+
+@test "every node resolves the others' names (NAME.mesh), and its own" {
+  local a b
+  for a in pub sym lan1; do
+    for b in pub eim sym lan2; do
+      wait_until 10 name_is "$a" "$b.mesh" "$(mesh_lab_ip "$b")"
+    done
+  done
+  nsx pub ping -n -c 1 -W 2 lan1.mesh
+  ! grep -q "mesh-apply" /etc/hosts || false
+}
+
 # What a pair should end as: the topology's rule, and the block above.
 want_path() {
   case "$1-$2" in
@@ -250,6 +266,9 @@ path_is() { [ "$(mesh_lab_path "$1" "$2")" = "$3" ]; }
   done
   ! mesh_lab_ping pub lan2
   ! mesh_lab_ping lan1 lan2
+  # Its name goes with the next map too.
+  wait_until 10 name_is pub lan2.mesh ""
+  name_is pub lan1.mesh "$(mesh_lab_ip lan1)"
 }
 
 @test "no shell error in any node's log" {

@@ -11,7 +11,11 @@
 #                                  killed in teardown
 #   wait_until SECONDS CMD...      poll CMD every 0.05 s until it succeeds (fails after SECONDS)
 #   wait_for_line FILE REGEX [SECONDS]   wait until FILE has a line matching REGEX
-#   netns_add NAME                 create namespace ${MESH_RUN}NAME, removed in teardown
+#   netns_add NAME                 create namespace ${MESH_RUN}NAME, removed in teardown;
+#                                  it gets its own hosts file (/etc/netns/NS/hosts, a copy
+#                                  of /etc/hosts that `ip netns exec` mounts over it), so
+#                                  mesh-apply's DNS names inside never reach the machine's
+#                                  /etc/hosts
 #   nsx NAME CMD...                run CMD inside namespace ${MESH_RUN}NAME
 #   veth_link NS1 ADDR1 NS2 ADDR2  connect two namespaces with a veth pair
 #   wg_name SUFFIX                 a WireGuard interface name unique to this run
@@ -97,6 +101,8 @@ netns_add() {
   ip netns add "$ns"
   _mesh_netns+=("$ns")
   ip -n "$ns" link set lo up
+  mkdir -p "/etc/netns/$ns"
+  cp /etc/hosts "/etc/netns/$ns/hosts"
 }
 
 nsx() {
@@ -136,6 +142,7 @@ mesh_teardown() {
     sleep 0.1
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
     ip netns del "$ns" 2>/dev/null || true
+    rm -rf "/etc/netns/$ns"
   done
   # mesh-apply's memo and lock files of this run's interfaces, which went
   # with their namespaces (mesh-apply(8), FILES).

@@ -87,6 +87,15 @@ TEST(ApplyMemo, StoreAndLoad) {
   EXPECT_EQ(l->inputs, m.inputs);
   EXPECT_EQ(l->state, m.state);
   EXPECT_EQ(l->peers, 5000u);
+  EXPECT_EQ(l->hosts, "");  // hosts file not managed
+  m.hosts = hosts_digest("# BEGIN mesh-apply wg0\n100.64.0.2\tb.mesh\n# END mesh-apply wg0\n");
+  EXPECT_EQ(m.hosts.size(), 64u);
+  EXPECT_NE(m.hosts, hosts_digest(""));
+  store_memo(dir.string(), "wg0", m);
+  l = load_memo(memo_path(dir.string(), "wg0"));
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->hosts, m.hosts);
+  EXPECT_EQ(l->device_text, "");
   remove_memo(dir.string(), "wg0");
   EXPECT_FALSE(load_memo(memo_path(dir.string(), "wg0")));
   std::filesystem::remove_all(dir);

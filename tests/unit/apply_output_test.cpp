@@ -33,6 +33,19 @@ TEST(ApplyOutput, PlanJsonTextIsTheDomsSerialisation) {
   same(none, "wg0", true);
   none.peers_unchanged = 5000;
   same(none);
+  // The hosts file's block: null file when not managed; a change to it
+  // alone is a change.
+  Json j = Json::parse(plan_json_text(none, "wg0", "userspace", "inet mesh_wg0", false));
+  EXPECT_EQ(j["hosts"], Json::parse(R"({"file":null,"changed":false,"names":0})"));
+  none.hosts_file = "/etc/hosts";
+  none.hosts_names = 12;
+  same(none);
+  none.hosts_changed = true;
+  EXPECT_TRUE(none.changed());
+  same(none);
+  none.hosts_file = "/tmp/odd \"name\"\n";
+  same(none);
+  none = Plan{};
 
   Plan p;
   p.create_interface = true;

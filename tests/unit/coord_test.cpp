@@ -328,6 +328,31 @@ TEST(CoordModel, IncrementalEqualsFullRebuild) {
   }
 }
 
+TEST(CoordModel, MapsCarryTheDnsDomainAndReissueGivesNewSerials) {
+  ModelConfig c = config();
+  c.dns_domain = "corp.example";
+  Model m(c);
+  m.rebuild(0);
+  m.add_peer(make_peer(m, "web1", {"web"}), 1);
+  m.add_peer(make_peer(m, "db1", {"db"}), 1);
+  m.set_policy(policy(kWebPolicy), 2);
+  for (const Peer* p : m.peers()) {
+    EXPECT_EQ(m.build_map(*p).dns_domain, "corp.example");
+    EXPECT_NE(m.map_json(*p).find("\"dns\":{\"domain\":\"corp.example\"}"), std::string::npos);
+  }
+  uint64_t before = m.serial_counter();
+  Changes ch = m.reissue_all(9);
+  EXPECT_EQ(ch.serial, before + 1);
+  EXPECT_EQ(ch.changed.size(), 2u);
+  for (const Peer* p : m.peers()) {
+    EXPECT_EQ(p->serial, ch.serial);
+    EXPECT_EQ(p->generated_at, 9);
+  }
+  Model none(config());
+  EXPECT_EQ(none.reissue_all(1).serial, 0u);  // no peers, no serial spent
+  EXPECT_EQ(none.serial_counter(), 0u);
+}
+
 TEST(CoordModel, PlanListsGainedAndLostAccess) {
   Model m(config());
   m.rebuild(0);
@@ -409,6 +434,8 @@ TEST(CoordMapJson, FastWriterMatchesNetmapToJsonByteForByte) {
     nm.inbound.push_back(FirewallRule{{*Prefix::parse("100.64.0.1/32")}, "any", {}, ""});
     EXPECT_EQ(netmap_json_text(nm), dump_json(netmap_to_json(nm))) << p->name;
     nm.self.name = "needs \"escaping\"\n\xc3\xa9";
+    EXPECT_EQ(netmap_json_text(nm), dump_json(netmap_to_json(nm))) << p->name;
+    nm.dns_domain.clear();  // a map without a dns object
     EXPECT_EQ(netmap_json_text(nm), dump_json(netmap_to_json(nm))) << p->name;
   }
   NetMap empty;

@@ -33,7 +33,8 @@ std::string sample(const Keys& k) {
       {"sources": ["100.64.0.3/32"], "proto": "icmp"}]},
     "stun": ["203.0.113.1:3478"],
     "turn": [{"server": "203.0.113.1:3478", "username": "1999999999:me", "password": "x",
-              "transport": "tls", "expires_at": 1999999999}]
+              "transport": "tls", "expires_at": 1999999999}],
+    "dns": {"domain": "corp.mesh"}
   })";
 }
 
@@ -81,6 +82,28 @@ TEST(NetMapFast, TakesOrdinaryMapsAndAgrees) {
   // Unknown members are skipped when not strict.
   auto extra = replace(sample(k), "\"serial\": 7,",
                        "\"serial\": 7, \"x\": {\"a\": [1, -2, true, false, null, \"s\", {}]},");
+  EXPECT_TRUE(agrees(extra, false));
+  EXPECT_FALSE(agrees(extra, true));
+}
+
+TEST(NetMapFast, DnsDomainAgrees) {
+  Keys k;
+  const std::string s = sample(k);
+  for (bool strict : {false, true}) {
+    auto m = parse_netmap_fast(s, {.strict = strict});
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->dns_domain, "corp.mesh");
+    // Without the object: no domain, on the fast path too.
+    EXPECT_TRUE(agrees(replace(s, ",\n    \"dns\": {\"domain\": \"corp.mesh\"}", ""), strict));
+  }
+  // Invalid, or incomplete: the validator decides and reports.
+  for (const char* bad : {"\"dns\": {\"domain\": \"a..b\"}", "\"dns\": {\"domain\": \"\"}", "\"dns\": {}",
+                          "\"dns\": {\"domain\": \"x\", \"domain\": \"y\"}", "\"dns\": {\"domain\": 1}",
+                          "\"dns\": []"})
+    for (bool strict : {false, true})
+      EXPECT_FALSE(agrees(replace(s, "\"dns\": {\"domain\": \"corp.mesh\"}", bad), strict)) << bad;
+  // Unknown members of dns: skipped, unless strict.
+  auto extra = replace(s, "\"domain\": \"corp.mesh\"", "\"domain\": \"corp.mesh\", \"x\": [1]");
   EXPECT_TRUE(agrees(extra, false));
   EXPECT_FALSE(agrees(extra, true));
 }

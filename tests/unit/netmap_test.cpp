@@ -31,7 +31,8 @@ Json sample(const Keys& k) {
       {"sources": ["100.64.0.2/32"], "proto": "tcp", "ports": [22, "8000-8080"], "rule": "ssh"},
       {"sources": ["100.64.0.3/32"], "proto": "icmp"}]},
     "stun": ["203.0.113.1:3478"],
-    "turn": [{"server": "203.0.113.1:3478", "username": "1999999999:me", "password": "x"}]
+    "turn": [{"server": "203.0.113.1:3478", "username": "1999999999:me", "password": "x"}],
+    "dns": {"domain": "corp.mesh"}
   })");
 }
 
@@ -50,6 +51,35 @@ TEST(NetMap, ParsesAndNormalises) {
   EXPECT_EQ(m->peers[0].endpoints[0].endpoint.to_string(), "203.0.113.5:40000");
   EXPECT_EQ(m->inbound[0].ports[1].to_string(), "8000-8080");
   EXPECT_EQ(m->turn[0].transport, "udp");
+  EXPECT_EQ(m->dns_domain, "corp.mesh");
+}
+
+TEST(NetMap, DnsIsOptionalAndWrittenOnlyWhenSet) {
+  Keys k;
+  Json j = sample(k);
+  j.erase("dns");
+  auto m = parse_netmap(j, "m.json", {.strict = true});
+  ASSERT_TRUE(m.is_ok()) << m.status().message();
+  EXPECT_EQ(m->dns_domain, "");
+  EXPECT_FALSE(netmap_to_json(*m).contains("dns"));
+  m->dns_domain = "mesh";
+  EXPECT_EQ(netmap_to_json(*m)["dns"], Json::parse(R"({"domain":"mesh"})"));
+}
+
+TEST(NetMap, DnsNamesFollowRfc1123) {
+  for (std::string ok : {"mesh", "a", "db-1", "1db", "Mesh"}) EXPECT_TRUE(valid_dns_label(ok)) << ok;
+  EXPECT_TRUE(valid_dns_label(std::string(63, 'x')));
+  for (std::string bad : {"", "-a", "a-", "a_b", "a.b", "a b", "\xc3\xa9"}) EXPECT_FALSE(valid_dns_label(bad)) << bad;
+  EXPECT_FALSE(valid_dns_label(std::string(64, 'x')));
+  for (const char* ok : {"mesh", "corp.example", "a.b.c", "x-1.y2"}) EXPECT_TRUE(valid_dns_domain(ok)) << ok;
+  std::string long_ok, too_long;
+  for (int i = 0; i < 4; ++i) long_ok += (i ? "." : "") + std::string(i < 3 ? 63 : 61, 'a');  // 253
+  too_long = long_ok + "a";
+  EXPECT_EQ(long_ok.size(), 253u);
+  EXPECT_TRUE(valid_dns_domain(long_ok));
+  EXPECT_FALSE(valid_dns_domain(too_long));
+  for (const char* bad : {"", ".", "mesh.", ".mesh", "a..b", "a_b.c", "-a.b", "a b"})
+    EXPECT_FALSE(valid_dns_domain(bad)) << bad;
 }
 
 TEST(NetMap, RoundTripsThroughJson) {
@@ -96,6 +126,11 @@ TEST(NetMap, RejectsInvalidMapsWithThePath) {
       {"version", [](Json& j, const Keys&) { j["version"] = 2; }, "unsupported version"},
       {"missing self", [](Json& j, const Keys&) { j.erase("self"); }, "self: required"},
       {"wrong type", [](Json& j, const Keys&) { j["serial"] = "7"; }, "serial: expected integer"},
+      {"bad domain", [](Json& j, const Keys&) { j["dns"]["domain"] = "my_mesh"; },
+       "dns.domain: invalid DNS domain 'my_mesh'"},
+      {"empty domain", [](Json& j, const Keys&) { j["dns"]["domain"] = ""; }, "dns.domain: invalid DNS domain"},
+      {"dns without domain", [](Json& j, const Keys&) { j["dns"] = Json::object(); }, "dns.domain: required"},
+      {"domain not a string", [](Json& j, const Keys&) { j["dns"]["domain"] = 7; }, "dns.domain: expected string"},
   };
   for (auto& c : cases) {
     Keys k;
@@ -117,6 +152,12 @@ TEST(NetMap, StrictModeRejectsUnknownFields) {
   auto m = parse_netmap(j, "m", {.strict = true});
   ASSERT_FALSE(m.is_ok());
   EXPECT_EQ(m.status().message(), "m: peers[0].colour: unknown field");
+  j = sample(k);
+  j["dns"]["search"] = true;
+  EXPECT_TRUE(parse_netmap(j, "m").is_ok());
+  m = parse_netmap(j, "m", {.strict = true});
+  ASSERT_FALSE(m.is_ok());
+  EXPECT_EQ(m.status().message(), "m: dns.search: unknown field");
 }
 
 TEST(Endpoints, ParseValidateAndMerge) {
