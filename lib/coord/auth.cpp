@@ -2,6 +2,9 @@
 
 #include <sodium.h>
 
+#include <stdexcept>
+#include <string>
+
 #include "core/base64.h"
 
 namespace mesh::coord {
@@ -89,6 +92,20 @@ std::string response_mac(const SecretKey& k, int status, std::string_view nonce,
 
 bool mac_equal(std::string_view got, std::string_view expected) {
   return secure_equal(got, expected);
+}
+
+Result<int64_t> parse_time_header(std::string_view text) {
+  std::string ts(text);
+  try {
+    size_t pos = 0;
+    int64_t t = std::stoll(ts, &pos);
+    if (pos == ts.size()) return t;
+  } catch (const std::exception&) {
+  }
+  // One literal, not kHdrTime + "...": GCC 12 warns falsely (array-bounds)
+  // on that concatenation once inlined here.
+  static_assert(std::string_view(kHdrTime) == "X-Mesh-Time");
+  return data_error("X-Mesh-Time: expected unix seconds");
 }
 
 Status check_time(int64_t t, int64_t now) {

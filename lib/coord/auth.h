@@ -109,6 +109,10 @@ class SessionKeyCache {
   std::map<PublicKey, Lru::iterator> index_;
 };
 
+// Reads the X-Mesh-Time header: a decimal integer (std::stoll: leading
+// white space and a sign allowed) with nothing after it. DataErr otherwise.
+Result<int64_t> parse_time_header(std::string_view text);
+
 // Validates the time header against `now` (NoPerm when stale).
 Status check_time(int64_t request_time, int64_t now);
 

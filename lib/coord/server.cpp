@@ -25,6 +25,7 @@
 #include "coord/mapjson.h"
 #include "coord/punch.h"
 #include "coord/revoked.h"
+#include "coord/requests.h"
 #include "coord/store.h"
 #include "core/base64.h"
 #include "core/file.h"
@@ -61,10 +62,6 @@ struct ApiError {
   std::string field;
 };
 
-// What a join asks to be called: `name` exactly, or `hint` when free.
-struct NameRequest {
-  std::string name, hint;
-};
 
 int http_for(Exit e) {
   switch (e) {
@@ -181,7 +178,7 @@ class Coordinator {
   // ---- handlers
   void h_info(const httplib::Request&, httplib::Response&);
   void h_join(const httplib::Request&, httplib::Response&);
-  std::optional<ApiError> choose_name(const SetupKey& key, const NameRequest& want, uint32_t id,
+  std::optional<ApiError> choose_name(const SetupKey& key, const JoinRequest& want, uint32_t id,
                                       std::string* out);
   void h_map(const httplib::Request&, httplib::Response&);
   void h_announce(const httplib::Request&, httplib::Response&);
@@ -504,15 +501,9 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
     if (!req.has_header(h)) return fail(std::string("missing ") + h + " header");
   auto key = PublicKey::from_base64(req.get_header_value(kHdrKey));
   if (!key) return fail(std::string(kHdrKey) + ": " + key.status().message());
-  std::string ts = req.get_header_value(kHdrTime);
-  int64_t t = 0;
-  try {
-    size_t pos = 0;
-    t = std::stoll(ts, &pos);
-    if (pos != ts.size()) throw std::invalid_argument("trailing");
-  } catch (const std::exception&) {
-    return fail(std::string(kHdrTime) + ": expected unix seconds");
-  }
+  auto time = parse_time_header(req.get_header_value(kHdrTime));
+  if (!time) return fail(time.status().message());
+  int64_t t = *time;
   MESH_ASSIGN(PeerAuth a, keys_for(*key));
   a.nonce = req.get_header_value(kHdrNonce);
   std::string want = request_mac(a.keys.request, req.method, req.target, t, a.nonce, req.body);
@@ -655,7 +646,7 @@ void Coordinator::h_info(const httplib::Request&, httplib::Response& res) {
 // name, so a key bound to a name enrols only that name, and other keys get
 // only names no peer holds and the policy does not name. Both refusals read
 // the same, so a guest key cannot tell a policy name from a peer's.
-std::optional<ApiError> Coordinator::choose_name(const SetupKey& key, const NameRequest& want,
+std::optional<ApiError> Coordinator::choose_name(const SetupKey& key, const JoinRequest& want,
                                                  uint32_t id, std::string* out) {
   auto unavailable = [](const std::string& n) {
     return ApiError{409, "request: name: peer name '" + n +
@@ -680,7 +671,8 @@ std::optional<ApiError> Coordinator::choose_name(const SetupKey& key, const Name
   // A hint (mesh-up's host name) falls back to HINT-ID, then peer-ID.
   std::string suffix = "-" + std::to_string(id);
   std::vector<std::string> tries;
-  if (!want.hint.empty()) tries = {want.hint, want.hint.substr(0, 63 - suffix.size()) + suffix};
+  if (!want.name_hint.empty())
+    tries = {want.name_hint, want.name_hint.substr(0, 63 - suffix.size()) + suffix};
   tries.push_back("peer" + suffix);
   for (const auto& n : tries)
     if (valid_name(n) && free(n)) {
@@ -695,25 +687,11 @@ void Coordinator::h_join(const httplib::Request& req, httplib::Response& res) {
   if (!a) return auth_error(req, res, a.status());
   auto j = json_body(*a, 16384);
   if (!j) return peer_error(&*a, res, from_status(j.status()));
-  JsonView v(*j, "request");
-  Status keys = v.check_keys({"setup_key", "name", "name_hint"});
-  if (!keys) return peer_error(&*a, res, from_status(keys));
-  auto sk = v.get_string("setup_key");
-  if (!sk) return peer_error(&*a, res, from_status(sk.status()));
-  NameRequest want;
-  for (auto [field, out] : {std::pair{"name", &want.name}, std::pair{"name_hint", &want.hint}}) {
-    JsonView f = v;
-    if (!v.optional_field(field, &f)) continue;
-    auto n = f.as_string();
-    if (!n) return peer_error(&*a, res, from_status(n.status()));
-    *out = *n;
-    if (!valid_name(*out))
-      return peer_error(&*a, res, {400, std::string("request: ") + field + ": invalid peer name '" + *out +
-                                            "' (lower case letters, digits, '-', '_', '.'; 1-63)", field});
-  }
+  auto body = parse_join_request(*j);
+  if (!body) return peer_error(&*a, res, from_status(body.status()));
   int64_t now = unix_now();
-  std::string hash = sha256_hex(*sk);
-  wipe(*sk);
+  std::string hash = sha256_hex(body->setup_key);
+  wipe(body->setup_key);
 
   std::unique_lock lk(mu_);
   SetupKey* key = nullptr;
@@ -741,7 +719,7 @@ void Coordinator::h_join(const httplib::Request& req, httplib::Response& res) {
   }
   uint32_t id = model_.new_peer_id();
   std::string name;
-  if (auto e = choose_name(*key, want, id, &name)) {
+  if (auto e = choose_name(*key, *body, id, &name)) {
     if (e->http == 409) {
       // Counted against the source like every refused join (routes()), and
       // logged: a key holder probing for names is slowed and seen.
@@ -749,7 +727,7 @@ void Coordinator::h_join(const httplib::Request& req, httplib::Response& res) {
       lk.unlock();
       (void)record_event(Event{0, now, "setup-key:" + key_name, "auth.failed", "peer-name",
                                Json{{"reason", "name not available"},
-                                    {"name", want.name.empty() ? want.hint : want.name},
+                                    {"name", body->name.empty() ? body->name_hint : body->name},
                                     {"public_key", a->key.to_base64()}}});
     }
     return peer_error(&*a, res, *e);
@@ -961,23 +939,9 @@ void Coordinator::h_punch(const httplib::Request& req, httplib::Response& res) {
   }
   auto j = json_body(*a, 16384);
   if (!j) return peer_error(&*a, res, from_status(j.status()));
-  std::vector<PublicKey> targets;
-  auto parse = [&]() -> Status {
-    JsonView v(*j, "request");
-    MESH_TRY(v.check_keys({"peers"}));
-    MESH_ASSIGN(auto f, v.field("peers"));
-    MESH_ASSIGN(auto els, f.elements());
-    if (els.empty() || els.size() > kPunchTargets)
-      return f.error("expected 1 to " + std::to_string(kPunchTargets) + " public keys");
-    for (const auto& e : els) {
-      MESH_ASSIGN(auto text, e.as_string());
-      auto k = PublicKey::from_base64(text);
-      if (!k) return e.error(k.status().message());
-      if (std::find(targets.begin(), targets.end(), *k) == targets.end()) targets.push_back(*k);
-    }
-    return Status::ok();
-  };
-  if (Status s = parse(); !s) return peer_error(&*a, res, from_status(s));
+  auto parsed = parse_punch_request(*j, kPunchTargets);
+  if (!parsed) return peer_error(&*a, res, from_status(parsed.status()));
+  const std::vector<PublicKey>& targets = *parsed;
   size_t queued = 0;
   {
     // Exclusive, although the model is only read: a watcher checks the
@@ -1005,75 +969,13 @@ void Coordinator::h_punch(const httplib::Request& req, httplib::Response& res) {
 
 // ------------------------------------------------------------------ admin API
 
-static Result<int64_t> parse_duration(const JsonView& v) {
-  // Seconds as an integer, or "30s", "15m", "12h", "7d".
-  if (v.json().is_number_integer()) return v.as_int(0, int64_t(10) * 365 * 86400);
-  auto s = v.as_string();
-  if (!s) return s.status();
-  if (s->size() < 2) return v.error("invalid duration '" + *s + "' (e.g. 3600, 30s, 15m, 12h, 7d)");
-  int64_t mult = 0;
-  switch (s->back()) {
-    case 's': mult = 1; break;
-    case 'm': mult = 60; break;
-    case 'h': mult = 3600; break;
-    case 'd': mult = 86400; break;
-    default: return v.error("invalid duration '" + *s + "' (e.g. 3600, 30s, 15m, 12h, 7d)");
-  }
-  std::string n = s->substr(0, s->size() - 1);
-  if (n.empty() || n.size() > 9 || n.find_first_not_of("0123456789") != std::string::npos)
-    return v.error("invalid duration '" + *s + "' (e.g. 3600, 30s, 15m, 12h, 7d)");
-  return std::stoll(n) * mult;
-}
-
-static Status name_list(const JsonView& v, std::vector<std::string>* out) {
-  MESH_ASSIGN(auto els, v.elements());
-  for (auto& e : els) {
-    MESH_ASSIGN(auto s, e.as_string());
-    if (!valid_name(s)) return e.error("invalid name '" + s + "'");
-    if (std::find(out->begin(), out->end(), s) == out->end()) out->push_back(s);
-  }
-  return Status::ok();
-}
-
 void Coordinator::h_keys_create(const httplib::Request& req, httplib::Response& res) {
   if (!auth_admin(req, res)) return;
   auto j = json_body(req, 65536);
   if (!j) return send_error(res, from_status(j.status()));
-  JsonView v(*j, "request");
-  SetupKey k;
-  auto parse = [&]() -> Status {
-    MESH_TRY(v.check_keys({"name", "reusable", "usage_limit", "expires_in", "ephemeral",
-                           "ephemeral_timeout", "groups", "tags", "peer_name"}));
-    MESH_ASSIGN(k.name, v.get_string("name"));
-    MESH_ASSIGN(auto nf, v.field("name"));
-    if (!valid_name(k.name)) return nf.error("invalid setup key name '" + k.name + "'");
-    JsonView f = v;
-    if (v.optional_field("reusable", &f)) { MESH_ASSIGN(k.reusable, f.as_bool()); }
-    k.usage_limit = k.reusable ? 0 : 1;
-    if (v.optional_field("usage_limit", &f)) {
-      MESH_ASSIGN(k.usage_limit, f.as_int(0, 1000000000));
-      if (!k.reusable && k.usage_limit != 1)
-        return f.error("a one-off key has a usage limit of 1 (set reusable for more)");
-    }
-    if (v.optional_field("expires_in", &f)) {
-      MESH_ASSIGN(auto d, parse_duration(f));
-      if (d <= 0) return f.error("must be positive");
-      k.expires_at = unix_now() + d;
-    }
-    if (v.optional_field("ephemeral", &f)) { MESH_ASSIGN(k.ephemeral, f.as_bool()); }
-    if (v.optional_field("ephemeral_timeout", &f)) {
-      MESH_ASSIGN(k.ephemeral_timeout, parse_duration(f));
-      if (k.ephemeral_timeout <= 0) return f.error("must be positive");
-    }
-    if (v.optional_field("groups", &f)) MESH_TRY(name_list(f, &k.groups));
-    if (v.optional_field("tags", &f)) MESH_TRY(name_list(f, &k.tags));
-    if (v.optional_field("peer_name", &f)) {
-      MESH_ASSIGN(k.peer_name, f.as_string());
-      if (!valid_name(k.peer_name)) return f.error("invalid peer name '" + k.peer_name + "'");
-    }
-    return Status::ok();
-  };
-  if (Status s = parse(); !s) return send_error(res, from_status(s));
+  auto parsed = parse_setup_key_request(*j, unix_now());
+  if (!parsed) return send_error(res, from_status(parsed.status()));
+  SetupKey k = std::move(*parsed);
   std::string secret = random_token(24);
   k.hash = sha256_hex(secret);
   int64_t now = unix_now();
@@ -1113,9 +1015,7 @@ void Coordinator::h_keys_revoke(const httplib::Request& req, httplib::Response& 
   if (!auth_admin(req, res)) return;
   auto j = json_body(req, 4096);
   if (!j) return send_error(res, from_status(j.status()));
-  JsonView v(*j, "request");
-  if (Status s = v.check_keys({"key"}); !s) return send_error(res, from_status(s));
-  auto ref = v.get_string("key");
+  auto ref = parse_revoke_request(*j);
   if (!ref) return send_error(res, from_status(ref.status()));
   std::unique_lock lk(mu_);
   for (auto& k : setup_keys_) {
@@ -1210,26 +1110,11 @@ void Coordinator::h_peer_op(const httplib::Request& req, httplib::Response& res,
   if (!auth_admin(req, res)) return;
   auto j = json_body(req, 65536);
   if (!j) return send_error(res, from_status(j.status()));
-  JsonView v(*j, "request");
-  Status keys = op == "rename"       ? v.check_keys({"peer", "name"})
-                : op == "set-groups" ? v.check_keys({"peer", "groups"})
-                                     : v.check_keys({"peer"});
-  if (!keys) return send_error(res, from_status(keys));
-  auto ref = v.get_string("peer");
-  if (!ref) return send_error(res, from_status(ref.status()));
-  std::string new_name;
-  std::vector<std::string> groups;
-  if (op == "rename") {
-    auto n = v.get_string("name");
-    if (!n) return send_error(res, from_status(n.status()));
-    new_name = *n;
-    if (!valid_name(new_name))
-      return send_error(res, {400, "request: name: invalid peer name '" + new_name + "'", "name"});
-  } else if (op == "set-groups") {
-    auto g = v.field("groups");
-    if (!g) return send_error(res, from_status(g.status()));
-    if (Status s = name_list(*g, &groups); !s) return send_error(res, from_status(s));
-  }
+  auto body = parse_peer_op_request(*j, op);
+  if (!body) return send_error(res, from_status(body.status()));
+  const std::string* ref = &body->peer;
+  const std::string& new_name = body->name;
+  const std::vector<std::string>& groups = body->groups;
   int64_t now = unix_now();
   std::unique_lock lk(mu_);
   Peer* p = model_.find(*ref);
@@ -1312,21 +1197,11 @@ void Coordinator::h_policy_check(const httplib::Request& req, httplib::Response&
   if (!auth_admin(req, res)) return;
   auto j = json_body(req, 4096);
   if (!j) return send_error(res, from_status(j.status()));
-  JsonView v(*j, "request");
-  if (Status s = v.check_keys({"from", "to", "port"}); !s) return send_error(res, from_status(s));
-  auto from = v.get_string("from");
-  if (!from) return send_error(res, from_status(from.status()));
-  auto to = v.get_string("to");
-  if (!to) return send_error(res, from_status(to.status()));
-  std::string port = "any";
-  JsonView f = v;
-  if (v.optional_field("port", &f)) {
-    auto p = f.as_string();
-    if (!p) return send_error(res, from_status(p.status()));
-    port = *p;
-  }
-  auto svc = Service::parse(port);
-  if (!svc) return send_error(res, {400, "request: port: " + svc.status().message(), "port"});
+  auto body = parse_policy_check_request(*j);
+  if (!body) return send_error(res, from_status(body.status()));
+  const std::string* from = &body->from;
+  const std::string* to = &body->to;
+  const Service* svc = &body->service;
   std::shared_lock lk(mu_);
   auto a = model_.resolve_test_party(*from);
   if (!a) return send_error(res, {404, "request: from: " + a.status().message(), "from"});

@@ -778,22 +778,16 @@ void Client::on_server(uint32_t events) {
     // Frames: STUN (20-byte header + length) or ChannelData (4 + length,
     // padded to 4 on streams: RFC 8656 section 12.5).
     size_t off = 0;
-    while (srv_ && tin_len_ - off >= 4) {
+    while (srv_) {
       uint8_t* p = tin_.data() + off;
-      size_t body = static_cast<size_t>(p[2] << 8 | p[3]), need;
-      if ((p[0] & 0xC0) == 0x40) {
-        need = 4 + ((body + 3) & ~size_t{3});
-        if (tin_len_ - off < need) break;
-        on_frame(p, 4 + body);
-      } else if ((p[0] & 0xC0) == 0) {
-        need = 20 + body;
-        if (tin_len_ - off < need) break;
-        on_frame(p, need);
-      } else {
+      auto fr = stun::next_stream_frame({p, tin_len_ - off});
+      if (fr.kind == stun::StreamFrame::Kind::Incomplete) break;
+      if (fr.kind == stun::StreamFrame::Kind::Invalid) {
         out_.flush();
         return reset_session("the TURN server sent a frame that is neither STUN nor ChannelData", 1000);
       }
-      off += need;
+      on_frame(p, fr.length);
+      off += fr.size;
     }
     out_.flush();
     if (!srv_) return;

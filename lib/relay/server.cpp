@@ -301,12 +301,11 @@ void Worker::on_udp(uint32_t j) {
       if (len < 4 || (rx_.msgs[i].msg_hdr.msg_flags & MSG_TRUNC)) continue;
       ClientKey key{SockAddr::from_sockaddr(reinterpret_cast<sockaddr*>(&rx_.addrs[i])), j,
                     turn::kUdp};
-      if ((p[0] & 0xC0) == 0x40) {
-        uint16_t ch = static_cast<uint16_t>(p[0] << 8 | p[1]);
-        size_t dlen = static_cast<size_t>(p[2] << 8 | p[3]);
-        if (dlen > len - 4) continue;
-        auto r = engine_->route_channel(key, ch, dlen, now_ms_);
-        if (r.alloc) forward(r, p + 4, dlen);
+      if (stun::looks_like_channel_data({p, len})) {
+        auto cd = stun::parse_channel_data({p, len});
+        if (!cd) continue;
+        auto r = engine_->route_channel(key, cd->channel, cd->data.size(), now_ms_);
+        if (r.alloc) forward(r, p + 4, cd->data.size());
       } else if ((p[0] & 0xC0) == 0) {
         // Control path: earlier data first (a Refresh may close a socket).
         flush_out();
@@ -521,36 +520,27 @@ void Worker::conn_read(Conn* c) {
     // padded to 4 on streams: RFC 8656 section 12.5).
     size_t off = 0;
     ClientKey key{c->peer, c->id, turn::kTcp};
-    while (c->in_len - off >= 4) {
+    for (;;) {
       uint8_t* p = c->in.data() + off;
-      size_t avail = c->in_len - off;
-      size_t need;
-      bool chan = (p[0] & 0xC0) == 0x40;
-      if (chan) {
-        need = 4 + ((static_cast<size_t>(p[2] << 8 | p[3]) + 3) & ~size_t{3});
-      } else if ((p[0] & 0xC0) == 0) {
-        if (avail < 20) break;
-        need = 20 + static_cast<size_t>(p[2] << 8 | p[3]);
-      } else {
-        return conn_close(c);  // not TURN
-      }
-      if (avail < need) {
+      auto fr = stun::next_stream_frame({p, c->in_len - off});
+      if (fr.kind == stun::StreamFrame::Kind::Invalid) return conn_close(c);  // not TURN
+      if (fr.kind == stun::StreamFrame::Kind::Incomplete) {
         // A frame larger than the buffer: grow it for this frame only.
-        if (need > c->in.size()) c->in.resize(std::min(need, kConnInMax));
+        if (fr.size > c->in.size()) c->in.resize(std::min(fr.size, kConnInMax));
         break;
       }
       c->greeted = true;
-      if (chan) {
+      if (fr.kind == stun::StreamFrame::Kind::ChannelData) {
         uint16_t ch = static_cast<uint16_t>(p[0] << 8 | p[1]);
-        size_t dlen = static_cast<size_t>(p[2] << 8 | p[3]);
+        size_t dlen = fr.length - 4;
         auto rt = engine_->route_channel(key, ch, dlen, now_ms_);
         if (rt.alloc) forward(rt, p + 4, dlen);
       } else {
         flush_out();
-        engine_->on_message(key, {p, need}, {now_ms_, static_cast<int64_t>(::time(nullptr))});
+        engine_->on_message(key, {p, fr.size}, {now_ms_, static_cast<int64_t>(::time(nullptr))});
         if (c->dead) return;
       }
-      off += need;
+      off += fr.size;
     }
     flush_out();
     if (off) {

@@ -360,4 +360,21 @@ size_t channel_data_stream_size(Bytes p) {
   return 4 + ((len + 3) & ~size_t{3});
 }
 
+StreamFrame next_stream_frame(Bytes p) {
+  StreamFrame f;
+  if (p.size() < 4) return f;
+  size_t body = rd16(p.data() + 2);
+  if ((p[0] & 0xC0) == 0x40) {
+    f.length = 4 + body;
+    f.size = 4 + ((body + 3) & ~size_t{3});
+    if (p.size() >= f.size) f.kind = StreamFrame::Kind::ChannelData;
+  } else if ((p[0] & 0xC0) == 0) {
+    f.length = f.size = 20 + body;
+    if (p.size() >= f.size) f.kind = StreamFrame::Kind::Stun;
+  } else {
+    f.kind = StreamFrame::Kind::Invalid;
+  }
+  return f;
+}
+
 }  // namespace mesh::stun

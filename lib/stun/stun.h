@@ -203,6 +203,19 @@ inline bool looks_like_channel_data(Bytes pkt) {
 Result<ChannelData> parse_channel_data(Bytes pkt);
 // Total size a ChannelData frame occupies on a stream transport (with padding).
 size_t channel_data_stream_size(Bytes pkt);
+// The frame at the start of `buf`, a TURN stream over TCP or TLS (RFC 8656
+// section 12.5: STUN messages and ChannelData back to back, ChannelData
+// padded to 4 bytes). Incomplete: read more (fewer than 4 bytes, or fewer
+// than the frame); Invalid: the first two bits are neither STUN (00) nor
+// ChannelData (01), so the stream is not TURN. `size` is what the frame
+// occupies in the stream (padding included), `length` the message itself
+// (STUN header and attributes, or the ChannelData header and data).
+struct StreamFrame {
+  enum class Kind { Incomplete, Stun, ChannelData, Invalid } kind = Kind::Incomplete;
+  size_t size = 0;
+  size_t length = 0;
+};
+StreamFrame next_stream_frame(Bytes buf);
 // Writes a 4-byte ChannelData header in front of `len` bytes of payload.
 inline void write_channel_data_header(uint8_t* out, uint16_t channel, uint16_t len) {
   out[0] = static_cast<uint8_t>(channel >> 8);

@@ -1,6 +1,7 @@
-// libFuzzer target: WireGuard generic netlink and rtnetlink parsers over
-// arbitrary message bytes (the length field is clamped to the input, as the
-// socket layer guarantees).
+// libFuzzer target: the netlink reply parsers of mesh-apply (WireGuard
+// generic netlink, the genl family lookup, rtnetlink links, addresses and
+// routes, and the nftables table digest) over arbitrary message bytes (the
+// length field is clamped to the input, as the socket layer guarantees).
 #include <linux/netlink.h>
 
 #include <cstddef>
@@ -8,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "apply/nft.h"
 #include "apply/rtnl.h"
 #include "apply/wgnl.h"
 
@@ -23,5 +25,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)mesh::apply::rtnl_parse_link(h);
   (void)mesh::apply::rtnl_parse_addr(h);
   (void)mesh::apply::rtnl_parse_route(h);
+  if (auto d = mesh::apply::nft_parse_table_digest(h)) {
+    if (d->size() != 64) __builtin_trap();
+  }
   return 0;
 }

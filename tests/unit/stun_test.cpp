@@ -232,5 +232,27 @@ TEST(Stun, AddressDecodersRejectBadLengthsAndFamilies) {
   }
 }
 
+TEST(Stun, StreamFramesAreCutAsRfc8656Section12_5Says) {
+  using K = stun::StreamFrame::Kind;
+  // ChannelData: 5 bytes of data, padded to 8 on a stream.
+  const uint8_t chan[] = {0x40, 0x01, 0x00, 0x05, 'h', 'e', 'l', 'l', 'o', 0, 0, 0, 0xff};
+  auto f = stun::next_stream_frame({chan, 12});
+  EXPECT_EQ(f.kind, K::ChannelData);
+  EXPECT_EQ(f.size, 12u);
+  EXPECT_EQ(f.length, 9u);
+  EXPECT_EQ(stun::next_stream_frame({chan, 11}).kind, K::Incomplete);
+  EXPECT_EQ(stun::next_stream_frame({chan, 3}).kind, K::Incomplete);
+  // STUN: 20-byte header plus the length field; no padding beyond it.
+  uint8_t msg[24] = {0x00, 0x01, 0x00, 0x04};
+  f = stun::next_stream_frame({msg, 24});
+  EXPECT_EQ(f.kind, K::Stun);
+  EXPECT_EQ(f.size, 24u);
+  EXPECT_EQ(f.length, 24u);
+  EXPECT_EQ(stun::next_stream_frame({msg, 19}).kind, K::Incomplete);
+  // First two bits 10 or 11: not TURN.
+  const uint8_t bad[] = {0x80, 0, 0, 0};
+  EXPECT_EQ(stun::next_stream_frame({bad, 4}).kind, K::Invalid);
+}
+
 }  // namespace
 }  // namespace mesh::stun
