@@ -89,15 +89,18 @@ mesh_lab_core() {
   mkdir -p "$MESH_NODES"
   lab_internet none
   mesh-keygen token -o "$BATS_TEST_TMPDIR/relay.secret" --force
-  start_daemon relay nsx inet mesh-relay serve --listen 203.0.113.1:3478 \
-    --alt-listen 203.0.113.2:3479 --relay-ip "$MESH_LAB_RELAY_IP" \
-    --auth-secret-file "$BATS_TEST_TMPDIR/relay.secret" --allow-peer 203.0.113.0/24
-  wait_for_line "$BATS_TEST_TMPDIR/relay.out" '^listening udp 203.0.113.1:3478' 15
   start_daemon coord nsx inet mesh-coord serve --listen 203.0.113.1:0 \
     --state "$BATS_TEST_TMPDIR/coord" --relay-secret-file "$BATS_TEST_TMPDIR/relay.secret" \
     --stun 203.0.113.1:3478 --stun 203.0.113.2:3479 --turn 203.0.113.1:3478
   wait_for_line "$BATS_TEST_TMPDIR/coord.out" '^listening on http://' 15
   COORD_URL=$(sed -n 's/^listening on //p' "$BATS_TEST_TMPDIR/coord.out")
+  # The relay follows the coordinator's revocations: a deleted node's cached
+  # credentials stop working within seconds.
+  start_daemon relay nsx inet mesh-relay serve --listen 203.0.113.1:3478 \
+    --alt-listen 203.0.113.2:3479 --relay-ip "$MESH_LAB_RELAY_IP" \
+    --auth-secret-file "$BATS_TEST_TMPDIR/relay.secret" --allow-peer 203.0.113.0/24 \
+    --revocations "$COORD_URL"
+  wait_for_line "$BATS_TEST_TMPDIR/relay.out" '^listening udp 203.0.113.1:3478' 15
   MESH_ADMIN_TOKEN=$(cat "$BATS_TEST_TMPDIR/coord/admin.token")
   export COORD_URL MESH_ADMIN_TOKEN
 
