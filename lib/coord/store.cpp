@@ -82,6 +82,8 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path) {
       "  at INTEGER NOT NULL);"
       "CREATE TABLE IF NOT EXISTS setup_keys(id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE,"
       "  record TEXT NOT NULL);"
+      "CREATE TABLE IF NOT EXISTS records(kind TEXT NOT NULL, key TEXT NOT NULL,"
+      "  record TEXT NOT NULL, PRIMARY KEY(kind, key));"
       "CREATE TABLE IF NOT EXISTS events(seq INTEGER PRIMARY KEY AUTOINCREMENT,"
       "  at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,"
       "  detail TEXT NOT NULL);"
@@ -182,6 +184,38 @@ Result<std::vector<Json>> Store::load_setup_keys() {
     out.push_back(std::move(*j));
   }
   if (rc != SQLITE_DONE) return error("load_setup_keys");
+  return out;
+}
+
+Status Store::put_record(const std::string& kind, const std::string& key,
+                         const std::string& record) {
+  Stmt st(db_,
+          "INSERT INTO records(kind,key,record) VALUES(?,?,?) ON CONFLICT(kind,key) DO UPDATE SET "
+          "record=excluded.record");
+  if (!st.ok()) return error("put_record");
+  st.bind(1, kind).bind(2, key).bind(3, record);
+  return st.step() == SQLITE_DONE ? Status::ok() : error("put_record");
+}
+
+Status Store::delete_record(const std::string& kind, const std::string& key) {
+  Stmt st(db_, "DELETE FROM records WHERE kind=? AND key=?");
+  if (!st.ok()) return error("delete_record");
+  st.bind(1, kind).bind(2, key);
+  return st.step() == SQLITE_DONE ? Status::ok() : error("delete_record");
+}
+
+Result<std::vector<std::pair<std::string, Json>>> Store::load_records(const std::string& kind) {
+  Stmt st(db_, "SELECT key, record FROM records WHERE kind=? ORDER BY key");
+  if (!st.ok()) return error("load_records");
+  st.bind(1, kind);
+  std::vector<std::pair<std::string, Json>> out;
+  int rc;
+  while ((rc = st.step()) == SQLITE_ROW) {
+    auto j = parse_json(st.text(1), "records.record");
+    if (!j) return Status(Exit::Config, j.status().message());
+    out.emplace_back(st.text(0), std::move(*j));
+  }
+  if (rc != SQLITE_DONE) return error("load_records");
   return out;
 }
 

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/json.h"
@@ -60,6 +61,12 @@ class Store {
 
   Status put_setup_key(int64_t id, const std::string& hash, const std::string& record);
   Result<std::vector<Json>> load_setup_keys();
+
+  // Named records of other kinds (users, routes, ...): one JSON document per
+  // (kind, key). New kinds need no schema change; every store implements these.
+  Status put_record(const std::string& kind, const std::string& key, const std::string& record);
+  Status delete_record(const std::string& kind, const std::string& key);
+  Result<std::vector<std::pair<std::string, Json>>> load_records(const std::string& kind);
 
   Result<int64_t> add_event(const Event& e);
   Result<std::vector<Event>> events(int64_t after_seq, int64_t limit, const std::string& action);

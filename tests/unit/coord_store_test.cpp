@@ -1,0 +1,48 @@
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "coord/store.h"
+
+namespace mesh::coord {
+namespace {
+
+std::filesystem::path fresh_dir(const char* name) {
+  auto d = std::filesystem::temp_directory_path() /
+           (std::string("mesh-store-") + name + "-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
+  return d;
+}
+
+TEST(CoordStore, RecordsAreKeptPerKindAndSurviveReopening) {
+  auto dir = fresh_dir("records");
+  auto db = (dir / "coord.db").string();
+  {
+    auto st = Store::open(db);
+    ASSERT_TRUE(st) << st.status().message();
+    ASSERT_TRUE((*st)->begin());
+    ASSERT_TRUE((*st)->put_record("user", "alice", R"({"email":"a@example.com"})"));
+    ASSERT_TRUE((*st)->put_record("user", "bob", R"({"email":"b@example.com"})"));
+    ASSERT_TRUE((*st)->put_record("route", "alice", R"({"network":"198.51.100.0/24"})"));
+    ASSERT_TRUE((*st)->put_record("user", "alice", R"({"email":"a2@example.com"})"));
+    ASSERT_TRUE((*st)->delete_record("user", "bob"));
+    ASSERT_TRUE((*st)->commit());
+  }
+  auto st = Store::open(db);
+  ASSERT_TRUE(st);
+  auto users = (*st)->load_records("user");
+  ASSERT_TRUE(users);
+  ASSERT_EQ(users->size(), 1u);
+  EXPECT_EQ((*users)[0].first, "alice");
+  EXPECT_EQ((*users)[0].second["email"], "a2@example.com");
+  auto routes = (*st)->load_records("route");
+  ASSERT_TRUE(routes);
+  ASSERT_EQ(routes->size(), 1u);
+  EXPECT_EQ((*routes)[0].second["network"], "198.51.100.0/24");
+  EXPECT_TRUE((*st)->load_records("nothing")->empty());
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace mesh::coord
