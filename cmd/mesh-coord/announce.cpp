@@ -25,7 +25,7 @@ int cmd_announce(Context& ctx, int argc, char** argv) {
   if (!doc) return report(ctx, doc.status());
   if (doc->public_key && *doc->public_key != c->node.public_key())
     return report(ctx, data_error(source + ": public_key: not this node's key"));
-  Client cli(c->server, c->ca_file, ctx.log);
+  Client cli(c->servers, c->ca_file, ctx.log);
   auto r = cli.peer("POST", "/v1/endpoints", c->node, c->coordinator, dump_json(*j), 30);
   if (!r) return report(ctx, r.status());
   auto out = parse_json(r->body, "coordinator response");

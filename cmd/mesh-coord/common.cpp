@@ -9,25 +9,42 @@ namespace mesh::coord {
 void add_peer_options(CLI::App& app, PeerTarget& t) {
   app.add_option("--registration", t.registration,
                  "registration JSON saved from 'mesh-coord join' (server URL and coordinator key)");
-  app.add_option("--server", t.server, "coordinator URL (overrides the registration's)");
+  app.add_option("--server", t.servers,
+                 "coordinator URL, repeated for replicas (overrides the registration's)");
   app.add_option("--coordinator-key", t.coordinator_key,
                  "coordinator public key (base64), when not using --registration");
   app.add_option("--key", t.key_file, "this node's WireGuard private key file")->required();
   app.add_option("--ca-file", t.ca_file, "CA certificates for an https coordinator");
 }
 
+Result<std::vector<std::string>> registration_servers(const Json& reg, const std::string& what) {
+  if (reg.is_object() && reg.contains("servers")) {
+    const Json& s = reg["servers"];
+    std::vector<std::string> out;
+    if (s.is_array())
+      for (const auto& u : s)
+        if (u.is_string() && !u.get<std::string>().empty()) out.push_back(u.get<std::string>());
+    if (out.empty() || !s.is_array() || out.size() != s.size())
+      return data_error(what + ": servers: expected a non-empty array of URLs");
+    return out;
+  }
+  JsonView v(reg, what);
+  MESH_ASSIGN(auto one, v.get_string("server"));
+  return std::vector<std::string>{one};
+}
+
 Result<PeerConn> resolve_peer(Context& ctx, const PeerTarget& t) {
   PeerConn c;
   c.ca_file = t.ca_file;
   std::string coord = t.coordinator_key;
-  c.server = t.server;
+  c.servers = t.servers;
   if (!t.registration.empty()) {
     MESH_ASSIGN(auto j, read_json_file(t.registration));
     JsonView v(j, t.registration);
-    if (c.server.empty()) { MESH_ASSIGN(c.server, v.get_string("server")); }
+    if (c.servers.empty()) { MESH_ASSIGN(c.servers, registration_servers(j, t.registration)); }
     if (coord.empty()) { MESH_ASSIGN(coord, v.get_string("coordinator_public_key")); }
   }
-  if (c.server.empty()) return usage_error("give --registration FILE or --server URL");
+  if (c.servers.empty()) return usage_error("give --registration FILE or --server URL");
   if (coord.empty()) return usage_error("give --registration FILE or --coordinator-key KEY");
   auto k = PublicKey::from_base64(coord);
   if (!k) return k.status().with_context("coordinator key");
@@ -41,7 +58,8 @@ Result<PeerConn> resolve_peer(Context& ctx, const PeerTarget& t) {
 }
 
 void add_admin_options(CLI::App& app, AdminTarget& t) {
-  app.add_option("--server", t.server, "coordinator URL")->required();
+  app.add_option("--server", t.servers, "coordinator URL, repeated for replicas (tried in order)")
+      ->required();
   app.add_option("--admin-token-file", t.token_file,
                  "file holding the admin token (default: $MESH_ADMIN_TOKEN)");
   app.add_option("--ca-file", t.ca_file, "CA certificates for an https coordinator");
@@ -52,9 +70,10 @@ void add_admin_options(CLI::App& app, AdminTarget& t) {
 
 Result<std::string> admin_token(Context& ctx, const AdminTarget& t) {
   // The token is a bearer secret: over plain http it must not leave the host.
-  if (!t.insecure && plain_http_to_other_host(t.server))
-    return usage_error("refusing to send the admin token in clear to " + t.server +
-                       ": use https, run the verb on the coordinator's host, or --insecure");
+  for (const auto& url : t.servers)
+    if (!t.insecure && plain_http_to_other_host(url))
+      return usage_error("refusing to send the admin token in clear to " + url +
+                         ": use https, run the verb on the coordinator's host, or --insecure");
   if (!t.token_file.empty()) {
     MESH_ASSIGN(auto text, read_file(t.token_file, 4096));
     std::string tok(trim_key_text(text));

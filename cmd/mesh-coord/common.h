@@ -3,6 +3,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "coord/client.h"
 #include "core/cli11.h"
@@ -14,7 +15,7 @@ namespace mesh::coord {
 // How a peer verb finds and authenticates to the coordinator.
 struct PeerTarget {
   std::string registration;     // saved output of `join`
-  std::string server;           // or --server + --coordinator-key
+  std::vector<std::string> servers;  // or --server (repeatable) + --coordinator-key
   std::string coordinator_key;
   std::string key_file;         // the node's WireGuard private key
   std::string ca_file;
@@ -22,15 +23,19 @@ struct PeerTarget {
 void add_peer_options(CLI::App& app, PeerTarget& t);
 
 struct PeerConn {
-  std::string server;
+  std::vector<std::string> servers;  // tried in order (Client's failover)
   PublicKey coordinator;
   SecretKey node;
   std::string ca_file;
 };
 Result<PeerConn> resolve_peer(Context& ctx, const PeerTarget& t);
 
+// The coordinator URLs a registration names: "servers" (replicas, in order)
+// or the single "server" of registrations made before replicas.
+Result<std::vector<std::string>> registration_servers(const Json& reg, const std::string& what);
+
 struct AdminTarget {
-  std::string server;
+  std::vector<std::string> servers;
   std::string token_file;
   std::string ca_file;
   bool insecure = false;

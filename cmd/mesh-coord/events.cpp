@@ -19,7 +19,7 @@ int cmd_events(Context& ctx, int argc, char** argv) {
   if (!tok) return report(ctx, tok.status());
   if (action.find_first_not_of("abcdefghijklmnopqrstuvwxyz.-_") != std::string::npos)
     return report(ctx, usage_error("--action: letters, '.', '-' and '_' only"));
-  Client cli(t.server, t.ca_file, ctx.log);
+  Client cli(t.servers, t.ca_file, ctx.log);
   auto r = cli.admin("GET",
                      "/v1/admin/events?after=" + std::to_string(after) + "&limit=" +
                          std::to_string(limit) + (action.empty() ? "" : "&action=" + action),

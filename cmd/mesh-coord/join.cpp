@@ -22,17 +22,21 @@ static Result<PublicKey> join_coordinator_key(Client& cli, const std::string& fl
     return *k;
   }
   if (pinned) return *pinned;
-  if (plain_http_to_other_host(cli.server()) && !insecure)
-    return usage_error("refusing to learn the coordinator key over plain http from " +
-                       cli.server() + " (a man in the middle could answer): use a setup key "
-                       "that carries it, --coordinator-key, https, or --insecure");
+  for (const auto& url : cli.servers())
+    if (plain_http_to_other_host(url) && !insecure)
+      return usage_error("refusing to learn the coordinator key over plain http from " + url +
+                         " (a man in the middle could answer): use a setup key "
+                         "that carries it, --coordinator-key, https, or --insecure");
   return cli.coordinator_key();
 }
 
 int cmd_join(Context& ctx, int argc, char** argv) {
   CLI::App app("Enrol this node with a setup key; prints the registration JSON");
-  std::string server, setup_key_file, key_file, name, name_hint, coord_key, ca_file;
-  app.add_option("--server", server, "coordinator URL (http://HOST:PORT)")->required();
+  std::vector<std::string> servers;
+  std::string setup_key_file, key_file, name, name_hint, coord_key, ca_file;
+  app.add_option("--server", servers,
+                 "coordinator URL (http://HOST:PORT), repeated for replicas (tried in order)")
+      ->required();
   app.add_option("--setup-key-file", setup_key_file, "file holding the setup key ('-': stdin)")
       ->required();
   app.add_option("--key", key_file, "this node's WireGuard private key file")->required();
@@ -58,7 +62,7 @@ int cmd_join(Context& ctx, int argc, char** argv) {
   wipe(*sk_text);
   if (!sk) return report(ctx, sk.status().with_context(setup_key_file));
 
-  Client cli(server, ca_file, ctx.log);
+  Client cli(servers, ca_file, ctx.log);
   auto coord = join_coordinator_key(cli, coord_key, sk->coordinator, insecure);
   if (!coord) {
     wipe(sk->secret);
@@ -74,7 +78,9 @@ int cmd_join(Context& ctx, int argc, char** argv) {
   if (!r) return report(ctx, r.status());
   auto reg = parse_json(r->body, "coordinator response");
   if (!reg) return report(ctx, reg.status());
-  (*reg)["server"] = server;
+  // Every verb and mesh-up fail over along this list (mesh-coord(8)).
+  (*reg)["server"] = servers.front();
+  (*reg)["servers"] = servers;
   return print_json(ctx, *reg);
 }
 

@@ -16,7 +16,7 @@ int cmd_map(Context& ctx, int argc, char** argv) {
   if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
   auto c = resolve_peer(ctx, t);
   if (!c) return report(ctx, c.status());
-  Client cli(c->server, c->ca_file, ctx.log);
+  Client cli(c->servers, c->ca_file, ctx.log);
   auto r = cli.peer("GET", "/v1/map", c->node, c->coordinator, "", 30);
   if (!r) return report(ctx, r.status());
   auto j = parse_json(r->body, "coordinator map");

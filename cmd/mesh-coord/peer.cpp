@@ -31,7 +31,7 @@ int cmd_peer(Context& ctx, int argc, char** argv) {
   if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
   auto tok = admin_token(ctx, t);
   if (!tok) return report(ctx, tok.status());
-  Client cli(t.server, t.ca_file, ctx.log);
+  Client cli(t.servers, t.ca_file, ctx.log);
   if (list->parsed()) {
     auto r = cli.admin("GET", "/v1/admin/peers", *tok, "");
     if (!r) return report(ctx, r.status());

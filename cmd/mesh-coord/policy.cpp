@@ -45,7 +45,7 @@ int cmd_policy(Context& ctx, int argc, char** argv) {
   }
   auto tok = admin_token(ctx, t);
   if (!tok) return report(ctx, tok.status());
-  Client cli(t.server, t.ca_file, ctx.log);
+  Client cli(t.servers, t.ca_file, ctx.log);
   if (set->parsed()) {
     auto r = cli.admin("PUT", "/v1/admin/policy", *tok, body);
     if (!r) return report(ctx, r.status());

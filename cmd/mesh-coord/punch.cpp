@@ -22,7 +22,7 @@ int cmd_punch(Context& ctx, int argc, char** argv) {
   }
   auto c = resolve_peer(ctx, t);
   if (!c) return report(ctx, c.status());
-  Client cli(c->server, c->ca_file, ctx.log);
+  Client cli(c->servers, c->ca_file, ctx.log);
   auto r = cli.peer("POST", "/v1/punch", c->node, c->coordinator, dump_json(Json{{"peers", keys}}), 30);
   if (!r) return report(ctx, r.status());
   auto out = parse_json(r->body, "coordinator response");

@@ -39,7 +39,7 @@ int cmd_setup_key(Context& ctx, int argc, char** argv) {
 
   auto tok = admin_token(ctx, t);
   if (!tok) return report(ctx, tok.status());
-  Client cli(t.server, t.ca_file, ctx.log);
+  Client cli(t.servers, t.ca_file, ctx.log);
   if (create->parsed()) {
     Json body{{"name", name}, {"reusable", reusable}, {"ephemeral", ephemeral}};
     if (usage_limit >= 0) body["usage_limit"] = usage_limit;

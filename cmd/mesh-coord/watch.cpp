@@ -40,7 +40,7 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   auto c = resolve_peer(ctx, t);
   if (!c) return report(ctx, c.status());
-  Client cli(c->server, c->ca_file, ctx.log);
+  Client cli(c->servers, c->ca_file, ctx.log);
 
   uint64_t last = 0;
   int emitted = 0;

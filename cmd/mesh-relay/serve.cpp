@@ -75,8 +75,9 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   auto* sf = app.add_option("--stats-file", o.stats_file, "write JSON statistics to FILE every second");
   app.add_option("--metrics", metrics, "serve /metrics (Prometheus) and /stats (JSON) on ADDR:PORT");
   app.add_option("--software", o.turn.software, "SOFTWARE attribute value");
-  app.add_option("--revocations", o.revocations_url,
-                 "follow a mesh-coord's revoked relay credentials at http(s)://HOST:PORT");
+  app.add_option("--revocations", o.revocations_urls,
+                 "follow a mesh-coord's revoked relay credentials at http(s)://HOST:PORT "
+                 "(repeat for replicas)");
   app.add_flag("-v,--verbose", verbose, "log informational messages");
   (void)sf;
   o.threads = static_cast<int>(std::min(8u, std::max(1u, std::thread::hardware_concurrency())));
@@ -111,7 +112,7 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   if (o.turn.max_lifetime < o.turn.default_lifetime) o.turn.default_lifetime = o.turn.max_lifetime;
   if (o.users_file.empty() && o.secret_file.empty())
     return report(ctx, usage_error("give --users-file and/or --auth-secret-file (never an open relay)"));
-  if (!o.revocations_url.empty() && o.secret_file.empty())
+  if (!o.revocations_urls.empty() && o.secret_file.empty())
     return report(ctx, usage_error("--revocations needs --auth-secret-file (the secret mesh-coord signs with)"));
   o.on_listening = [&ctx](const std::string& line) {
     ctx.out << "listening " << line << "\n";

@@ -34,9 +34,11 @@ Result<Response> Client::send(const std::string& method, const std::string& targ
                               const std::string& body, int read_timeout_s,
                               const std::string& content_type) {
   last_status_ = 0;
+  last_connected_ = false;
+  const std::string& url = server();
   try {
-    httplib::Client cli(server_);
-    if (!cli.is_valid()) return usage_error("invalid server URL '" + server_ + "'");
+    httplib::Client cli(url);
+    if (!cli.is_valid()) return usage_error("invalid server URL '" + url + "'");
     if (!ca_file_.empty()) cli.set_ca_cert_path(ca_file_.c_str());
     cli.set_connection_timeout(5, 0);
     cli.set_read_timeout(read_timeout_s, 0);
@@ -49,9 +51,16 @@ Result<Response> Client::send(const std::string& method, const std::string& targ
     else if (method == "PUT") res = cli.Put(target, h, body, content_type.c_str());
     else if (method == "DELETE") res = cli.Delete(target, h, body, content_type.c_str());
     else return internal_error("unsupported method " + method);
-    if (!res)
-      return unavailable("cannot reach the coordinator at " + server_ + ": " +
-                         httplib::to_string(res.error()));
+    if (!res) {
+      // Only these mean the request never left: anything later (a read or
+      // write error) may have reached the server.
+      auto e = res.error();
+      last_connected_ = e != httplib::Error::Connection && e != httplib::Error::ConnectionTimeout &&
+                        e != httplib::Error::SSLConnection;
+      return unavailable("cannot reach the coordinator at " + url + ": " +
+                         httplib::to_string(e));
+    }
+    last_connected_ = true;
     Response r{res->status, res->body};
     last_status_ = res->status;
     r.body = res->body;
@@ -60,7 +69,31 @@ Result<Response> Client::send(const std::string& method, const std::string& targ
     last_sealed_ = res->get_header_value(kHdrSeal) == "1";
     return r;
   } catch (const std::exception& e) {
-    return unavailable("request to " + server_ + " failed: " + e.what());
+    last_connected_ = true;  // unknown: assume it may have been sent
+    return unavailable("request to " + url + " failed: " + e.what());
+  }
+}
+
+Result<Response> Client::with_failover(Retry retry,
+                                       const std::function<Result<Response>()>& attempt) {
+  std::string tried;
+  for (size_t i = 0;; ++i) {
+    auto r = attempt();
+    bool answered = last_status_ != 0;
+    bool overloaded = last_status_ == 502 || last_status_ == 503 || last_status_ == 504;
+    bool move = i + 1 < servers_.size() &&
+                ((retry == Retry::Always && (!answered || overloaded)) ||
+                 (retry == Retry::IfNotConnected && !answered && !last_connected_));
+    if (!move) {
+      if (r || answered || tried.empty()) return r;
+      return Status(r.status().code(), "no coordinator answered: " + tried + "; " +
+                                           r.status().message());
+    }
+    std::string why = r ? "HTTP " + std::to_string(last_status_) : r.status().message();
+    tried += (tried.empty() ? "" : "; ") + why;
+    const std::string& from = server();
+    current_ = (current_ + 1) % servers_.size();
+    log_.warn("coordinator " + from + " failed (" + why + "); trying " + server());
   }
 }
 
@@ -140,7 +173,9 @@ Status check_map_overlay(const Json& map) {
 }
 
 Result<PublicKey> Client::coordinator_key() {
-  MESH_ASSIGN(auto r, send("GET", "/v1/info", {}, "", 10, ""));
+  MESH_ASSIGN(auto r, with_failover(Retry::Always, [&] {
+                return send("GET", "/v1/info", {}, "", 10, "");
+              }));
   if (r.status != 200) return http_error(r);
   MESH_ASSIGN(auto j, parse_json(r.body, "coordinator /v1/info"));
   JsonView v(j, "coordinator /v1/info");
@@ -151,6 +186,16 @@ Result<PublicKey> Client::coordinator_key() {
 Result<Response> Client::peer(const std::string& method, const std::string& target,
                               const SecretKey& node, const PublicKey& coord,
                               const std::string& body, int read_timeout_s) {
+  // Each attempt is signed afresh (its own time and nonce).
+  return with_failover(Retry::Always, [&] {
+    return peer_once(method, target, node, coord, body, read_timeout_s);
+  });
+}
+
+Result<Response> Client::peer_once(const std::string& method, const std::string& target,
+                                   const SecretKey& node, const PublicKey& coord,
+                                   const std::string& body, int read_timeout_s) {
+  const std::string& url = server();
   PublicKey me = node.public_key();
   auto keys = derive_session_keys(node, coord, me, coord);
   if (!keys) return keys.status().with_context("coordinator key");
@@ -169,7 +214,7 @@ Result<Response> Client::peer(const std::string& method, const std::string& targ
                                                      {kHdrSeal, "1"}};
   // At debug level the exact signed request is logged (it is single-use:
   // the nonce makes a replay fail), which is how the tests capture one.
-  log_.debug("request " + method + " " + server_ + target + " " + kHdrKey + ": " + me.to_base64() +
+  log_.debug("request " + method + " " + url + target + " " + kHdrKey + ": " + me.to_base64() +
              " " + kHdrTime + ": " + std::to_string(now) + " " + kHdrNonce + ": " + nonce + " " +
              kHdrAuth + ": " + mac + " " + kHdrSeal + ": 1" +
              (wire.empty() ? "" : " body: " + base64_encode(std::span(
@@ -183,13 +228,13 @@ Result<Response> Client::peer(const std::string& method, const std::string& targ
   }
   if (r.status >= 200 && r.status < 300) {
     if (!authentic)
-      return no_permission("response from " + server_ +
+      return no_permission("response from " + url +
                            " is not authenticated by the coordinator key (wrong "
                            "--coordinator-key, or tampered with in transit)");
     // A sealed request always gets a sealed answer: an unsealed one would
     // have carried the map's relay passwords in clear.
     if (!last_sealed_)
-      return no_permission("response from " + server_ + " is not sealed (coordinator too old?)");
+      return no_permission("response from " + url + " is not sealed (coordinator too old?)");
     return r;
   }
   Status s = http_error(r);
@@ -199,8 +244,10 @@ Result<Response> Client::peer(const std::string& method, const std::string& targ
 
 Result<Json> Client::admin(const std::string& method, const std::string& target,
                            const std::string& token, const std::string& body) {
-  MESH_ASSIGN(auto r, send(method, target, {{"Authorization", "Bearer " + token}}, body, 60,
-                           "application/json"));
+  MESH_ASSIGN(auto r, with_failover(Retry::IfNotConnected, [&] {
+                return send(method, target, {{"Authorization", "Bearer " + token}}, body, 60,
+                            "application/json");
+              }));
   if (r.status < 200 || r.status >= 300) return http_error(r);
   return parse_json(r.body, "coordinator response");
 }

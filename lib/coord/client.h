@@ -5,6 +5,7 @@
 // other 4xx 65, 5xx 69) and the server's message (which names the bad field).
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string_view>
 #include <utility>
@@ -23,12 +24,21 @@ struct Response {
   std::string body;
 };
 
+// Failover: with several coordinator URLs (replicas of one deployment,
+// man/mesh-coord.8 "Replicas"), a request that gets no answer from one
+// (unreachable, reset, timed out) or a 502/503/504 is sent again to the next,
+// each URL at most once per request. The client stays on the URL that last
+// answered. Admin requests, which are not all idempotent, move on only when
+// the connection was never made. Peer requests may always move on: a join
+// repeated with the same node key gets the same registration.
 class Client {
  public:
-  // `server`: http://HOST:PORT or https://HOST:PORT. `ca_file`: CA bundle
-  // for https (empty: system store).
+  // `servers`: one or more http://HOST:PORT or https://HOST:PORT, tried in
+  // order. `ca_file`: CA bundle for https (empty: system store).
+  Client(std::vector<std::string> servers, std::string ca_file, const Log& log)
+      : servers_(std::move(servers)), ca_file_(std::move(ca_file)), log_(log) {}
   Client(std::string server, std::string ca_file, const Log& log)
-      : server_(std::move(server)), ca_file_(std::move(ca_file)), log_(log) {}
+      : Client(std::vector<std::string>{std::move(server)}, std::move(ca_file), log) {}
 
   // GET /v1/info (unauthenticated): the coordinator's public key.
   Result<PublicKey> coordinator_key();
@@ -43,16 +53,28 @@ class Client {
   Result<Json> admin(const std::string& method, const std::string& target,
                      const std::string& token, const std::string& body);
 
-  const std::string& server() const { return server_; }
+  // The URL in use: the one that answered last (the first at start).
+  const std::string& server() const { return servers_[current_]; }
+  const std::vector<std::string>& servers() const { return servers_; }
   // HTTP status of the last response; 0 when the last request got none.
   int last_status() const { return last_status_; }
 
  private:
+  enum class Retry { Never, IfNotConnected, Always };
+  // One request to server(), moving on to the next URL as `retry` allows.
+  // `attempt` sends to the current URL (it is called again for the next).
+  Result<Response> with_failover(Retry retry, const std::function<Result<Response>()>& attempt);
   Result<Response> send(const std::string& method, const std::string& target,
                         const std::vector<std::pair<std::string, std::string>>& headers,
                         const std::string& body, int read_timeout_s,
                         const std::string& content_type);
-  std::string server_, ca_file_;
+  Result<Response> peer_once(const std::string& method, const std::string& target,
+                             const SecretKey& node, const PublicKey& coord,
+                             const std::string& body, int read_timeout_s);
+  std::vector<std::string> servers_;
+  size_t current_ = 0;
+  bool last_connected_ = false;  // the last send made a connection
+  std::string ca_file_;
   const Log& log_;
   std::string last_mac_;  // X-Mesh-Auth of the last response
   bool last_sealed_ = false;  // it carried X-Mesh-Seal: 1

@@ -19,18 +19,21 @@ struct RevocationFollower::Conn {
   httplib::Client cli;
 };
 
-RevocationFollower::RevocationFollower(std::string url, std::string secret_file,
+RevocationFollower::RevocationFollower(std::vector<std::string> urls, std::string secret_file,
                                        turn::Shared& shared, const Log& log)
-    : url_(std::move(url)), secret_file_(std::move(secret_file)), shared_(shared), log_(log) {}
+    : urls_(std::move(urls)), secret_file_(std::move(secret_file)), shared_(shared), log_(log) {}
 
 RevocationFollower::~RevocationFollower() { stop(); }
 
 Status RevocationFollower::start() {
-  if (!url_.starts_with("http://") && !url_.starts_with("https://"))
-    return usage_error("--revocations: expected http://HOST:PORT or https://HOST:PORT, not '" + url_ + "'");
+  if (urls_.empty()) return usage_error("--revocations: no URL");
+  for (const auto& u : urls_) {
+    if (!u.starts_with("http://") && !u.starts_with("https://"))
+      return usage_error("--revocations: expected http://HOST:PORT or https://HOST:PORT, not '" + u + "'");
+    if (!httplib::Client(u).is_valid()) return usage_error("--revocations: invalid URL '" + u + "'");
+  }
   if (secret_file_.empty())
     return usage_error("--revocations needs --auth-secret-file (the secret it shares with mesh-coord)");
-  if (!httplib::Client(url_).is_valid()) return usage_error("--revocations: invalid URL '" + url_ + "'");
   thread_ = std::thread([this] { run(); });
   return Status::ok();
 }
@@ -47,18 +50,23 @@ void RevocationFollower::stop() {
 void RevocationFollower::run() {
   int64_t seq = 0;
   int backoff_ms = 500;
-  bool failing = false;
+  size_t failures = 0;  // since the last success
   while (!stop_) {
     Status s = poll(&seq, 25);
     if (s) {
-      if (failing) log_.info("revocations: following " + url_ + " again");
-      failing = false;
+      if (failures > 0) log_.info("revocations: following " + url() + " again");
+      failures = 0;
       backoff_ms = 500;
       continue;
     }
     if (stop_) break;
-    if (!failing) log_.warn("revocations: " + s.message() + " (retrying)");
-    failing = true;
+    if (failures++ == 0) log_.warn("revocations: " + s.message() + " (retrying)");
+    if (urls_.size() > 1) {
+      // Another replica at once; its sequence numbers are its own list's.
+      current_ = (current_ + 1) % urls_.size();
+      seq = 0;
+      if (failures < urls_.size()) continue;
+    }
     for (int waited = 0; waited < backoff_ms && !stop_; waited += 100)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     backoff_ms = std::min(backoff_ms * 2, 10000);
@@ -70,7 +78,7 @@ Status RevocationFollower::poll(int64_t* seq, int wait) {
   auto secrets = turn::Credentials::parse_secrets(text, secret_file_);
   wipe(text);
   if (!secrets) return secrets.status();
-  auto conn = std::make_shared<Conn>(url_);
+  auto conn = std::make_shared<Conn>(url());
   conn->cli.set_connection_timeout(5, 0);
   conn->cli.set_read_timeout(wait + 10, 0);
   {
@@ -87,10 +95,10 @@ Status RevocationFollower::poll(int64_t* seq, int wait) {
     conn_.reset();
   }
   for (auto& s : *secrets) wipe(s);
-  if (!res) return unavailable("cannot reach " + url_ + ": " + httplib::to_string(res.error()));
+  if (!res) return unavailable("cannot reach " + url() + ": " + httplib::to_string(res.error()));
   if (res->status != 200)
     return Status(res->status == 401 ? Exit::NoPerm : Exit::Unavailable,
-                  url_ + " answered HTTP " + std::to_string(res->status) + ": " + res->body.substr(0, 200));
+                  url() + " answered HTTP " + std::to_string(res->status) + ": " + res->body.substr(0, 200));
   MESH_ASSIGN(std::string again, read_file(secret_file_, 1u << 20));
   auto verify = turn::Credentials::parse_secrets(again, secret_file_);
   wipe(again);

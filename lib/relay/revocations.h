@@ -6,7 +6,9 @@
 // One thread long-polls the coordinator (wait 25 s), signing each request
 // and checking each answer with the REST secret of --auth-secret-file (the
 // first line signs, any line verifies). Errors are logged and retried with
-// backoff; what was already revoked stays revoked meanwhile.
+// backoff; what was already revoked stays revoked meanwhile. With several
+// URLs (coordinator replicas) a failed poll moves to the next one, which is
+// asked for its whole list (after=0), since sequence numbers are per list.
 #pragma once
 
 #include <atomic>
@@ -24,26 +26,32 @@ namespace mesh::relay {
 
 class RevocationFollower {
  public:
-  // `url`: http(s)://HOST:PORT of the coordinator; `secret_file`: the REST
-  // secrets (re-read at every poll, so a rotation needs no restart).
-  RevocationFollower(std::string url, std::string secret_file, turn::Shared& shared, const Log& log);
+  // `urls`: http(s)://HOST:PORT of the coordinator (one or more replicas,
+  // tried in order); `secret_file`: the REST secrets (re-read at every poll,
+  // so a rotation needs no restart).
+  RevocationFollower(std::vector<std::string> urls, std::string secret_file, turn::Shared& shared,
+                     const Log& log);
   ~RevocationFollower();
   RevocationFollower(const RevocationFollower&) = delete;
   RevocationFollower& operator=(const RevocationFollower&) = delete;
 
-  // Checks the URL; starts the thread.
+  // Checks the URLs; starts the thread.
   Status start();
   // Stops and joins (also on destruction); interrupts a poll in flight.
   void stop();
 
-  // One poll: after=*seq, waiting up to `wait` s; on success applies the
-  // answer and moves *seq. Exposed for the unit test of the answer check.
+  // One poll of the current URL: after=*seq, waiting up to `wait` s; on
+  // success applies the answer and moves *seq.
   Status poll(int64_t* seq, int wait);
 
  private:
   void run();
 
-  std::string url_, secret_file_;
+  const std::string& url() const { return urls_[current_]; }
+
+  std::vector<std::string> urls_;
+  size_t current_ = 0;  // only the follower thread moves it
+  std::string secret_file_;
   turn::Shared& shared_;
   const Log& log_;
   std::atomic<bool> stop_{false};

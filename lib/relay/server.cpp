@@ -983,8 +983,8 @@ Status serve(const ServeOptions& opt, Log& log) {
   int threads = std::max(1, opt.threads);
   MESH_TRY(open_listeners(srv, threads));
   std::unique_ptr<RevocationFollower> follower;
-  if (!opt.revocations_url.empty()) {
-    follower = std::make_unique<RevocationFollower>(opt.revocations_url, opt.secret_file, *srv.shared, log);
+  if (!opt.revocations_urls.empty()) {
+    follower = std::make_unique<RevocationFollower>(opt.revocations_urls, opt.secret_file, *srv.shared, log);
     MESH_TRY(follower->start());
   }
   UniqueFd metrics;

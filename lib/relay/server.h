@@ -54,7 +54,7 @@ struct ServeOptions {
   int handshake_timeout_s = 10;
   int idle_timeout_s = 120;
   // A coordinator whose revoked relay credentials to follow ("": none).
-  std::string revocations_url;
+  std::vector<std::string> revocations_urls;  // coordinator replicas, in order
   std::string stats_file;                 // JSON, rewritten every stats_interval
   int stats_interval_ms = 1000;
   std::optional<SockAddr> metrics;        // HTTP: /metrics (Prometheus), /stats (JSON)

@@ -107,3 +107,26 @@ check_as() {
   mrun -s "$EX_USAGE" mesh-relay serve --listen 127.0.0.1:0 --auth-secret-file relay.secret \
     --revocations ftp://example
 }
+
+@test "with several --revocations URLs (replicas) the relay follows the one that answers" {
+  # A coordinator URL that no longer answers comes first.
+  COORD_STATE=$T/gone coord_start gone --turn 192.0.2.10:3478 --relay-secret-file "$T/relay.secret"
+  dead=$COORD_URL
+  kill "$gone_pid"; wait "$gone_pid" || true
+  coord_start coord --turn 192.0.2.10:3478 --relay-secret-file "$T/relay.secret"
+  start_daemon relay mesh-relay serve --listen 127.0.0.1:0 --auth-secret-file "$T/relay.secret" \
+    --revocations "$dead" --revocations "$COORD_URL" --threads 1 -v
+  wait_for_line "$T/relay.out" '^listening udp 127\.0\.0\.1:[0-9]+$' 10
+  RPORT=$(sed -n 's/^listening udp 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$T/relay.out")
+  coord_key k
+  coord_join erin k
+  creds erin
+  echo "$USERNAME" >erin.user
+  want=0 check_as erin
+  mrun -s 0 mesh-coord peer delete --server "$COORD_URL" erin
+  wait_until 5 grep -q 'revocations: at [1-9]' "$T/relay.err"
+  want=$EX_NOPERM check_as erin
+  [ "$output" = "error 401 Unauthorized" ]
+  grep -q "revocations: cannot reach $dead" "$T/relay.err"
+  grep -q "revocations: following $COORD_URL again" "$T/relay.err"
+}
