@@ -325,3 +325,84 @@ TEST(HaState, StaysPutWhenNobodyIsAliveAndStartsOnTheBestLiveRouter) {
 
 }  // namespace
 }  // namespace mesh::apply
+
+namespace mesh::apply {
+namespace {
+
+TEST(ApplyExit, UseExitNodeAddsDefaultRoutesAndTheMark) {
+  Json j = base_map();
+  j["peers"][1]["routes"] = {{{"network", "0.0.0.0/0"}, {"masquerade", true}}};
+  Desired d = desired(j);
+  choose_routes(&d, DeviceState{});
+  ASSERT_TRUE(use_exit_node(&d, "r2", false, {pfx("198.18.1.1/32")}));
+  EXPECT_EQ(peer(d, 3).allowed_ips, (std::vector<Prefix>{pfx("0.0.0.0/0"), pfx("100.64.0.3/32")}));
+  EXPECT_EQ(d.fwmark, kExitFwmark);
+  EXPECT_TRUE(d.exit.v4);
+  EXPECT_FALSE(d.exit.v6);
+  // The default route is policy routing's, never a main-table route.
+  d.routes = routes_for(d.addresses, d.peers);
+  EXPECT_EQ(d.routes, std::vector<Prefix>{pfx("198.51.100.0/24")});
+  EXPECT_NE(std::find(d.forwarding.begin(), d.forwarding.end(), kSrcValidMark), d.forwarding.end());
+  Plan p = diff(d, Current{});
+  ASSERT_TRUE(p.set_fwmark);
+  EXPECT_EQ(*p.set_fwmark, kExitFwmark);
+  EXPECT_EQ(device_update(p, d).fwmark, kExitFwmark);
+  auto doc = plan_to_json(p, "wg0", "userspace", "inet mesh_wg0", true);
+  EXPECT_EQ(doc["exit_node"]["peer"], "r2");
+  EXPECT_EQ(doc["exit_node"]["rules_added"], 5);  // bypass (v4), suppress and exit per family
+  EXPECT_EQ(dump_json(doc), plan_json_text(p, "wg0", "userspace", "inet mesh_wg0", true));
+  // Errors: no such peer; a peer that is no exit node.
+  Desired e = desired(j);
+  EXPECT_EQ(use_exit_node(&e, "nobody", false, {}).code(), Exit::DataErr);
+  EXPECT_EQ(use_exit_node(&e, "r1", false, {}).code(), Exit::DataErr);
+  // Off: no mark wanted, so a marked device is unmarked.
+  Desired off = desired(j);
+  ASSERT_TRUE(use_exit_node(&off, "", false, {}));
+  Current marked;
+  marked.device.fwmark = kExitFwmark;
+  EXPECT_EQ(diff(off, marked).set_fwmark, std::optional<uint32_t>(0));
+}
+
+TEST(ApplyExit, PolicyRulesAndTableRoutes) {
+  ExitWant w{"gw", true, false, false, {pfx("198.18.1.1/32")}};
+  ExitState s = exit_state_for(w, 7);
+  ASSERT_EQ(s.rules.size(), 5u);
+  ASSERT_EQ(s.routes.size(), 2u);
+  int blackholes = 0;
+  for (const auto& r : s.routes) {
+    if (r.dst.addr.is_v4()) {
+      EXPECT_FALSE(r.blackhole);
+      EXPECT_EQ(r.ifindex, 7);
+    } else {
+      ++blackholes;  // no IPv6 offered: no leak
+      EXPECT_TRUE(r.blackhole);
+    }
+  }
+  EXPECT_EQ(blackholes, 1);
+  w.block_lan = true;
+  ExitState b = exit_state_for(w, 7);
+  EXPECT_EQ(b.rules.size(), 3u);
+  for (const auto& r : b.rules) EXPECT_EQ(r.suppress_prefixlen, -1);
+  // Off removes exactly what is there; no change when it matches.
+  ExitChange c = exit_diff(ExitState{}, s);
+  EXPECT_EQ(c.rules_del.size(), 5u);
+  EXPECT_EQ(c.routes_del.size(), 2u);
+  EXPECT_TRUE(exit_diff(s, s).empty());
+  EXPECT_TRUE(exit_state_for(ExitWant{}, 7).rules.empty());
+  // Messages parse back to what was built (protocol 77 marks them ours).
+  for (const auto& r : s.rules) {
+    NlMsg m = rtnl_rule(true, r, 1);
+    auto back = rtnl_parse_rule(reinterpret_cast<const nlmsghdr*>(m.data()));
+    ASSERT_TRUE(back);
+    EXPECT_EQ(*back, r);
+  }
+  for (const auto& r : s.routes) {
+    NlMsg m = rtnl_table_route(true, r, 1);
+    auto back = rtnl_parse_table_route(reinterpret_cast<const nlmsghdr*>(m.data()));
+    ASSERT_TRUE(back);
+    EXPECT_EQ(*back, r);
+  }
+}
+
+}  // namespace
+}  // namespace mesh::apply
