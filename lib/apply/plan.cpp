@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 #include <type_traits>
 #include <nlohmann/json.hpp>
 
@@ -121,14 +122,21 @@ Result<Desired> build_desired(Map& map, const SecretKey& key, const EndpointsDoc
     return map.peers[a].public_key < map.peers[b].public_key;
   });
   d.peers.reserve(order.size());
+  // Router side: a forward source (a route client) keeps a short keepalive
+  // so its HA watcher hears from this router (kRouteKeepalive). Looked up
+  // by prefix length: thousands of /32 sources must not mean a scan each.
+  std::set<Prefix> sources;
+  std::set<std::pair<int, int>> lengths;  // (family, length)
+  for (const auto& r : map.forward)
+    for (const auto& src : r.sources) {
+      sources.insert(src.canonical());
+      lengths.insert({src.addr.family, src.len});
+    }
   for (uint32_t idx : order) {
-    // Router side: a forward source (a route client) keeps a short
-    // keepalive so its HA watcher hears from this router (kRouteKeepalive).
     bool route_client = false;
-    for (const auto& r : map.forward)
-      for (const auto& src : r.sources)
-        for (const auto& a : map.peers[idx].addresses)
-          route_client = route_client || (src.addr.family == a.addr.family && src.canonical().contains(a.addr));
+    for (const auto& a : map.peers[idx].addresses)
+      for (const auto& [fam, len] : lengths)
+        route_client = route_client || (fam == a.addr.family && sources.count(Prefix{a.addr, len}.canonical()));
     if constexpr (kMove) d.peers.push_back(make_peer(std::move(map.peers[idx]), endpoints));
     else d.peers.push_back(make_peer(map.peers[idx], endpoints));
     if (route_client) lower_keepalive(&d.peers.back());
