@@ -45,10 +45,29 @@ int cmd_apply(Context& ctx, int argc, char** argv) {
   app.add_option("--hosts-file", o.hosts_file,
                  "hosts file whose marked block lists the peers' DNS names ('none': leave it alone)")
       ->capture_default_str();
+  std::string exit_node = "none";
+  std::vector<std::string> bypass;
+  app.add_option("--exit-node", exit_node,
+                 "send all traffic through this peer's default routes ('none': no exit node)")
+      ->capture_default_str();
+  app.add_flag("--exit-node-block-lan", o.exit_block_lan,
+               "with --exit-node, local networks go through the exit node too");
+  app.add_option("--exit-node-bypass", bypass,
+                 "with --exit-node, a prefix (the coordinator) that keeps the real uplink; repeatable")
+      ->allow_extra_args(false);
   app.add_option("map", o.map_file, "network map file, '-' for stdin (default)");
   if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
   if (o.hosts_file == "none") o.hosts_file.clear();
   else if (o.hosts_file.empty()) return report(ctx, usage_error("--hosts-file: expected a file or 'none'"));
+  if (exit_node.empty()) return report(ctx, usage_error("--exit-node: expected a peer name or 'none'"));
+  if (exit_node != "none") o.exit_node = exit_node;
+  for (const auto& b : bypass) {
+    auto p = Prefix::parse(b.find('/') == std::string::npos ? b + (b.find(':') == std::string::npos ? "/32" : "/128") : b);
+    if (!p) return report(ctx, usage_error("--exit-node-bypass: " + p.status().message()));
+    o.exit_bypass.push_back(p->canonical());
+  }
+  if (o.exit_node.empty() && (o.exit_block_lan || !o.exit_bypass.empty()))
+    return report(ctx, usage_error("--exit-node-block-lan and --exit-node-bypass need --exit-node NAME"));
   if (listen_port >= 0) o.listen_port = static_cast<uint16_t>(listen_port);
   if (o.dry_run && o.print_conf)
     return report(ctx, usage_error("--dry-run and --print-conf are exclusive"));

@@ -16,9 +16,10 @@ int main(int argc, char** argv) {
   mallopt(M_MMAP_THRESHOLD, 256 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
   mallopt(M_TOP_PAD, 16 << 20);
-  static constexpr std::array<mesh::Verb, 3> kVerbs{{
+  static constexpr std::array<mesh::Verb, 4> kVerbs{{
       {"", cmd_apply, "make interface IF match a network map (default command)"},
       {"down", cmd_down, "remove the interface, its daemon and its firewall table"},
+      {"routes", cmd_routes, "show or watch the routers of routed networks (HA failover)"},
       {"tune", cmd_tune, "size the socket buffers of the userspace daemon serving IF"},
   }};
   return mesh::run_program("mesh-apply", kVerbs, argc, argv);

@@ -8,9 +8,11 @@
 #include <future>
 #include <nlohmann/json.hpp>
 
+#include "apply/exitnode.h"
 #include "apply/hosts.h"
 #include "apply/memo.h"
 #include "apply/nft.h"
+#include "apply/routing.h"
 #include "apply/rtnl.h"
 #include "apply/uapi.h"
 #include "core/file.h"
@@ -220,10 +222,13 @@ class EarlySet {
     uint16_t want_port = u.listen_port.value_or(original_port_);
     uint16_t has_port = port_.value_or(original_port_);
     if (same) {
-      if (want_port == has_port) return Status::ok();
-      log_.debug("the listen port sent with the key was a wrong guess; setting " + std::to_string(want_port));
       DeviceUpdate rest;
-      rest.listen_port = want_port;
+      rest.fwmark = u.fwmark;
+      if (want_port != has_port) {
+        log_.debug("the listen port sent with the key was a wrong guess; setting " + std::to_string(want_port));
+        rest.listen_port = want_port;
+      }
+      if (rest.empty()) return Status::ok();
       return wg_->set(rest);
     }
     log_.debug("the SET streamed during the parse is not the plan's; sending the plan's whole");
@@ -332,6 +337,11 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   inputs.add("strict", opt.strict ? "1" : "0");
   inputs.add("port", opt.listen_port ? std::to_string(*opt.listen_port) : "");
   inputs.add("hosts", opt.hosts_file);
+  {
+    std::string exit = opt.exit_node + (opt.exit_block_lan ? " block-lan" : "");
+    for (const auto& b : opt.exit_bypass) exit += " " + b.to_string();
+    inputs.add("exit", exit);
+  }
   ParseOptions po{opt.strict};
   const std::string map_source = opt.map_file == "-" ? "<stdin>" : opt.map_file;
   MESH_ASSIGN(std::string map_text, read_file(opt.map_file));
@@ -424,7 +434,24 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     docs.push_back(std::move(d));
   }
   EndpointsDoc eps = merge_endpoints(docs);
-  FirewallScript fw = firewall_script(opt.interface, map.inbound);
+  // Exit node bypass: the map's TURN and STUN servers keep the real
+  // uplink, as do the prefixes given (the coordinator's).
+  std::vector<Prefix> bypass = opt.exit_bypass;
+  if (!opt.exit_node.empty()) {
+    std::vector<std::string> servers = map.stun;
+    for (const auto& t : map.turn) servers.push_back(t.server);
+    for (const auto& s : servers) {
+      auto sa = SockAddr::parse(s);
+      if (sa)
+        bypass.push_back(Prefix{sa->ip, sa->ip.is_v4() ? 32 : 128});
+      else
+        log.warn("exit node: server " + s + " is not an address; its traffic is not kept off the exit node");
+    }
+  }
+  std::vector<Prefix> masquerade;
+  for (const auto& r : map.self.routes)
+    if (r.masquerade) masquerade.push_back(r.network);
+  FirewallScript fw = firewall_script(opt.interface, map.inbound, map.forward, masquerade);
   // The hosts file's block: the names go before the peers move on, and a
   // damaged block is refused before anything is touched.
   const bool manage_hosts = !opt.hosts_file.empty() && !opt.print_conf;
@@ -460,7 +487,26 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     }
     lap("device taken from the memo snapshot");
   }
+  // Routes through peers (issue 19): the router per network, given who
+  // holds it now; the forwarding sysctls a routing peer needs.
+  choose_routes(&want, obs.cur.device);
+  MESH_TRY(use_exit_node(&want, opt.exit_node, opt.exit_block_lan, std::move(bypass)));
+  std::vector<RoutedNetwork> route_tab = route_table(want);
   if (opt.print_conf) return wg_quick_conf(want, obs.cur);
+  obs.cur.saved_sysctls = load_saved_sysctls(env.state_dir, opt.interface);
+  if (!want.forwarding.empty()) obs.cur.sysctls = read_sysctls(want.forwarding);
+  {
+    auto ex = read_exit_state(!opt.exit_node.empty());
+    if (ex)
+      obs.cur.exit = std::move(*ex);
+    else if (!opt.exit_node.empty())
+      return ex.status();  // without it, no exit node: the leak would be silent
+  }
+  if (obs.link) obs.cur.ifindex = obs.link->ifindex;
+  Current sysctl_view;  // obs.cur moves on below
+  sysctl_view.sysctls = obs.cur.sysctls;
+  sysctl_view.saved_sysctls = obs.cur.saved_sysctls;
+  sysctl_view.exit = obs.cur.exit;
 
   // The firewall table (an nft(8) run) does not depend on the WireGuard
   // device. On an interface that exists, install it now, beside the plan,
@@ -505,14 +551,24 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
   }
   int ifindex = obs.link->ifindex;
   next.ifindex = ifindex;
+  // The exit node's table route names the interface: known from here on.
+  ExitState exit_cur = sysctl_view.exit;
+  plan.exit = exit_diff(exit_state_for(want.exit, ifindex), exit_cur);
+  // Turning the exit node off: the socket keeps its mark until the rules
+  // that exempt it are gone.
+  std::optional<uint32_t> clear_fwmark;
+  if (plan.set_fwmark && *plan.set_fwmark == 0) clear_fwmark = 0;
   // The SET: on the pristine path streamed already, and only built when
   // the stream turns out not to be the plan's (EarlySet::matches).
   bool streamed = early && early->matches(plan, want.private_key);
   DeviceUpdate update;
-  if (streamed)
+  if (streamed) {
     update.listen_port = plan.set_listen_port;
-  else
+    update.fwmark = plan.set_fwmark;
+  } else {
     update = device_update(plan, want);
+  }
+  if (clear_fwmark) update.fwmark.reset();
   // While the device takes the SET (the run mostly waits on it), another
   // thread digests and serialises the state to remember and writes it to a
   // file that stays invisible until commit() (PendingFile), writes the
@@ -586,6 +642,15 @@ Result<std::string> run_apply(const ApplyOptions& opt, const BackendEnv& env, co
     MESH_TRY(rt.change_addresses(ifindex, plan.addresses_add, plan.addresses_del));
   if (plan.set_mtu || plan.set_up) MESH_TRY(rt.set_link(ifindex, plan.set_mtu, true));
   MESH_TRY(rt.change_routes(ifindex, plan.routes_add, plan.routes_del));
+  // Forwarding last: the firewall's forward chain is in place by now.
+  MESH_TRY(apply_sysctls(env.state_dir, opt.interface, plan, sysctl_view));
+  MESH_TRY(change_exit_state(plan.exit));
+  if (clear_fwmark) {
+    DeviceUpdate unmark;
+    unmark.fwmark = 0;
+    MESH_TRY(wg.set(unmark));
+  }
+  MESH_TRY(store_route_table(env.state_dir, opt.interface, route_tab));
   // The names last: they point at addresses that now exist. Read again
   // under the lock, so concurrent runs for other interfaces keep theirs.
   if (manage_hosts) {
@@ -645,15 +710,30 @@ Result<std::string> run_down(const std::string& interface, const std::string& ba
   MESH_TRY(firewall_remove(table));
   if (wg_exists || link) MESH_TRY(wg->destroy());
   bool removed = wg_exists || link.has_value();
+  // What routing changed: forwarding sysctls back as they were; the
+  // watcher's route table gone (the watcher stops with the interface).
+  std::vector<std::string> restored;
+  MESH_TRY(restore_all_sysctls(env.state_dir, interface, &restored));
+  // The exit node's policy rules (ours by protocol; one exit-node interface
+  // per host) and what is left of its table.
+  bool exit_removed = false;
+  if (auto ex = read_exit_state(); ex) {
+    ExitChange c = exit_diff(ExitState{}, *ex);
+    exit_removed = !c.empty();
+    MESH_TRY(change_exit_state(c));
+  }
+  ::unlink(route_table_path(env.state_dir, interface).c_str());
   ::unlink((env.state_dir + "/" + interface + ".lock").c_str());  // still held: nothing left
   HostsSync hosts;
   if (!hosts_file.empty()) {
     MESH_ASSIGN(hosts, sync_hosts_file(hosts_file, interface, "", false, env.state_dir));
   }
-  if (!removed && !fw_existed && !hosts.changed) log.info("nothing to remove for " + interface);
+  if (!removed && !fw_existed && !hosts.changed && restored.empty() && !exit_removed) log.info("nothing to remove for " + interface);
   Json doc{{"interface", interface},
            {"backend", wg->name()},
-           {"changed", removed || fw_existed || hosts.changed},
+           {"changed", removed || fw_existed || hosts.changed || !restored.empty() || exit_removed},
+           {"sysctls_restored", restored},
+           {"exit_node_removed", exit_removed},
            {"interface_removed", removed},
            {"firewall_removed", fw_existed},
            {"firewall", {{"table", "inet " + table}}},

@@ -32,6 +32,13 @@ struct ApplyOptions {
   // The hosts file whose block lists the map's DNS names (hosts.h); empty:
   // none is managed (--hosts-file none).
   std::string hosts_file = "/etc/hosts";
+  // The exit node to send all traffic through (a peer name; empty: none),
+  // whether local networks go through it too, and prefixes that keep the
+  // real uplink (the coordinator; the map's TURN and STUN servers are
+  // added). exitnode.h.
+  std::string exit_node;
+  bool exit_block_lan = false;
+  std::vector<Prefix> exit_bypass;
 };
 
 // Checks a Linux interface name (1-15 bytes, no '/', ':' or whitespace).
@@ -53,7 +60,9 @@ Result<std::string> run_tune(const std::string& interface, const std::string& ba
 
 // `mesh-apply down`: removes the firewall table and the interface (and the
 // wireguard-go daemon serving it), and the interface's block from
-// `hosts_file` (none when empty). Returns the JSON document for stdout.
+// `hosts_file` (none when empty); puts back the sysctls applies changed
+// and removes the exit node's policy rules (routing.h, exitnode.h).
+// Returns the JSON document for stdout.
 Result<std::string> run_down(const std::string& interface, const std::string& backend,
                              const std::string& hosts_file, const BackendEnv& env, const Log& log);
 

@@ -53,9 +53,10 @@ struct PeerUpdate {
 struct DeviceUpdate {
   std::optional<SecretKey> private_key;
   std::optional<uint16_t> listen_port;
+  std::optional<uint32_t> fwmark;  // 0 clears it
   bool replace_peers = false;
   std::vector<PeerUpdate> peers;
-  bool empty() const { return !private_key && !listen_port && !replace_peers && peers.empty(); }
+  bool empty() const { return !private_key && !listen_port && !fwmark && !replace_peers && peers.empty(); }
 };
 
 }  // namespace mesh::apply

@@ -370,7 +370,7 @@ Current expected_state(const Desired& want, const Current& before) {
   Current c;
   c.device.private_key = want.private_key;
   c.device.listen_port = want.listen_port ? *want.listen_port : before.device.listen_port;
-  c.device.fwmark = before.device.fwmark;
+  c.device.fwmark = want.fwmark;  // diff() sets it (exit nodes)
   // The current peers by key: a binary search when they are sorted (as
   // normalise() leaves them), a map otherwise.
   const auto& before_peers = before.device.peers;

@@ -162,8 +162,53 @@ std::string firewall_table_name(const std::string& interface) {
   return n;
 }
 
+namespace {
+
+// "{ a, b }" of disjoint prefixes of one family (nft merges nothing in an
+// anonymous set, so overlaps are removed first).
+std::string anon_set(const std::vector<Prefix>& ps) {
+  std::string o = "{ ";
+  auto d = disjoint(ps);
+  for (size_t i = 0; i < d.size(); ++i) o += (i ? ", " : "") + d[i].to_string();
+  return o + " }";
+}
+
+// One nft rule per (forward rule, family): forward rules are few (routes
+// times policy rules), so sets buy nothing here.
+void emit_forward_rules(std::string* o, const std::vector<FirewallRule>& forward) {
+  for (const auto& r : forward) {
+    for (bool v4 : {true, false}) {
+      std::vector<Prefix> src, dst;
+      for (const auto& p : r.sources)
+        if (p.addr.is_v4() == v4) src.push_back(p);
+      for (const auto& p : r.destinations)
+        if (p.addr.is_v4() == v4) dst.push_back(p);
+      if (src.empty() || dst.empty()) continue;
+      const char* fam = v4 ? "ip" : "ip6";
+      std::string line = "    " + std::string(fam) + " saddr " + anon_set(src) + " " + fam + " daddr " +
+                         anon_set(dst);
+      if (r.proto == "icmp") {
+        line += v4 ? " meta l4proto icmp" : " meta l4proto ipv6-icmp";
+      } else if (r.proto == "tcp" || r.proto == "udp") {
+        line += " " + r.proto + " dport ";
+        auto ports = merge_ports(r.ports.empty() ? std::vector<PortRange>{{1, 65535}} : r.ports);
+        line += "{ ";
+        for (size_t i = 0; i < ports.size(); ++i) line += (i ? ", " : "") + ports[i].to_string();
+        line += " }";
+      }
+      *o += line + " accept";
+      if (!r.rule.empty()) *o += " comment \"" + quote_comment(r.rule) + "\"";
+      *o += "\n";
+    }
+  }
+}
+
+}  // namespace
+
 FirewallScript firewall_script(const std::string& interface,
-                               const std::vector<FirewallRule>& inbound) {
+                               const std::vector<FirewallRule>& inbound,
+                               const std::vector<FirewallRule>& forward,
+                               const std::vector<Prefix>& masquerade) {
   Sets s;
   for (const auto& r : inbound) {
     for (const auto& src : r.sources) {
@@ -211,9 +256,30 @@ FirewallScript firewall_script(const std::string& interface,
        "    ip6 saddr . udp dport @udp6 accept\n"
        "    counter drop\n"
        "  }\n";
-  for (const char* hook : {"input", "forward"})
-    o += std::string("  chain ") + hook + " {\n    type filter hook " + hook +
-         " priority filter; policy accept;\n    iifname " + ifq + " jump mesh_in\n  }\n";
+  // Forwarded from the mesh (a routing peer's, issue 19): only what the
+  // map's firewall.forward allows, by source, destination, proto and port.
+  o += "  chain mesh_fwd {\n"
+       "    ct state established,related accept\n"
+       "    ct state invalid drop\n";
+  emit_forward_rules(&o, forward);
+  o += "    counter drop\n"
+       "  }\n";
+  o += "  chain input {\n    type filter hook input priority filter; policy accept;\n    iifname " + ifq +
+       " jump mesh_in\n  }\n";
+  o += "  chain forward {\n    type filter hook forward priority filter; policy accept;\n    iifname " + ifq +
+       " jump mesh_fwd\n  }\n";
+  std::vector<Prefix> m4, m6;
+  for (const auto& p : masquerade) (p.addr.is_v4() ? m4 : m6).push_back(p);
+  if (!m4.empty() || !m6.empty()) {
+    // Source NAT for what the mesh sends into masqueraded networks, out of
+    // any interface but the mesh's own.
+    o += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n";
+    if (!m4.empty())
+      o += "    iifname " + ifq + " oifname != " + ifq + " ip daddr " + anon_set(m4) + " masquerade\n";
+    if (!m6.empty())
+      o += "    iifname " + ifq + " oifname != " + ifq + " ip6 daddr " + anon_set(m6) + " masquerade\n";
+    o += "  }\n";
+  }
   o += "}\n";
   unsigned char h[crypto_hash_sha256_BYTES];
   crypto_hash_sha256(h, reinterpret_cast<const unsigned char*>(o.data()), o.size());

@@ -2,7 +2,8 @@
 // (IF with characters other than [A-Za-z0-9_] turned into '_'), owned by
 // mesh-apply and never shared. It hooks input and forward, and for packets
 // arriving on the mesh interface accepts established/related traffic and
-// what the map's firewall.inbound rules allow, and drops the rest. Rules are
+// what the map's firewall.inbound rules (input) or firewall.forward rules
+// (forward) allow, and drops the rest. Rules are
 // compiled into interval sets (concatenated `saddr . dport` for tcp/udp) so
 // thousands of rules cost one lookup. The table is replaced atomically with
 // one `nft -f -` transaction (add; delete; add ...), never touching other
@@ -30,8 +31,17 @@ struct FirewallScript {
 
 // Pure: compiles the rules into the table body. Overlapping sources and
 // port ranges are normalised so nft's interval sets accept them.
+//
+// Routing (issue 19): packets forwarded from the mesh interface go through
+// chain mesh_fwd, which accepts established/related traffic and what the
+// `forward` rules allow (source . destination . proto/port) and drops the
+// rest. `masquerade` lists routed networks whose traffic from the mesh is
+// source-NATed to the outgoing interface's address (a postrouting nat
+// chain, for packets that leave by another interface than the mesh's).
 FirewallScript firewall_script(const std::string& interface,
-                               const std::vector<FirewallRule>& inbound);
+                               const std::vector<FirewallRule>& inbound,
+                               const std::vector<FirewallRule>& forward = {},
+                               const std::vector<Prefix>& masquerade = {});
 
 // The transaction text that replaces the table atomically.
 std::string firewall_transaction(const FirewallScript& s);

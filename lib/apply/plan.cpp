@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 #include <type_traits>
 #include <nlohmann/json.hpp>
 
@@ -43,7 +44,8 @@ Json prefixes(const std::vector<Prefix>& ps) {
 bool Plan::changed() const {
   return create_interface || set_private_key || set_listen_port || !peers.empty() ||
          !addresses_add.empty() || !addresses_del.empty() || !routes_add.empty() ||
-         !routes_del.empty() || set_mtu || set_up || firewall || hosts_changed;
+         !routes_del.empty() || set_mtu || set_up || firewall || hosts_changed ||
+         !sysctl_enable.empty() || !sysctl_restore.empty() || set_fwmark || !exit.empty();
 }
 
 size_t Plan::count(PeerChange::Kind k) const {
@@ -56,6 +58,7 @@ std::vector<Prefix> routes_for(const std::vector<Prefix>& addresses,
   std::vector<Prefix> out;
   for (const auto& p : peers)
     for (const auto& ip : p.allowed_ips) {
+      if (ip.len == 0) continue;  // an exit node's: policy routing
       bool on_link = false;
       for (const auto& a : addresses)
         if (a.addr.family == ip.addr.family && a.canonical().contains(ip)) on_link = true;
@@ -66,6 +69,10 @@ std::vector<Prefix> routes_for(const std::vector<Prefix>& addresses,
 }
 
 namespace {
+
+void lower_keepalive(DesiredPeer* p) {
+  if (p->keepalive == 0 || p->keepalive > kRouteKeepalive) p->keepalive = kRouteKeepalive;
+}
 
 // MapPeer is const MapPeer& (copied from) or MapPeer&& (moved from).
 template <typename MapPeer>
@@ -81,6 +88,8 @@ DesiredPeer make_peer(MapPeer&& mp, const EndpointsDoc& endpoints) {
   for (auto& a : p.allowed_ips) a = a.canonical();
   sort_unique(&p.allowed_ips);
   p.keepalive = mp.keepalive;
+  if constexpr (kMove) p.routes = std::move(mp.routes);
+  else p.routes = mp.routes;
   if (!mp.endpoints.empty()) p.map_endpoint = mp.endpoints.front().endpoint;
   if (const PeerPath* path = endpoints.find(mp.public_key); path && path->endpoint)
     p.forced_endpoint = path->endpoint;  // relay-needed without endpoint: keep current/map
@@ -113,11 +122,30 @@ Result<Desired> build_desired(Map& map, const SecretKey& key, const EndpointsDoc
     return map.peers[a].public_key < map.peers[b].public_key;
   });
   d.peers.reserve(order.size());
+  // Router side: a forward source (a route client) keeps a short keepalive
+  // so its HA watcher hears from this router (kRouteKeepalive). Looked up
+  // by prefix length: thousands of /32 sources must not mean a scan each.
+  std::set<Prefix> sources;
+  std::set<std::pair<int, int>> lengths;  // (family, length)
+  for (const auto& r : map.forward)
+    for (const auto& src : r.sources) {
+      sources.insert(src.canonical());
+      lengths.insert({src.addr.family, src.len});
+    }
   for (uint32_t idx : order) {
+    bool route_client = false;
+    for (const auto& a : map.peers[idx].addresses)
+      for (const auto& [fam, len] : lengths)
+        route_client = route_client || (fam == a.addr.family && sources.count(Prefix{a.addr, len}.canonical()));
     if constexpr (kMove) d.peers.push_back(make_peer(std::move(map.peers[idx]), endpoints));
     else d.peers.push_back(make_peer(map.peers[idx], endpoints));
+    if (route_client) lower_keepalive(&d.peers.back());
   }
   d.routes = routes_for(d.addresses, d.peers);
+  bool v4 = false, v6 = false;
+  for (const auto& r : map.self.routes) (r.network.addr.is_v4() ? v4 : v6) = true;
+  if (v4) d.forwarding.push_back(kForwardV4);
+  if (v6) d.forwarding.push_back(kForwardV6);
   return d;
 }
 
@@ -146,6 +174,63 @@ Result<Desired> desired_from_map(const NetMap& map, const SecretKey& key, const 
 Result<Desired> desired_from_map(NetMap&& map, const SecretKey& key, const EndpointsDoc& endpoints,
                                  std::optional<uint16_t> listen_port_override) {
   return build_desired(map, key, endpoints, listen_port_override);
+}
+
+void choose_routes(Desired* want, const DeviceState& device) {
+  // network -> candidates (index into want->peers, metric)
+  std::map<Prefix, std::vector<std::pair<size_t, int>>> nets;
+  for (size_t i = 0; i < want->peers.size(); ++i)
+    for (const auto& r : want->peers[i].routes)
+      if (!is_default_route(r.network)) nets[r.network].push_back({i, r.metric});
+  if (nets.empty()) return;
+  // Who holds each network on the device now.
+  std::map<Prefix, PublicKey> holder;
+  for (const auto& p : device.peers)
+    for (const auto& ip : p.allowed_ips)
+      if (nets.count(ip)) holder[ip] = p.public_key;
+  want->route_choices.clear();
+  for (auto& [net, cands] : nets) {
+    // Peers are sorted by key, so the first of equal metrics has the lowest.
+    size_t best = cands.front().first;
+    int best_metric = cands.front().second;
+    for (const auto& [i, m] : cands)
+      if (m < best_metric) best = i, best_metric = m;
+    if (auto h = holder.find(net); h != holder.end())
+      for (const auto& [i, m] : cands)
+        if (want->peers[i].public_key == h->second) best = i, best_metric = m;
+    DesiredPeer& p = want->peers[best];
+    auto at = std::lower_bound(p.allowed_ips.begin(), p.allowed_ips.end(), net);
+    if (at == p.allowed_ips.end() || *at != net) p.allowed_ips.insert(at, net);
+    want->route_choices.push_back({net, p.public_key, p.name, best_metric});
+    for (const auto& [i, m] : cands) lower_keepalive(&want->peers[i]);
+  }
+  want->routes = routes_for(want->addresses, want->peers);
+}
+
+Status use_exit_node(Desired* want, const std::string& name, bool block_lan, std::vector<Prefix> bypass) {
+  want->exit = ExitWant{};
+  want->fwmark = 0;
+  if (name.empty()) return Status::ok();
+  DesiredPeer* exit = nullptr;
+  for (auto& p : want->peers)
+    if (p.name == name) exit = &p;
+  if (!exit) return data_error("--exit-node " + name + ": no peer of that name in the map");
+  ExitWant w;
+  w.name = name;
+  w.block_lan = block_lan;
+  w.bypass = std::move(bypass);
+  for (const auto& r : exit->routes) {
+    if (!is_default_route(r.network)) continue;
+    (r.network.addr.is_v4() ? w.v4 : w.v6) = true;
+    auto at = std::lower_bound(exit->allowed_ips.begin(), exit->allowed_ips.end(), r.network);
+    if (at == exit->allowed_ips.end() || *at != r.network) exit->allowed_ips.insert(at, r.network);
+  }
+  if (!w.v4 && !w.v6)
+    return data_error("--exit-node " + name + ": that peer offers no default route (it is not an exit node)");
+  want->exit = std::move(w);
+  want->fwmark = kExitFwmark;
+  want->forwarding.push_back(kSrcValidMark);
+  return Status::ok();
 }
 
 Plan diff(const Desired& want, const Current& cur) {
@@ -236,6 +321,17 @@ Plan diff(const Desired& want, const Current& cur) {
   if (link.mtu != want.mtu) plan.set_mtu = want.mtu;
   plan.set_up = !link.up;
   plan.firewall = cur.firewall_digest != want.firewall_digest;
+  for (const auto& k : want.forwarding) {
+    auto it = cur.sysctls.find(k);
+    if (it == cur.sysctls.end() || it->second != "1") plan.sysctl_enable.push_back(k);
+  }
+  for (const auto& [k, v] : cur.saved_sysctls)
+    if (std::find(want.forwarding.begin(), want.forwarding.end(), k) == want.forwarding.end())
+      plan.sysctl_restore.push_back({k, v});
+  plan.route_choices = want.route_choices;
+  if (want.fwmark != dev.fwmark) plan.set_fwmark = want.fwmark;
+  plan.exit_node = want.exit.name;
+  plan.exit = exit_diff(exit_state_for(want.exit, cur.ifindex), cur.exit);
   return plan;
 }
 
@@ -278,10 +374,39 @@ DeviceUpdate device_update(const Plan& plan, const Desired& want) {
   DeviceUpdate u;
   if (plan.set_private_key) u.private_key = want.private_key;
   u.listen_port = plan.set_listen_port;
+  u.fwmark = plan.set_fwmark;
   u.peers.reserve(plan.peers.size());
   for (const auto& c : plan.peers) u.peers.push_back(peer_update(c));
   return u;
 }
+
+namespace {
+
+Json forwarding_json(const Plan& plan) {
+  Json restored = Json::array();
+  for (const auto& [k, v] : plan.sysctl_restore) restored.push_back(k);
+  return Json{{"enabled", plan.sysctl_enable}, {"restored", restored}};
+}
+
+Json exit_json(const Plan& plan) {
+  return Json{{"peer", plan.exit_node.empty() ? Json(nullptr) : Json(plan.exit_node)},
+              {"changed", !plan.exit.empty() || plan.set_fwmark.has_value()},
+              {"fwmark", plan.set_fwmark ? Json(*plan.set_fwmark) : Json(nullptr)},
+              {"rules_added", plan.exit.rules_add.size()},
+              {"rules_removed", plan.exit.rules_del.size()},
+              {"routes_added", plan.exit.routes_add.size()},
+              {"routes_removed", plan.exit.routes_del.size()}};
+}
+
+Json via_json(const Plan& plan) {
+  Json a = Json::array();
+  for (const auto& c : plan.route_choices)
+    a.push_back({{"network", c.network.to_string()}, {"peer", c.name}, {"metric", c.metric},
+                 {"public_key", c.public_key.to_base64()}});
+  return a;
+}
+
+}  // namespace
 
 Json plan_to_json(const Plan& plan, const std::string& interface, const std::string& backend,
                   const std::string& firewall_table, bool dry_run) {
@@ -313,6 +438,7 @@ Json plan_to_json(const Plan& plan, const std::string& interface, const std::str
       {"interface", interface},
       {"backend", backend},
       {"dry_run", dry_run},
+      {"exit_node", exit_json(plan)},
       {"changed", plan.changed()},
       {"created", plan.create_interface},
       {"private_key_changed", plan.set_private_key},
@@ -321,9 +447,11 @@ Json plan_to_json(const Plan& plan, const std::string& interface, const std::str
        {{"added", added}, {"updated", updated}, {"removed", removed},
         {"unchanged", plan.peers_unchanged}}},
       {"addresses", {{"added", prefixes(plan.addresses_add)}, {"removed", prefixes(plan.addresses_del)}}},
-      {"routes", {{"added", prefixes(plan.routes_add)}, {"removed", prefixes(plan.routes_del)}}},
+      {"routes", {{"added", prefixes(plan.routes_add)}, {"removed", prefixes(plan.routes_del)},
+                  {"via", via_json(plan)}}},
       {"link", {{"mtu", plan.set_mtu ? Json(*plan.set_mtu) : Json(nullptr)}, {"up", plan.set_up}}},
       {"firewall", {{"table", firewall_table}, {"changed", plan.firewall}}},
+      {"forwarding", forwarding_json(plan)},
       {"hosts",
        {{"file", plan.hosts_file.empty() ? Json(nullptr) : Json(plan.hosts_file)},
         {"changed", plan.hosts_changed},
@@ -466,10 +594,13 @@ std::string plan_json_text(const Plan& plan, const std::string& interface, const
   o.append(",\"changed\":").append(boolean(plan.changed()));
   o.append(",\"created\":").append(boolean(plan.create_interface));
   o.append(",\"dry_run\":").append(boolean(dry_run));
+  o.append(",\"exit_node\":").append(dump_json(exit_json(plan)));
   o.append(",\"firewall\":{\"changed\":").append(boolean(plan.firewall));
   o.append(",\"table\":");
   put_string(&o, firewall_table);
-  o.append("},\"hosts\":{\"changed\":").append(boolean(plan.hosts_changed));
+  // Small: through the DOM, exactly as plan_to_json() writes them.
+  o.append("},\"forwarding\":").append(dump_json(forwarding_json(plan)));
+  o.append(",\"hosts\":{\"changed\":").append(boolean(plan.hosts_changed));
   o.append(",\"file\":");
   if (plan.hosts_file.empty())
     o.append("null");
@@ -495,6 +626,7 @@ std::string plan_json_text(const Plan& plan, const std::string& interface, const
   put_prefixes(&o, plan.routes_add);
   o.append(",\"removed\":");
   put_prefixes(&o, plan.routes_del);
+  o.append(",\"via\":").append(dump_json(via_json(plan)));
   o.append("}}");
   return o;
 }

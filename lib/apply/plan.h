@@ -7,11 +7,13 @@
 // no traffic window opens. No I/O here; see apply.h for the executor.
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "apply/device.h"
+#include "apply/exitnode.h"
 #include "core/json.h"
 #include "netmap/endpoints.h"
 #include "netmap/netmap.h"
@@ -26,6 +28,26 @@ struct DesiredPeer {
   int keepalive = 0;
   std::optional<SockAddr> forced_endpoint;  // from an endpoints document: always applied
   std::optional<SockAddr> map_endpoint;     // the map's first candidate: only if none known
+  std::vector<PeerRoute> routes;            // the map's peers[].routes (candidates, see choose_routes)
+};
+
+// Persistent keepalive (seconds) mesh-apply gives routers on a route
+// client and route clients (forward sources) on a router, so the HA
+// watcher sees a dead router within a few seconds (WireGuard's usual 25 s
+// is far too slow): the lower of this and the map's keepalive.
+inline constexpr int kRouteKeepalive = 1;
+
+// Sysctls a routing peer needs, per family.
+inline constexpr const char* kForwardV4 = "net.ipv4.ip_forward";
+inline constexpr const char* kForwardV6 = "net.ipv6.conf.all.forwarding";
+
+// Which peer carries a routed network (choose_routes()).
+struct RouteChoice {
+  Prefix network;
+  PublicKey public_key;
+  std::string name;
+  int metric = 0;
+  bool operator==(const RouteChoice&) const = default;
 };
 
 struct Desired {
@@ -38,6 +60,15 @@ struct Desired {
   std::string firewall_script;          // the nft table body (nft.h)
   std::string firewall_digest;          // its digest, stored in the table's comment
   size_t firewall_rules = 0;
+  // Router side: sysctls that must be "1" (kForwardV4/V6) for self.routes.
+  std::vector<std::string> forwarding;
+  // Client side, filled by choose_routes(): the router chosen per network.
+  std::vector<RouteChoice> route_choices;
+  // Client side, filled by use_exit_node(): the exit node in use (empty
+  // name: none) and the WireGuard socket's fwmark (kExitFwmark with an
+  // exit node, else 0).
+  ExitWant exit;
+  uint32_t fwmark = 0;
 };
 
 struct LinkCurrent {
@@ -52,6 +83,13 @@ struct Current {
   DeviceState device;             // empty when the interface does not exist
   LinkCurrent link;
   std::optional<std::string> firewall_digest;  // absent: no table of ours
+  // kForwardV4/V6 -> current value ("0", "1"); only the keys read.
+  std::map<std::string, std::string> sysctls;
+  // Values saved before mesh-apply changed them (restored when no longer
+  // wanted, and by `down`).
+  std::map<std::string, std::string> saved_sysctls;
+  ExitState exit;   // mesh-apply's policy rules and exit table routes now
+  int ifindex = 0;  // the interface's, when it exists
 };
 
 struct PeerChange {
@@ -78,6 +116,14 @@ struct Plan {
   std::optional<int> set_mtu;
   bool set_up = false;
   bool firewall = false;
+  // Sysctls to set to "1" (their old values saved first), and saved ones
+  // no longer wanted, to put back as they were.
+  std::vector<std::string> sysctl_enable;
+  std::vector<std::pair<std::string, std::string>> sysctl_restore;
+  std::vector<RouteChoice> route_choices;  // copied from Desired, for the output
+  std::optional<uint32_t> set_fwmark;
+  std::string exit_node;  // in use after the plan (empty: none)
+  ExitChange exit;
   // The hosts file block (hosts.h): filled in by the executor, not diff().
   std::string hosts_file;  // empty: not managed (--hosts-file none)
   bool hosts_changed = false;
@@ -100,9 +146,26 @@ Result<Desired> desired_from_map(NetMap&& map, const SecretKey& key,
                                  std::optional<uint16_t> listen_port_override);
 
 // Routes the interface needs: every peer allowed IP not already covered by
-// the on-link prefix of one of the interface addresses. Canonical, sorted.
+// the on-link prefix of one of the interface addresses, default routes
+// excepted (an exit node's go through policy routing, exitnode.h).
+// Canonical, sorted.
 std::vector<Prefix> routes_for(const std::vector<Prefix>& addresses,
                                const std::vector<DesiredPeer>& peers);
+
+// Client side of routes: for every network in the peers' routes (default
+// routes excepted: an exit node is chosen explicitly), picks one router,
+// adds the network to its allowed IPs and recomputes desired->routes. The
+// router is the one that holds the network on the device now if it is
+// still a candidate (the HA watcher moved it there; keeping it avoids a
+// flap), else the lowest metric (ties: lowest public key). Also lowers the keepalive of every router to kRouteKeepalive.
+void choose_routes(Desired* desired, const DeviceState& device);
+
+// Client side of exit nodes (`--exit-node NAME`): the default routes peer
+// NAME offers go into its allowed IPs, the socket gets kExitFwmark and the
+// policy routing of exitnode.h is wanted (with `bypass` prefixes kept on
+// the main table). An empty name turns all that off. DataErr when NAME is
+// not a peer of the map or offers no default route.
+Status use_exit_node(Desired* desired, const std::string& name, bool block_lan, std::vector<Prefix> bypass);
 
 Plan diff(const Desired& desired, const Current& current);
 

@@ -76,6 +76,7 @@ std::string uapi_encode_device(const DeviceUpdate& u) {
   o.reserve(64 + u.peers.size() * 160);
   if (u.private_key) append_key(&o, "private_key=", u.private_key->bytes());
   if (u.listen_port) o += "listen_port=" + std::to_string(*u.listen_port) + "\n";
+  if (u.fwmark) o += "fwmark=" + std::to_string(*u.fwmark) + "\n";
   if (u.replace_peers) o += "replace_peers=true\n";
   return o;
 }

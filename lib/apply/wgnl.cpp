@@ -205,6 +205,7 @@ Result<std::vector<NlMsg>> wgnl_set_device(uint16_t family, const std::string& i
       if (u.private_key)
         mnl_attr_put(h, WGDEVICE_A_PRIVATE_KEY, kKeyLen, u.private_key->bytes().data());
       if (u.listen_port) mnl_attr_put_u16(h, WGDEVICE_A_LISTEN_PORT, *u.listen_port);
+      if (u.fwmark) mnl_attr_put_u32(h, WGDEVICE_A_FWMARK, *u.fwmark);
       if (u.replace_peers) mnl_attr_put_u32(h, WGDEVICE_A_FLAGS, WGDEVICE_F_REPLACE_PEERS);
     }
     peers = mnl_attr_nest_start(h, WGDEVICE_A_PEERS);

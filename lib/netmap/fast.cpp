@@ -367,6 +367,7 @@ bool peer(Reader& r, bool strict, MapPeer* p) {
   bool ok = r.object([&](std::string_view key) {
     int i = index_of(key, {"name", "public_key", "addresses", "allowed_ips", "endpoints",
                            "keepalive", "preshared_key", "groups"});
+    if (key == "routes") return false;  // routes (issue 19): left to parse_netmap()
     if (i < 0) return other(r, strict);
     if (!seen.first(i)) return false;
     switch (i) {
@@ -481,6 +482,7 @@ bool self(Reader& r, bool strict, NetMap::Self* s) {
   Seen seen;
   bool ok = r.object([&](std::string_view key) {
     int i = index_of(key, {"name", "public_key", "addresses", "groups", "listen_port", "mtu"});
+    if (key == "routes") return false;  // routes (issue 19): left to parse_netmap()
     if (i < 0) return other(r, strict);
     if (!seen.first(i)) return false;
     int64_t v;
@@ -579,6 +581,7 @@ std::optional<NetMap> parse_netmap_fast(std::string_view text, ParseOptions opt,
       case 5: {
         Seen fs;
         return r.object([&](std::string_view k) {
+          if (k == "forward") return false;  // left to parse_netmap()
           if (k != "inbound") return other(r, strict);
           if (!fs.first(0)) return false;
           return r.array([&] {

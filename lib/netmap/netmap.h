@@ -40,8 +40,31 @@ struct FirewallRule {
   std::string proto = "any";     // "tcp", "udp", "icmp" or "any"
   std::vector<PortRange> ports;  // empty: all ports (required empty for icmp/any)
   std::string rule;              // id/name of the policy rule that produced it
+  // firewall.forward rules only (required, non-empty there): the routed
+  // networks (or parts of them) the sources may reach through this peer.
+  std::vector<Prefix> destinations;
   bool operator==(const FirewallRule&) const = default;
 };
+
+// A network reachable through a peer (peers[].routes): the client side of
+// a route. Several peers may carry the same network (high availability):
+// the lowest metric that is alive is used.
+struct PeerRoute {
+  Prefix network;  // canonical
+  int metric = 0;  // lower is preferred
+  bool masquerade = false;
+  bool operator==(const PeerRoute&) const = default;
+};
+
+// A network this peer routes for others (self.routes): the router side.
+struct SelfRoute {
+  Prefix network;  // canonical
+  bool masquerade = false;
+  bool operator==(const SelfRoute&) const = default;
+};
+
+// Whether p is a default route (0.0.0.0/0 or ::/0): an exit node's.
+inline bool is_default_route(const Prefix& p) { return p.len == 0; }
 
 struct MapPeer {
   std::string name;
@@ -52,6 +75,7 @@ struct MapPeer {
   int keepalive = 0;                // persistent keepalive in seconds, 0 = off
   std::optional<SecretKey> preshared_key;
   std::vector<std::string> groups;
+  std::vector<PeerRoute> routes;    // networks reachable via this peer (not in allowed_ips)
 };
 
 struct TurnServer {
@@ -73,9 +97,11 @@ struct NetMap {
     std::vector<std::string> groups;
     uint16_t listen_port = 0;  // 0: leave to mesh-apply / the interface
     int mtu = 1420;
+    std::vector<SelfRoute> routes;  // networks this peer forwards into
   } self;
   std::vector<MapPeer> peers;
   std::vector<FirewallRule> inbound;
+  std::vector<FirewallRule> forward;  // firewall.forward: what is routed into self.routes
   std::vector<std::string> stun;  // HOST:PORT
   std::vector<TurnServer> turn;
   // dns.domain: every peer (self included) is NAME.DOMAIN. Empty: the map
@@ -88,7 +114,9 @@ struct ParseOptions {
 };
 
 // Validates everything: keys, prefixes, endpoints, ports, duplicate peers,
-// a peer with our own key, overlapping allowed IPs between two peers.
+// a peer with our own key, overlapping allowed IPs between two peers, a
+// network listed twice in one routes array, and peers[].routes networks
+// that overlap the overlay (the on-link prefixes of self.addresses).
 Result<NetMap> parse_netmap(const Json& j, const std::string& source, ParseOptions opt = {});
 Result<NetMap> read_netmap_file(const std::string& path, ParseOptions opt = {});
 Json netmap_to_json(const NetMap& m);

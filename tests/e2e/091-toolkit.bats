@@ -14,6 +14,10 @@ setup() { cd "$BATS_TEST_TMPDIR"; }
   mrun -s "$EX_USAGE" mesh-up --bogus
   [[ "$stderr" == "mesh-up: error: unknown option '--bogus'"* ]]
   mrun -s "$EX_USAGE" mesh-up --interface x --state st --punch-interval soon
+  mrun -s "$EX_USAGE" mesh-up --interface x --state st --exit-node
+  [[ "$stderr" == "mesh-up: error: --exit-node: expected a peer name"* ]]
+  mrun -s 0 mesh-up --help
+  [[ "$output" == *"--exit-node NAME"* ]]
   # Not enrolled yet and no server given: nothing to do.
   mrun -s "$EX_USAGE" mesh-up --interface x --state st
   [[ "$stderr" == *"not enrolled yet"* ]]
