@@ -66,7 +66,7 @@ srv_sees() {
   [ "$(jq -r '.owner // "none"' <<<"$output")" = none ]
   # The audit log names the user as the actor.
   mrun -s 0 mesh-coord events --server "$COORD_URL"
-  jq -e 'select(.action == "peer.join" and .target == "laptop" and .actor == "user:alice@example.com")' \
+  jq -s -e 'any(.[]; .action == "peer.join" and .target == "laptop" and .actor == "user:alice@example.com")' \
     <<<"$output" >/dev/null
   # A wrong password at the IdP: no token, so no enrolment.
   run idp_browser_approve alice wrong-pw "$IDP_URL/device?user_code=XXXX-XXXX"
@@ -92,7 +92,10 @@ EOF
   # srv sees both (a1 by group:idp:eng on 22, b1 by user: on 443), with the
   # firewall rule for each.
   [ "$(srv_sees)" = a1,b1 ]
-  [ "$(jq -c '[.firewall.rules[]? | {p: .ports, s: .sources}] | length' <<<"$output")" != 0 ]
+  coord_map srv
+  a1v4=$(jq -r '.addresses[0] | split("/")[0]' a1.json)
+  jq -e --arg s "$a1v4/32" 'any(.firewall.inbound[]; .rule == "eng-to-servers" and .ports == ["22"] and (.sources | index($s)))' \
+    <<<"$output" >/dev/null
   mrun -s 0 mesh-coord policy check --server "$COORD_URL" --from a1 --to srv --port 22/tcp --json
   [ "$(jq -r .rule <<<"$output")" = eng-to-servers ]
   mrun -s "$EX_FAILURE" mesh-coord policy check --server "$COORD_URL" --from b1 --to srv --port 22/tcp
@@ -276,8 +279,8 @@ EOF
   [[ "$stderr" == *"bob@example.com is not in the admin group 'mesh-admins'"* ]]
   mrun -s 0 mesh-coord peer delete --server "$COORD_URL" --admin-token-file bob.tok b2
   mrun -s 0 mesh-coord events --server "$COORD_URL" --admin-token-file alice.tok
-  jq -e 'select(.action == "policy.set" and .actor == "user:alice@example.com")' <<<"$output" >/dev/null
-  jq -e 'select(.action == "peer.delete" and .target == "b2" and .actor == "user:bob@example.com")' <<<"$output" >/dev/null
+  jq -s -e 'any(.[]; .action == "policy.set" and .actor == "user:alice@example.com")' <<<"$output" >/dev/null
+  jq -s -e 'any(.[]; .action == "peer.delete" and .target == "b2" and .actor == "user:bob@example.com")' <<<"$output" >/dev/null
   # A token from elsewhere is no admin token.
   idp_mint '{"sub": "alice", "aud": "other", "claims": {"groups": ["mesh-admins"]}}' >forged.tok
   mrun -s "$EX_NOPERM" mesh-coord peer list --server "$COORD_URL" --admin-token-file forged.tok
