@@ -234,6 +234,9 @@ class Coordinator {
   RevocationList revoked_;  // deleted peers' relay credentials (guarded by mu_)
   std::unique_ptr<oidc::Issuer> issuer_;  // null: login disabled
   Users users_;                           // guarded by mu_
+  // SHA-256 of ID tokens that enrolled a node key, until they expire (mu_):
+  // a token that leaked cannot enrol a second key.
+  std::map<std::string, std::pair<PublicKey, int64_t>> used_tokens_;
   std::atomic<int64_t> next_expiry_{0};   // earliest login expiry; 0: check now
   std::shared_mutex mu_;
   std::condition_variable_any cv_;
@@ -1533,6 +1536,7 @@ void Coordinator::h_login(const httplib::Request& req, httplib::Response& res) {
   if (!body) return peer_error(&*a, res, from_status(body.status()));
   int64_t now = unix_now();
   auto ident = issuer_->verify(body->setup_key, now);
+  std::string token_hash = sha256_hex(body->setup_key);
   wipe(body->setup_key);
   if (!ident) {
     ++auth_failures_;
@@ -1543,6 +1547,10 @@ void Coordinator::h_login(const httplib::Request& req, httplib::Response& res) {
     return peer_error(&*a, res, {http, "login refused: " + ident.status().message(), "id_token"});
   }
   std::unique_lock lk(mu_);
+  std::erase_if(used_tokens_, [&](const auto& e) { return e.second.second + 60 < now; });
+  if (auto it = used_tokens_.find(token_hash); it != used_tokens_.end() && it->second.first != a->key)
+    return peer_error(&*a, res, {401, "login refused: this ID token already enrolled another node key", "id_token"});
+  used_tokens_[token_hash] = {a->key, ident->expires_at};
   User u = user_after_login(users_, *ident, now);
   std::string actor = "user:" + (u.email.empty() ? u.subject : u.email);
   if (u.disabled) {

@@ -12,6 +12,8 @@ bats_require_minimum_version 1.5.0
 load helpers
 load 010-coord
 load oidc
+load ../lab/lab
+load ../lab/mesh
 
 USERS='{
   "alice": {"password": "alice-pw", "email": "alice@example.com", "name": "Alice", "groups": ["eng"]},
@@ -226,6 +228,12 @@ EOF
     mrun -s 0 mesh-coord login --server "$COORD_URL" --key "c-$alg.key" --id-token-file ok.jwt
     [ "$(jq -r .user.subject <<<"$output")" = "carol-$alg" ]
   done
+  # A token enrols one node key: replayed with another key it is refused;
+  # the same key may retry.
+  mesh-keygen genkey -o thief.key
+  mrun -s "$EX_NOPERM" mesh-coord login --server "$COORD_URL" --key thief.key --id-token-file ok.jwt
+  [[ "$stderr" == *"this ID token already enrolled another node key"* ]]
+  mrun -s 0 mesh-coord login --server "$COORD_URL" --key c-ES256.key --id-token-file ok.jwt
   # A setup-key peer's key cannot be taken over by a login.
   idp_mint '{"sub": "mallory"}' >m.jwt
   mrun -s "$EX_NOPERM" mesh-coord login --server "$COORD_URL" --key srv.key --id-token-file m.jwt
@@ -285,4 +293,40 @@ EOF
   idp_mint '{"sub": "alice", "aud": "other", "claims": {"groups": ["mesh-admins"]}}' >forged.tok
   mrun -s "$EX_NOPERM" mesh-coord peer list --server "$COORD_URL" --admin-token-file forged.tok
   [[ "$stderr" == *"login refused: token: audience"* ]]
+}
+
+@test "in the lab: group:idp:eng lets alice's node (mesh-up --login) ping the server and keeps bob's out" {
+  require_root
+  # The IdP beside the coordinator on the lab's internet; the coordinator
+  # starts first and fetches the IdP's keys at the first login.
+  MESH_LAB_COORD_ARGS="--oidc-issuer http://203.0.113.1:9440 --oidc-client-id mesh"
+  mesh_lab_core
+  start_daemon labidp nsx inet node "$MESH_ROOT/tests/idp/idp.js" --listen 203.0.113.1 --port 9440 \
+    --users "$BATS_TEST_TMPDIR/idp-users.json"
+  wait_for_line labidp.out '^issuer http://203.0.113.1:9440$' 60
+  IDP_URL=http://203.0.113.1:9440 IDP_NS=inet
+  cat >lab-policy.json <<'EOF'
+{"groups": {"nodes": {}},
+ "rules": [{"name": "eng-ping", "src": ["group:idp:eng"], "dst": ["nodes"], "proto": "icmp"}],
+ "tests": [{"from": "group:idp:eng", "to": "group:nodes", "port": "icmp", "expect": "allow"},
+           {"from": "group:idp:sales", "to": "group:nodes", "port": "icmp", "expect": "deny"}]}
+EOF
+  nsx inet mesh-coord policy set --server "$COORD_URL" lab-policy.json >/dev/null
+  for n in srv alice bob; do lab_peer_public "$n"; done
+  mesh_lab_up srv
+  export MESH_LOGIN_POLL_MS=200
+  for n in alice bob; do
+    MESH_LAB_UP_ARGS=--login mesh_lab_up "$n"
+    wait_for_line "$MESH_NODES/$n/registration.json.login" '"user_code"' 60
+    idp_browser_approve "$n" "$n-pw" \
+      "$(head -1 "$MESH_NODES/$n/registration.json.login" | jq -r .verification_uri_complete)"
+    wait_until 30 mesh_lab_enrolled "$n"
+  done
+  grep -q 'to log in, open http://203.0.113.1:9440/device' up-alice.err
+  [ "$(jq -r .user.email "$MESH_NODES/alice/registration.json")" = alice@example.com ]
+  # Real pings through WireGuard: alice's node reaches srv; bob's does not.
+  wait_until 60 mesh_lab_ping alice srv
+  wait_until 30 mesh_lab_ping srv alice
+  for i in 1 2 3; do ! mesh_lab_ping bob srv; done
+  nsx inet mesh-coord peer show --server "$COORD_URL" srv --json | jq -e '.visible_peers == ["alice"]'
 }

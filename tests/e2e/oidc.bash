@@ -4,7 +4,8 @@
 #   idp_users JSON                 write the IdP's users file (read at every login)
 #   idp_start [ARGS...]            start the IdP on 127.0.0.1:0; sets IDP_URL
 #   idp_browser_approve USER PASSWORD URI   confirm the device code, sign in and
-#                                  consent, as a browser would; fails when the
+#                                  consent, as a browser would (in namespace
+#                                  $IDP_NS when set); fails when the
 #                                  provider does not end on its success page
 #   oidc_login PEER USER PASSWORD [LOGIN-ARGS...]   run `mesh-coord login` for
 #                                  PEER (key PEER.key, made when missing), approve
@@ -38,6 +39,8 @@ _form_action() { sed -n "s/.*form id=\"$1\" method=\"post\" action=\"\([^\"]*\)\
 idp_browser_approve() {
   local user=$1 password=$2 uri=$3 jar="$BATS_TEST_TMPDIR/browser.$RANDOM" page code xsrf act
   local c=(curl -sS --max-time 20 -c "$jar" -b "$jar")
+  # The browser sits where the IdP is reachable: in namespace $IDP_NS if set.
+  [ -z "${IDP_NS:-}" ] || c=(nsx "$IDP_NS" "${c[@]}")
   code=$(sed -n 's/.*user_code=//p' <<<"$uri")
   # The provider's own pages: the code's auto-submitting form, then its
   # confirm form, which leads to the login form (the browser follows 303s).
