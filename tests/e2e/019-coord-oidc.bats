@@ -70,9 +70,22 @@ srv_sees() {
   mrun -s 0 mesh-coord events --server "$COORD_URL"
   jq -s -e 'any(.[]; .action == "peer.join" and .target == "laptop" and .actor == "user:alice@example.com")' \
     <<<"$output" >/dev/null
-  # A wrong password at the IdP: no token, so no enrolment.
-  run idp_browser_approve alice wrong-pw "$IDP_URL/device?user_code=XXXX-XXXX"
+  # A wrong password at the IdP: no token, so no enrolment; the login gives
+  # up after --timeout with exit 75.
+  mesh-keygen genkey -o x.key
+  MESH_LOGIN_POLL_MS=200 timeout 60 mesh-coord login --server "$COORD_URL" --key x.key --timeout 4 \
+    >x.out 2>x.err 3>&- &
+  pid=$!
+  wait_for_line x.out '"user_code"' 30
+  run idp_browser_approve alice wrong-pw "$(head -1 x.out | jq -r .verification_uri_complete)"
   [ "$status" -ne 0 ]
+  [[ "$output" == *"invalid user or password"* ]]
+  st=0
+  wait "$pid" || st=$?
+  [ "$st" -eq "$EX_TEMPFAIL" ]
+  grep -q "login timed out" x.err
+  mrun -s 0 mesh-coord peer list --server "$COORD_URL" --json
+  [ "$(jq -r '.peers | length' <<<"$output")" = 2 ]
 }
 
 @test "IdP groups decide reachability, and a group change takes effect at the next login" {
