@@ -329,7 +329,9 @@ EOF
   mesh_lab_up srv
   export MESH_LOGIN_POLL_MS=200
   for n in alice bob; do
-    MESH_LAB_UP_ARGS=--login mesh_lab_up "$n"
+    # Plain http to another host: the coordinator key is given, as a setup
+    # key would carry it.
+    MESH_LAB_UP_ARGS="--login --coordinator-key $(cat coord/coordinator.pub)" mesh_lab_up "$n"
     wait_for_line "$MESH_NODES/$n/registration.json.login" '"user_code"' 60
     idp_browser_approve "$n" "$n-pw" \
       "$(head -1 "$MESH_NODES/$n/registration.json.login" | jq -r .verification_uri_complete)"
