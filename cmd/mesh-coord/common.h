@@ -45,6 +45,12 @@ void add_admin_options(CLI::App& app, AdminTarget& t);
 // The token from --admin-token-file or MESH_ADMIN_TOKEN (never argv).
 Result<std::string> admin_token(Context& ctx, const AdminTarget& t);
 
+// Which coordinator key an enrolment (join, login) trusts: --coordinator-key
+// (checked against the setup key's pin), the pin, else /v1/info's, only over
+// https or to this host unless `insecure` (join.cpp).
+Result<PublicKey> join_coordinator_key(Client& cli, const std::string& flag,
+                                       const std::optional<PublicKey>& pinned, bool insecure);
+
 // One JSON document on stdout: indented on a terminal, one line otherwise.
 int print_json(Context& ctx, const Json& j);
 

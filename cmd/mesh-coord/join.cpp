@@ -10,7 +10,7 @@ namespace mesh::coord {
 // --coordinator-key (they must agree), or else the one /v1/info reports,
 // which a man in the middle could replace: only over https or to this host,
 // unless --insecure.
-static Result<PublicKey> join_coordinator_key(Client& cli, const std::string& flag,
+Result<PublicKey> join_coordinator_key(Client& cli, const std::string& flag,
                                               const std::optional<PublicKey>& pinned,
                                               bool insecure) {
   if (!flag.empty()) {

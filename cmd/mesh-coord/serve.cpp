@@ -1,4 +1,5 @@
 #include "coord/server.h"
+#include "coord/users.h"
 #include "core/cli11.h"
 #include "verbs.h"
 
@@ -62,9 +63,33 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   app.add_option("--auth-failures-per-minute", o.auth_failures_per_minute,
                  "failed authentications per source address per minute before 429")
       ->capture_default_str();
+  std::string login_expiry = "24h";
+  app.add_option("--oidc-issuer", o.oidc_issuer,
+                 "enable login: the OpenID provider's issuer URL (discovery, JWKS)");
+  app.add_option("--oidc-client-id", o.oidc_client_id,
+                 "the client id nodes log in with (the ID tokens' audience)");
+  app.add_option("--oidc-groups-claim", o.oidc_groups_claim,
+                 "ID token claim holding the user's IdP groups")->capture_default_str();
+  app.add_option("--oidc-admin-group", o.oidc_admin_group,
+                 "IdP group whose users may use the admin verbs with their login");
+  app.add_option("--oidc-ca-file", o.oidc_ca_file, "CA certificates for an https issuer");
+  app.add_option("--login-expiry", login_expiry,
+                 "how long a login keeps its peers in the mesh: N[s|m|h|d], 0 never")
+      ->capture_default_str();
   app.add_flag("-v,--verbose", verbose, "log informational messages");
   if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
   if (verbose) ctx.log.set_level(LogLevel::Info);
+  if (o.oidc_issuer.empty() != o.oidc_client_id.empty())
+    return report(ctx, usage_error("--oidc-issuer and --oidc-client-id go together"));
+  if (o.oidc_issuer.empty() && !o.oidc_admin_group.empty())
+    return report(ctx, usage_error("--oidc-admin-group needs --oidc-issuer"));
+  if (!o.oidc_issuer.empty() && o.oidc_issuer.rfind("https://", 0) != 0 &&
+      o.oidc_issuer.rfind("http://", 0) != 0)
+    return report(ctx, usage_error("--oidc-issuer " + o.oidc_issuer + ": expected an http(s) URL"));
+  if (auto d = parse_duration_text(login_expiry); !d)
+    return report(ctx, usage_error("--login-expiry: " + d.status().message()));
+  else
+    o.login_expiry = *d;
   for (const auto& t : turns) {
     TurnConfig tc;
     auto comma = t.find(',');

@@ -4,12 +4,14 @@
 namespace mesh::coord {
 int cmd_serve(Context& ctx, int argc, char** argv);
 int cmd_join(Context& ctx, int argc, char** argv);
+int cmd_login(Context& ctx, int argc, char** argv);
 int cmd_map(Context& ctx, int argc, char** argv);
 int cmd_watch(Context& ctx, int argc, char** argv);
 int cmd_announce(Context& ctx, int argc, char** argv);
 int cmd_punch(Context& ctx, int argc, char** argv);
 int cmd_setup_key(Context& ctx, int argc, char** argv);
 int cmd_peer(Context& ctx, int argc, char** argv);
+int cmd_user(Context& ctx, int argc, char** argv);
 int cmd_policy(Context& ctx, int argc, char** argv);
 int cmd_events(Context& ctx, int argc, char** argv);
 }  // namespace mesh::coord

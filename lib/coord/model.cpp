@@ -77,7 +77,9 @@ Json SetupKey::to_json() const {
               {"created_at", created_at}};
 }
 
-PeerAttrs Peer::attrs() const { return PeerAttrs{name, groups, tags, {ipv4, ipv6}}; }
+PeerAttrs Peer::attrs() const {
+  return PeerAttrs{name, groups, tags, {ipv4, ipv6}, owner_email, idp_groups};
+}
 
 static Json endpoints_json(const std::vector<Candidate>& eps) {
   Json a = Json::array();
@@ -85,8 +87,28 @@ static Json endpoints_json(const std::vector<Candidate>& eps) {
   return a;
 }
 
+// Login peers carry their owner (setup-key peers' records are unchanged).
+static Json with_owner(Json j, const Peer& p) {
+  if (p.owner.empty()) return j;
+  j["owner"] = p.owner;
+  j["owner_email"] = p.owner_email;
+  j["idp_groups"] = p.idp_groups;
+  j["login_expires_at"] = p.login_expires_at;
+  j["login_expired"] = p.login_expired;
+  j["owner_disabled"] = p.owner_disabled;
+  return j;
+}
+
+std::string Peer::refusal() const {
+  if (disabled) return "peer is disabled";
+  if (owner_disabled) return "peer is cut off: its user is disabled";
+  if (login_expired)
+    return "login expired: log in again (mesh-coord login, or mesh-up --login) to restore this node";
+  return "";
+}
+
 Json Peer::to_json() const {
-  return Json{{"id", id},
+  return with_owner(Json{{"id", id},
               {"name", name},
               {"public_key", public_key.to_base64()},
               {"addresses", {ipv4.to_string(), ipv6.to_string()}},
@@ -101,11 +123,12 @@ Json Peer::to_json() const {
               {"last_seen", last_seen.load()},
               {"endpoints", endpoints_json(endpoints)},
               {"endpoints_at", endpoints_at},
-              {"serial", serial}};
+              {"serial", serial}},
+                    *this);
 }
 
 Json Peer::to_record() const {
-  return Json{{"id", id},
+  return with_owner(Json{{"id", id},
               {"name", name},
               {"public_key", public_key.to_base64()},
               {"host_index", host_index},
@@ -121,7 +144,8 @@ Json Peer::to_record() const {
               {"created_at", created_at},
               {"last_seen", last_seen.load()},
               {"endpoints", endpoints_json(endpoints)},
-              {"endpoints_at", endpoints_at}};
+              {"endpoints_at", endpoints_at}},
+                    *this);
 }
 
 Result<std::unique_ptr<Peer>> Peer::from_record(const Json& j) {
@@ -151,6 +175,12 @@ Result<std::unique_ptr<Peer>> Peer::from_record(const Json& j) {
       p.endpoints.push_back(c);
     }
     p.endpoints_at = j.value("endpoints_at", int64_t{0});
+    p.owner = j.value("owner", "");
+    p.owner_email = j.value("owner_email", "");
+    p.idp_groups = j.value("idp_groups", std::vector<std::string>{});
+    p.login_expires_at = j.value("login_expires_at", int64_t{0});
+    p.login_expired = j.value("login_expired", false);
+    p.owner_disabled = j.value("owner_disabled", false);
   } catch (const std::exception& e) {
     return Status(Exit::Config, std::string("corrupt peer record: ") + e.what());
   }
@@ -288,7 +318,7 @@ void Model::compile() {
     if (!p) continue;
     p->src_rules.clear();
     p->dst_rules.clear();
-    if (p->disabled) continue;
+    if (p->cut_off()) continue;
     all.push_back(p->id);
     for (const auto& g : p->groups) by_group[g].push_back(p->id);
     for (const auto& t : p->tags) by_tag[t].push_back(p->id);
@@ -298,9 +328,14 @@ void Model::compile() {
       case Selector::Kind::All: out.insert(out.end(), all.begin(), all.end()); break;
       case Selector::Kind::Peer: {
         auto it = by_name_.find(s.name);
-        if (it != by_name_.end() && !by_id_[it->second]->disabled) out.push_back(it->second);
+        if (it != by_name_.end() && !by_id_[it->second]->cut_off()) out.push_back(it->second);
         break;
       }
+      case Selector::Kind::User:
+      case Selector::Kind::IdpGroup:
+        for (uint32_t id : all)
+          if (selector_matches(policy_, s, by_id_[id]->attrs())) out.push_back(id);
+        break;
       case Selector::Kind::Cidr:
         for (uint32_t id : all) {
           const Peer& p = *by_id_[id];
@@ -314,7 +349,7 @@ void Model::compile() {
         if (g == policy_.groups.end()) break;
         for (const auto& m : g->second.members) {
           auto it = by_name_.find(m);
-          if (it != by_name_.end() && !by_id_[it->second]->disabled) out.push_back(it->second);
+          if (it != by_name_.end() && !by_id_[it->second]->cut_off()) out.push_back(it->second);
         }
         for (const auto& t : g->second.tags)
           if (auto it = by_tag.find(t); it != by_tag.end())
@@ -346,7 +381,7 @@ void Model::compile() {
 void Model::index_rules(Peer& p) {
   p.src_rules.clear();
   p.dst_rules.clear();
-  if (p.disabled) return;
+  if (p.cut_off()) return;
   PeerAttrs a = p.attrs();
   for (size_t i = 0; i < policy_.rules.size(); ++i) {
     const PolicyRule& r = policy_.rules[i];
@@ -395,7 +430,7 @@ uint64_t Model::compute_digest(const Peer& p) const {
   uint64_t h = mix(p.version ^ 0x5e1full);
   if (!cfg_.relay_secret.empty() && !cfg_.turn.empty())
     h ^= mix(static_cast<uint64_t>(cred_window_) ^ 0xc4edull);
-  if (p.disabled) return h;
+  if (p.cut_off()) return h;
   if (stamp_.size() < by_id_.size()) stamp_.resize(by_id_.size() + 1024, 0);
   uint32_t gen = ++stamp_gen_;
   if (gen == 0) {  // wrapped: reset the marks
@@ -552,7 +587,7 @@ NetMap Model::build_map(const Peer& p, bool lists) const {
   m.self.listen_port = p.listen_port;
   m.self.mtu = cfg_.mtu;
   m.dns_domain = cfg_.dns_domain;
-  if (!p.disabled && lists) {
+  if (!p.cut_off() && lists) {
     for (uint32_t id : visible(p.id)) {
       const Peer& q = *by_id_[id];
       MapPeer mp;
@@ -601,7 +636,7 @@ NetMap Model::build_map(const Peer& p, bool lists) const {
 
 std::string Model::map_json(const Peer& p) const {
   std::string text = netmap_json_text(build_map(p, false));
-  if (p.disabled) return text;
+  if (p.cut_off()) return text;
   std::vector<uint32_t> ids = visible(p.id);
   std::string peers, inbound;
   peers.reserve(ids.size() * 320);
@@ -640,6 +675,14 @@ std::string Model::map_json(const Peer& p) const {
 // ---------------------------------------------------------------- policy
 
 Result<PeerAttrs> Model::resolve_test_party(const std::string& who) const {
+  PeerAttrs u;
+  if (parse_user_selector(who, &u.user)) return u;
+  std::string g;
+  if (parse_idp_group_selector(who, &g)) {
+    u.user = "someone@idp";  // a login peer in that IdP group only
+    u.idp_groups.push_back(g);
+    return u;
+  }
   if (who.rfind("group:", 0) == 0) {
     PeerAttrs a;
     a.groups.push_back(who.substr(6));
@@ -707,7 +750,7 @@ std::vector<PortRange> subtract(const std::vector<PortRange>& a, const std::vect
 Model::Plan Model::plan(const Policy& next) const {
   std::vector<const Peer*> live;
   for (const auto& p : by_id_)
-    if (p && !p->disabled) live.push_back(p.get());
+    if (p && !p->cut_off()) live.push_back(p.get());
   auto coverage = [&](const Policy& pol) {
     std::map<std::pair<uint32_t, uint32_t>, Coverage> cov;
     std::vector<PeerAttrs> attrs;

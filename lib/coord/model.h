@@ -84,6 +84,17 @@ struct Peer {
   int64_t created_at = 0;
   std::vector<Candidate> endpoints;
   int64_t endpoints_at = 0;
+  // Login peers (mesh-coord login, coord/users.h): the owner's subject and
+  // email, the owner's IdP groups at the last login, and when the login
+  // expires (0: never). A cut-off peer is in no map, its own included.
+  std::string owner, owner_email;
+  std::vector<std::string> idp_groups;
+  int64_t login_expires_at = 0;
+  bool login_expired = false;
+  bool owner_disabled = false;
+  bool cut_off() const { return disabled || login_expired || owner_disabled; }
+  // Why this peer's own requests are refused ("" when they are not).
+  std::string refusal() const;
 
   // Map state (serial and generated_at are persisted).
   uint64_t serial = 0;

@@ -31,6 +31,8 @@ std::string Selector::to_string() const {
     case Kind::Group: return name;
     case Kind::Peer: return "peer:" + name;
     case Kind::Cidr: return cidr.to_string();
+    case Kind::User: return "user:" + name;
+    case Kind::IdpGroup: return "group:idp:" + name;
   }
   return "";
 }
@@ -67,6 +69,17 @@ static Result<Selector> parse_selector(const JsonView& v, const Policy& p) {
   if (!s) return s.status();
   Selector sel;
   if (*s == "all") return sel;
+  if (s->rfind("user:", 0) == 0) {
+    sel.kind = Selector::Kind::User;
+    if (!parse_user_selector(*s, &sel.name)) return v.error("invalid user selector '" + *s + "' (user:EMAIL)");
+    return sel;
+  }
+  if (s->rfind("group:idp:", 0) == 0) {
+    sel.kind = Selector::Kind::IdpGroup;
+    if (!parse_idp_group_selector(*s, &sel.name))
+      return v.error("invalid IdP group selector '" + *s + "' (group:idp:NAME)");
+    return sel;
+  }
   if (s->rfind("peer:", 0) == 0) {
     sel.kind = Selector::Kind::Peer;
     sel.name = s->substr(5);
@@ -162,6 +175,12 @@ Result<Policy> parse_policy(const Json& j, const std::string& source) {
       MESH_ASSIGN(t.from, e.get_string("from"));
       MESH_ASSIGN(t.to, e.get_string("to"));
       for (auto* who : {&t.from, &t.to}) {
+        std::string ignored;
+        if (who->rfind("user:", 0) == 0 || who->rfind("group:idp:", 0) == 0) {
+          if (!parse_user_selector(*who, &ignored) && !parse_idp_group_selector(*who, &ignored))
+            return e.error("invalid user or IdP group '" + *who + "'");
+          continue;
+        }
         std::string n = who->rfind("group:", 0) == 0 ? who->substr(6) : *who;
         if (!valid_name(n)) return e.error("invalid peer or group '" + *who + "'");
         if (who->rfind("group:", 0) == 0 && n != "all" && !p.groups.count(n))
@@ -212,9 +231,35 @@ static bool contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
 }
 
+bool parse_user_selector(std::string_view s, std::string* email) {
+  if (s.rfind("user:", 0) != 0) return false;
+  std::string_view e = s.substr(5);
+  auto at = e.find('@');
+  if (e.empty() || e.size() > 254 || at == std::string_view::npos || at == 0 || at + 1 == e.size())
+    return false;
+  for (char c : e)
+    if (static_cast<unsigned char>(c) <= ' ' || c == '"' || c == ',' || c == 0x7f) return false;
+  email->clear();
+  for (char c : e) email->push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+  return true;
+}
+
+bool parse_idp_group_selector(std::string_view s, std::string* group) {
+  if (s.rfind("group:idp:", 0) != 0) return false;
+  std::string_view g = s.substr(10);
+  // IdP group names are the IdP's: anything printable, but bounded.
+  if (g.empty() || g.size() > 255) return false;
+  for (char c : g)
+    if (static_cast<unsigned char>(c) < ' ' || c == 0x7f) return false;
+  *group = std::string(g);
+  return true;
+}
+
 bool selector_matches(const Policy& p, const Selector& s, const PeerAttrs& a) {
   switch (s.kind) {
     case Selector::Kind::All: return true;
+    case Selector::Kind::User: return !a.user.empty() && a.user == s.name;
+    case Selector::Kind::IdpGroup: return contains(a.idp_groups, s.name);
     case Selector::Kind::Peer: return a.name == s.name;
     case Selector::Kind::Cidr:
       for (const auto& ip : a.addresses)

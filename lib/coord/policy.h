@@ -20,8 +20,10 @@ namespace mesh::coord {
 
 // What a rule's src/dst entry selects.
 struct Selector {
-  enum class Kind { All, Group, Peer, Cidr } kind = Kind::All;
-  std::string name;  // group or peer name
+  // User: `user:EMAIL`, a login's email; IdpGroup: `group:idp:NAME`, a
+  // group in the identity provider's groups claim (coord/users.h).
+  enum class Kind { All, Group, Peer, Cidr, User, IdpGroup } kind = Kind::All;
+  std::string name;  // group or peer name, email, IdP group
   Prefix cidr;       // Kind::Cidr: peers whose overlay address is inside
   std::string to_string() const;
 };
@@ -48,7 +50,10 @@ struct Service {
 };
 
 struct PolicyTest {
-  std::string from, to;  // peer name, or "group:NAME" (a peer in just that group)
+  // Peer name, "group:NAME" (a peer in just that group), "user:EMAIL" (a
+  // peer of that user in no group) or "group:idp:NAME" (a user's peer in
+  // just that IdP group).
+  std::string from, to;
   Service service;
   bool expect_allow = true;
 };
@@ -65,7 +70,14 @@ struct PeerAttrs {
   std::vector<std::string> groups;  // assigned (setup key auto-groups, set-groups)
   std::vector<std::string> tags;
   std::vector<IpAddr> addresses;
+  std::string user;                     // owner's email (login peers), else ""
+  std::vector<std::string> idp_groups;  // owner's IdP groups at the last login
 };
+
+// `user:EMAIL` and `group:idp:NAME` (mesh-policy(5)): the email or IdP group
+// a selector or test party names, when it is one.
+bool parse_user_selector(std::string_view s, std::string* email);
+bool parse_idp_group_selector(std::string_view s, std::string* group);
 
 // Validates everything (strict keys, group names, unknown groups in rules
 // or tests, ports, CIDRs, protocols). Errors name the JSON path.

@@ -5,11 +5,11 @@
 
 namespace mesh::coord {
 
-Result<JoinRequest> parse_join_request(const Json& j) {
+static Result<JoinRequest> parse_enrol_request(const Json& j, const char* secret) {
   JsonView v(j, "request");
-  MESH_TRY(v.check_keys({"setup_key", "name", "name_hint"}));
+  MESH_TRY(v.check_keys({secret, "name", "name_hint"}));
   JoinRequest r;
-  MESH_ASSIGN(r.setup_key, v.get_string("setup_key"));
+  MESH_ASSIGN(r.setup_key, v.get_string(secret));
   for (auto [field, out] : {std::pair{"name", &r.name}, std::pair{"name_hint", &r.name_hint}}) {
     JsonView f = v;
     if (!v.optional_field(field, &f)) continue;
@@ -20,6 +20,9 @@ Result<JoinRequest> parse_join_request(const Json& j) {
   }
   return r;
 }
+
+Result<JoinRequest> parse_join_request(const Json& j) { return parse_enrol_request(j, "setup_key"); }
+Result<JoinRequest> parse_login_request(const Json& j) { return parse_enrol_request(j, "id_token"); }
 
 Result<std::vector<PublicKey>> parse_punch_request(const Json& j, size_t max_targets) {
   JsonView v(j, "request");

@@ -32,6 +32,10 @@ struct JoinRequest {
 };
 Result<JoinRequest> parse_join_request(const Json& j);
 
+// POST /v1/login: {"id_token": JWT, "name"?, "name_hint"?}; the token is
+// returned in `setup_key`'s place (JoinRequest.setup_key).
+Result<JoinRequest> parse_login_request(const Json& j);
+
 // POST /v1/punch: {"peers": [KEY, ...]}, 1 to max_targets keys, duplicates
 // dropped (order kept).
 Result<std::vector<PublicKey>> parse_punch_request(const Json& j, size_t max_targets);

@@ -23,10 +23,12 @@
 #include "coord/httpguard.h"
 #include "coord/limits.h"
 #include "coord/mapjson.h"
+#include "coord/oidc.h"
 #include "coord/punch.h"
 #include "coord/revoked.h"
 #include "coord/requests.h"
 #include "coord/store.h"
+#include "coord/users.h"
 #include "core/base64.h"
 #include "core/file.h"
 #include "core/key.h"
@@ -116,6 +118,15 @@ Result<Json> json_body(const httplib::Request& req, size_t max) {
   return parse_json(req.body, "request");
 }
 
+// Who made an admin request (mesh-coord(8), Admin by login): the admin
+// token, or an ID token of the issuer: a user in --oidc-admin-group, or
+// another user, who may list, show and delete only their own peers.
+struct Caller {
+  std::string actor = "admin";  // audit actor: "admin" or "user:EMAIL"
+  std::string subject;          // the user's, for a login
+  bool admin = true;
+};
+
 struct PeerAuth {
   PublicKey key;
   SessionKeys keys;
@@ -170,7 +181,8 @@ class Coordinator {
   Status record_event(const Event& ev);
 
   Result<PeerAuth> auth_peer(const httplib::Request& req, bool require_enrolled, uint32_t* id);
-  bool auth_admin(const httplib::Request& req, httplib::Response& res);
+  bool auth_admin(const httplib::Request& req, httplib::Response& res, Caller* who = nullptr);
+  Result<Caller> login_caller(const std::string& token);
   void sign(const PeerAuth& a, httplib::Response& res);
   void peer_error(const PeerAuth* a, httplib::Response& res, const ApiError& e);
   void auth_error(const httplib::Request& req, httplib::Response& res, const Status& s);
@@ -195,6 +207,14 @@ class Coordinator {
   void h_events(const httplib::Request&, httplib::Response&);
   void h_metrics(const httplib::Request&, httplib::Response&);
   void h_relay_revoked(const httplib::Request&, httplib::Response&);
+  // Login (coord/users.h): enrolment with an ID token, the users' admin
+  // verbs, and the login expiry timer.
+  void h_login(const httplib::Request&, httplib::Response&);
+  void h_users_list(const httplib::Request&, httplib::Response&);
+  void h_user_op(const httplib::Request&, httplib::Response&, const std::string& op);
+  bool expire_due_logins(int64_t now);
+  Status persist_peers(const std::vector<uint32_t>& ids, const User* user, const Changes& ch,
+                       const Event& ev);
 
   Json registration(const Peer& p) const;
   Result<PeerAuth> keys_for(const PublicKey& k);
@@ -212,6 +232,12 @@ class Coordinator {
   Model model_;
   std::vector<SetupKey> setup_keys_;
   RevocationList revoked_;  // deleted peers' relay credentials (guarded by mu_)
+  std::unique_ptr<oidc::Issuer> issuer_;  // null: login disabled
+  Users users_;                           // guarded by mu_
+  // SHA-256 of ID tokens that enrolled a node key, until they expire (mu_):
+  // a token that leaked cannot enrol a second key.
+  std::map<std::string, std::pair<PublicKey, int64_t>> used_tokens_;
+  std::atomic<int64_t> next_expiry_{0};   // earliest login expiry; 0: check now
   std::shared_mutex mu_;
   std::condition_variable_any cv_;
   NonceCache nonces_;       // enrolled peers' requests
@@ -297,6 +323,13 @@ Status Coordinator::init() {
     return tok.status();
   }
   MESH_ASSIGN(store_, Store::open(opt_.state_dir + "/coord.db"));
+  if (!opt_.oidc_issuer.empty()) {
+    issuer_ = std::make_unique<oidc::Issuer>(opt_.oidc_issuer, opt_.oidc_client_id,
+                                             opt_.oidc_groups_claim, opt_.oidc_ca_file, log_);
+    // The IdP may start later: logins refetch its keys when they need them.
+    if (Status s = issuer_->refresh(unix_now()); !s)
+      log_.warn("oidc: " + s.message() + " (retried at the first login)");
+  }
   return load_model();
 }
 
@@ -407,7 +440,15 @@ Status Coordinator::load_model() {
     MESH_ASSIGN(rev, RevocationList::from_json(rj));
     rev.prune(now);
   }
+  Users users;
+  MESH_ASSIGN(auto user_rows, store_->load_records("user"));
+  for (const auto& [subject, j] : user_rows) {
+    MESH_ASSIGN(auto u, User::from_json(j));
+    users[u.subject] = std::move(u);
+  }
   // Swap in only when everything loaded.
+  users_ = std::move(users);
+  next_expiry_ = 0;
   model_ = std::move(m);
   setup_keys_ = std::move(keys);
   revoked_ = std::move(rev);
@@ -539,7 +580,7 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
     std::shared_lock lk(mu_);
     Peer* p = model_.by_key(*key);
     if (!p) return Status(Exit::NoInput, "peer is not enrolled (deleted or never joined)");
-    if (p->disabled) return Status(Exit::NoInput, "peer is disabled");
+    if (auto why = p->refusal(); !why.empty()) return Status(Exit::NoInput, why);
     *id = p->id;
   }
   if (Status s = nonces_.check_and_insert(a.nonce, now); !s) {
@@ -595,7 +636,7 @@ void Coordinator::peer_error(const PeerAuth* a, httplib::Response& res, const Ap
   if (a) sign(*a, res);
 }
 
-bool Coordinator::auth_admin(const httplib::Request& req, httplib::Response& res) {
+bool Coordinator::auth_admin(const httplib::Request& req, httplib::Response& res, Caller* who) {
   int64_t now = unix_now();
   std::string source = source_key(req.remote_addr);
   if (limiter_.blocked(source, now)) {
@@ -606,14 +647,35 @@ bool Coordinator::auth_admin(const httplib::Request& req, httplib::Response& res
   }
   std::string h = req.get_header_value("Authorization");
   const std::string pre = "Bearer ";
-  if (h.rfind(pre, 0) == 0 && secure_equal(h.substr(pre.size()), admin_token_)) return true;
+  if (h.rfind(pre, 0) == 0 && secure_equal(h.substr(pre.size()), admin_token_)) {
+    if (who) *who = Caller{};
+    return true;
+  }
+  std::string reason = h.empty() ? "no token" : "bad token";
+  std::string bearer = h.rfind(pre, 0) == 0 ? h.substr(pre.size()) : "";
+  if (issuer_ && std::count(bearer.begin(), bearer.end(), '.') == 2) {
+    auto c = login_caller(bearer);
+    if (c && (c->admin || req.path == "/v1/admin/peers" || req.path == "/v1/admin/peers/show" ||
+              req.path == "/v1/admin/peers/delete")) {
+      if (who) *who = *c;
+      return true;
+    }
+    if (c) {
+      (void)record_event(Event{0, now, c->actor, "auth.failed", "admin",
+                               Json{{"reason", "not in the admin group"}, {"path", req.path}}});
+      send_error(res, {403, c->actor.substr(5) + " is not in the admin group '" + opt_.oidc_admin_group +
+                                "': a login may only list, show and delete its own peers"});
+      return false;
+    }
+    reason = "login refused: " + c.status().message();
+  }
   ++auth_failures_;
   limiter_.failed(source, now);
   (void)record_event(Event{0, now, "remote:" + req.remote_addr, "auth.failed", "admin",
-                           Json{{"reason", h.empty() ? "no token" : "bad token"},
-                                {"path", req.path}}});
-  send_error(res, {401, h.empty() ? "admin token required (Authorization: Bearer)"
-                                  : "bad admin token"});
+                           Json{{"reason", reason}, {"path", req.path}}});
+  send_error(res, {401, h.empty()                            ? "admin token required (Authorization: Bearer)"
+                        : reason.rfind("login refused", 0) == 0 ? reason
+                                                               : "bad admin token"});
   return false;
 }
 
@@ -635,11 +697,14 @@ Json Coordinator::registration(const Peer& p) const {
 
 void Coordinator::h_info(const httplib::Request&, httplib::Response& res) {
   std::shared_lock lk(mu_);
-  send_json(res, 200,
-            Json{{"coordinator_public_key", coord_pub_.to_base64()},
-                 {"version", MESH_VERSION},
-                 {"ipv4_prefix", model_.config().ipv4.to_string()},
-                 {"ipv6_prefix", model_.config().ipv6.to_string()}});
+  Json info{{"coordinator_public_key", coord_pub_.to_base64()},
+            {"version", MESH_VERSION},
+            {"ipv4_prefix", model_.config().ipv4.to_string()},
+            {"ipv6_prefix", model_.config().ipv6.to_string()}};
+  if (issuer_)
+    info["oidc"] = {{"issuer", issuer_->issuer()}, {"client_id", issuer_->client_id()},
+                    {"login_expiry", opt_.login_expiry}};
+  send_json(res, 200, info);
 }
 
 // The name a join enrols under (mesh-coord(8), Peer names). Policy grants by
@@ -823,7 +888,7 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
     const Peer* p = model_.by_id(id);
     if (!p || p->public_key != a->key)
       return peer_error(&*a, res, {403, "peer is not enrolled (deleted)"});
-    if (p->disabled) return peer_error(&*a, res, {403, "peer is disabled"});
+    if (auto why = p->refusal(); !why.empty()) return peer_error(&*a, res, {403, why});
     // Punches are pushed with mu_ held exclusively, and this check runs
     // under the shared lock that wait_until releases atomically, so a push
     // cannot slip between the check and the wait (no lost wakeup).
@@ -970,7 +1035,8 @@ void Coordinator::h_punch(const httplib::Request& req, httplib::Response& res) {
 // ------------------------------------------------------------------ admin API
 
 void Coordinator::h_keys_create(const httplib::Request& req, httplib::Response& res) {
-  if (!auth_admin(req, res)) return;
+  Caller who;
+  if (!auth_admin(req, res, &who)) return;
   auto j = json_body(req, 65536);
   if (!j) return send_error(res, from_status(j.status()));
   auto parsed = parse_setup_key_request(*j, unix_now());
@@ -987,7 +1053,7 @@ void Coordinator::h_keys_create(const httplib::Request& req, httplib::Response& 
   k.id = 1;
   for (const auto& o : setup_keys_) k.id = std::max(k.id, o.id + 1);
   Status s = persist([&](Store& st) { return st.put_setup_key(k.id, k.hash, dump_json(k.to_json())); },
-                     Changes{}, Event{0, now, "admin", "setup-key.create", k.name, k.to_json()});
+                     Changes{}, Event{0, now, who.actor, "setup-key.create", k.name, k.to_json()});
   if (!s) return send_error(res, from_status(s));
   setup_keys_.push_back(k);
   Json out = k.to_json();
@@ -1012,7 +1078,8 @@ void Coordinator::h_keys_list(const httplib::Request& req, httplib::Response& re
 }
 
 void Coordinator::h_keys_revoke(const httplib::Request& req, httplib::Response& res) {
-  if (!auth_admin(req, res)) return;
+  Caller who;
+  if (!auth_admin(req, res, &who)) return;
   auto j = json_body(req, 4096);
   if (!j) return send_error(res, from_status(j.status()));
   auto ref = parse_revoke_request(*j);
@@ -1024,7 +1091,7 @@ void Coordinator::h_keys_revoke(const httplib::Request& req, httplib::Response& 
     copy.revoked = true;
     int64_t now = unix_now();
     Status s = persist([&](Store& st) { return st.put_setup_key(copy.id, copy.hash, dump_json(copy.to_json())); },
-                       Changes{}, Event{0, now, "admin", "setup-key.revoke", copy.name, Json::object()});
+                       Changes{}, Event{0, now, who.actor, "setup-key.revoke", copy.name, Json::object()});
     if (!s) return send_error(res, from_status(s));
     k.revoked = true;
     return send_json(res, 200, k.to_json());
@@ -1033,10 +1100,12 @@ void Coordinator::h_keys_revoke(const httplib::Request& req, httplib::Response& 
 }
 
 void Coordinator::h_peers_list(const httplib::Request& req, httplib::Response& res) {
-  if (!auth_admin(req, res)) return;
+  Caller who;
+  if (!auth_admin(req, res, &who)) return;
   std::shared_lock lk(mu_);
   Json a = Json::array();
-  for (const Peer* p : model_.peers()) a.push_back(p->to_json());
+  for (const Peer* p : model_.peers())
+    if (who.admin || p->owner == who.subject) a.push_back(p->to_json());
   send_json(res, 200, Json{{"peers", a}});
 }
 
@@ -1107,7 +1176,8 @@ void Coordinator::h_relay_revoked(const httplib::Request& req, httplib::Response
 
 void Coordinator::h_peer_op(const httplib::Request& req, httplib::Response& res,
                             const std::string& op) {
-  if (!auth_admin(req, res)) return;
+  Caller who;
+  if (!auth_admin(req, res, &who)) return;
   auto j = json_body(req, 65536);
   if (!j) return send_error(res, from_status(j.status()));
   auto body = parse_peer_op_request(*j, op);
@@ -1118,7 +1188,9 @@ void Coordinator::h_peer_op(const httplib::Request& req, httplib::Response& res,
   int64_t now = unix_now();
   std::unique_lock lk(mu_);
   Peer* p = model_.find(*ref);
-  if (!p) return send_error(res, {404, "request: peer: no peer '" + *ref + "'", "peer"});
+  // A user without admin rights sees only their own peers.
+  if (!p || (!who.admin && p->owner != who.subject))
+    return send_error(res, {404, "request: peer: no peer '" + *ref + "'", "peer"});
   if (op == "show") {
     Json out = p->to_json();
     Json vis = Json::array();
@@ -1129,7 +1201,7 @@ void Coordinator::h_peer_op(const httplib::Request& req, httplib::Response& res,
   uint32_t id = p->id;
   std::string name = p->name;
   if (op == "delete") {
-    Status s = delete_peer_locked(*p, "admin", "deleted by admin");
+    Status s = delete_peer_locked(*p, who.actor, "deleted by " + who.actor);
     if (!s) return send_error(res, from_status(s));
     lk.unlock();
     publish();
@@ -1156,7 +1228,7 @@ void Coordinator::h_peer_op(const httplib::Request& req, httplib::Response& res,
   std::string key = p->public_key.to_base64();
   std::string cur = p->name;
   Status s = persist([&](Store& st) { return st.put_peer(id, cur, key, record); }, ch,
-                     Event{0, now, "admin", "peer." + op, name, detail});
+                     Event{0, now, who.actor, "peer." + op, name, detail});
   if (!s) return send_error(res, from_status(s));
   Json out = model_.by_id(id)->to_json();
   lk.unlock();
@@ -1171,7 +1243,8 @@ void Coordinator::h_policy_get(const httplib::Request& req, httplib::Response& r
 }
 
 void Coordinator::h_policy_set(const httplib::Request& req, httplib::Response& res) {
-  if (!auth_admin(req, res)) return;
+  Caller who;
+  if (!auth_admin(req, res, &who)) return;
   auto j = json_body(req, opt_.max_body);
   if (!j) return send_error(res, from_status(j.status()));
   auto pol = parse_policy(*j, "request");
@@ -1186,7 +1259,7 @@ void Coordinator::h_policy_set(const httplib::Request& req, httplib::Response& r
   detail["maps_changed"] = ch.changed.size();
   detail["recompute_ms"] = model_.stats().last_full_recompute_ms;
   Status s = persist([&](Store& st) { return st.set_meta("policy", text); }, ch,
-                     Event{0, now, "admin", "policy.set", "policy", detail});
+                     Event{0, now, who.actor, "policy.set", "policy", detail});
   if (!s) return send_error(res, from_status(s));
   lk.unlock();
   publish();
@@ -1321,6 +1394,21 @@ void Coordinator::routes(httplib::Server& s) {
     if (res.status >= 400 && res.status < 500 && res.status != 429)
       limiter_.failed(source_key(req.remote_addr), unix_now());
   });
+  s.Post("/v1/login", [this, login = wrap(&Coordinator::h_login)](Req req, Res res) {
+    login(req, res);
+    if (res.status >= 400 && res.status < 500 && res.status != 429)
+      limiter_.failed(source_key(req.remote_addr), unix_now());
+  });
+  s.Get("/v1/admin/users", wrap(&Coordinator::h_users_list));
+  for (std::string op : {"show", "disable", "enable", "delete"})
+    s.Post("/v1/admin/users/" + op, [this, op](Req req, Res res) {
+      ++requests_;
+      try {
+        h_user_op(req, res, op);
+      } catch (const std::exception& e) {
+        send_error(res, {500, std::string("internal error: ") + e.what()});
+      }
+    });
   s.Get("/v1/map", wrap(&Coordinator::h_map));
   s.Post("/v1/endpoints", wrap(&Coordinator::h_announce));
   s.Post("/v1/punch", wrap(&Coordinator::h_punch));
@@ -1375,6 +1463,8 @@ void Coordinator::janitor(const std::atomic<bool>& stop) {
   while (!stop) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     int64_t now = unix_now();
+    // Expired logins leave every map at once, not at the next sweep.
+    if (now >= next_expiry_.load() && expire_due_logins(now)) publish();
     if (now - last < opt_.janitor_interval) continue;
     last = now;
     // Expired punch requests of peers that never collected them.
@@ -1406,6 +1496,226 @@ void Coordinator::janitor(const std::atomic<bool>& stop) {
     }
     if (changed) publish();
   }
+}
+
+// ------------------------------------------------------------------ login (coord/users.h)
+
+// One transaction: the user record (when given), the peers' records, the
+// new map serials and the audit event.
+Status Coordinator::persist_peers(const std::vector<uint32_t>& ids, const User* user,
+                                  const Changes& ch, const Event& ev) {
+  std::vector<std::tuple<uint32_t, std::string, std::string, std::string>> rows;
+  for (uint32_t id : ids)
+    if (const Peer* p = model_.by_id(id))
+      rows.emplace_back(id, p->name, p->public_key.to_base64(), dump_json(p->to_record()));
+  std::string urec = user ? dump_json(user->to_json()) : "";
+  return persist(
+      [&](Store& st) {
+        for (const auto& [id, name, key, rec] : rows) MESH_TRY(st.put_peer(id, name, key, rec));
+        return user ? st.put_record("user", user->subject, urec) : Status::ok();
+      },
+      ch, ev);
+}
+
+static void merge(Changes& into, const Changes& ch) {
+  if (ch.serial) into.serial = ch.serial;
+  into.changed.insert(into.changed.end(), ch.changed.begin(), ch.changed.end());
+}
+
+// POST /v1/login: enrolment (or renewal) with an ID token instead of a setup
+// key, signed like a join. The token is verified before any lock is taken
+// (it may need the IdP's keys fetched).
+void Coordinator::h_login(const httplib::Request& req, httplib::Response& res) {
+  auto a = auth_peer(req, false, nullptr);
+  if (!a) return auth_error(req, res, a.status());
+  if (!issuer_)
+    return peer_error(&*a, res, {404, "login is not enabled on this coordinator (serve --oidc-issuer)"});
+  auto j = json_body(*a, 131072);
+  if (!j) return peer_error(&*a, res, from_status(j.status()));
+  auto body = parse_login_request(*j);
+  if (!body) return peer_error(&*a, res, from_status(body.status()));
+  int64_t now = unix_now();
+  auto ident = issuer_->verify(body->setup_key, now);
+  std::string token_hash = sha256_hex(body->setup_key);
+  wipe(body->setup_key);
+  if (!ident) {
+    ++auth_failures_;
+    (void)record_event(Event{0, now, "remote:" + req.remote_addr, "auth.failed", "login",
+                             Json{{"reason", ident.status().message()},
+                                  {"public_key", a->key.to_base64()}}});
+    int http = ident.status().code() == Exit::Unavailable ? 503 : 401;
+    return peer_error(&*a, res, {http, "login refused: " + ident.status().message(), "id_token"});
+  }
+  std::unique_lock lk(mu_);
+  std::erase_if(used_tokens_, [&](const auto& e) { return e.second.second + 60 < now; });
+  if (auto it = used_tokens_.find(token_hash); it != used_tokens_.end() && it->second.first != a->key)
+    return peer_error(&*a, res, {401, "login refused: this ID token already enrolled another node key", "id_token"});
+  used_tokens_[token_hash] = {a->key, ident->expires_at};
+  User u = user_after_login(users_, *ident, now);
+  std::string actor = "user:" + (u.email.empty() ? u.subject : u.email);
+  if (u.disabled) {
+    lk.unlock();
+    (void)record_event(Event{0, now, actor, "auth.failed", "login", Json{{"reason", "user is disabled"}}});
+    return peer_error(&*a, res, {403, "login refused: user '" + actor.substr(5) + "' is disabled"});
+  }
+  Peer* p = model_.by_key(a->key);
+  if (p && p->owner != u.subject)
+    return peer_error(&*a, res, {403, "login refused: this node key is enrolled as '" + p->name +
+                                          "' by " + (p->owner.empty() ? "a setup key" : "another user")});
+  if (p && p->disabled) return peer_error(&*a, res, {403, "peer is disabled"});
+  int64_t expires = opt_.login_expiry > 0 ? now + opt_.login_expiry : 0;
+  std::vector<uint32_t> touched;
+  Changes ch;
+  bool created = !p;
+  uint32_t id = 0;
+  if (p) {
+    id = p->id;
+    ch = model_.update_peer(id, true, now, [&](Peer& q) {
+      q.login_expires_at = expires;
+      q.login_expired = false;
+    });
+  } else {
+    id = model_.new_peer_id();
+    std::string name;
+    if (auto e = choose_name(SetupKey{}, *body, id, &name)) return peer_error(&*a, res, *e);
+    auto host = model_.allocate_host();
+    if (!host) return peer_error(&*a, res, from_status(host.status(), 507));
+    auto np = std::make_unique<Peer>();
+    np->id = id;
+    np->name = name;
+    np->public_key = a->key;
+    np->host_index = *host;
+    np->ipv4 = model_.host_v4(*host);
+    np->ipv6 = model_.host_v6(*host);
+    np->listen_port = model_.pick_listen_port(id);
+    np->created_at = now;
+    np->last_seen = now;
+    np->owner = u.subject;
+    np->owner_email = u.email;
+    np->idp_groups = u.groups;
+    np->login_expires_at = expires;
+    ch = model_.add_peer(std::move(np), now);
+  }
+  touched.push_back(id);
+  users_[u.subject] = u;
+  // Every peer of this user follows the groups of this login.
+  merge(ch, sync_user_peers(model_, u, now, &touched));
+  if (expires > 0 && (next_expiry_.load() == 0 || expires < next_expiry_.load())) next_expiry_ = expires;
+  const Peer& me = *model_.by_id(id);
+  Json detail{{"public_key", a->key.to_base64()}, {"subject", u.subject}, {"groups", u.groups},
+              {"login_expires_at", expires}, {"maps_changed", ch.changed.size()}};
+  Status s = persist_peers(touched, &u, ch,
+                           Event{0, now, actor, created ? "peer.join" : "peer.login", me.name, detail});
+  if (!s) return peer_error(&*a, res, from_status(s));
+  Json reg = registration(me);
+  reg["user"] = {{"subject", u.subject}, {"email", u.email}, {"name", u.name}, {"groups", u.groups}};
+  reg["login_expires_at"] = expires;
+  lk.unlock();
+  publish();
+  send_json(res, created ? 201 : 200, reg);
+  sign(*a, res);
+}
+
+// An admin request's bearer that is an ID token of the issuer: its user,
+// unless disabled; an admin when in --oidc-admin-group. Called before any
+// lock is held (the token may need the IdP's keys fetched).
+Result<Caller> Coordinator::login_caller(const std::string& token) {
+  MESH_ASSIGN(auto id, issuer_->verify(token, unix_now()));
+  User u = user_after_login(Users{}, id, 0);
+  Caller c{"user:" + (u.email.empty() ? u.subject : u.email), u.subject, false};
+  c.admin = !opt_.oidc_admin_group.empty() &&
+            std::find(u.groups.begin(), u.groups.end(), opt_.oidc_admin_group) != u.groups.end();
+  std::shared_lock lk(mu_);
+  if (auto it = users_.find(u.subject); it != users_.end() && it->second.disabled)
+    return no_permission("user '" + c.actor.substr(5) + "' is disabled");
+  return c;
+}
+
+// Cuts off the login peers whose login expired; true when maps changed.
+bool Coordinator::expire_due_logins(int64_t now) {
+  std::unique_lock lk(mu_);
+  std::vector<uint32_t> expired;
+  Changes ch = expire_logins(model_, now, &expired);
+  int64_t next = INT64_MAX;
+  for (const Peer* p : model_.peers())
+    if (!p->owner.empty() && !p->login_expired && p->login_expires_at > 0)
+      next = std::min(next, p->login_expires_at);
+  next_expiry_ = next;
+  if (expired.empty()) return false;
+  Json names = Json::array();
+  for (uint32_t id : expired) names.push_back(model_.by_id(id)->name);
+  Status s = persist_peers(expired, nullptr, ch,
+                           Event{0, now, "system", "peer.login-expired", "",
+                                 Json{{"peers", names}, {"maps_changed", ch.changed.size()}}});
+  if (!s) log_.error(s.message());
+  return ch.serial != 0;
+}
+
+void Coordinator::h_users_list(const httplib::Request& req, httplib::Response& res) {
+  if (!auth_admin(req, res)) return;
+  std::shared_lock lk(mu_);
+  Json a = Json::array();
+  for (const auto& [sub, u] : users_) {
+    Json j = u.to_json();
+    j["peers"] = user_peers(model_, sub).size();
+    a.push_back(j);
+  }
+  send_json(res, 200, Json{{"users", a}});
+}
+
+void Coordinator::h_user_op(const httplib::Request& req, httplib::Response& res,
+                            const std::string& op) {
+  Caller who;
+  if (!auth_admin(req, res, &who)) return;
+  auto j = json_body(req, 4096);
+  if (!j) return send_error(res, from_status(j.status()));
+  if (!j->is_object() || !j->contains("user") || !(*j)["user"].is_string() || j->size() != 1)
+    return send_error(res, {400, "request: user: expected {\"user\": SUBJECT or EMAIL}", "user"});
+  std::string ref = (*j)["user"].get<std::string>();
+  int64_t now = unix_now();
+  std::unique_lock lk(mu_);
+  User* found = find_user(users_, ref);
+  if (!found) return send_error(res, {404, "request: user: no user '" + ref + "'", "user"});
+  User u = *found;
+  std::vector<uint32_t> ids = user_peers(model_, u.subject);
+  auto peer_list = [&] {
+    Json a = Json::array();
+    for (uint32_t id : user_peers(model_, u.subject)) a.push_back(model_.by_id(id)->to_json());
+    return a;
+  };
+  if (op == "show") {
+    Json out = u.to_json();
+    out["peers"] = peer_list();
+    return send_json(res, 200, out);
+  }
+  std::string target = u.email.empty() ? u.subject : u.email;
+  if (op == "delete") {
+    for (uint32_t id : ids) {
+      Status s = delete_peer_locked(*model_.by_id(id), who.actor, "user " + target + " deleted");
+      if (!s) return send_error(res, from_status(s));
+    }
+    Status s = persist([&](Store& st) { return st.delete_record("user", u.subject); }, Changes{},
+                       Event{0, now, who.actor, "user.delete", target,
+                             Json{{"subject", u.subject}, {"peers_deleted", ids.size()}}});
+    if (!s) return send_error(res, from_status(s));
+    users_.erase(u.subject);
+    lk.unlock();
+    publish();
+    return send_json(res, 200, Json{{"deleted", target}, {"peers_deleted", ids.size()}});
+  }
+  u.disabled = op == "disable";
+  std::vector<uint32_t> touched;
+  Changes ch = sync_user_peers(model_, u, now, &touched);
+  users_[u.subject] = u;
+  Status s = persist_peers(touched, &u, ch,
+                           Event{0, now, who.actor, "user." + op, target,
+                                 Json{{"peers", ids.size()}, {"maps_changed", ch.changed.size()}}});
+  if (!s) return send_error(res, from_status(s));
+  Json out = u.to_json();
+  out["peers"] = peer_list();
+  lk.unlock();
+  publish();
+  send_json(res, 200, out);
 }
 
 }  // namespace

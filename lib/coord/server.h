@@ -43,6 +43,12 @@ struct ServeOptions {
   int announces_per_minute = 20; // per peer
   int64_t audit_max_age = 90 * 86400;  // seconds; 0: no age limit
   int64_t audit_max_events = 1000000;  // 0: no count limit
+  // Login at an OpenID provider (coord/oidc.h, coord/users.h); an empty
+  // issuer disables login.
+  std::string oidc_issuer, oidc_client_id, oidc_ca_file;
+  std::string oidc_groups_claim = "groups";
+  std::string oidc_admin_group;  // its members may use admin verbs with their login
+  int64_t login_expiry = 86400;  // seconds; 0: logins never expire
 };
 
 // Runs until SIGINT/SIGTERM (or *stop becomes true). Prints exactly one line

@@ -27,6 +27,7 @@
 #                        be punched and goes through the relay: 17 of the 28
 #                        pairs direct, 11 relayed (mesh_lab_expected).
 #   mesh_lab_core       only the internet, relay, coordinator, setup key and policy
+#                        (extra mesh-coord serve flags from $MESH_LAB_COORD_ARGS)
 #   mesh_lab_up NAME     start mesh-up for node NAME (state in $MESH_NODES/NAME);
 #                        extra mesh-up arguments from $MESH_LAB_UP_ARGS (split
 #                        on white space), and --punch-interval
@@ -89,9 +90,11 @@ mesh_lab_core() {
   mkdir -p "$MESH_NODES"
   lab_internet none
   mesh-keygen token -o "$BATS_TEST_TMPDIR/relay.secret" --force
+  local coord_args=()
+  read -ra coord_args <<<"${MESH_LAB_COORD_ARGS:-}" || true  # extra serve flags
   start_daemon coord nsx inet mesh-coord serve --listen 203.0.113.1:0 \
     --state "$BATS_TEST_TMPDIR/coord" --relay-secret-file "$BATS_TEST_TMPDIR/relay.secret" \
-    --stun 203.0.113.1:3478 --stun 203.0.113.2:3479 --turn 203.0.113.1:3478
+    --stun 203.0.113.1:3478 --stun 203.0.113.2:3479 --turn 203.0.113.1:3478 "${coord_args[@]}"
   wait_for_line "$BATS_TEST_TMPDIR/coord.out" '^listening on http://' 15
   COORD_URL=$(sed -n 's/^listening on //p' "$BATS_TEST_TMPDIR/coord.out")
   # The relay follows the coordinator's revocations: a deleted node's cached

@@ -8,8 +8,13 @@ namespace mesh::coord {
 namespace {
 
 std::filesystem::path fresh_dir(const char* name) {
-  auto d = std::filesystem::temp_directory_path() /
-           (std::string("mesh-store-") + name + "-" + std::to_string(::getpid()));
+  // Appended piecewise: GCC 12 warns falsely (array-bounds) on
+  // std::string(LITERAL) + ... here.
+  std::string leaf = "mesh-store-";
+  leaf += name;
+  leaf += '-';
+  leaf += std::to_string(::getpid());
+  auto d = std::filesystem::temp_directory_path() / leaf;
   std::filesystem::remove_all(d);
   std::filesystem::create_directories(d);
   return d;
