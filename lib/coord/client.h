@@ -38,6 +38,13 @@ class Client {
   Result<Response> peer(const std::string& method, const std::string& target,
                         const SecretKey& node, const PublicKey& coord, const std::string& body,
                         int read_timeout_s = 30);
+  // As peer(), with the request's X-Mesh-Nonce chosen by the caller, for a
+  // body bound to this one request (a key rotation's proof, coord/rotate.h).
+  Result<Response> peer(const std::string& method, const std::string& target,
+                        const SecretKey& node, const PublicKey& coord, const std::string& body,
+                        const std::string& nonce, int read_timeout_s);
+  // A fresh request nonce: 16 random bytes, base64url.
+  static std::string new_nonce();
 
   // An admin request; body "" sends none. Returns the parsed JSON body.
   Result<Json> admin(const std::string& method, const std::string& target,

@@ -26,6 +26,7 @@
 #include "coord/punch.h"
 #include "coord/revoked.h"
 #include "coord/requests.h"
+#include "coord/rotate.h"
 #include "coord/store.h"
 #include "core/base64.h"
 #include "core/file.h"
@@ -183,6 +184,7 @@ class Coordinator {
   void h_map(const httplib::Request&, httplib::Response&);
   void h_announce(const httplib::Request&, httplib::Response&);
   void h_punch(const httplib::Request&, httplib::Response&);
+  void h_rotate_key(const httplib::Request&, httplib::Response&);
   void h_keys_create(const httplib::Request&, httplib::Response&);
   void h_keys_list(const httplib::Request&, httplib::Response&);
   void h_keys_revoke(const httplib::Request&, httplib::Response&);
@@ -967,6 +969,47 @@ void Coordinator::h_punch(const httplib::Request& req, httplib::Response& res) {
   sign(*a, res);
 }
 
+// Key rotation (coord/rotate.h): signed with the old key, proving the new
+// one; one transaction swaps the key, and every map that shows it changes.
+void Coordinator::h_rotate_key(const httplib::Request& req, httplib::Response& res) {
+  uint32_t id = 0;
+  auto a = auth_peer(req, true, &id);
+  if (!a) return auth_error(req, res, a.status());
+  auto j = json_body(*a, 4096);
+  if (!j) return peer_error(&*a, res, from_status(j.status()));
+  auto body = parse_rotate_request(*j);
+  if (!body) return peer_error(&*a, res, from_status(body.status()));
+  const PublicKey& fresh = body->public_key;
+  if (fresh == a->key)
+    return peer_error(&*a, res, {400, "request: public_key: is the current key", "public_key"});
+  if (Status s = check_rotation_proof(coord_key_, coord_pub_, a->key, fresh, a->nonce, body->proof); !s) {
+    ++auth_failures_;
+    return peer_error(&*a, res, from_status(s, s.code() == Exit::NoPerm ? 403 : 400));
+  }
+  int64_t now = unix_now();
+  std::unique_lock lk(mu_);
+  Peer* p = model_.by_id(id);
+  if (!p || p->public_key != a->key) return peer_error(&*a, res, {403, "peer is not enrolled (deleted)"});
+  if (model_.by_key(fresh))
+    return peer_error(&*a, res, {409, "request: public_key: already in use by a peer", "public_key"});
+  std::string name = p->name;
+  Changes ch = model_.rekey_peer(id, fresh, now);
+  std::string record = dump_json(p->to_record());
+  Status s = persist(
+      [&](Store& st) { return st.put_peer(id, name, fresh.to_base64(), record); }, ch,
+      Event{0, now, "peer:" + name, "peer.rotate-key", name,
+            Json{{"from", a->key.to_base64()}, {"to", fresh.to_base64()},
+                 {"maps_changed", ch.changed.size()}}});
+  if (!s) return peer_error(&*a, res, from_status(s));
+  Json reg = registration(*model_.by_id(id));
+  lk.unlock();
+  publish();
+  reg["previous_public_key"] = a->key.to_base64();
+  reg["maps_changed"] = ch.changed.size();
+  send_json(res, 200, reg);
+  sign(*a, res);
+}
+
 // ------------------------------------------------------------------ admin API
 
 void Coordinator::h_keys_create(const httplib::Request& req, httplib::Response& res) {
@@ -1324,6 +1367,7 @@ void Coordinator::routes(httplib::Server& s) {
   s.Get("/v1/map", wrap(&Coordinator::h_map));
   s.Post("/v1/endpoints", wrap(&Coordinator::h_announce));
   s.Post("/v1/punch", wrap(&Coordinator::h_punch));
+  s.Post("/v1/rotate-key", wrap(&Coordinator::h_rotate_key));
   s.Get("/v1/admin/setup-keys", wrap(&Coordinator::h_keys_list));
   s.Post("/v1/admin/setup-keys", wrap(&Coordinator::h_keys_create));
   s.Post("/v1/admin/setup-keys/revoke", wrap(&Coordinator::h_keys_revoke));
