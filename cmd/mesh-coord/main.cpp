@@ -5,7 +5,7 @@
 
 int main(int argc, char** argv) {
   using namespace mesh::coord;
-  static constexpr std::array<mesh::Verb, 11> kVerbs{{
+  static constexpr std::array<mesh::Verb, 12> kVerbs{{
       {"serve", cmd_serve, "run the coordinator (HTTP+JSON API, SQLite state)"},
       {"join", cmd_join, "enrol this node's WireGuard key with a setup key"},
       {"map", cmd_map, "print this node's current network map"},
@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
       {"announce", cmd_announce, "publish this node's endpoint candidates (endpoints JSON on stdin)"},
       {"punch", cmd_punch, "ask peers to probe towards this node now (coordinated hole punching)"},
       {"rotate-key", cmd_rotate_key, "replace this node's WireGuard key pair, keeping its identity"},
+      {"refresh", cmd_refresh, "fetch this node's registration again (a new coordinator key)"},
       {"setup-key", cmd_setup_key, "admin: create, list or revoke setup keys"},
       {"peer", cmd_peer, "admin: list, show, rename, regroup, disable, enable or delete peers"},
       {"policy", cmd_policy, "admin: set, get, check or plan the access policy"},

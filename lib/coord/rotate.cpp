@@ -2,6 +2,8 @@
 
 #include <sodium.h>
 
+#include <ctime>
+
 #include <nlohmann/json.hpp>
 
 #include "core/base64.h"
@@ -62,6 +64,17 @@ Status check_rotation_proof(const SecretKey& coord_key, const PublicKey& coord_p
   if (!mac_equal(proof, hmac_b64(keys->request, proof_message(old_pub, new_pub, nonce))))
     return no_permission("request: proof: does not prove possession of the new key's private key");
   return Status::ok();
+}
+
+Result<int64_t> parse_until(std::string_view text) {
+  std::string t(text);
+  if (!t.empty() && t.size() <= 12 && t.find_first_not_of("0123456789") == std::string::npos)
+    return static_cast<int64_t>(std::stoll(t));
+  std::tm tm{};
+  const char* end = t.size() == 20 ? ::strptime(t.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm) : nullptr;
+  if (!end || *end != '\0')
+    return usage_error("'" + t + "': expected unix seconds or YYYY-MM-DDTHH:MM:SSZ (UTC)");
+  return static_cast<int64_t>(::timegm(&tm));
 }
 
 }  // namespace mesh::coord

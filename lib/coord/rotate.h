@@ -44,4 +44,12 @@ Status check_rotation_proof(const SecretKey& coord_key, const PublicKey& coord_p
                             const PublicKey& old_pub, const PublicKey& new_pub,
                             std::string_view nonce, std::string_view proof);
 
+// Coordinator key rotation (man/mesh-coord.8, Coordinator key rotation):
+// `serve --previous-coordinator-key FILE --previous-key-until TIME` accepts
+// requests made for the previous key until TIME, and answers them with it,
+// so that nodes and setup keys pinned to it keep working while they learn the
+// new key from answers the previous key authenticates (join's registration,
+// GET /v1/self). TIME: unix seconds, or UTC as YYYY-MM-DDTHH:MM:SSZ.
+Result<int64_t> parse_until(std::string_view text);
+
 }  // namespace mesh::coord

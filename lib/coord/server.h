@@ -43,6 +43,10 @@ struct ServeOptions {
   int announces_per_minute = 20; // per peer
   int64_t audit_max_age = 90 * 86400;  // seconds; 0: no age limit
   int64_t audit_max_events = 1000000;  // 0: no count limit
+  // Coordinator key rotation (coord/rotate.h): the previous key, accepted
+  // until previous_key_until (unix seconds).
+  std::string previous_key_file;
+  int64_t previous_key_until = 0;
 };
 
 // Runs until SIGINT/SIGTERM (or *stop becomes true). Prints exactly one line

@@ -205,3 +205,64 @@ replay() {  # replay [NONCE] [BODY]
   [ ! -e nonexistent ]
   [ "$(rotations)" = 0 ]
 }
+
+@test "coordinator key rotation: keys pinned to the previous key work during the overlap, not after" {
+  K1=$(cat "$COORD_STATE/coordinator.pub")
+  coord_key pinned --reusable --group g        # SECRET.K1
+  cp a.json a-k1.json
+  kill "$coord_pid"; wait "$coord_pid" || true
+  mv "$COORD_STATE/coordinator.key" prev.key
+  # The overlap: until 10 s from now.
+  until=$(( $(date +%s) + 10 ))
+  COORD_LISTEN=127.0.0.1:$COORD_PORT coord_start coord2 \
+    --previous-coordinator-key prev.key --previous-key-until "$until"
+  K2=$(cat "$COORD_STATE/coordinator.pub")
+  [ "$K2" != "$K1" ]
+  curl -sf "$COORD_URL/v1/info" >info.json
+  [ "$(jq -r .coordinator_public_key info.json)" = "$K2" ]
+  [ "$(jq -r .previous_coordinator_public_key info.json)" = "$K1" ]
+  [ "$(jq -r .previous_key_until info.json)" = "$until" ]
+
+  # A setup key pinned to K1 enrols; the registration (authenticated by K1)
+  # carries K2.
+  mesh-keygen genkey -o c.key
+  mrun -s 0 mesh-coord join --server "$COORD_URL" --setup-key-file pinned.sk --key c.key --name c
+  [ "$(jq -r .coordinator_public_key <<<"$output")" = "$K2" ]
+  # A node pinned to K1 still works, and learns K2 from its registration.
+  mrun -s 0 mesh-coord map --registration a.json --key a.key
+  mrun -s 0 mesh-coord refresh --registration a.json --key a.key
+  [ "$(jq -r .coordinator_key_changed <<<"$output")" = true ]
+  [ "$(jq -r .coordinator_public_key a.json)" = "$K2" ]
+  [ "$(jq -r .name a.json) $(jq -r .server a.json)" = "a $COORD_URL" ]
+  mrun -s 0 mesh-coord refresh --registration a.json --key a.key
+  [ "$(jq -r .coordinator_key_changed <<<"$output")" = false ]
+  mrun -s 0 mesh-coord map --registration a.json --key a.key
+  # mesh-up's layout.
+  mrun -s 0 mesh-coord refresh --state st
+  [ "$(jq -r .coordinator_public_key st/registration.json)" = "$K2" ]
+
+  # After the overlap, K1 is refused: the pinned setup key, the old registration.
+  while [ "$(date +%s)" -lt "$until" ]; do sleep 0.2; done
+  mesh-keygen genkey -o d.key
+  mrun -s 77 mesh-coord join --server "$COORD_URL" --setup-key-file pinned.sk --key d.key --name d
+  mrun -s 77 mesh-coord map --registration a-k1.json --key a.key
+  mrun -s 0 mesh-coord map --registration a.json --key a.key
+  mrun -s 0 mesh-coord peer list --server "$COORD_URL" --json
+  [ "$(jq -r '[.peers[].name] | sort | join(",")' <<<"$output")" = "a,b,c" ]
+  curl -sf "$COORD_URL/v1/info" >info.json
+  [ "$(jq -r 'has("previous_coordinator_public_key")' info.json)" = false ]
+  # New setup keys carry K2.
+  coord_key fresh --group g
+  [ "$(cut -d. -f2 fresh.sk)" = "$(printf '%s' "$K2" | tr '+/' '-_' | tr -d '=')" ]
+}
+
+@test "coordinator key rotation: bad previous-key options" {
+  kill "$coord_pid"; wait "$coord_pid" || true
+  mrun -s 64 mesh-coord serve --state "$COORD_STATE" --previous-coordinator-key "$COORD_STATE/coordinator.key"
+  mrun -s 64 mesh-coord serve --state "$COORD_STATE" --previous-coordinator-key x --previous-key-until tomorrow
+  # The current key as the previous one: refused, nothing started.
+  mrun -s 78 mesh-coord serve --state "$COORD_STATE" \
+    --previous-coordinator-key "$COORD_STATE/coordinator.key" --previous-key-until 2099-01-01T00:00:00Z
+  [[ "$stderr" == *"is the current coordinator key"* ]]
+  mrun -s 66 mesh-coord refresh --state nonexistent
+}

@@ -132,3 +132,15 @@ TEST(CoordRotate, ModelSwapKeepsIdentityAndChangesTheMapsThatShowTheKey) {
   EXPECT_NE(m.map_json(*m.by_name("a2")).find(fresh.to_base64()), std::string::npos);
   EXPECT_EQ(m.map_json(*m.by_name("a2")).find(old.to_base64()), std::string::npos);
 }
+
+TEST(CoordRotate, PreviousKeyUntilTakesUnixSecondsOrUtc) {
+  EXPECT_EQ(*parse_until("1798761600"), 1798761600);
+  EXPECT_EQ(*parse_until("2027-01-01T00:00:00Z"), 1798761600);
+  EXPECT_EQ(*parse_until("1970-01-01T00:00:10Z"), 10);
+  for (const char* bad : {"", "tomorrow", "2027-01-01", "2027-01-01T00:00:00", "2027-01-01T00:00:00+01:00",
+                          "-5", "12345678901234", "2027-13-01T00:00:00Z"}) {
+    auto r = parse_until(bad);
+    EXPECT_FALSE(r) << bad;
+    if (!r) EXPECT_EQ(r.status().code(), Exit::Usage) << bad;
+  }
+}
