@@ -153,6 +153,11 @@ int cmd_rotate_key(Context& ctx, int argc, char** argv) {
     if (Status s = fetch_map(cli, *c, *fresh, f.map, map_body ? &*map_body : nullptr); !s)
       ctx.log.warn("cannot fetch the new key's map: " + s.message() + " (watch fetches it)");
   if (!f.registration.empty()) {
+    // The coordinator's registration (authentic: the response MAC was
+    // checked) for the fields the file has, the coordinator key included.
+    if (!map_body)
+      for (const auto& [k, v] : out.items())
+        if (reg.contains(k)) reg[k] = v;
     reg["public_key"] = new_pub.to_base64();
     if (Status s = write_file_atomic(f.registration, dump_json(reg) + "\n", 0600); !s)
       return report(ctx, s);

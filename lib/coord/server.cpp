@@ -1038,7 +1038,11 @@ void Coordinator::h_rotate_key(const httplib::Request& req, httplib::Response& r
   const PublicKey& fresh = body->public_key;
   if (fresh == a->key)
     return peer_error(&*a, res, {400, "request: public_key: is the current key", "public_key"});
-  if (Status s = check_rotation_proof(coord_key_, coord_pub_, a->key, fresh, a->nonce, body->proof); !s) {
+  // The proof is made for the coordinator key the node trusts, which is the
+  // previous one for a node that has not learned the new key yet.
+  const SecretKey& ck = a->previous ? prev_key_ : coord_key_;
+  const PublicKey& cp = a->previous ? prev_pub_ : coord_pub_;
+  if (Status s = check_rotation_proof(ck, cp, a->key, fresh, a->nonce, body->proof); !s) {
     ++auth_failures_;
     return peer_error(&*a, res, from_status(s, s.code() == Exit::NoPerm ? 403 : 400));
   }

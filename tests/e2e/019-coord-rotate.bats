@@ -237,6 +237,13 @@ replay() {  # replay [NONCE] [BODY]
   mrun -s 0 mesh-coord refresh --registration a.json --key a.key
   [ "$(jq -r .coordinator_key_changed <<<"$output")" = false ]
   mrun -s 0 mesh-coord map --registration a.json --key a.key
+  # A node still pinned to K1 rotates its own key during the overlap.
+  cp b.json b-k1.json
+  mkdir -m 700 stb; cp b.key stb/node.key; cp b.json stb/registration.json
+  mrun -s 0 mesh-coord rotate-key --state stb
+  [ "$(jq -r .public_key <<<"$output")" = "$(mesh-keygen pubkey <stb/node.key)" ]
+  [ "$(jq -r .coordinator_public_key stb/registration.json)" = "$K2" ]
+  [ "$(jq -r .self.public_key stb/map.json)" = "$(mesh-keygen pubkey <stb/node.key)" ]
   # mesh-up's layout.
   mrun -s 0 mesh-coord refresh --state st
   [ "$(jq -r .coordinator_public_key st/registration.json)" = "$K2" ]

@@ -141,6 +141,8 @@ TEST(CoordRotate, PreviousKeyUntilTakesUnixSecondsOrUtc) {
                           "-5", "12345678901234", "2027-13-01T00:00:00Z"}) {
     auto r = parse_until(bad);
     EXPECT_FALSE(r) << bad;
-    if (!r) EXPECT_EQ(r.status().code(), Exit::Usage) << bad;
+    if (!r) {
+      EXPECT_EQ(r.status().code(), Exit::Usage) << bad;
+    }
   }
 }
