@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
       {"watch", cmd_watch, "stream this node's network map (JSON lines) as it changes"},
       {"announce", cmd_announce, "publish this node's endpoint candidates (endpoints JSON on stdin)"},
       {"punch", cmd_punch, "ask peers to probe towards this node now (coordinated hole punching)"},
+      {"rotate-key", cmd_rotate_key, "replace this node's WireGuard key pair, keeping its identity"},
+      {"refresh", cmd_refresh, "fetch this node's registration again (a new coordinator key)"},
       {"setup-key", cmd_setup_key, "admin: create, list or revoke setup keys"},
       {"peer", cmd_peer, "admin: list, show, rename, regroup, disable, enable or delete peers"},
       {"user", cmd_user, "admin: list, show, disable, enable or delete users (login)"},

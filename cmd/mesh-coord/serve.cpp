@@ -1,3 +1,4 @@
+#include "coord/rotate.h"
 #include "coord/server.h"
 #include "coord/users.h"
 #include "core/cli11.h"
@@ -63,6 +64,7 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   app.add_option("--auth-failures-per-minute", o.auth_failures_per_minute,
                  "failed authentications per source address per minute before 429")
       ->capture_default_str();
+  std::string until;
   std::string login_expiry = "24h";
   app.add_option("--oidc-issuer", o.oidc_issuer,
                  "enable login: the OpenID provider's issuer URL (discovery, JWKS)");
@@ -76,6 +78,10 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   app.add_option("--login-expiry", login_expiry,
                  "how long a login keeps its peers in the mesh: N[s|m|h|d], 0 never")
       ->capture_default_str();
+  app.add_option("--previous-coordinator-key", o.previous_key_file,
+                 "the coordinator's previous private key, still accepted until --previous-key-until");
+  app.add_option("--previous-key-until", until,
+                 "end of the previous key's overlap: unix seconds or YYYY-MM-DDTHH:MM:SSZ");
   app.add_flag("-v,--verbose", verbose, "log informational messages");
   if (int rc = parse_args(app, ctx, argc, argv); rc >= 0) return rc;
   if (verbose) ctx.log.set_level(LogLevel::Info);
@@ -90,6 +96,13 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
     return report(ctx, usage_error("--login-expiry: " + d.status().message()));
   else
     o.login_expiry = *d;
+  if (o.previous_key_file.empty() != until.empty())
+    return report(ctx, usage_error("--previous-coordinator-key and --previous-key-until go together"));
+  if (!until.empty()) {
+    auto u = parse_until(until);
+    if (!u) return report(ctx, u.status().with_context("--previous-key-until"));
+    o.previous_key_until = *u;
+  }
   for (const auto& t : turns) {
     TurnConfig tc;
     auto comma = t.find(',');

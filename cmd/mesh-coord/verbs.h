@@ -9,6 +9,8 @@ int cmd_map(Context& ctx, int argc, char** argv);
 int cmd_watch(Context& ctx, int argc, char** argv);
 int cmd_announce(Context& ctx, int argc, char** argv);
 int cmd_punch(Context& ctx, int argc, char** argv);
+int cmd_rotate_key(Context& ctx, int argc, char** argv);
+int cmd_refresh(Context& ctx, int argc, char** argv);
 int cmd_setup_key(Context& ctx, int argc, char** argv);
 int cmd_peer(Context& ctx, int argc, char** argv);
 int cmd_user(Context& ctx, int argc, char** argv);

@@ -42,6 +42,7 @@ int cmd_client(Context& ctx, int argc, char** argv) {
     if (!k) return report(ctx, k.status().with_context(key_file));
     if (!warning.empty()) ctx.log.warn(warning);
     o.self_key = k->public_key();
+    o.self_key_file = key_file;
   }
   if (!local_ip.empty()) {
     auto ip = IpAddr::parse(local_ip);

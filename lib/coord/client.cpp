@@ -183,18 +183,34 @@ Result<PublicKey> Client::coordinator_key() {
   return PublicKey::from_base64(k);
 }
 
+std::string Client::new_nonce() {
+  uint8_t nb[16];
+  random_bytes(nb, sizeof nb);
+  return base64url_encode(nb);
+}
+
 Result<Response> Client::peer(const std::string& method, const std::string& target,
                               const SecretKey& node, const PublicKey& coord,
                               const std::string& body, int read_timeout_s) {
   // Each attempt is signed afresh (its own time and nonce).
   return with_failover(Retry::Always, [&] {
-    return peer_once(method, target, node, coord, body, read_timeout_s);
+    return peer_once(method, target, node, coord, body, new_nonce(), read_timeout_s);
+  });
+}
+
+Result<Response> Client::peer(const std::string& method, const std::string& target,
+                              const SecretKey& node, const PublicKey& coord,
+                              const std::string& body, const std::string& nonce,
+                              int read_timeout_s) {
+  return with_failover(Retry::Always, [&] {
+    return peer_once(method, target, node, coord, body, nonce, read_timeout_s);
   });
 }
 
 Result<Response> Client::peer_once(const std::string& method, const std::string& target,
                                    const SecretKey& node, const PublicKey& coord,
-                                   const std::string& body, int read_timeout_s) {
+                                   const std::string& body, const std::string& nonce,
+                                   int read_timeout_s) {
   const std::string& url = server();
   PublicKey me = node.public_key();
   auto keys = derive_session_keys(node, coord, me, coord);
@@ -202,9 +218,6 @@ Result<Response> Client::peer_once(const std::string& method, const std::string&
   int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
                     std::chrono::system_clock::now().time_since_epoch())
                     .count();
-  uint8_t nb[16];
-  random_bytes(nb, sizeof nb);
-  std::string nonce = base64url_encode(nb);
   std::string wire = body.empty() ? body : seal_body(keys->seal_request, nonce, body);
   std::string mac = request_mac(keys->request, method, target, now, nonce, wire);
   std::vector<std::pair<std::string, std::string>> h{{kHdrKey, me.to_base64()},

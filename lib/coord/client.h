@@ -48,6 +48,13 @@ class Client {
   Result<Response> peer(const std::string& method, const std::string& target,
                         const SecretKey& node, const PublicKey& coord, const std::string& body,
                         int read_timeout_s = 30);
+  // As peer(), with the request's X-Mesh-Nonce chosen by the caller, for a
+  // body bound to this one request (a key rotation's proof, coord/rotate.h).
+  Result<Response> peer(const std::string& method, const std::string& target,
+                        const SecretKey& node, const PublicKey& coord, const std::string& body,
+                        const std::string& nonce, int read_timeout_s);
+  // A fresh request nonce: 16 random bytes, base64url.
+  static std::string new_nonce();
 
   // An admin request; body "" sends none. Returns the parsed JSON body.
   Result<Json> admin(const std::string& method, const std::string& target,
@@ -70,7 +77,8 @@ class Client {
                         const std::string& content_type);
   Result<Response> peer_once(const std::string& method, const std::string& target,
                              const SecretKey& node, const PublicKey& coord,
-                             const std::string& body, int read_timeout_s);
+                             const std::string& body, const std::string& nonce,
+                             int read_timeout_s);
   std::vector<std::string> servers_;
   size_t current_ = 0;
   bool last_connected_ = false;  // the last send made a connection

@@ -547,6 +547,17 @@ Changes Model::rename_peer(uint32_t id, const std::string& name, int64_t now) {
   return ch;
 }
 
+Changes Model::rekey_peer(uint32_t id, const PublicKey& key, int64_t now) {
+  Peer* p = by_id(id);
+  if (!p) return {};
+  PublicKey old = p->public_key;
+  // Not a membership change: rules select by name, group and tag, not key.
+  Changes ch = update_peer(id, false, now, [&](Peer& q) { q.public_key = key; });
+  by_key_.erase(old);
+  by_key_[key] = id;
+  return ch;
+}
+
 Changes Model::set_policy(Policy p, int64_t now) {
   policy_ = std::move(p);
   compile();

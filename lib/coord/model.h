@@ -197,6 +197,9 @@ class Model {
     return recompute(before, now);
   }
   Changes rename_peer(uint32_t id, const std::string& name, int64_t now);
+  // A new WireGuard key for the peer (key rotation); everything else stays.
+  // The caller checks that no other peer holds `key`.
+  Changes rekey_peer(uint32_t id, const PublicKey& key, int64_t now);
   Changes set_policy(Policy p, int64_t now);
   Changes tick_credentials(int64_t now);
   // A new serial for every peer's map: their content changed in a way the

@@ -27,6 +27,7 @@
 #include "coord/punch.h"
 #include "coord/revoked.h"
 #include "coord/requests.h"
+#include "coord/rotate.h"
 #include "coord/store.h"
 #include "coord/users.h"
 #include "core/base64.h"
@@ -133,6 +134,7 @@ struct PeerAuth {
   std::string nonce;
   std::string body;  // the request body, unsealed
   bool sealed = false;  // X-Mesh-Seal: the response is sealed too
+  bool previous = false;  // made for the previous coordinator key (coord/rotate.h)
 };
 
 bool is_loopback(const std::string& addr) {
@@ -195,6 +197,9 @@ class Coordinator {
   void h_map(const httplib::Request&, httplib::Response&);
   void h_announce(const httplib::Request&, httplib::Response&);
   void h_punch(const httplib::Request&, httplib::Response&);
+  void h_rotate_key(const httplib::Request&, httplib::Response&);
+  void h_self(const httplib::Request&, httplib::Response&);
+  Status load_previous_key();
   void h_keys_create(const httplib::Request&, httplib::Response&);
   void h_keys_list(const httplib::Request&, httplib::Response&);
   void h_keys_revoke(const httplib::Request&, httplib::Response&);
@@ -228,6 +233,10 @@ class Coordinator {
   std::mutex store_mu_;
   SecretKey coord_key_;
   PublicKey coord_pub_;
+  // The previous coordinator key, accepted while prev_until_ > now.
+  SecretKey prev_key_;
+  PublicKey prev_pub_;
+  int64_t prev_until_ = 0;
   std::string admin_token_;
   Model model_;
   std::vector<SetupKey> setup_keys_;
@@ -306,6 +315,7 @@ Status Coordinator::init() {
   coord_pub_ = coord_key_.public_key();
   MESH_TRY(write_file_atomic(opt_.state_dir + "/coordinator.pub", coord_pub_.to_base64() + "\n",
                              0644));
+  if (!opt_.previous_key_file.empty()) MESH_TRY(load_previous_key());
   std::string tok_path = opt_.state_dir + "/admin.token";
   auto tok = read_file(tok_path, 4096);
   if (tok) {
@@ -331,6 +341,25 @@ Status Coordinator::init() {
       log_.warn("oidc: " + s.message() + " (retried at the first login)");
   }
   return load_model();
+}
+
+// --previous-coordinator-key: kept secret like the current key.
+Status Coordinator::load_previous_key() {
+  const std::string& path = opt_.previous_key_file;
+  MESH_ASSIGN(auto text, read_file(path, 4096));
+  Status m = check_secret_mode(path);
+  auto k = m ? SecretKey::from_base64(text) : Result<SecretKey>(m);
+  wipe(text);
+  if (!k) return Status(Exit::Config, path + ": " + k.status().message());
+  if (k->public_key() == coord_pub_)
+    return Status(Exit::Config, path + ": is the current coordinator key (" + opt_.state_dir +
+                                    "/coordinator.key); move the old key away first");
+  prev_key_ = *k;
+  prev_pub_ = k->public_key();
+  prev_until_ = opt_.previous_key_until;
+  if (prev_until_ <= unix_now())
+    log_.warn("--previous-key-until is past: the previous coordinator key is refused");
+  return Status::ok();
 }
 
 Status Coordinator::load_model() {
@@ -548,8 +577,17 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
   MESH_ASSIGN(PeerAuth a, keys_for(*key));
   a.nonce = req.get_header_value(kHdrNonce);
   std::string want = request_mac(a.keys.request, req.method, req.target, t, a.nonce, req.body);
-  if (!mac_equal(req.get_header_value(kHdrAuth), want))
-    return fail("bad request signature (wrong key, or the request was altered)");
+  if (!mac_equal(req.get_header_value(kHdrAuth), want)) {
+    // Made for the previous coordinator key, during its overlap: answered
+    // with it too (sign()), never cached under the peer's key.
+    auto old = prev_until_ > now ? derive_session_keys(prev_key_, *key, *key, prev_pub_)
+                                 : Result<SessionKeys>(no_permission(""));
+    if (!old || !mac_equal(req.get_header_value(kHdrAuth),
+                           request_mac(old->request, req.method, req.target, t, a.nonce, req.body)))
+      return fail("bad request signature (wrong key, or the request was altered)");
+    a.keys = *old;
+    a.previous = true;
+  }
   if (Status s = check_time(t, now); !s) return fail(s.message());
   // Unsealed bodies are accepted only where nobody else can read them: over
   // TLS or from this host (third-party clients need no AEAD there).
@@ -591,7 +629,7 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
     std::shared_lock lk(mu_);
     if (Peer* p = model_.by_id(*id)) p->last_seen = now;
   }
-  keycache_.put(a.key, a.keys);
+  if (!a.previous) keycache_.put(a.key, a.keys);
   return a;
 }
 
@@ -704,7 +742,27 @@ void Coordinator::h_info(const httplib::Request&, httplib::Response& res) {
   if (issuer_)
     info["oidc"] = {{"issuer", issuer_->issuer()}, {"client_id", issuer_->client_id()},
                     {"login_expiry", opt_.login_expiry}};
+  if (prev_until_ > unix_now()) {
+    info["previous_coordinator_public_key"] = prev_pub_.to_base64();
+    info["previous_key_until"] = prev_until_;
+  }
   send_json(res, 200, info);
+}
+
+// GET /v1/self: this peer's registration, as join gave it, with the current
+// coordinator key: how a node pinned to the previous key learns the new one
+// (the answer is authenticated by the key the request was made for).
+void Coordinator::h_self(const httplib::Request& req, httplib::Response& res) {
+  uint32_t id = 0;
+  auto a = auth_peer(req, true, &id);
+  if (!a) return auth_error(req, res, a.status());
+  std::shared_lock lk(mu_);
+  const Peer* p = model_.by_id(id);
+  if (!p || p->public_key != a->key) return peer_error(&*a, res, {403, "peer is not enrolled (deleted)"});
+  Json reg = registration(*p);
+  lk.unlock();
+  send_json(res, 200, reg);
+  sign(*a, res);
 }
 
 // The name a join enrols under (mesh-coord(8), Peer names). Policy grants by
@@ -1029,6 +1087,51 @@ void Coordinator::h_punch(const httplib::Request& req, httplib::Response& res) {
   // Unknown and invisible keys are counted together: the answer does not
   // tell a peer which keys exist beyond its map.
   send_json(res, 200, Json{{"queued", queued}, {"ignored", targets.size() - queued}});
+  sign(*a, res);
+}
+
+// Key rotation (coord/rotate.h): signed with the old key, proving the new
+// one; one transaction swaps the key, and every map that shows it changes.
+void Coordinator::h_rotate_key(const httplib::Request& req, httplib::Response& res) {
+  uint32_t id = 0;
+  auto a = auth_peer(req, true, &id);
+  if (!a) return auth_error(req, res, a.status());
+  auto j = json_body(*a, 4096);
+  if (!j) return peer_error(&*a, res, from_status(j.status()));
+  auto body = parse_rotate_request(*j);
+  if (!body) return peer_error(&*a, res, from_status(body.status()));
+  const PublicKey& fresh = body->public_key;
+  if (fresh == a->key)
+    return peer_error(&*a, res, {400, "request: public_key: is the current key", "public_key"});
+  // The proof is made for the coordinator key the node trusts, which is the
+  // previous one for a node that has not learned the new key yet.
+  const SecretKey& ck = a->previous ? prev_key_ : coord_key_;
+  const PublicKey& cp = a->previous ? prev_pub_ : coord_pub_;
+  if (Status s = check_rotation_proof(ck, cp, a->key, fresh, a->nonce, body->proof); !s) {
+    ++auth_failures_;
+    return peer_error(&*a, res, from_status(s, s.code() == Exit::NoPerm ? 403 : 400));
+  }
+  int64_t now = unix_now();
+  std::unique_lock lk(mu_);
+  Peer* p = model_.by_id(id);
+  if (!p || p->public_key != a->key) return peer_error(&*a, res, {403, "peer is not enrolled (deleted)"});
+  if (model_.by_key(fresh))
+    return peer_error(&*a, res, {409, "request: public_key: already in use by a peer", "public_key"});
+  std::string name = p->name;
+  Changes ch = model_.rekey_peer(id, fresh, now);
+  std::string record = dump_json(p->to_record());
+  Status s = persist(
+      [&](Store& st) { return st.put_peer(id, name, fresh.to_base64(), record); }, ch,
+      Event{0, now, "peer:" + name, "peer.rotate-key", name,
+            Json{{"from", a->key.to_base64()}, {"to", fresh.to_base64()},
+                 {"maps_changed", ch.changed.size()}}});
+  if (!s) return peer_error(&*a, res, from_status(s));
+  Json reg = registration(*model_.by_id(id));
+  lk.unlock();
+  publish();
+  reg["previous_public_key"] = a->key.to_base64();
+  reg["maps_changed"] = ch.changed.size();
+  send_json(res, 200, reg);
   sign(*a, res);
 }
 
@@ -1412,6 +1515,8 @@ void Coordinator::routes(httplib::Server& s) {
   s.Get("/v1/map", wrap(&Coordinator::h_map));
   s.Post("/v1/endpoints", wrap(&Coordinator::h_announce));
   s.Post("/v1/punch", wrap(&Coordinator::h_punch));
+  s.Post("/v1/rotate-key", wrap(&Coordinator::h_rotate_key));
+  s.Get("/v1/self", wrap(&Coordinator::h_self));
   s.Get("/v1/admin/setup-keys", wrap(&Coordinator::h_keys_list));
   s.Post("/v1/admin/setup-keys", wrap(&Coordinator::h_keys_create));
   s.Post("/v1/admin/setup-keys/revoke", wrap(&Coordinator::h_keys_revoke));

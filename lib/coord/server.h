@@ -49,6 +49,10 @@ struct ServeOptions {
   std::string oidc_groups_claim = "groups";
   std::string oidc_admin_group;  // its members may use admin verbs with their login
   int64_t login_expiry = 86400;  // seconds; 0: logins never expire
+  // Coordinator key rotation (coord/rotate.h): the previous key, accepted
+  // until previous_key_until (unix seconds).
+  std::string previous_key_file;
+  int64_t previous_key_until = 0;
 };
 
 // Runs until SIGINT/SIGTERM (or *stop becomes true). Prints exactly one line

@@ -116,7 +116,7 @@ struct Peer {
 
 class Client {
  public:
-  Client(const ClientOptions& o, Log& log) : opt_(o), log_(log) {}
+  Client(const ClientOptions& o, Log& log) : opt_(o), log_(log), self_key_(o.self_key) {}
   Status run();
 
  private:
@@ -171,6 +171,7 @@ class Client {
 
   const ClientOptions& opt_;
   Log& log_;
+  std::optional<PublicKey> self_key_;  // opt_.self_key, or the rotated key read since
   UniqueFd ep_, sig_;
   // inputs
   std::optional<NetMap> map_;
@@ -225,7 +226,9 @@ class Client {
 Status Client::load_map_text(const std::string& text, const std::string& source) {
   MESH_ASSIGN(Json j, parse_json(text, source));
   MESH_ASSIGN(NetMap m, parse_netmap(j, source));
-  if (opt_.self_key && !(*opt_.self_key == m.self.public_key))
+  if (self_key_ && !(*self_key_ == m.self.public_key) && !opt_.self_key_file.empty())
+    if (auto k = read_private_key_file(opt_.self_key_file)) self_key_ = k->public_key();
+  if (self_key_ && !(*self_key_ == m.self.public_key))
     return Status(Exit::Config, source + ": the map is for another node (self.public_key does not match --key)");
   uint16_t port = opt_.wg_port ? opt_.wg_port : m.self.listen_port;
   if (!port)

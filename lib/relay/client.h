@@ -34,6 +34,9 @@ struct ClientOptions {
   std::string endpoints_out;  // endpoints document (man/mesh-endpoints.5), rewritten atomically
   std::string peers_from;     // mesh-punch's endpoints document: relay only "relay-needed" peers
   std::optional<PublicKey> self_key;  // must match the map's self.public_key
+  // The key file self_key came from: read again when a map names another
+  // self key (the node rotated its key, mesh-coord rotate-key).
+  std::string self_key_file;
   uint16_t wg_port = 0;               // 0: the map's self.listen_port
   IpAddr local_ip = IpAddr::v4(0x7F000001);
   int keepalive_s = 25;               // Refresh interval (also how fast a dead relay is noticed)
