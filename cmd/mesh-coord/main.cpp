@@ -5,7 +5,7 @@
 
 int main(int argc, char** argv) {
   using namespace mesh::coord;
-  static constexpr std::array<mesh::Verb, 12> kVerbs{{
+  static constexpr std::array<mesh::Verb, 14> kVerbs{{
       {"serve", cmd_serve, "run the coordinator (HTTP+JSON API, SQLite state)"},
       {"join", cmd_join, "enrol this node's WireGuard key with a setup key"},
       {"login", cmd_login, "enrol this node (or renew its login) by logging in at the identity provider"},

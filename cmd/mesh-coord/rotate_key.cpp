@@ -168,7 +168,7 @@ int cmd_rotate_key(Context& ctx, int argc, char** argv) {
   out["previous_public_key"] = old_pub.to_base64();
   out["resumed"] = resumed;
   out.erase("maps_changed");
-  out["server"] = c->server;
+  out["server"] = cli.server();
   return print_json(ctx, out);
 }
 
