@@ -5,7 +5,7 @@
 
 int main(int argc, char** argv) {
   using namespace mesh::coord;
-  static constexpr std::array<mesh::Verb, 10> kVerbs{{
+  static constexpr std::array<mesh::Verb, 11> kVerbs{{
       {"serve", cmd_serve, "run the coordinator (HTTP+JSON API, SQLite state)"},
       {"join", cmd_join, "enrol this node's WireGuard key with a setup key"},
       {"map", cmd_map, "print this node's current network map"},
@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
       {"setup-key", cmd_setup_key, "admin: create, list or revoke setup keys"},
       {"peer", cmd_peer, "admin: list, show, rename, regroup, disable, enable or delete peers"},
       {"policy", cmd_policy, "admin: set, get, check or plan the access policy"},
+      {"route", cmd_route, "admin: create, list, show, update or delete routes and exit nodes"},
       {"events", cmd_events, "admin: print the audit log (JSON lines)"},
   }};
   return mesh::run_program("mesh-coord", kVerbs, argc, argv);

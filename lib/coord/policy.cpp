@@ -31,6 +31,7 @@ std::string Selector::to_string() const {
     case Kind::Group: return name;
     case Kind::Peer: return "peer:" + name;
     case Kind::Cidr: return cidr.to_string();
+    case Kind::Route: return "route:" + name;
   }
   return "";
 }
@@ -62,11 +63,18 @@ std::string Service::to_string() const {
   return proto;
 }
 
-static Result<Selector> parse_selector(const JsonView& v, const Policy& p) {
+static Result<Selector> parse_selector(const JsonView& v, const Policy& p, bool dst) {
   auto s = v.as_string();
   if (!s) return s.status();
   Selector sel;
   if (*s == "all") return sel;
+  if (s->rfind("route:", 0) == 0) {
+    if (!dst) return v.error("route selectors are only allowed in dst");
+    sel.kind = Selector::Kind::Route;
+    sel.name = s->substr(6);
+    if (!valid_name(sel.name)) return v.error("invalid route name '" + sel.name + "'");
+    return sel;
+  }
   if (s->rfind("peer:", 0) == 0) {
     sel.kind = Selector::Kind::Peer;
     sel.name = s->substr(5);
@@ -103,7 +111,7 @@ static Result<PolicyRule> parse_rule(const JsonView& v, const Policy& p, size_t 
     MESH_ASSIGN(auto els, list.elements());
     if (els.empty()) return list.error("at least one selector is required");
     for (auto& e : els) {
-      MESH_ASSIGN(auto sel, parse_selector(e, p));
+      MESH_ASSIGN(auto sel, parse_selector(e, p, out == &r.dst));
       out->push_back(sel);
     }
   }
@@ -114,7 +122,7 @@ static Result<PolicyRule> parse_rule(const JsonView& v, const Policy& p, size_t 
 Result<Policy> parse_policy(const Json& j, const std::string& source) {
   JsonView v(j, source);
   if (!j.is_object()) return v.error("expected a policy object");
-  MESH_TRY(v.check_keys({"version", "groups", "rules", "tests"}));
+  MESH_TRY(v.check_keys({"version", "groups", "rules", "tests", "routes"}));
   Policy p;
   JsonView f = v;
   if (v.optional_field("version", &f)) {
@@ -144,6 +152,22 @@ Result<Policy> parse_policy(const Json& j, const std::string& source) {
       p.groups.emplace(it.key(), std::move(pg));
     }
   }
+  if (v.optional_field("routes", &f)) {
+    if (!f.json().is_object()) return f.error("expected object of routes");
+    for (auto it = f.json().begin(); it != f.json().end(); ++it) {
+      JsonView rv(it.value(), source, "routes." + it.key());
+      if (!valid_name(it.key())) return rv.error("invalid route name");
+      MESH_ASSIGN(auto r, parse_route(rv, false, it.key()));
+      for (const auto& rr : r.routers)
+        if (!rr.group.empty() && !p.groups.count(rr.group))
+          return rv.error("unknown group '" + rr.group + "' (declare it under \"groups\")");
+      r.from_policy = true;
+      std::vector<const Route*> others;
+      for (const auto& [n, o] : p.routes) others.push_back(&o);
+      if (Status s = check_route(r, {}, others); !s) return rv.error(s.message());
+      p.routes.emplace(it.key(), std::move(r));
+    }
+  }
   std::set<std::string> rule_names;
   if (v.optional_field("rules", &f)) {
     MESH_ASSIGN(auto els, f.elements());
@@ -162,6 +186,10 @@ Result<Policy> parse_policy(const Json& j, const std::string& source) {
       MESH_ASSIGN(t.from, e.get_string("from"));
       MESH_ASSIGN(t.to, e.get_string("to"));
       for (auto* who : {&t.from, &t.to}) {
+        if (who == &t.to && who->rfind("route:", 0) == 0) {
+          if (!valid_name(who->substr(6))) return e.error("invalid route '" + *who + "'");
+          continue;
+        }
         std::string n = who->rfind("group:", 0) == 0 ? who->substr(6) : *who;
         if (!valid_name(n)) return e.error("invalid peer or group '" + *who + "'");
         if (who->rfind("group:", 0) == 0 && n != "all" && !p.groups.count(n))
@@ -203,7 +231,17 @@ Json policy_to_json(const Policy& p) {
                      {"to", t.to},
                      {"port", t.service.to_string()},
                      {"expect", t.expect_allow ? "allow" : "deny"}});
-  return Json{{"version", 1}, {"groups", groups}, {"rules", rules}, {"tests", tests}};
+  Json out{{"version", 1}, {"groups", groups}, {"rules", rules}, {"tests", tests}};
+  if (!p.routes.empty()) {
+    Json routes = Json::object();
+    for (const auto& [name, r] : p.routes) {
+      Json j = route_to_json(r);
+      j.erase("name");
+      routes[name] = j;
+    }
+    out["routes"] = routes;
+  }
+  return out;
 }
 
 Policy empty_policy() { return Policy{}; }
@@ -215,6 +253,7 @@ static bool contains(const std::vector<std::string>& v, const std::string& s) {
 bool selector_matches(const Policy& p, const Selector& s, const PeerAttrs& a) {
   switch (s.kind) {
     case Selector::Kind::All: return true;
+    case Selector::Kind::Route: return false;  // selects a route, never a peer
     case Selector::Kind::Peer: return a.name == s.name;
     case Selector::Kind::Cidr:
       for (const auto& ip : a.addresses)

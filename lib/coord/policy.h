@@ -14,14 +14,16 @@
 #include "core/json.h"
 #include "core/net.h"
 #include "core/status.h"
+#include "coord/routes.h"
 #include "netmap/netmap.h"
 
 namespace mesh::coord {
 
 // What a rule's src/dst entry selects.
 struct Selector {
-  enum class Kind { All, Group, Peer, Cidr } kind = Kind::All;
-  std::string name;  // group or peer name
+  // Route: `route:NAME`, only in a rule's dst (grants use of the route).
+  enum class Kind { All, Group, Peer, Cidr, Route } kind = Kind::All;
+  std::string name;  // group, peer or route name
   Prefix cidr;       // Kind::Cidr: peers whose overlay address is inside
   std::string to_string() const;
 };
@@ -48,7 +50,8 @@ struct Service {
 };
 
 struct PolicyTest {
-  std::string from, to;  // peer name, or "group:NAME" (a peer in just that group)
+  std::string from, to;  // peer name, or "group:NAME" (a peer in just that group);
+                         // `to` may also be "route:NAME"
   Service service;
   bool expect_allow = true;
 };
@@ -57,6 +60,7 @@ struct Policy {
   std::map<std::string, PolicyGroup> groups;
   std::vector<PolicyRule> rules;
   std::vector<PolicyTest> tests;
+  std::map<std::string, Route> routes;  // the "routes" section (from_policy set)
 };
 
 // What the policy needs to know about a peer.
