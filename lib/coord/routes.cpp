@@ -214,14 +214,32 @@ void Model::route_hash(CompiledRoute& c) const {
 
 void Model::compile_routes() {
   croutes_.clear();
+  // Group routers need every peer's attributes: made once, and only then.
+  std::vector<std::pair<uint32_t, PeerAttrs>> attrs;
   for (const Route* r : all_routes()) {
     CompiledRoute c;
     c.route = r;
-    for (const auto& p : by_id_) {
-      if (!p || p->disabled) continue;
-      int m = router_metric(policy_, *r, p->attrs());
-      if (m >= 0) c.routers.emplace_back(p->id, m);
+    for (const auto& rr : r->routers) {
+      if (!rr.peer.empty()) {
+        auto it = by_name_.find(rr.peer);
+        if (it != by_name_.end() && !by_id_[it->second]->disabled)
+          c.routers.emplace_back(it->second, rr.metric);
+        continue;
+      }
+      if (attrs.empty())
+        for (const auto& p : by_id_)
+          if (p && !p->disabled) attrs.emplace_back(p->id, p->attrs());
+      Selector s;
+      s.kind = Selector::Kind::Group;
+      s.name = rr.group;
+      for (const auto& [id, a] : attrs)
+        if (selector_matches(policy_, s, a)) c.routers.emplace_back(id, rr.metric);
     }
+    // By id, each peer once with its lowest metric.
+    std::sort(c.routers.begin(), c.routers.end());
+    c.routers.erase(std::unique(c.routers.begin(), c.routers.end(),
+                                [](const auto& a, const auto& b) { return a.first == b.first; }),
+                    c.routers.end());
     for (size_t i = 0; i < policy_.rules.size(); ++i) {
       CompiledRoute::Grant g;
       g.rule = static_cast<uint32_t>(i);
@@ -297,6 +315,7 @@ void Model::route_neighbours(const Peer& p, std::vector<uint32_t>& out) const {
 uint64_t Model::route_digest(const Peer& p, std::vector<uint32_t>& linked) const {
   uint64_t h = 0;
   std::vector<uint8_t> nets;
+  nets.reserve(8);
   for (size_t i = 0; i < croutes_.size(); ++i) {
     const CompiledRoute& c = croutes_[i];
     if (is_router(c, p.id)) {
