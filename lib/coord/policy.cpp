@@ -22,6 +22,11 @@ std::set<std::string> granted_names(const Policy& p) {
     for (const auto* side : {&r.src, &r.dst})
       for (const auto& s : *side)
         if (s.kind == Selector::Kind::Peer) out.insert(s.name);
+  // A router named by a route receives its clients' traffic: as good a
+  // grant as any.
+  for (const auto& [n, r] : p.routes)
+    for (const auto& rr : r.routers)
+      if (!rr.peer.empty()) out.insert(rr.peer);
   return out;
 }
 

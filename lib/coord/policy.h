@@ -79,7 +79,7 @@ Json policy_to_json(const Policy& p);
 Policy empty_policy();
 
 // The peer names the policy grants access by: `peer:NAME` selectors in
-// rules and groups' `members`. Only a setup key bound to such a name may
+// rules, groups' `members` and routes' routers named by peer. Only a setup key bound to such a name may
 // enrol a peer under it (see mesh-coord(8), Peer names).
 std::set<std::string> granted_names(const Policy& p);
 

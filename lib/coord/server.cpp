@@ -667,6 +667,9 @@ std::optional<ApiError> Coordinator::choose_name(const SetupKey& key, const Join
     return std::nullopt;
   }
   std::set<std::string> granted = granted_names(model_.policy());
+  for (const auto& [n, r] : model_.admin_routes())  // routers by name, as in the policy's routes
+    for (const auto& rr : r.routers)
+      if (!rr.peer.empty()) granted.insert(rr.peer);
   auto free = [&](const std::string& n) { return !granted.count(n) && !model_.by_name(n); };
   if (!want.name.empty()) {
     if (!free(want.name)) return unavailable(want.name);

@@ -155,6 +155,11 @@ EOF
   [ "$(line 3 | via)" = gw1:10,gw2:20 ]
   mrun -s 0 mesh-coord peer delete --server "$COORD_URL" gw1
   [ "$(line 4 | via)" = gw2:20 ]
+  # The deleted router's name stays reserved: a key not bound to it cannot
+  # enrol a peer that would receive the route's traffic.
+  mesh-keygen genkey -o thief.key
+  mrun -s "$EX_DATAERR" mesh-coord join --server "$COORD_URL" --setup-key-file gw.sk --key thief.key --name gw1
+  grep -q "not available to this setup key" <<<"$stderr"
   mrun -s 0 mesh-coord route delete --server "$COORD_URL" lan
   [ "$(line 5 | jq -r '.peers | length')" = 0 ]
   wait "$watch_pid"

@@ -196,6 +196,10 @@ TEST(CoordRoutes, PolicyFileRoutesAndRouteSelectors) {
   ASSERT_TRUE(again) << again.status().message();
   EXPECT_EQ(again->routes.at("office"), p.routes.at("office"));
 
+  // A router named in a route is a granted name (reserved at join).
+  Policy named = policy(R"({"routes": {"o": {"networks": ["192.0.2.0/24"], "routers": [{"peer": "gw9"}]}}})");
+  EXPECT_EQ(granted_names(named), (std::set<std::string>{"gw9"}));
+
   auto err = [](const std::string& text) {
     auto r = parse_policy(*parse_json(text, "p"), "p");
     EXPECT_FALSE(r) << text;
