@@ -114,6 +114,64 @@ std::unique_ptr<Peer> synth_peer(Model& m, int i, const PublicKey& key) {
   return p;
 }
 
+// Routes (issue 19): 20 subnet routes with two routers each, each granted
+// to one group by a rule, on the same mesh; the figures above again, as
+// ratios to those measured without routes in this run.
+void bench_routes(Model& m, double full_ms, double join_ms, double build_ms) {
+  auto j = parse_json(policy_text(1, 7), "bench policy");
+  std::map<std::string, Route> routes;
+  for (int r = 0; r < 20; ++r) {
+    Route rt;
+    rt.name = "rt" + std::to_string(r);
+    rt.networks = {Prefix{IpAddr::v4(0xC6120000u + (uint32_t(r) << 8)), 24}};  // 198.18.r.0/24
+    rt.routers = {RouteRouter{"p" + std::to_string(2 * r), "", 10},
+                  RouteRouter{"p" + std::to_string(2 * r + 1), "", 20}};
+    routes[rt.name] = rt;
+    (*j)["rules"].push_back({{"name", "use-" + rt.name}, {"src", {"g" + std::to_string(r + 40)}},
+                             {"dst", {"route:" + rt.name}}, {"proto", "tcp"}, {"ports", {22}}});
+  }
+  Policy pol = parse(dump_json(*j));
+  auto serve = [&](const std::string& name, size_t* bytes) {
+    const Peer* p = m.by_name(name);
+    std::string body;
+    auto a = Clock::now();
+    for (int i = 0; i < 100; ++i) body = m.map_json(*p);
+    *bytes = body.size();
+    return ms(a, Clock::now()) / 100;
+  };
+  size_t plain_bytes = 0;
+  double plain_ms = serve("p0", &plain_bytes);  // the router to be, before routes
+  m.set_routes(routes, 6);
+  std::vector<double> full;
+  for (int i = 0; i < 5; ++i) {
+    auto a = Clock::now();
+    m.set_policy(pol, 7);
+    full.push_back(ms(a, Clock::now()));
+  }
+  std::sort(full.begin(), full.end());
+  std::vector<double> joins;
+  for (int i = 0; i < 100; ++i) {
+    PublicKey k;
+    random_bytes(k.bytes.data(), k.bytes.size());
+    auto p = synth_peer(m, kPeers + 1000 + i, k);
+    auto a = Clock::now();
+    m.add_peer(std::move(p), 8);
+    joins.push_back(ms(a, Clock::now()));
+  }
+  std::sort(joins.begin(), joins.end());
+  size_t client_bytes = 0, router_bytes = 0;
+  double client_ms = serve("p240", &client_bytes);  // group g40: a client of rt0
+  double router_ms = serve("p0", &router_bytes);    // routes rt0
+  std::printf("with 20 routes (2 routers each, one group each): full recompute median %.1f ms (%.2fx), "
+              "one join median %.3f ms (%.2fx)\n",
+              full[full.size() / 2], full[full.size() / 2] / full_ms, joins[joins.size() / 2],
+              joins[joins.size() / 2] / join_ms);
+  std::printf("with 20 routes: a client's map to JSON (%zu bytes) %.3f ms (%.2fx), a router's (%zu bytes) "
+              "%.3f ms (%.2fx its map without routes, %zu bytes)\n",
+              client_bytes, client_ms, client_ms / build_ms, router_bytes, router_ms,
+              router_ms / plain_ms, plain_bytes);
+}
+
 int bench_model() {
   Model m(config());
   m.rebuild(0);
@@ -193,6 +251,7 @@ int bench_model() {
   std::printf("one policy change (one rule's ports): %.1f ms, %zu maps changed\n", policy_ms,
               pc.changed.size());
   std::printf("one map to JSON as served (%zu bytes): %.3f ms\n", body.size(), build_ms);
+  bench_routes(m, full[full.size() / 2], joins[joins.size() / 2], build_ms);
   std::printf("bench process RSS with the model: %.1f MB\n", rss_kb(getpid()) / 1024.0);
   return 0;
 }

@@ -5,7 +5,7 @@
 
 int main(int argc, char** argv) {
   using namespace mesh::coord;
-  static constexpr std::array<mesh::Verb, 14> kVerbs{{
+  static constexpr std::array<mesh::Verb, 15> kVerbs{{
       {"serve", cmd_serve, "run the coordinator (HTTP+JSON API, SQLite state)"},
       {"join", cmd_join, "enrol this node's WireGuard key with a setup key"},
       {"login", cmd_login, "enrol this node (or renew its login) by logging in at the identity provider"},
@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
       {"peer", cmd_peer, "admin: list, show, rename, regroup, disable, enable or delete peers"},
       {"user", cmd_user, "admin: list, show, disable, enable or delete users (login)"},
       {"policy", cmd_policy, "admin: set, get, check or plan the access policy"},
+      {"route", cmd_route, "admin: create, list, show, update or delete routes and exit nodes"},
       {"events", cmd_events, "admin: print the audit log (JSON lines)"},
   }};
   return mesh::run_program("mesh-coord", kVerbs, argc, argv);

@@ -20,7 +20,9 @@ int cmd_policy(Context& ctx, int argc, char** argv) {
   auto* check = app.add_subcommand("check", "may --from reach --to on --port? (exit 0 allow, 1 deny)");
   add_admin_options(*check, t);
   check->add_option("--from", from, "source: peer name, group:NAME, user:EMAIL or group:idp:NAME")->required();
-  check->add_option("--to", to, "destination: peer name, group:NAME, user:EMAIL or group:idp:NAME")->required();
+  check->add_option("--to", to,
+                    "destination: peer name, group:NAME, user:EMAIL, group:idp:NAME or route:NAME")
+      ->required();
   check->add_option("--port", port, "PORT/tcp, PORT/udp, icmp or any")->capture_default_str();
   auto* plan = app.add_subcommand("plan", "access a new policy would grant and revoke");
   add_admin_options(*plan, t);

@@ -15,5 +15,6 @@ int cmd_setup_key(Context& ctx, int argc, char** argv);
 int cmd_peer(Context& ctx, int argc, char** argv);
 int cmd_user(Context& ctx, int argc, char** argv);
 int cmd_policy(Context& ctx, int argc, char** argv);
+int cmd_route(Context& ctx, int argc, char** argv);
 int cmd_events(Context& ctx, int argc, char** argv);
 }  // namespace mesh::coord

@@ -46,8 +46,13 @@ struct Writer {
   }
 };
 
-void write_rule_head(Writer& w, const FirewallRule& r) {
+void write_rule_head(Writer& w, const FirewallRule& r, bool forward = false) {
   w.out += '{';
+  if (forward) {
+    w.key("destinations");
+    w.prefixes(r.destinations);
+    w.out += ',';
+  }
   w.key("ports");
   w.out += '[';
   for (size_t j = 0; j < r.ports.size(); ++j) {
@@ -64,6 +69,24 @@ void write_rule_head(Writer& w, const FirewallRule& r) {
   }
   w.out += ',';
   w.key("sources");
+}
+
+// `"routes":[...]`, the last member of a peers[] entry.
+void write_peer_routes(Writer& w, const std::vector<PeerRoute>& routes) {
+  w.key("routes");
+  w.out += '[';
+  for (size_t i = 0; i < routes.size(); ++i) {
+    if (i) w.out += ',';
+    w.out += "{\"masquerade\":";
+    w.out += routes[i].masquerade ? "true" : "false";
+    w.out += ",\"metric\":";
+    w.num(routes[i].metric);
+    w.out += ',';
+    w.key("network");
+    w.str(routes[i].network.to_string());
+    w.out += '}';
+  }
+  w.out += ']';
 }
 
 void write_peer(Writer& w, const MapPeer& p) {
@@ -103,10 +126,21 @@ void write_peer(Writer& w, const MapPeer& p) {
   w.out += ',';
   w.key("public_key");
   w.str(p.public_key.to_base64());
+  if (!p.routes.empty()) {
+    w.out += ',';
+    write_peer_routes(w, p.routes);
+  }
   w.out += '}';
 }
 
 }  // namespace
+
+bool peer_routes_json_text(const std::vector<PeerRoute>& routes, std::string& out) {
+  Writer w;
+  write_peer_routes(w, routes);
+  out = std::move(w.out);
+  return w.ok;
+}
 
 bool peer_json_text(const MapPeer& p, std::string& out) {
   Writer w;
@@ -135,7 +169,20 @@ std::string netmap_json_text(const NetMap& m) {
     w.out += "},";
   }
   w.key("firewall");
-  w.out += "{\"inbound\":[";
+  w.out += '{';
+  if (!m.forward.empty()) {
+    w.key("forward");
+    w.out += '[';
+    for (size_t i = 0; i < m.forward.size(); ++i) {
+      const FirewallRule& r = m.forward[i];
+      if (i) w.out += ',';
+      write_rule_head(w, r, true);
+      w.prefixes(r.sources);
+      w.out += '}';
+    }
+    w.out += "],";
+  }
+  w.out += "\"inbound\":[";
   for (size_t i = 0; i < m.inbound.size(); ++i) {
     const FirewallRule& r = m.inbound[i];
     if (i) w.out += ',';
@@ -173,6 +220,21 @@ std::string netmap_json_text(const NetMap& m) {
   w.out += ',';
   w.key("public_key");
   w.str(m.self.public_key.to_base64());
+  if (!m.self.routes.empty()) {
+    w.out += ',';
+    w.key("routes");
+    w.out += '[';
+    for (size_t i = 0; i < m.self.routes.size(); ++i) {
+      if (i) w.out += ',';
+      w.out += "{\"masquerade\":";
+      w.out += m.self.routes[i].masquerade ? "true" : "false";
+      w.out += ',';
+      w.key("network");
+      w.str(m.self.routes[i].network.to_string());
+      w.out += '}';
+    }
+    w.out += ']';
+  }
   w.out += "},";
   w.key("serial");
   w.unum(m.serial);

@@ -17,6 +17,9 @@ std::string netmap_json_text(const NetMap& m);
 // One peers[] entry as netmap_json_text writes it; false (and `out`
 // unspecified) when a string would need escaping.
 bool peer_json_text(const MapPeer& p, std::string& out);
+// `"routes":[...]` as the last member of a peers[] entry writes it; false
+// as above.
+bool peer_routes_json_text(const std::vector<PeerRoute>& routes, std::string& out);
 // A firewall rule's text up to and including `"sources":[`; false as above.
 bool rule_head_json_text(const FirewallRule& r, std::string& out);
 

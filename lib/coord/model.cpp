@@ -326,6 +326,7 @@ void Model::compile() {
   auto select = [&](const Selector& s, std::vector<uint32_t>& out) {
     switch (s.kind) {
       case Selector::Kind::All: out.insert(out.end(), all.begin(), all.end()); break;
+      case Selector::Kind::Route: break;  // grants a route (compile_routes), selects no peer
       case Selector::Kind::Peer: {
         auto it = by_name_.find(s.name);
         if (it != by_name_.end() && !by_id_[it->second]->cut_off()) out.push_back(it->second);
@@ -376,6 +377,7 @@ void Model::compile() {
     }
     for (uint32_t id : c.dst) by_id_[id]->dst_rules.push_back(static_cast<uint32_t>(i));
   }
+  compile_routes();
 }
 
 void Model::index_rules(Peer& p) {
@@ -399,6 +401,7 @@ void Model::index_rules(Peer& p) {
       p.dst_rules.push_back(static_cast<uint32_t>(i));
     }
   }
+  if (!croutes_.empty()) index_routes(p);
 }
 
 void Model::unindex_rules(Peer& p) {
@@ -407,12 +410,14 @@ void Model::unindex_rules(Peer& p) {
   for (uint32_t r : p.dst_rules) sorted_erase(rules_[r].dst, p.id);
   p.src_rules.clear();
   p.dst_rules.clear();
+  if (!croutes_.empty()) unindex_routes(p);
 }
 
 std::vector<uint32_t> Model::neighbours(const Peer& p) const {
   std::vector<uint32_t> out;
   for (uint32_t r : p.src_rules) out.insert(out.end(), rules_[r].dst.begin(), rules_[r].dst.end());
   for (uint32_t r : p.dst_rules) out.insert(out.end(), rules_[r].src.begin(), rules_[r].src.end());
+  if (!croutes_.empty()) route_neighbours(p, out);
   return out;
 }
 
@@ -457,6 +462,11 @@ uint64_t Model::compute_digest(const Peer& p) const {
       --n;
     }
     if (n > 0) h ^= mix(c.content_hash ^ s ^ (uint64_t(r) << 40));
+  }
+  if (!croutes_.empty()) {
+    std::vector<uint32_t> linked;
+    h ^= route_digest(p, linked);
+    add(linked);
   }
   return h;
 }
@@ -598,7 +608,11 @@ NetMap Model::build_map(const Peer& p, bool lists) const {
   m.self.listen_port = p.listen_port;
   m.self.mtu = cfg_.mtu;
   m.dns_domain = cfg_.dns_domain;
+  if (!p.cut_off() && !croutes_.empty()) router_map(p, m);
   if (!p.cut_off() && lists) {
+    std::vector<std::pair<uint32_t, std::vector<PeerRoute>>> via;
+    if (!croutes_.empty()) via = client_routes(p);
+    auto next_via = via.begin();
     for (uint32_t id : visible(p.id)) {
       const Peer& q = *by_id_[id];
       MapPeer mp;
@@ -609,6 +623,8 @@ NetMap Model::build_map(const Peer& p, bool lists) const {
       mp.endpoints = q.endpoints;
       mp.keepalive = cfg_.keepalive;
       mp.groups = q.groups;
+      while (next_via != via.end() && next_via->first < id) ++next_via;
+      if (next_via != via.end() && next_via->first == id) mp.routes = next_via->second;
       m.peers.push_back(std::move(mp));
     }
     for (uint32_t r : p.dst_rules) {
@@ -651,10 +667,25 @@ std::string Model::map_json(const Peer& p) const {
   std::vector<uint32_t> ids = visible(p.id);
   std::string peers, inbound;
   peers.reserve(ids.size() * 320);
+  // Routes through some of these peers (sorted by id, like ids).
+  std::vector<std::pair<uint32_t, std::vector<PeerRoute>>> via;
+  if (!croutes_.empty()) via = client_routes(p);
+  auto next_via = via.begin();
   for (uint32_t id : ids) {
     const Peer& q = *by_id_[id];
     if (!q.text_ok) return netmap_json_text(build_map(p));
     if (!peers.empty()) peers += ',';
+    while (next_via != via.end() && next_via->first < id) ++next_via;
+    if (next_via != via.end() && next_via->first == id) {
+      // "routes" sorts last in an entry: it goes before the closing brace.
+      std::string routes;
+      if (!peer_routes_json_text(next_via->second, routes)) return netmap_json_text(build_map(p));
+      peers.append(q.entry_text, 0, q.entry_text.size() - 1);
+      peers += ',';
+      peers += routes;
+      peers += '}';
+      continue;
+    }
     peers += q.entry_text;
   }
   for (uint32_t r : p.dst_rules) {
@@ -710,9 +741,20 @@ Status Model::run_tests(const Policy& p) const {
     std::string where = "tests[" + std::to_string(i) + "]";
     auto from = resolve_test_party(t.from);
     if (!from) return from.status().with_context(where + ".from");
-    auto to = resolve_test_party(t.to);
-    if (!to) return to.status().with_context(where + ".to");
-    Verdict v = evaluate(p, *from, *to, t.service);
+    Verdict v;
+    if (t.to.rfind("route:", 0) == 0) {
+      std::string rn = t.to.substr(6);
+      auto it = p.routes.find(rn);
+      const Route* r = it != p.routes.end() ? &it->second
+                       : routes_.count(rn)  ? &routes_.at(rn)
+                                            : nullptr;
+      if (!r) return data_error(where + ".to: unknown route '" + rn + "'");
+      v = evaluate_route(p, *from, *r, t.service);
+    } else {
+      auto to = resolve_test_party(t.to);
+      if (!to) return to.status().with_context(where + ".to");
+      v = evaluate(p, *from, *to, t.service);
+    }
     if (v.allow != t.expect_allow)
       return data_error(where + ": " + t.from + " -> " + t.to + " " + t.service.to_string() +
                         ": expected " + (t.expect_allow ? "allow" : "deny") + ", policy says " +
@@ -763,9 +805,29 @@ Model::Plan Model::plan(const Policy& next) const {
   for (const auto& p : by_id_)
     if (p && !p->cut_off()) live.push_back(p.get());
   auto coverage = [&](const Policy& pol) {
-    std::map<std::pair<uint32_t, uint32_t>, Coverage> cov;
+    // Keyed by (source id, destination peer name or "route:NAME").
+    std::map<std::pair<uint32_t, std::string>, Coverage> cov;
     std::vector<PeerAttrs> attrs;
     for (const Peer* p : live) attrs.push_back(p->attrs());
+    auto grant = [](Coverage& c, const PolicyRule& r) {
+      PortRange full{1, 65535};
+      if (r.proto == "any") {
+        c.other = c.icmp = true;
+        c.tcp.push_back(full);
+        c.udp.push_back(full);
+      } else if (r.proto == "icmp") {
+        c.icmp = true;
+      } else {
+        auto& v = r.proto == "tcp" ? c.tcp : c.udp;
+        if (r.ports.empty()) v.push_back(full);
+        else v.insert(v.end(), r.ports.begin(), r.ports.end());
+      }
+    };
+    // Routes the policy knows: its own, then the admin-defined ones.
+    std::vector<const Route*> routes;
+    for (const auto& [n, r] : pol.routes) routes.push_back(&r);
+    for (const auto& [n, r] : routes_)
+      if (!pol.routes.count(n)) routes.push_back(&r);
     for (const auto& r : pol.rules) {
       std::vector<size_t> src, dst;
       for (size_t i = 0; i < live.size(); ++i) {
@@ -778,20 +840,18 @@ Model::Plan Model::plan(const Policy& next) const {
       for (size_t s : src)
         for (size_t d : dst) {
           if (s == d) continue;
-          Coverage& c = cov[{live[s]->id, live[d]->id}];
-          PortRange full{1, 65535};
-          if (r.proto == "any") {
-            c.other = c.icmp = true;
-            c.tcp.push_back(full);
-            c.udp.push_back(full);
-          } else if (r.proto == "icmp") {
-            c.icmp = true;
-          } else {
-            auto& v = r.proto == "tcp" ? c.tcp : c.udp;
-            if (r.ports.empty()) v.push_back(full);
-            else v.insert(v.end(), r.ports.begin(), r.ports.end());
-          }
+          grant(cov[{live[s]->id, live[d]->name}], r);
         }
+      for (const Route* route : routes) {
+        bool granted = false;
+        for (const auto& sel : r.dst)
+          granted = granted || (sel.kind == Selector::Kind::Route && sel.name == route->name) ||
+                    (sel.kind == Selector::Kind::Cidr && !cidr_grants(sel.cidr, *route).empty());
+        if (!granted) continue;
+        for (size_t s : src)
+          if (evaluate_route(pol, attrs[s], *route, Service{}).rule != "router")
+            grant(cov[{live[s]->id, "route:" + route->name}], r);
+      }
     }
     for (auto& [k, c] : cov) {
       merge(c.tcp);
@@ -806,7 +866,8 @@ Model::Plan Model::plan(const Policy& next) const {
     for (const auto& [k, ca] : a) {
       auto it = b.find(k);
       const Coverage& cb = it == b.end() ? none : it->second;
-      std::string src = by_id_[k.first]->name, dst = by_id_[k.second]->name;
+      const std::string& src = by_id_[k.first]->name;
+      const std::string& dst = k.second;
       for (const auto& r : subtract(ca.tcp, cb.tcp)) out.push_back({src, dst, "tcp/" + r.to_string()});
       for (const auto& r : subtract(ca.udp, cb.udp)) out.push_back({src, dst, "udp/" + r.to_string()});
       if (ca.icmp && !cb.icmp) out.push_back({src, dst, "icmp"});

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "coord/policy.h"
+#include "coord/routes.h"
 #include "core/key.h"
 #include "core/net.h"
 #include "netmap/netmap.h"
@@ -217,6 +218,21 @@ class Model {
   // per (source peer, destination peer, service), over the current peers.
   Plan plan(const Policy& next) const;
 
+  // --- routes (coord/routes.h; defined in routes.cpp)
+  // Routes defined by `mesh-coord route` (the policy's own are in policy()).
+  const std::map<std::string, Route>& admin_routes() const { return routes_; }
+  void load_routes(std::map<std::string, Route> r) { routes_ = std::move(r); }
+  Changes set_routes(std::map<std::string, Route> r, int64_t now);
+  // Every route, admin and policy-defined, by name.
+  std::vector<const Route*> all_routes() const;
+  const Route* find_route(const std::string& name) const;
+  // Live routing peers of a route and the peers allowed to use it (names).
+  std::vector<std::pair<std::string, int>> route_routers(const std::string& name) const;
+  std::vector<std::string> route_clients(const std::string& name) const;
+  // For policy tests and `policy check` with "route:NAME" as destination.
+  Verdict evaluate_route(const Policy& p, const PeerAttrs& from, const Route& r,
+                         const Service& s) const;
+
   // Time of the last full recompute and its duration (metrics).
   struct Stats {
     uint64_t map_computations = 0;
@@ -243,6 +259,18 @@ class Model {
   uint64_t compute_digest(const Peer& p) const;
   Changes recompute(std::vector<uint32_t> ids, int64_t now);
   Changes recompute_all(int64_t now);
+  // Routes (routes.cpp): compiled from routes_, the policy's routes and its
+  // rules; routers follow peers' membership changes through index_routes.
+  void compile_routes();
+  void index_routes(const Peer& p);
+  void unindex_routes(const Peer& p);
+  void route_hash(CompiledRoute& c) const;
+  bool uses_route(const Peer& p, const CompiledRoute& c, std::vector<uint8_t>* nets) const;
+  void route_neighbours(const Peer& p, std::vector<uint32_t>& out) const;
+  uint64_t route_digest(const Peer& p, std::vector<uint32_t>& linked) const;
+  void router_map(const Peer& p, NetMap& m) const;
+  // Per routing peer (sorted by id), the routes `p` may use through it.
+  std::vector<std::pair<uint32_t, std::vector<PeerRoute>>> client_routes(const Peer& p) const;
 
   ModelConfig cfg_;
   Policy policy_;
@@ -250,6 +278,8 @@ class Model {
   std::unordered_map<std::string, uint32_t> by_name_;
   std::map<PublicKey, uint32_t> by_key_;
   std::vector<CompiledRule> rules_;
+  std::map<std::string, Route> routes_;  // admin-defined
+  std::vector<CompiledRoute> croutes_;   // every route, by name
   uint64_t serial_counter_ = 0;
   uint64_t version_counter_ = 0;
   uint32_t next_host_ = 1;

@@ -22,6 +22,11 @@ std::set<std::string> granted_names(const Policy& p) {
     for (const auto* side : {&r.src, &r.dst})
       for (const auto& s : *side)
         if (s.kind == Selector::Kind::Peer) out.insert(s.name);
+  // A router named by a route receives its clients' traffic: as good a
+  // grant as any.
+  for (const auto& [n, r] : p.routes)
+    for (const auto& rr : r.routers)
+      if (!rr.peer.empty()) out.insert(rr.peer);
   return out;
 }
 
@@ -33,6 +38,7 @@ std::string Selector::to_string() const {
     case Kind::Cidr: return cidr.to_string();
     case Kind::User: return "user:" + name;
     case Kind::IdpGroup: return "group:idp:" + name;
+    case Kind::Route: return "route:" + name;
   }
   return "";
 }
@@ -64,7 +70,7 @@ std::string Service::to_string() const {
   return proto;
 }
 
-static Result<Selector> parse_selector(const JsonView& v, const Policy& p) {
+static Result<Selector> parse_selector(const JsonView& v, const Policy& p, bool dst) {
   auto s = v.as_string();
   if (!s) return s.status();
   Selector sel;
@@ -78,6 +84,13 @@ static Result<Selector> parse_selector(const JsonView& v, const Policy& p) {
     sel.kind = Selector::Kind::IdpGroup;
     if (!parse_idp_group_selector(*s, &sel.name))
       return v.error("invalid IdP group selector '" + *s + "' (group:idp:NAME)");
+    return sel;
+  }
+  if (s->rfind("route:", 0) == 0) {
+    if (!dst) return v.error("route selectors are only allowed in dst");
+    sel.kind = Selector::Kind::Route;
+    sel.name = s->substr(6);
+    if (!valid_name(sel.name)) return v.error("invalid route name '" + sel.name + "'");
     return sel;
   }
   if (s->rfind("peer:", 0) == 0) {
@@ -116,7 +129,7 @@ static Result<PolicyRule> parse_rule(const JsonView& v, const Policy& p, size_t 
     MESH_ASSIGN(auto els, list.elements());
     if (els.empty()) return list.error("at least one selector is required");
     for (auto& e : els) {
-      MESH_ASSIGN(auto sel, parse_selector(e, p));
+      MESH_ASSIGN(auto sel, parse_selector(e, p, out == &r.dst));
       out->push_back(sel);
     }
   }
@@ -127,7 +140,7 @@ static Result<PolicyRule> parse_rule(const JsonView& v, const Policy& p, size_t 
 Result<Policy> parse_policy(const Json& j, const std::string& source) {
   JsonView v(j, source);
   if (!j.is_object()) return v.error("expected a policy object");
-  MESH_TRY(v.check_keys({"version", "groups", "rules", "tests"}));
+  MESH_TRY(v.check_keys({"version", "groups", "rules", "tests", "routes"}));
   Policy p;
   JsonView f = v;
   if (v.optional_field("version", &f)) {
@@ -157,6 +170,22 @@ Result<Policy> parse_policy(const Json& j, const std::string& source) {
       p.groups.emplace(it.key(), std::move(pg));
     }
   }
+  if (v.optional_field("routes", &f)) {
+    if (!f.json().is_object()) return f.error("expected object of routes");
+    for (auto it = f.json().begin(); it != f.json().end(); ++it) {
+      JsonView rv(it.value(), source, "routes." + it.key());
+      if (!valid_name(it.key())) return rv.error("invalid route name");
+      MESH_ASSIGN(auto r, parse_route(rv, false, it.key()));
+      for (const auto& rr : r.routers)
+        if (!rr.group.empty() && !p.groups.count(rr.group))
+          return rv.error("unknown group '" + rr.group + "' (declare it under \"groups\")");
+      r.from_policy = true;
+      std::vector<const Route*> others;
+      for (const auto& [n, o] : p.routes) others.push_back(&o);
+      if (Status s = check_route(r, {}, others); !s) return rv.error(s.message());
+      p.routes.emplace(it.key(), std::move(r));
+    }
+  }
   std::set<std::string> rule_names;
   if (v.optional_field("rules", &f)) {
     MESH_ASSIGN(auto els, f.elements());
@@ -179,6 +208,10 @@ Result<Policy> parse_policy(const Json& j, const std::string& source) {
         if (who->rfind("user:", 0) == 0 || who->rfind("group:idp:", 0) == 0) {
           if (!parse_user_selector(*who, &ignored) && !parse_idp_group_selector(*who, &ignored))
             return e.error("invalid user or IdP group '" + *who + "'");
+          continue;
+        }
+        if (who == &t.to && who->rfind("route:", 0) == 0) {
+          if (!valid_name(who->substr(6))) return e.error("invalid route '" + *who + "'");
           continue;
         }
         std::string n = who->rfind("group:", 0) == 0 ? who->substr(6) : *who;
@@ -222,7 +255,17 @@ Json policy_to_json(const Policy& p) {
                      {"to", t.to},
                      {"port", t.service.to_string()},
                      {"expect", t.expect_allow ? "allow" : "deny"}});
-  return Json{{"version", 1}, {"groups", groups}, {"rules", rules}, {"tests", tests}};
+  Json out{{"version", 1}, {"groups", groups}, {"rules", rules}, {"tests", tests}};
+  if (!p.routes.empty()) {
+    Json routes = Json::object();
+    for (const auto& [name, r] : p.routes) {
+      Json j = route_to_json(r);
+      j.erase("name");
+      routes[name] = j;
+    }
+    out["routes"] = routes;
+  }
+  return out;
 }
 
 Policy empty_policy() { return Policy{}; }
@@ -260,6 +303,7 @@ bool selector_matches(const Policy& p, const Selector& s, const PeerAttrs& a) {
     case Selector::Kind::All: return true;
     case Selector::Kind::User: return !a.user.empty() && a.user == s.name;
     case Selector::Kind::IdpGroup: return contains(a.idp_groups, s.name);
+    case Selector::Kind::Route: return false;  // selects a route, never a peer
     case Selector::Kind::Peer: return a.name == s.name;
     case Selector::Kind::Cidr:
       for (const auto& ip : a.addresses)

@@ -14,6 +14,7 @@
 #include "core/json.h"
 #include "core/net.h"
 #include "core/status.h"
+#include "coord/routes.h"
 #include "netmap/netmap.h"
 
 namespace mesh::coord {
@@ -22,8 +23,9 @@ namespace mesh::coord {
 struct Selector {
   // User: `user:EMAIL`, a login's email; IdpGroup: `group:idp:NAME`, a
   // group in the identity provider's groups claim (coord/users.h).
-  enum class Kind { All, Group, Peer, Cidr, User, IdpGroup } kind = Kind::All;
-  std::string name;  // group or peer name, email, IdP group
+  // Route: `route:NAME`, only in a rule's dst (grants use of the route).
+  enum class Kind { All, Group, Peer, Cidr, User, IdpGroup, Route } kind = Kind::All;
+  std::string name;  // group or peer name, email, IdP group, route name
   Prefix cidr;       // Kind::Cidr: peers whose overlay address is inside
   std::string to_string() const;
 };
@@ -52,7 +54,7 @@ struct Service {
 struct PolicyTest {
   // Peer name, "group:NAME" (a peer in just that group), "user:EMAIL" (a
   // peer of that user in no group) or "group:idp:NAME" (a user's peer in
-  // just that IdP group).
+  // just that IdP group); `to` may also be "route:NAME".
   std::string from, to;
   Service service;
   bool expect_allow = true;
@@ -62,6 +64,7 @@ struct Policy {
   std::map<std::string, PolicyGroup> groups;
   std::vector<PolicyRule> rules;
   std::vector<PolicyTest> tests;
+  std::map<std::string, Route> routes;  // the "routes" section (from_policy set)
 };
 
 // What the policy needs to know about a peer.
@@ -87,7 +90,7 @@ Json policy_to_json(const Policy& p);
 Policy empty_policy();
 
 // The peer names the policy grants access by: `peer:NAME` selectors in
-// rules and groups' `members`. Only a setup key bound to such a name may
+// rules, groups' `members` and routes' routers named by peer. Only a setup key bound to such a name may
 // enrol a peer under it (see mesh-coord(8), Peer names).
 std::set<std::string> granted_names(const Policy& p);
 

@@ -28,6 +28,7 @@
 #include "coord/revoked.h"
 #include "coord/requests.h"
 #include "coord/rotate.h"
+#include "coord/routeops.h"
 #include "coord/store.h"
 #include "coord/users.h"
 #include "core/base64.h"
@@ -220,6 +221,7 @@ class Coordinator {
   bool expire_due_logins(int64_t now);
   Status persist_peers(const std::vector<uint32_t>& ids, const User* user, const Changes& ch,
                        const Event& ev);
+  void h_route_op(const httplib::Request&, httplib::Response&, const std::string& op);
 
   Json registration(const Peer& p) const;
   Result<PeerAuth> keys_for(const PublicKey& k);
@@ -423,6 +425,9 @@ Status Coordinator::load_model() {
     MESH_ASSIGN(auto p, parse_policy(j, "stored policy"));
     m.load_policy(std::move(p));
   }
+  MESH_ASSIGN(auto route_rows, store_->load_records("route"));
+  MESH_ASSIGN(auto routes, routes_from_records(route_rows));
+  m.load_routes(std::move(routes));
   auto num = [&](const std::string& key, uint64_t def) -> Result<uint64_t> {
     MESH_ASSIGN(auto v, store_->get_meta(key));
     return v ? std::stoull(*v) : def;
@@ -785,6 +790,9 @@ std::optional<ApiError> Coordinator::choose_name(const SetupKey& key, const Join
     return std::nullopt;
   }
   std::set<std::string> granted = granted_names(model_.policy());
+  for (const auto& [n, r] : model_.admin_routes())  // routers by name, as in the policy's routes
+    for (const auto& rr : r.routers)
+      if (!rr.peer.empty()) granted.insert(rr.peer);
   auto free = [&](const std::string& n) { return !granted.count(n) && !model_.by_name(n); };
   if (!want.name.empty()) {
     if (!free(want.name)) return unavailable(want.name);
@@ -1354,6 +1362,7 @@ void Coordinator::h_policy_set(const httplib::Request& req, httplib::Response& r
   if (!pol) return send_error(res, from_status(pol.status()));
   int64_t now = unix_now();
   std::unique_lock lk(mu_);
+  if (Status s = check_policy_routes(model_, *pol); !s) return send_error(res, from_status(s));
   if (Status s = model_.run_tests(*pol); !s)
     return send_error(res, {422, "policy tests failed: " + s.message(), "tests"});
   std::string text = dump_json(policy_to_json(*pol));
@@ -1381,9 +1390,16 @@ void Coordinator::h_policy_check(const httplib::Request& req, httplib::Response&
   std::shared_lock lk(mu_);
   auto a = model_.resolve_test_party(*from);
   if (!a) return send_error(res, {404, "request: from: " + a.status().message(), "from"});
-  auto b = model_.resolve_test_party(*to);
-  if (!b) return send_error(res, {404, "request: to: " + b.status().message(), "to"});
-  Verdict vd = evaluate(model_.policy(), *a, *b, *svc);
+  Verdict vd;
+  if (to->rfind("route:", 0) == 0) {
+    const Route* r = model_.find_route(to->substr(6));
+    if (!r) return send_error(res, {404, "request: to: unknown route '" + to->substr(6) + "'", "to"});
+    vd = model_.evaluate_route(model_.policy(), *a, *r, *svc);
+  } else {
+    auto b = model_.resolve_test_party(*to);
+    if (!b) return send_error(res, {404, "request: to: " + b.status().message(), "to"});
+    vd = evaluate(model_.policy(), *a, *b, *svc);
+  }
   send_json(res, 200,
             Json{{"from", *from}, {"to", *to}, {"port", svc->to_string()},
                  {"verdict", vd.allow ? "allow" : "deny"}, {"rule", vd.rule}});
@@ -1397,7 +1413,8 @@ void Coordinator::h_policy_plan(const httplib::Request& req, httplib::Response& 
   if (!pol) return send_error(res, from_status(pol.status()));
   std::shared_lock lk(mu_);
   Json out = Json::object();
-  Status tests = model_.run_tests(*pol);
+  Status tests = check_policy_routes(model_, *pol);
+  if (tests) tests = model_.run_tests(*pol);
   out["tests"] = tests ? Json("pass") : Json(tests.message());
   Model::Plan plan = model_.plan(*pol);
   for (auto [key, list] : {std::pair{"gained", &plan.gained}, std::pair{"lost", &plan.lost}}) {
@@ -1406,6 +1423,35 @@ void Coordinator::h_policy_plan(const httplib::Request& req, httplib::Response& 
     out[key] = a;
   }
   send_json(res, 200, out);
+}
+
+// /v1/admin/routes (list) and /v1/admin/routes/OP: the logic is
+// route_op (coord/routeops.h); here the lock, the transaction and the push.
+void Coordinator::h_route_op(const httplib::Request& req, httplib::Response& res,
+                             const std::string& op) {
+  if (!auth_admin(req, res)) return;
+  Json body = Json::object();
+  if (op != "list") {
+    auto j = json_body(req, 65536);
+    if (!j) return send_error(res, from_status(j.status()));
+    body = std::move(*j);
+  }
+  int64_t now = unix_now();
+  std::unique_lock lk(mu_);
+  auto r = route_op(model_, op, body, now);
+  if (!r) return send_error(res, from_status(r.status()));
+  if (r->write) {
+    Status s = persist(
+        [&](Store& st) {
+          return r->erase ? st.delete_record("route", r->name)
+                          : st.put_record("route", r->name, r->record);
+        },
+        r->changes, Event{0, now, "admin", "route." + op, r->name, r->detail});
+    if (!s) return send_error(res, from_status(s));
+  }
+  lk.unlock();
+  if (r->write) publish();
+  send_json(res, 200, r->response);
 }
 
 void Coordinator::h_events(const httplib::Request& req, httplib::Response& res) {
@@ -1534,6 +1580,18 @@ void Coordinator::routes(httplib::Server& s) {
   s.Put("/v1/admin/policy", wrap(&Coordinator::h_policy_set));
   s.Post("/v1/admin/policy/check", wrap(&Coordinator::h_policy_check));
   s.Post("/v1/admin/policy/plan", wrap(&Coordinator::h_policy_plan));
+  for (std::string op : {"list", "show", "create", "update", "delete"}) {
+    auto h = [this, op](Req req, Res res) {
+      ++requests_;
+      try {
+        h_route_op(req, res, op);
+      } catch (const std::exception& e) {
+        send_error(res, {500, std::string("internal error: ") + e.what()});
+      }
+    };
+    if (op == "list") s.Get("/v1/admin/routes", h);
+    else s.Post("/v1/admin/routes/" + op, h);
+  }
   s.Get("/v1/admin/events", wrap(&Coordinator::h_events));
   s.Get("/metrics", wrap(&Coordinator::h_metrics));
   s.Get("/v1/relay/revoked", wrap(&Coordinator::h_relay_revoked));

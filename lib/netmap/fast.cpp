@@ -332,6 +332,12 @@ bool public_key(Reader& r, PublicKey* out) {
 // An unknown member: an error in strict mode, ignored otherwise.
 bool other(Reader& r, bool strict) { return !strict && r.skip(); }
 
+// Members this reader leaves to parse_netmap(): the route fields (self.routes,
+// peers[].routes, firewall.forward), which only routing peers and their
+// clients' maps carry. Declining keeps the contract without a second copy of
+// their validation.
+bool route_member(std::string_view key) { return key == "routes" || key == "forward"; }
+
 bool candidate(Reader& r, bool strict, Candidate* c) {
   Seen seen;
   bool have_endpoint = false;
@@ -367,8 +373,7 @@ bool peer(Reader& r, bool strict, MapPeer* p) {
   bool ok = r.object([&](std::string_view key) {
     int i = index_of(key, {"name", "public_key", "addresses", "allowed_ips", "endpoints",
                            "keepalive", "preshared_key", "groups"});
-    if (key == "routes") return false;  // routes (issue 19): left to parse_netmap()
-    if (i < 0) return other(r, strict);
+    if (i < 0) return !route_member(key) && other(r, strict);
     if (!seen.first(i)) return false;
     switch (i) {
       case 0:
@@ -482,8 +487,7 @@ bool self(Reader& r, bool strict, NetMap::Self* s) {
   Seen seen;
   bool ok = r.object([&](std::string_view key) {
     int i = index_of(key, {"name", "public_key", "addresses", "groups", "listen_port", "mtu"});
-    if (key == "routes") return false;  // routes (issue 19): left to parse_netmap()
-    if (i < 0) return other(r, strict);
+    if (i < 0) return !route_member(key) && other(r, strict);
     if (!seen.first(i)) return false;
     int64_t v;
     switch (i) {
@@ -581,8 +585,7 @@ std::optional<NetMap> parse_netmap_fast(std::string_view text, ParseOptions opt,
       case 5: {
         Seen fs;
         return r.object([&](std::string_view k) {
-          if (k == "forward") return false;  // left to parse_netmap()
-          if (k != "inbound") return other(r, strict);
+          if (k != "inbound") return !route_member(k) && other(r, strict);
           if (!fs.first(0)) return false;
           return r.array([&] {
             FirewallRule f;

@@ -174,9 +174,21 @@ Status parse_proto_ports(const JsonView& v, std::string* proto, std::vector<Port
   return Status::ok();
 }
 
+bool route_overlaps_overlay(const Prefix& network, const std::vector<Prefix>& overlay) {
+  Prefix n = network.canonical();
+  for (const auto& o : overlay) {
+    if (o.addr.is_v4() != n.addr.is_v4()) continue;
+    Prefix c = o.canonical();
+    if (c.contains(n)) return true;
+    if (n.len > 0 && n.contains(c)) return true;
+  }
+  return false;
+}
+
+// `forward`: a firewall.forward rule, which also has "destinations".
 static Result<FirewallRule> parse_rule(const JsonView& v, bool strict, bool forward = false) {
   if (strict) {
-    if (forward) MESH_TRY(v.check_keys({"sources", "destinations", "proto", "ports", "rule"}));
+    if (forward) MESH_TRY(v.check_keys({"sources", "proto", "ports", "rule", "destinations"}));
     else MESH_TRY(v.check_keys({"sources", "proto", "ports", "rule"}));
   }
   FirewallRule r;
@@ -192,45 +204,52 @@ static Result<FirewallRule> parse_rule(const JsonView& v, bool strict, bool forw
   MESH_TRY(parse_proto_ports(v, &r.proto, &r.ports));
   JsonView f = v;
   if (v.optional_field("rule", &f)) { MESH_ASSIGN(r.rule, f.as_string()); }
-  return r;
-}
-
-// One element of self.routes (peer == false) or peers[].routes.
-template <typename Route>
-static Result<Route> parse_route(const JsonView& v, bool strict, bool peer) {
-  if (strict) {
-    if (peer) MESH_TRY(v.check_keys({"network", "metric", "masquerade"}));
-    else MESH_TRY(v.check_keys({"network", "masquerade"}));
-  }
-  Route r;
-  MESH_ASSIGN(auto n, v.field("network"));
-  MESH_ASSIGN(auto text, n.as_string_view());
-  auto p = Prefix::parse(text);
-  if (!p) return n.error(p.status().message());
-  r.network = p->canonical();
-  JsonView f = v;
-  if constexpr (requires { r.metric; }) {
-    if (v.optional_field("metric", &f)) { MESH_ASSIGN(r.metric, f.as_int(0, 1 << 30)); }
-  }
-  if (v.optional_field("masquerade", &f)) {
-    MESH_ASSIGN(r.masquerade, f.as_bool());
+  if (forward) {
+    MESH_ASSIGN(auto dests, v.field("destinations"));
+    MESH_TRY(parse_prefixes(dests, &r.destinations));
+    if (r.destinations.empty()) return dests.error("at least one destination prefix is required");
+    for (auto& d : r.destinations) d = d.canonical();
   }
   return r;
 }
 
-template <typename Route>
-static Status parse_routes(const JsonView& v, bool strict, bool peer, std::vector<Route>* out) {
+// self.routes (`with_metric` false) or peers[].routes: objects with a
+// network, and a metric for the latter; one entry per network, none
+// colliding with the overlay (self.addresses' prefixes).
+template <typename T>
+static Status parse_routes(const JsonView& v, bool strict, bool with_metric,
+                           const std::vector<Prefix>& overlay, std::vector<T>* out) {
   MESH_ASSIGN(auto els, v.elements());
   for (auto& e : els) {
-    MESH_ASSIGN(Route r, parse_route<Route>(e, strict, peer));
+    if (strict) {
+      if (with_metric) MESH_TRY(e.check_keys({"network", "metric", "masquerade"}));
+      else MESH_TRY(e.check_keys({"network", "masquerade"}));
+    }
+    T r;
+    MESH_ASSIGN(auto nv, e.field("network"));
+    MESH_ASSIGN(auto text, nv.as_string_view());
+    auto net = Prefix::parse(text);
+    if (!net) return nv.error(net.status().message());
+    r.network = net->canonical();
+    if (route_overlaps_overlay(r.network, overlay))
+      return nv.error("route " + r.network.to_string() + " overlaps the overlay");
     for (const auto& x : *out)
-      if (x.network == r.network) return e.error("network " + r.network.to_string() + " is listed twice");
+      if (x.network == r.network) return nv.error("duplicate route " + r.network.to_string());
+    JsonView f = e;
+    if constexpr (requires { r.metric; }) {
+      if (e.optional_field("metric", &f)) {
+        MESH_ASSIGN(auto m, f.as_int(0, 65535));
+        r.metric = static_cast<int>(m);
+      }
+    }
+    if (e.optional_field("masquerade", &f)) { MESH_ASSIGN(r.masquerade, f.as_bool()); }
     out->push_back(r);
   }
   return Status::ok();
 }
 
-static Result<MapPeer> parse_peer(const JsonView& v, bool strict) {
+static Result<MapPeer> parse_peer(const JsonView& v, bool strict,
+                                  const std::vector<Prefix>& overlay) {
   if (strict)
     MESH_TRY(v.check_keys({"name", "public_key", "addresses", "allowed_ips", "endpoints",
                            "keepalive", "preshared_key", "groups", "routes"}));
@@ -270,7 +289,7 @@ static Result<MapPeer> parse_peer(const JsonView& v, bool strict) {
     p.preshared_key = *psk;
   }
   if (v.optional_field("groups", &f)) { MESH_ASSIGN(p.groups, f.as_string_list()); }
-  if (v.optional_field("routes", &f)) { MESH_TRY(parse_routes(f, strict, true, &p.routes)); }
+  if (v.optional_field("routes", &f)) MESH_TRY(parse_routes(f, strict, true, overlay, &p.routes));
   return p;
 }
 
@@ -290,7 +309,8 @@ Result<NetMap> parse_netmap(const Json& j, const std::string& source, ParseOptio
 
   MESH_ASSIGN(auto self, v.field("self"));
   if (opt.strict)
-    MESH_TRY(self.check_keys({"name", "public_key", "addresses", "groups", "listen_port", "mtu", "routes"}));
+    MESH_TRY(self.check_keys(
+        {"name", "public_key", "addresses", "groups", "listen_port", "mtu", "routes"}));
   if (self.optional_field("name", &f)) { MESH_ASSIGN(m.self.name, f.as_string()); }
   MESH_ASSIGN(auto sk, self.field("public_key"));
   MESH_TRY(parse_key(sk, &m.self.public_key));
@@ -303,7 +323,8 @@ Result<NetMap> parse_netmap(const Json& j, const std::string& source, ParseOptio
     m.self.listen_port = static_cast<uint16_t>(lp);
   }
   if (self.optional_field("mtu", &f)) { MESH_ASSIGN(m.self.mtu, f.as_int(1280, 65535)); }
-  if (self.optional_field("routes", &f)) { MESH_TRY(parse_routes(f, opt.strict, false, &m.self.routes)); }
+  if (self.optional_field("routes", &f))
+    MESH_TRY(parse_routes(f, opt.strict, false, m.self.addresses, &m.self.routes));
 
   if (v.optional_field("peers", &f)) {
     MESH_ASSIGN(auto els, f.elements());
@@ -314,7 +335,7 @@ Result<NetMap> parse_netmap(const Json& j, const std::string& source, ParseOptio
     owner.reserve(els.size() * 2);
     m.peers.reserve(els.size());
     for (size_t i = 0; i < els.size(); ++i) {
-      MESH_ASSIGN(auto p, parse_peer(els[i], opt.strict));
+      MESH_ASSIGN(auto p, parse_peer(els[i], opt.strict, m.self.addresses));
       if (p.public_key == m.self.public_key)
         return els[i].error("peer has this node's own public key");
       // Route networks are not allowed IPs, but must not take the
@@ -412,7 +433,8 @@ Json netmap_to_json(const NetMap& m) {
     if (!p.routes.empty()) {
       Json rs = Json::array();
       for (const auto& r : p.routes)
-        rs.push_back({{"network", r.network.to_string()}, {"metric", r.metric}, {"masquerade", r.masquerade}});
+        rs.push_back({{"network", r.network.to_string()}, {"metric", r.metric},
+                      {"masquerade", r.masquerade}});
       jp["routes"] = std::move(rs);
     }
     peers.push_back(std::move(jp));
@@ -424,10 +446,10 @@ Json netmap_to_json(const NetMap& m) {
       for (const auto& pr : r.ports) ports.push_back(pr.to_string());
       Json jr = Json::object();
       jr["sources"] = prefixes_json(r.sources);
-      if (forward) jr["destinations"] = prefixes_json(r.destinations);
       jr["proto"] = r.proto;
       jr["ports"] = std::move(ports);
       if (!r.rule.empty()) jr["rule"] = r.rule;
+      if (forward) jr["destinations"] = prefixes_json(r.destinations);
       out.push_back(std::move(jr));
     }
     return out;

@@ -40,27 +40,28 @@ struct FirewallRule {
   std::string proto = "any";     // "tcp", "udp", "icmp" or "any"
   std::vector<PortRange> ports;  // empty: all ports (required empty for icmp/any)
   std::string rule;              // id/name of the policy rule that produced it
-  // firewall.forward rules only (required, non-empty there): the routed
-  // networks (or parts of them) the sources may reach through this peer.
+  // firewall.forward rules only (always empty in firewall.inbound): the
+  // routed networks the sources may reach through this peer.
   std::vector<Prefix> destinations;
   bool operator==(const FirewallRule&) const = default;
 };
 
-// A network reachable through a peer (peers[].routes): the client side of
-// a route. Several peers may carry the same network (high availability):
-// the lowest metric that is alive is used.
-struct PeerRoute {
-  Prefix network;  // canonical
-  int metric = 0;  // lower is preferred
-  bool masquerade = false;
-  bool operator==(const PeerRoute&) const = default;
-};
-
-// A network this peer routes for others (self.routes): the router side.
+// self.routes[]: a network this peer routes for others (issue 19). An exit
+// node routes 0.0.0.0/0 (and ::/0) with masquerade.
 struct SelfRoute {
-  Prefix network;  // canonical
+  Prefix network;
   bool masquerade = false;
   bool operator==(const SelfRoute&) const = default;
+};
+
+// peers[].routes[]: a network reachable through that peer which this node
+// may use. Several peers may offer one network (high availability): the
+// lowest metric that is alive wins (mesh-apply decides).
+struct PeerRoute {
+  Prefix network;
+  int metric = 0;
+  bool masquerade = false;
+  bool operator==(const PeerRoute&) const = default;
 };
 
 // Whether p is a default route (0.0.0.0/0 or ::/0): an exit node's.
@@ -75,7 +76,9 @@ struct MapPeer {
   int keepalive = 0;                // persistent keepalive in seconds, 0 = off
   std::optional<SecretKey> preshared_key;
   std::vector<std::string> groups;
-  std::vector<PeerRoute> routes;    // networks reachable via this peer (not in allowed_ips)
+  // Networks routed through this peer (not in allowed_ips: mesh-apply adds
+  // the one it chooses). Never overlap the overlay prefixes.
+  std::vector<PeerRoute> routes;
 };
 
 struct TurnServer {
@@ -97,11 +100,13 @@ struct NetMap {
     std::vector<std::string> groups;
     uint16_t listen_port = 0;  // 0: leave to mesh-apply / the interface
     int mtu = 1420;
-    std::vector<SelfRoute> routes;  // networks this peer forwards into
+    std::vector<SelfRoute> routes;  // networks this peer routes for others
   } self;
   std::vector<MapPeer> peers;
   std::vector<FirewallRule> inbound;
-  std::vector<FirewallRule> forward;  // firewall.forward: what is routed into self.routes
+  // firewall.forward: what this (routing) peer forwards from the mesh into
+  // its routed networks; anything else from the mesh is not forwarded.
+  std::vector<FirewallRule> forward;
   std::vector<std::string> stun;  // HOST:PORT
   std::vector<TurnServer> turn;
   // dns.domain: every peer (self included) is NAME.DOMAIN. Empty: the map
@@ -120,6 +125,12 @@ struct ParseOptions {
 Result<NetMap> parse_netmap(const Json& j, const std::string& source, ParseOptions opt = {});
 Result<NetMap> read_netmap_file(const std::string& path, ParseOptions opt = {});
 Json netmap_to_json(const NetMap& m);
+
+// Whether a routed network (self.routes, peers[].routes) collides with an
+// overlay prefix: it lies inside one, or contains one without being a
+// default route (0.0.0.0/0, ::/0: an exit node, which the overlay's longer
+// prefixes still win against). Prefixes of the other family never collide.
+bool route_overlaps_overlay(const Prefix& network, const std::vector<Prefix>& overlay);
 
 // An RFC 1123 host name label: 1-63 ASCII letters, digits and hyphens, not
 // starting or ending with a hyphen.
