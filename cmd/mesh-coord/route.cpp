@@ -105,7 +105,7 @@ int cmd_route(Context& ctx, int argc, char** argv) {
   }
   auto tok = admin_token(ctx, t);
   if (!tok) return report(ctx, tok.status());
-  Client cli(t.server, t.ca_file, ctx.log);
+  Client cli(t.servers, t.ca_file, ctx.log);
   if (list->parsed()) {
     auto r = cli.admin("GET", "/v1/admin/routes", *tok, "");
     if (!r) return report(ctx, r.status());
