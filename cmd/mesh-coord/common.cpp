@@ -10,7 +10,8 @@ void add_peer_options(CLI::App& app, PeerTarget& t) {
   app.add_option("--registration", t.registration,
                  "registration JSON saved from 'mesh-coord join' (server URL and coordinator key)");
   app.add_option("--server", t.servers,
-                 "coordinator URL, repeated for replicas (overrides the registration's)");
+                 "coordinator URL, repeated for replicas (overrides the registration's)")
+      ->allow_extra_args(false);
   app.add_option("--coordinator-key", t.coordinator_key,
                  "coordinator public key (base64), when not using --registration");
   app.add_option("--key", t.key_file, "this node's WireGuard private key file")->required();
@@ -59,7 +60,8 @@ Result<PeerConn> resolve_peer(Context& ctx, const PeerTarget& t) {
 
 void add_admin_options(CLI::App& app, AdminTarget& t) {
   app.add_option("--server", t.servers, "coordinator URL, repeated for replicas (tried in order)")
-      ->required();
+      ->required()
+      ->allow_extra_args(false);
   app.add_option("--admin-token-file", t.token_file,
                  "file holding the admin token (default: $MESH_ADMIN_TOKEN)");
   app.add_option("--ca-file", t.ca_file, "CA certificates for an https coordinator");

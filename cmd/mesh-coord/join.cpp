@@ -36,7 +36,8 @@ int cmd_join(Context& ctx, int argc, char** argv) {
   std::string setup_key_file, key_file, name, name_hint, coord_key, ca_file;
   app.add_option("--server", servers,
                  "coordinator URL (http://HOST:PORT), repeated for replicas (tried in order)")
-      ->required();
+      ->required()
+      ->allow_extra_args(false);
   app.add_option("--setup-key-file", setup_key_file, "file holding the setup key ('-': stdin)")
       ->required();
   app.add_option("--key", key_file, "this node's WireGuard private key file")->required();

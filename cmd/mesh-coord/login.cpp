@@ -96,7 +96,8 @@ int cmd_login(Context& ctx, int argc, char** argv) {
   int timeout_s = 600;
   app.add_option("--server", servers,
                  "coordinator URL (http://HOST:PORT), repeated for replicas (tried in order)")
-      ->required();
+      ->required()
+      ->allow_extra_args(false);
   auto* key_opt = app.add_option("--key", key_file, "this node's WireGuard private key file");
   app.add_option("--id-token-out", token_out,
                  "do not enrol: write the ID token to this file (0600), a bearer for admin verbs")

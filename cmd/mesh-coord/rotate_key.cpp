@@ -82,7 +82,8 @@ int cmd_rotate_key(Context& ctx, int argc, char** argv) {
   app.add_option("--registration", t.registration,
                  "registration JSON saved from 'mesh-coord join' (updated in place)");
   app.add_option("--server", t.servers,
-                 "coordinator URL, repeated for replicas (overrides the registration's)");
+                 "coordinator URL, repeated for replicas (overrides the registration's)")
+      ->allow_extra_args(false);
   app.add_option("--coordinator-key", t.coordinator_key,
                  "coordinator public key (base64), when not using --registration");
   app.add_option("--key", t.key_file, "this node's WireGuard private key file (replaced)");

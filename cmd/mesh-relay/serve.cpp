@@ -77,7 +77,8 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   app.add_option("--software", o.turn.software, "SOFTWARE attribute value");
   app.add_option("--revocations", o.revocations_urls,
                  "follow a mesh-coord's revoked relay credentials at http(s)://HOST:PORT "
-                 "(repeat for replicas)");
+                 "(repeat for replicas)")
+      ->allow_extra_args(false);
   app.add_flag("-v,--verbose", verbose, "log informational messages");
   (void)sf;
   o.threads = static_cast<int>(std::min(8u, std::max(1u, std::thread::hardware_concurrency())));

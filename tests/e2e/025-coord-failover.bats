@@ -44,6 +44,9 @@ has_lines() { [ "$(lines "$1")" -ge "$2" ]; }
   # Admin verbs too (the connection was never made, so a retry is safe).
   mrun -s 0 mesh-coord peer list --server "$DEAD_URL" --server "$COORD_URL" --json
   [ "$(jq -r '.peers[0].name' <<<"$output")" = a ]
+  # Each --server takes one URL: a positional argument after it stays one.
+  mrun -s 0 mesh-coord peer show --server "$DEAD_URL" --server "$COORD_URL" a --json
+  [ "$(jq -r .name <<<"$output")" = a ]
   # --server on the command line replaces the registration's list.
   mrun -s "$EX_UNAVAILABLE" mesh-coord map --registration a.json --key a.key --server "$DEAD_URL"
   grep -q "cannot reach the coordinator at $DEAD_URL" <<<"$stderr"
