@@ -12,4 +12,5 @@ int cmd_setup_key(Context& ctx, int argc, char** argv);
 int cmd_peer(Context& ctx, int argc, char** argv);
 int cmd_policy(Context& ctx, int argc, char** argv);
 int cmd_events(Context& ctx, int argc, char** argv);
+int cmd_migrate(Context& ctx, int argc, char** argv);
 }  // namespace mesh::coord
