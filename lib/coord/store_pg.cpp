@@ -354,8 +354,10 @@ class PgStore final : public Store {
                     const char* what) {
     std::vector<const char*> v;
     for (const auto& p : params) v.push_back(p.c_str());
-    Res r(PQexecParams(c_.get(), sql.c_str(), static_cast<int>(v.size()), nullptr,
-                       v.empty() ? nullptr : v.data(), nullptr, nullptr, 0));
+    // Without parameters PQexec, which also runs several statements (schema).
+    Res r(v.empty() ? PQexec(c_.get(), sql.c_str())
+                    : PQexecParams(c_.get(), sql.c_str(), static_cast<int>(v.size()), nullptr,
+                                   v.data(), nullptr, nullptr, 0));
     auto st = r ? PQresultStatus(r.get()) : PGRES_FATAL_ERROR;
     if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
       std::string m = PQerrorMessage(c_.get());
