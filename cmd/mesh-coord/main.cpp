@@ -5,7 +5,7 @@
 
 int main(int argc, char** argv) {
   using namespace mesh::coord;
-  static constexpr std::array<mesh::Verb, 10> kVerbs{{
+  static constexpr std::array<mesh::Verb, 11> kVerbs{{
       {"serve", cmd_serve, "run the coordinator (HTTP+JSON API, SQLite or PostgreSQL state)"},
       {"join", cmd_join, "enrol this node's WireGuard key with a setup key"},
       {"map", cmd_map, "print this node's current network map"},

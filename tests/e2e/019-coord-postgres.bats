@@ -177,7 +177,7 @@ export -f join_one
   COORD_STATE=$BATS_TEST_TMPDIR/state
   coord_start sq
   coord_key k --reusable --group g
-  printf '{"groups":{"g":{}},"rules":[{"src":["g"],"dst":["g"],"ports":["tcp/22"]}]}' >p.json
+  printf '{"groups":{"g":{}},"rules":[{"src":["g"],"dst":["g"],"proto":"tcp","ports":[22]}]}' >p.json
   mrun -s 0 mesh-coord policy set --server "$COORD_URL" p.json
   coord_join a k
   coord_join b k

@@ -18,7 +18,7 @@
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_USER=${PG_USER:-nobody}
 
-pg_as() { runuser -u "$PG_USER" -- "$@"; }
+pg_as() { (cd / && runuser -u "$PG_USER" -- "$@"); }
 
 pg_start() {
   [ -x "$PG_BIN/initdb" ] || skip "PostgreSQL 15 is not installed (scripts/deps installs postgresql-15)"
