@@ -402,7 +402,8 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
     stop_all();
     return 1;
   }
-  std::string key = (*sk)["key"];
+  // The secret alone, as `mesh-coord join` sends it.
+  std::string key = parse_setup_key((*sk)["key"].get<std::string>())->secret;
   double put_ms[kRounds] = {0, 0};
   for (int k = 0; k < kRounds; ++k) {
     if (k > 0) {
@@ -434,7 +435,7 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
   std::mutex acks_mu;
   std::atomic<int> join_failed{0};
   if (bulk) {
-    std::string bkey = (*bulk)["key"];
+    std::string bkey = parse_setup_key((*bulk)["key"].get<std::string>())->secret;
     std::vector<std::thread> js;
     for (int t = 0; t < 50; ++t)
       js.emplace_back([&, t] {
