@@ -91,6 +91,7 @@ class PgStore final : public Store {
 
   Status commit() override {
     committed_ = 0;
+    MESH_TRY(flush_serials());
     if (!pending_.empty()) {
       auto r = query("INSERT INTO changes(at, what) VALUES(extract(epoch from now())::bigint, $1) "
                      "RETURNING seq",
@@ -110,6 +111,9 @@ class PgStore final : public Store {
   }
 
   void rollback() override {
+    serial_ids_.clear();
+    serial_values_.clear();
+    serial_ats_.clear();
     (void)run("ROLLBACK", {}, "rollback");
     in_tx_ = false;
     bulk_ = false;
@@ -149,15 +153,33 @@ class PgStore final : public Store {
     return Status::ok();
   }
 
+  // Batched: a policy change or a peer entering every map moves thousands
+  // of serials; they go in one statement (flush_serials) before commit.
   Status set_map_serial(int64_t id, uint64_t serial, int64_t at) override {
-    MESH_TRY(run("INSERT INTO map_serials(id,serial,at) VALUES($1,$2,$3) ON CONFLICT(id) DO UPDATE "
-                 "SET serial=excluded.serial, at=excluded.at",
-                 {std::to_string(id), std::to_string(serial), std::to_string(at)}, "set_map_serial"));
+    auto add = [](std::string& a, const std::string& v) { a += (a.empty() ? "" : ",") + v; };
+    add(serial_ids_, std::to_string(id));
+    add(serial_values_, std::to_string(serial));
+    add(serial_ats_, std::to_string(at));
     log()["serials"][std::to_string(id)] = Json::array({serial, at});
     return Status::ok();
   }
 
+  Status flush_serials() {
+    if (serial_ids_.empty()) return Status::ok();
+    std::vector<std::string> p{"{" + serial_ids_ + "}", "{" + serial_values_ + "}",
+                               "{" + serial_ats_ + "}"};
+    serial_ids_.clear();
+    serial_values_.clear();
+    serial_ats_.clear();
+    // Last write per id wins, as row by row would.
+    return run("INSERT INTO map_serials(id,serial,at) SELECT DISTINCT ON (id) id, serial, at FROM "
+               "unnest($1::bigint[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS t(id, serial, at, n) "
+               "ORDER BY id, n DESC ON CONFLICT(id) DO UPDATE SET serial=excluded.serial, at=excluded.at",
+               p, "set_map_serial");
+  }
+
   Status delete_peer(int64_t id) override {
+    MESH_TRY(flush_serials());
     MESH_TRY(run("DELETE FROM peers WHERE id=$1", {std::to_string(id)}, "delete_peer"));
     MESH_TRY(run("DELETE FROM map_serials WHERE id=$1", {std::to_string(id)}, "delete_peer"));
     log()["peers"][std::to_string(id)] = nullptr;
@@ -165,6 +187,7 @@ class PgStore final : public Store {
   }
 
   Result<std::vector<StoredPeer>> load_peers() override {
+    MESH_TRY(flush_serials());
     MESH_ASSIGN(auto r, query("SELECT p.record, coalesce(m.serial, 0), coalesce(m.at, 0) FROM peers p "
                               "LEFT JOIN map_serials m ON m.id = p.id ORDER BY p.id",
                               {}, "load_peers"));
@@ -381,6 +404,7 @@ class PgStore final : public Store {
   bool in_tx_ = false;
   Json pending_ = Json::object();
   Json scratch_;
+  std::string serial_ids_, serial_values_, serial_ats_;  // pending, comma-separated
   bool bulk_ = false;
   int64_t committed_ = 0;
 };
