@@ -4,12 +4,14 @@
 //                                one join (incremental map work), one policy change,
 //                                and, as the in-run reference, what a join would
 //                                cost if every map were recomputed (Headscale-style).
-//   bench_coord push MESH_COORD STATE_DIR
-//                                writes the same mesh into STATE_DIR, starts the real
-//                                `mesh-coord serve` on it, parks 1,000 signed
-//                                long-poll watchers, changes the policy and measures
-//                                when each watcher has its new map; reports the
-//                                server's RSS.
+//   bench_coord push MESH_COORD STATE_DIR [POSTGRES_DSN]
+//                                writes the same mesh into STATE_DIR (or the
+//                                PostgreSQL database), starts the real `mesh-coord
+//                                serve` on it (two replicas on PostgreSQL), parks
+//                                1,000 signed long-poll watchers spread over them,
+//                                makes a change on the first server and one on the
+//                                last and measures when each watcher has its new
+//                                map; then 200 joins, 50 concurrent; reports RSS.
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -258,11 +260,15 @@ int bench_model() {
 
 // ---------------------------------------------------------------- push
 
-Status write_state(const std::string& dir, std::vector<SecretKey>& watcher_keys) {
+// The synthetic mesh written into STORE (a PostgreSQL DSN), or DIR/coord.db
+// when STORE is empty, in one transaction (not logged as a change).
+Status write_state(const std::string& dir, const std::string& store,
+                   std::vector<SecretKey>& watcher_keys) {
   MESH_TRY(make_dirs(dir, 0700));
-  MESH_ASSIGN(auto st, Store::open(dir + "/coord.db"));
+  MESH_ASSIGN(auto st, Store::open(store.empty() ? dir + "/coord.db" : store));
   Model m(config());
   MESH_TRY(st->begin());
+  MESH_TRY(st->clear());
   for (int i = 0; i < kPeers; ++i) {
     PublicKey pub;
     if (i < kWatchers) {
@@ -276,6 +282,7 @@ Status write_state(const std::string& dir, std::vector<SecretKey>& watcher_keys)
     MESH_TRY(st->set_map_serial(p->id, 1, 1));
     m.load_peer(std::move(p));
   }
+  MESH_TRY(st->set_meta("schema_version", std::to_string(kSchemaVersion)));
   MESH_TRY(st->set_meta("policy", policy_text(1, -1, true)));
   MESH_TRY(st->set_meta("serial_counter", "1"));
   MESH_TRY(st->set_meta("next_host", std::to_string(kPeers + 1)));
@@ -285,54 +292,114 @@ Status write_state(const std::string& dir, std::vector<SecretKey>& watcher_keys)
   return st->commit();
 }
 
-int bench_push(const std::string& prog, const std::string& dir) {
-  std::vector<SecretKey> wkeys;
-  if (Status s = write_state(dir, wkeys); !s) {
-    std::cerr << "bench: " << s.message() << "\n";
-    return 1;
-  }
+struct Server {
+  pid_t pid = 0;
+  std::string url;
+  double startup_ms = 0;
+};
+
+Result<Server> start_server(const std::string& prog, const std::string& dir,
+                            const std::string& store) {
   int pipefd[2];
-  if (pipe(pipefd) != 0) return 1;
+  if (pipe(pipefd) != 0) return io_error("pipe");
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
   posix_spawn_file_actions_addclose(&fa, pipefd[0]);
   std::vector<std::string> args{prog, "serve", "--listen", "127.0.0.1:0", "--state", dir};
+  if (!store.empty()) {
+    args.push_back("--store");
+    args.push_back(store);
+  }
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  pid_t pid = 0;
+  Server sv;
   auto start = Clock::now();
-  if (posix_spawn(&pid, prog.c_str(), &fa, nullptr, argv.data(), environ) != 0) {
-    std::cerr << "bench: cannot start " << prog << "\n";
-    return 1;
-  }
+  if (posix_spawn(&sv.pid, prog.c_str(), &fa, nullptr, argv.data(), environ) != 0)
+    return unavailable("cannot start " + prog);
   close(pipefd[1]);
   std::string line;
   char c;
   while (read(pipefd[0], &c, 1) == 1 && c != '\n') line += c;
-  double startup = ms(start, Clock::now());
+  close(pipefd[0]);
+  sv.startup_ms = ms(start, Clock::now());
   const std::string pre = "listening on ";
   if (line.rfind(pre, 0) != 0) {
-    std::cerr << "bench: server said '" << line << "'\n";
-    kill(pid, SIGTERM);
+    kill(sv.pid, SIGTERM);
+    return unavailable("server said '" + line + "'");
+  }
+  sv.url = line.substr(pre.size());
+  return sv;
+}
+
+int watchers_of(const std::string& url, const std::string& token) {
+  std::FILE* f = popen(("curl -s -H 'Authorization: Bearer " + token + "' " + url +
+                        "/metrics | sed -n 's/^mesh_coord_watchers //p'")
+                           .c_str(),
+                       "r");
+  char buf[64] = {0};
+  if (f) {
+    if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+    pclose(f);
+  }
+  return std::atoi(buf);
+}
+
+double pct(std::vector<double> v, int p) {
+  if (v.empty()) return -1;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, v.size() * p / 100)];
+}
+
+// The real server(s) on the mesh: one on SQLite (STORE empty) or two
+// replicas on PostgreSQL. 1,000 watchers spread over the servers; a join
+// entering every map on the first server, then another on the last one:
+// when does each watcher have its new map. Then 200 joins, 50 at a time,
+// spread over the servers: when is each acknowledged. Prints "RESULT KEY
+// VALUE" lines (bench/coord tabulates them) besides the human ones.
+int bench_push(const std::string& prog, const std::string& dir, const std::string& store) {
+  std::vector<SecretKey> wkeys;
+  if (Status s = write_state(dir, store, wkeys); !s) {
+    std::cerr << "bench: " << s.message() << "\n";
     return 1;
   }
-  std::string url = line.substr(pre.size());
+  int n = store.empty() ? 1 : 2;
+  std::vector<Server> servers;
+  auto stop_all = [&] {
+    for (auto& sv : servers) {
+      kill(sv.pid, SIGTERM);
+      int st = 0;
+      waitpid(sv.pid, &st, 0);
+    }
+  };
+  for (int i = 0; i < n; ++i) {
+    auto sv = start_server(prog, dir, store);
+    if (!sv) {
+      std::cerr << "bench: " << sv.status().message() << "\n";
+      stop_all();
+      return 1;
+    }
+    servers.push_back(*sv);
+  }
   std::string token(trim_key_text(*read_file(dir + "/admin.token")));
   PublicKey coord = *PublicKey::from_base64(trim_key_text(*read_file(dir + "/coordinator.pub")));
   Log log("bench", std::cerr);
-  long rss_idle = rss_kb(pid);
+  long rss_idle = 0;
+  for (auto& sv : servers) rss_idle += rss_kb(sv.pid);
 
-  std::atomic<int> parked{0}, done{0}, failed{0};
-  std::atomic<bool> go{false};
-  std::vector<double> latency(kWatchers, -1);
-  Clock::time_point t0;
+  constexpr int kRounds = 2;
+  std::atomic<int> failed{0};
+  std::atomic<int> done[kRounds] = {0, 0};
+  std::atomic<int> round{-1};
+  std::vector<double> latency[kRounds];
+  for (auto& l : latency) l.assign(kWatchers, -1);
+  Clock::time_point t0[kRounds];
   std::mutex t0_mu;
   std::vector<std::thread> ws;
   for (int i = 0; i < kWatchers; ++i) {
     ws.emplace_back([&, i] {
-      Client cli(url, "", log);
+      Client cli(servers[i % n].url, "", log);
       uint64_t serial = 0;
       // First fetch: the current map (retry: a burst of 1,000 connects).
       for (int tries = 0; tries < 50; ++tries) {
@@ -348,79 +415,134 @@ int bench_push(const std::string& prog, const std::string& dir) {
         ++failed;
         return;
       }
-      ++parked;
-      for (int tries = 0; tries < 5; ++tries) {
-        auto r = cli.peer("GET", "/v1/map?since=" + std::to_string(serial) + "&wait=90",
-                          wkeys[i], coord, "", 120);
-        auto now = Clock::now();
-        if (r && r->status == 200) {
-          std::lock_guard lk(t0_mu);
-          latency[i] = ms(t0, now);
-          ++done;
+      for (int k = 0; k < kRounds; ++k) {
+        bool got = false;
+        for (int tries = 0; tries < 5 && !got; ++tries) {
+          auto r = cli.peer("GET", "/v1/map?since=" + std::to_string(serial) + "&wait=90",
+                            wkeys[i], coord, "", 120);
+          auto now = Clock::now();
+          if (r && r->status == 200) {
+            std::lock_guard lk(t0_mu);
+            latency[k][i] = ms(t0[k], now);
+            serial = parse_json(r->body, "map")->at("serial").get<uint64_t>();
+            ++done[k];
+            got = true;
+          } else if (round < k) {
+            --tries;  // a 204 before the change: poll again
+          }
+        }
+        if (!got) {
+          ++failed;
           return;
         }
-        if (!go) continue;  // a 204 before the change: poll again
       }
-      ++failed;
     });
   }
-  // Wait until every watcher is parked in the server.
-  Client admin(url, "", log);
-  auto deadline = Clock::now() + std::chrono::seconds(120);
-  int watching = 0;
-  // Poll the watcher gauge through /metrics (plain text, not JSON).
-  for (;;) {
-    std::FILE* f = popen(("curl -s -H 'Authorization: Bearer " + token + "' " + url +
-                          "/metrics | sed -n 's/^mesh_coord_watchers //p'")
-                             .c_str(),
-                         "r");
-    char buf[64] = {0};
-    if (f) {
-      if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
-      pclose(f);
-    }
-    watching = std::atoi(buf);
-    if (watching >= kWatchers - failed || Clock::now() > deadline) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  long rss_watch = rss_kb(pid);
+  auto parked = [&] {
+    int w = 0;
+    for (auto& sv : servers) w += watchers_of(sv.url, token);
+    return w;
+  };
+  auto wait_parked = [&] {
+    auto deadline = Clock::now() + std::chrono::seconds(120);
+    int w = 0;
+    while ((w = parked()) < kWatchers - failed && Clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    return w;
+  };
+  int watching = wait_parked();
+  long rss_watch = 0;
+  for (auto& sv : servers) rss_watch += rss_kb(sv.pid);
+  Client admin(servers[0].url, "", log);
   auto sk = admin.admin("POST", "/v1/admin/setup-keys", token,
-                        R"({"name": "monitor", "groups": ["mon"]})");
+                        R"({"name": "monitor", "groups": ["mon"], "reusable": true})");
   if (!sk) {
     std::cerr << "bench: " << sk.status().message() << "\n";
-    kill(pid, SIGTERM);
+    stop_all();
     return 1;
   }
-  SecretKey mon = SecretKey::generate_private();
-  std::string join = dump_json(Json{{"setup_key", (*sk)["key"]}, {"name", "monitor"}});
-  {
-    std::lock_guard lk(t0_mu);
-    t0 = Clock::now();
-    go = true;
+  // The secret alone, as `mesh-coord join` sends it.
+  std::string key = parse_setup_key((*sk)["key"].get<std::string>())->secret;
+  double put_ms[kRounds] = {0, 0};
+  for (int k = 0; k < kRounds; ++k) {
+    if (k > 0) {
+      auto deadline = Clock::now() + std::chrono::seconds(60);
+      while (done[k - 1] < kWatchers - failed && Clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      wait_parked();
+    }
+    Client writer(servers[k % n == 0 ? 0 : n - 1].url, "", log);
+    SecretKey mon = SecretKey::generate_private();
+    std::string join = dump_json(Json{{"setup_key", key}, {"name", "monitor" + std::to_string(k)}});
+    {
+      std::lock_guard lk(t0_mu);
+      t0[k] = Clock::now();
+      round = k;
+    }
+    auto r = writer.peer("POST", "/v1/join", mon, coord, join, 60);
+    put_ms[k] = ms(t0[k], Clock::now());
+    if (!r) std::cerr << "bench: join: " << r.status().message() << "\n";
   }
-  auto r = admin.peer("POST", "/v1/join", mon, coord, join, 60);
-  double put_ms = ms(t0, Clock::now());
-  std::string changed = r ? "10001" : r.status().message();
   for (auto& t : ws) t.join();
-  long rss_after = rss_kb(pid);
-  kill(pid, SIGTERM);
-  int st = 0;
-  waitpid(pid, &st, 0);
+  long rss_after = 0;
+  for (auto& sv : servers) rss_after += rss_kb(sv.pid);
 
-  std::vector<double> l;
-  for (double x : latency)
-    if (x >= 0) l.push_back(x);
-  std::sort(l.begin(), l.end());
-  std::printf("server start with %d peers: %.0f ms\n", kPeers, startup);
+  // Joins, 50 at a time, 4 each, alternating servers.
+  auto bulk = admin.admin("POST", "/v1/admin/setup-keys", token,
+                          R"({"name": "bulk", "groups": ["mon"], "reusable": true})");
+  std::vector<double> acks;
+  std::mutex acks_mu;
+  std::atomic<int> join_failed{0};
+  if (bulk) {
+    std::string bkey = parse_setup_key((*bulk)["key"].get<std::string>())->secret;
+    std::vector<std::thread> js;
+    for (int t = 0; t < 50; ++t)
+      js.emplace_back([&, t] {
+        for (int k = 0; k < 4; ++k) {
+          Client cli(servers[(t + k) % n].url, "", log);
+          SecretKey me = SecretKey::generate_private();
+          std::string body =
+              dump_json(Json{{"setup_key", bkey}, {"name", "j" + std::to_string(t * 4 + k)}});
+          auto a = Clock::now();
+          auto r = cli.peer("POST", "/v1/join", me, coord, body, 60);
+          double d = ms(a, Clock::now());
+          if (!r || r->status != 201) {
+            ++join_failed;
+            continue;
+          }
+          std::lock_guard lk(acks_mu);
+          acks.push_back(d);
+        }
+      });
+    for (auto& t : js) t.join();
+  }
+  stop_all();
+
+  const char* label = store.empty() ? "sqlite" : "postgres";
+  std::printf("store: %s, %d server%s\n", label, n, n > 1 ? "s (replicas)" : "");
+  std::printf("server start with %d peers: %.0f ms\n", kPeers, servers[0].startup_ms);
   std::printf("watchers parked: %d of %d (failed %d)\n", watching, kWatchers, failed.load());
-  std::printf("join of a peer entering every map acknowledged in %.1f ms (%s maps changed)\n",
-              put_ms, changed.c_str());
-  if (!l.empty())
-    std::printf("push latency to %zu watchers: p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", l.size(),
-                l[l.size() / 2], l[std::min(l.size() - 1, l.size() * 99 / 100)], l.back());
-  std::printf("server RSS: idle %.1f MB, with %d watchers %.1f MB, after push %.1f MB\n",
+  for (int k = 0; k < kRounds; ++k) {
+    std::vector<double> l;
+    for (double x : latency[k])
+      if (x >= 0) l.push_back(x);
+    const char* where = k == 0 ? "first" : "last";
+    std::printf("write on the %s server: join acknowledged in %.1f ms; push to %zu watchers: p50 "
+                "%.1f ms, p99 %.1f ms, max %.1f ms\n",
+                where, put_ms[k], l.size(), pct(l, 50), pct(l, 99), pct(l, 100));
+    std::printf("RESULT push_p99_write_on_%s_ms %.1f\n", where, pct(l, 99));
+    std::printf("RESULT pushed_write_on_%s %zu\n", where, l.size());
+  }
+  std::printf("joins, 50 concurrent: %zu acknowledged (%d failed), p50 %.1f ms, p99 %.1f ms\n",
+              acks.size(), join_failed.load(), pct(acks, 50), pct(acks, 99));
+  std::printf("RESULT join_ack_p50_ms %.1f\nRESULT join_ack_p99_ms %.1f\n", pct(acks, 50),
+              pct(acks, 99));
+  std::printf("server RSS (sum over servers): idle %.1f MB, with %d watchers %.1f MB, after push "
+              "%.1f MB\n",
               rss_idle / 1024.0, kWatchers, rss_watch / 1024.0, rss_after / 1024.0);
-  return l.size() == static_cast<size_t>(kWatchers) ? 0 : 1;
+  std::printf("RESULT rss_with_watchers_mb %.1f\n", rss_watch / 1024.0);
+  std::printf("RESULT start_ms %.0f\n", servers[0].startup_ms);
+  return failed == 0 && join_failed == 0 ? 0 : 1;
 }
 
 }  // namespace
@@ -428,7 +550,8 @@ int bench_push(const std::string& prog, const std::string& dir) {
 int main(int argc, char** argv) {
   std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "model") return bench_model();
-  if (mode == "push" && argc == 4) return bench_push(argv[2], argv[3]);
-  std::cerr << "usage: bench_coord model | push MESH_COORD STATE_DIR\n";
+  if (mode == "push" && (argc == 4 || argc == 5))
+    return bench_push(argv[2], argv[3], argc == 5 ? argv[4] : "");
+  std::cerr << "usage: bench_coord model | push MESH_COORD STATE_DIR [POSTGRES_DSN]\n";
   return 64;
 }

@@ -5,8 +5,8 @@
 
 int main(int argc, char** argv) {
   using namespace mesh::coord;
-  static constexpr std::array<mesh::Verb, 15> kVerbs{{
-      {"serve", cmd_serve, "run the coordinator (HTTP+JSON API, SQLite state)"},
+  static constexpr std::array<mesh::Verb, 16> kVerbs{{
+      {"serve", cmd_serve, "run the coordinator (HTTP+JSON API, SQLite or PostgreSQL state)"},
       {"join", cmd_join, "enrol this node's WireGuard key with a setup key"},
       {"login", cmd_login, "enrol this node (or renew its login) by logging in at the identity provider"},
       {"map", cmd_map, "print this node's current network map"},
@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
       {"policy", cmd_policy, "admin: set, get, check or plan the access policy"},
       {"route", cmd_route, "admin: create, list, show, update or delete routes and exit nodes"},
       {"events", cmd_events, "admin: print the audit log (JSON lines)"},
+      {"migrate", cmd_migrate, "copy the coordinator's state to another store (SQLite to PostgreSQL)"},
   }};
   return mesh::run_program("mesh-coord", kVerbs, argc, argv);
 }

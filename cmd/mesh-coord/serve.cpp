@@ -14,6 +14,9 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   app.add_option("--listen", o.listen, "ADDR:PORT to listen on (port 0: any free port)")
       ->capture_default_str();
   app.add_option("--state", o.state_dir, "state directory (database, keys, admin.token)")->required();
+  app.add_option("--store", o.store,
+                 "database: postgres://... or a libpq DSN for PostgreSQL, shared by replicas "
+                 "(default: SQLite in STATE/coord.db)");
   app.add_option("--ipv4-prefix", o.ipv4_prefix, "IPv4 overlay prefix (default 100.64.0.0/10)");
   app.add_option("--ipv6-prefix", o.ipv6_prefix, "IPv6 overlay prefix (default: random ULA /48)");
   app.add_option("--stun", o.stun, "STUN server HOST:PORT given to peers (repeatable)");

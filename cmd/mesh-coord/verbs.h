@@ -17,4 +17,5 @@ int cmd_user(Context& ctx, int argc, char** argv);
 int cmd_policy(Context& ctx, int argc, char** argv);
 int cmd_route(Context& ctx, int argc, char** argv);
 int cmd_events(Context& ctx, int argc, char** argv);
+int cmd_migrate(Context& ctx, int argc, char** argv);
 }  // namespace mesh::coord

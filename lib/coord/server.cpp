@@ -25,6 +25,7 @@
 #include "coord/mapjson.h"
 #include "coord/oidc.h"
 #include "coord/punch.h"
+#include "coord/replica.h"
 #include "coord/revoked.h"
 #include "coord/requests.h"
 #include "coord/rotate.h"
@@ -57,6 +58,9 @@ int64_t mono_ms() {
 constexpr size_t kPunchBurst = 30;
 constexpr int64_t kPunchWindowMs = 10000;
 constexpr size_t kPunchTargets = 64;
+
+// How long replicas' change log is kept (a replica down longer reloads).
+constexpr int64_t kChangeLogSeconds = 86400;
 
 // An error for the HTTP client: status, message, and the request field it
 // is about (when one is).
@@ -164,6 +168,9 @@ class Coordinator {
 
   Status init();
   void routes(httplib::Server& s);
+  // Replicas (shared store): follows the other replicas' changes until stop.
+  void follow(const std::atomic<bool>& stop);
+  bool replicated() const { return store_->shared(); }
   void janitor(const std::atomic<bool>& stop);
   void set_server(ConnectionGuard* g) { guard_ = g; }
   // Wakes every long-poll so the server can stop without waiting them out.
@@ -183,6 +190,35 @@ class Coordinator {
   void publish() { cv_.notify_all(); }
   Status record_event(const Event& ev);
 
+  // Held by every mutation: mu_ exclusively and, on a shared store, the
+  // store (store_mu_) with a transaction open under the writers' lock, after
+  // catching up with every change other replicas committed (replica.h). The
+  // mutation's persist() commits that transaction; an early return rolls it
+  // back.
+  class WriteLock {
+   public:
+    explicit WriteLock(Coordinator& c);
+    ~WriteLock() { release(); }
+    explicit operator bool() const { return status_.is_ok(); }
+    const Status& status() const { return status_; }
+    void unlock() {
+      release();
+      lk_.unlock();
+    }
+
+   private:
+    void release();
+    Coordinator& c_;
+    std::unique_lock<std::shared_mutex> lk_;
+    std::unique_lock<std::recursive_mutex> store_lk_;
+    Status status_;
+    bool applied_ = false;
+  };
+  // With mu_ exclusive and store_mu_ held: applies the changes committed
+  // after applied_change_. True when some map or the revocations changed.
+  Result<bool> catch_up_locked();
+  // Without locks: catches up if the change log moved (takes mu_ only then).
+  void catch_up();
   Result<PeerAuth> auth_peer(const httplib::Request& req, bool require_enrolled, uint32_t* id);
   bool auth_admin(const httplib::Request& req, httplib::Response& res, Caller* who = nullptr);
   Result<Caller> login_caller(const std::string& token);
@@ -232,7 +268,10 @@ class Coordinator {
   ServeOptions opt_;
   Log& log_;
   std::unique_ptr<Store> store_;
-  std::mutex store_mu_;
+  // Recursive: a WriteLock holds it across the handler's persist().
+  std::recursive_mutex store_mu_;
+  std::atomic<int64_t> applied_change_{0};  // the newest change in the model
+  bool synced_ = false;  // the open transaction caught up (guarded by store_mu_)
   SecretKey coord_key_;
   PublicKey coord_pub_;
   // The previous coordinator key, accepted while prev_until_ > now.
@@ -334,7 +373,7 @@ Status Coordinator::init() {
   } else {
     return tok.status();
   }
-  MESH_ASSIGN(store_, Store::open(opt_.state_dir + "/coord.db"));
+  MESH_ASSIGN(store_, Store::open(opt_.store.empty() ? opt_.state_dir + "/coord.db" : opt_.store));
   if (!opt_.oidc_issuer.empty()) {
     issuer_ = std::make_unique<oidc::Issuer>(opt_.oidc_issuer, opt_.oidc_client_id,
                                              opt_.oidc_groups_claim, opt_.oidc_ca_file, log_);
@@ -342,7 +381,25 @@ Status Coordinator::init() {
     if (Status s = issuer_->refresh(unix_now()); !s)
       log_.warn("oidc: " + s.message() + " (retried at the first login)");
   }
-  return load_model();
+  if (!store_->shared()) return load_model();
+  // Replicas start one at a time (the writers' lock), so the first one
+  // alone picks what later ones adopt (the IPv6 prefix, ...).
+  MESH_TRY(store_->begin());
+  Status s = load_model();
+  if (s) {
+    auto pub = store_->get_meta("coordinator_public_key");
+    if (!pub)
+      s = pub.status();
+    else if (*pub && **pub != coord_pub_.to_base64())
+      s = Status(Exit::Config, store_->describe() + " belongs to coordinator " + **pub + ", not " +
+                                   coord_pub_.to_base64() + " (" + opt_.state_dir +
+                                   "/coordinator.key): replicas share one key pair");
+    else if (!*pub)
+      s = store_->set_meta("coordinator_public_key", coord_pub_.to_base64());
+  }
+  if (s && store_->in_transaction()) s = store_->commit();
+  if (!s) store_->rollback();
+  return s;
 }
 
 // --previous-coordinator-key: kept secret like the current key.
@@ -377,6 +434,7 @@ Status Coordinator::load_model() {
     if (cfg.relay_secret.empty())
       return Status(Exit::Config, opt_.relay_secret_file + ": empty relay secret");
   }
+  MESH_ASSIGN(int64_t applied, store_->last_change());
   MESH_ASSIGN(auto peers, store_->load_peers());
   // Overlay prefixes are fixed once peers hold addresses from them.
   auto prefix_meta = [&](const std::string& key, const std::string& flag,
@@ -446,25 +504,7 @@ Status Coordinator::load_model() {
   std::vector<SetupKey> keys;
   MESH_ASSIGN(auto rows, store_->load_setup_keys());
   for (const auto& j : rows) {
-    SetupKey k;
-    try {
-      k.id = j.at("id");
-      k.name = j.at("name");
-      k.hash = j.at("hash");
-      k.reusable = j.at("reusable");
-      k.usage_limit = j.at("usage_limit");
-      k.used = j.at("used");
-      k.expires_at = j.at("expires_at");
-      k.revoked = j.at("revoked");
-      k.ephemeral = j.at("ephemeral");
-      k.ephemeral_timeout = j.at("ephemeral_timeout");
-      k.groups = j.at("groups").get<std::vector<std::string>>();
-      k.tags = j.at("tags").get<std::vector<std::string>>();
-      k.peer_name = j.value("peer_name", "");
-      k.created_at = j.at("created_at");
-    } catch (const std::exception& e) {
-      return Status(Exit::Config, std::string("corrupt setup key record: ") + e.what());
-    }
+    MESH_ASSIGN(auto k, setup_key_from_record(j));
     keys.push_back(std::move(k));
   }
   MESH_ASSIGN(auto rev_text, store_->get_meta("relay_revocations"));
@@ -486,6 +526,7 @@ Status Coordinator::load_model() {
   model_ = std::move(m);
   setup_keys_ = std::move(keys);
   revoked_ = std::move(rev);
+  applied_change_ = applied;
   // Credentials may have aged while we were down.
   Changes ch = model_.tick_credentials(now);
   if (ch.serial != 0 || static_cast<uint64_t>(model_.cred_window()) != cred_window)
@@ -523,7 +564,8 @@ Status Coordinator::persist_changes(Store& st, const Changes& ch) {
 Status Coordinator::persist(const std::function<Status(Store&)>& ops, const Changes& ch,
                             const Event& ev) {
   std::lock_guard lk(store_mu_);
-  Status s = store_->begin();
+  Status s = store_->in_transaction() ? Status::ok() : store_->begin();
+  bool synced = synced_;
   if (s) s = ops(*store_);
   if (s) s = persist_changes(*store_, ch);
   if (s && !ev.action.empty()) s = store_->add_event(ev).status();
@@ -537,8 +579,127 @@ Status Coordinator::persist(const std::function<Status(Store&)>& ops, const Chan
     if (!r) log_.error("reload failed: " + r.message());
     return unavailable("state not saved: " + s.message());
   }
+  // Caught up under the writers' lock: nothing came between the last
+  // applied change and this one.
+  if (synced && store_->committed_change()) applied_change_ = store_->committed_change();
+  synced_ = false;
   if (ch.serial) pushes_ += ch.changed.size();
   return Status::ok();
+}
+
+Coordinator::WriteLock::WriteLock(Coordinator& c) : c_(c), lk_(c.mu_) {
+  if (!c.store_->shared()) return;
+  store_lk_ = std::unique_lock<std::recursive_mutex>(c.store_mu_);
+  status_ = c.store_->begin();
+  if (!status_) {
+    status_ = unavailable("store: " + status_.message());
+    return;
+  }
+  auto r = c.catch_up_locked();
+  if (!r) {
+    c.store_->rollback();
+    status_ = unavailable("store: " + r.status().message());
+    return;
+  }
+  applied_ = *r;
+  c.synced_ = true;
+}
+
+void Coordinator::WriteLock::release() {
+  if (!store_lk_.owns_lock()) return;
+  if (c_.store_->in_transaction()) c_.store_->rollback();
+  c_.synced_ = false;
+  store_lk_.unlock();
+  // Watchers wait on cv_ under mu_ (still held): they run once it is free.
+  if (applied_) c_.publish();
+  applied_ = false;
+}
+
+Result<bool> Coordinator::catch_up_locked() {
+  bool changed = false;
+  for (;;) {
+    auto batch = store_->changes_after(applied_change_, 256);
+    if (!batch && batch.status().code() == Exit::NoInput) {
+      // Away longer than the change log is kept: everything again.
+      log_.info("replica: " + batch.status().message() + "; reloading the whole state");
+      MESH_TRY(load_model());
+      return true;
+    }
+    if (!batch) return batch.status();
+    if (batch->empty()) return changed;
+    int64_t now = unix_now();
+    for (const auto& c : *batch) {
+      auto r = apply_change(model_, setup_keys_, revoked_, c.what, now);
+      if (!r) {
+        // A change this replica cannot apply (corrupt, or written by a newer
+        // coordinator): serve what the database holds rather than diverge.
+        log_.error("replica: change " + std::to_string(c.seq) + ": " + r.status().message() +
+                   "; reloading the whole state");
+        MESH_TRY(load_model());
+        return true;
+      }
+      if (c.what.contains("records") && c.what["records"].contains("user"))
+        for (const auto& [subject, rec] : c.what["records"]["user"].items()) {
+          if (rec.is_null()) {
+            users_.erase(subject);
+            continue;
+          }
+          MESH_ASSIGN(auto u, User::from_json(rec));
+          users_[u.subject] = std::move(u);
+        }
+      next_expiry_ = 0;  // a login renewed elsewhere moves the next expiry
+      changed = changed || r->maps_changed || r->revocations;
+      applied_change_ = c.seq;
+    }
+  }
+}
+
+void Coordinator::catch_up() {
+  {
+    std::lock_guard slk(store_mu_);
+    auto next = store_->changes_after(applied_change_, 1);
+    if (next && next->empty()) return;
+  }
+  bool changed = false;
+  {
+    std::unique_lock lk(mu_);
+    std::lock_guard slk(store_mu_);
+    auto r = catch_up_locked();
+    if (!r) {
+      log_.error("replica: cannot catch up: " + r.status().message());
+      return;
+    }
+    changed = *r;
+  }
+  if (changed) publish();
+}
+
+// Wakes on the other replicas' NOTIFY, and polls the change log every 2 s
+// besides (a notification is a hint; the change log is the truth).
+void Coordinator::follow(const std::atomic<bool>& stop) {
+  auto listener = store_->listen();
+  if (!listener) {
+    log_.error("replica: " + listener.status().message());
+    return;
+  }
+  auto last = std::chrono::steady_clock::now();
+  bool down = false;
+  while (!stop) {
+    auto r = (*listener)->wait(200);
+    if (!r) {
+      if (!down) log_.error("replica: " + r.status().message() + "; retrying");
+      down = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      continue;
+    }
+    if (down) log_.info("replica: change notifications back");
+    down = false;
+    auto now = std::chrono::steady_clock::now();
+    if (*r || now - last > std::chrono::seconds(2)) {
+      last = now;
+      catch_up();
+    }
+  }
 }
 
 Status Coordinator::record_event(const Event& ev) {
@@ -618,6 +779,15 @@ Result<PeerAuth> Coordinator::auth_peer(const httplib::Request& req, bool requir
       return s;
     }
     return a;
+  }
+  // A peer that just joined on another replica: catch up before refusing.
+  if (store_->shared()) {
+    bool known;
+    {
+      std::shared_lock lk(mu_);
+      known = model_.by_key(*key) != nullptr;
+    }
+    if (!known) catch_up();
   }
   {
     std::shared_lock lk(mu_);
@@ -824,7 +994,8 @@ void Coordinator::h_join(const httplib::Request& req, httplib::Response& res) {
   std::string hash = sha256_hex(body->setup_key);
   wipe(body->setup_key);
 
-  std::unique_lock lk(mu_);
+  WriteLock lk(*this);
+  if (!lk) return peer_error(&*a, res, from_status(lk.status()));
   SetupKey* key = nullptr;
   for (auto& k : setup_keys_)
     if (secure_equal(k.hash, hash)) key = &k;
@@ -1025,7 +1196,8 @@ void Coordinator::h_announce(const httplib::Request& req, httplib::Response& res
   if (doc->candidates.size() > 32)
     return peer_error(&*a, res, {400, "request: candidates: at most 32 are accepted", "candidates"});
   int64_t now = unix_now();
-  std::unique_lock lk(mu_);
+  WriteLock lk(*this);
+  if (!lk) return peer_error(&*a, res, from_status(lk.status()));
   Peer* p = model_.by_id(id);
   if (!p) return peer_error(&*a, res, {403, "peer is not enrolled (deleted)"});
   Json out{{"candidates", doc->candidates.size()}};
@@ -1120,7 +1292,8 @@ void Coordinator::h_rotate_key(const httplib::Request& req, httplib::Response& r
     return peer_error(&*a, res, from_status(s, s.code() == Exit::NoPerm ? 403 : 400));
   }
   int64_t now = unix_now();
-  std::unique_lock lk(mu_);
+  WriteLock lk(*this);
+  if (!lk) return peer_error(&*a, res, from_status(lk.status()));
   Peer* p = model_.by_id(id);
   if (!p || p->public_key != a->key) return peer_error(&*a, res, {403, "peer is not enrolled (deleted)"});
   if (model_.by_key(fresh))
@@ -1157,7 +1330,8 @@ void Coordinator::h_keys_create(const httplib::Request& req, httplib::Response& 
   k.hash = sha256_hex(secret);
   int64_t now = unix_now();
   k.created_at = now;
-  std::unique_lock lk(mu_);
+  WriteLock lk(*this);
+  if (!lk) return send_error(res, from_status(lk.status()));
   for (const auto& o : setup_keys_)
     if (o.name == k.name)
       return send_error(res, {409, "request: name: a setup key named '" + k.name + "' exists", "name"});
@@ -1195,7 +1369,8 @@ void Coordinator::h_keys_revoke(const httplib::Request& req, httplib::Response& 
   if (!j) return send_error(res, from_status(j.status()));
   auto ref = parse_revoke_request(*j);
   if (!ref) return send_error(res, from_status(ref.status()));
-  std::unique_lock lk(mu_);
+  WriteLock lk(*this);
+  if (!lk) return send_error(res, from_status(lk.status()));
   for (auto& k : setup_keys_) {
     if (k.name != *ref && std::to_string(k.id) != *ref) continue;
     SetupKey copy = k;
@@ -1297,7 +1472,8 @@ void Coordinator::h_peer_op(const httplib::Request& req, httplib::Response& res,
   const std::string& new_name = body->name;
   const std::vector<std::string>& groups = body->groups;
   int64_t now = unix_now();
-  std::unique_lock lk(mu_);
+  WriteLock lk(*this);
+  if (!lk) return send_error(res, from_status(lk.status()));
   Peer* p = model_.find(*ref);
   // A user without admin rights sees only their own peers.
   if (!p || (!who.admin && p->owner != who.subject))
@@ -1361,7 +1537,8 @@ void Coordinator::h_policy_set(const httplib::Request& req, httplib::Response& r
   auto pol = parse_policy(*j, "request");
   if (!pol) return send_error(res, from_status(pol.status()));
   int64_t now = unix_now();
-  std::unique_lock lk(mu_);
+  WriteLock lk(*this);
+  if (!lk) return send_error(res, from_status(lk.status()));
   if (Status s = check_policy_routes(model_, *pol); !s) return send_error(res, from_status(s));
   if (Status s = model_.run_tests(*pol); !s)
     return send_error(res, {422, "policy tests failed: " + s.message(), "tests"});
@@ -1437,7 +1614,8 @@ void Coordinator::h_route_op(const httplib::Request& req, httplib::Response& res
     body = std::move(*j);
   }
   int64_t now = unix_now();
-  std::unique_lock lk(mu_);
+  WriteLock lk(*this);
+  if (!lk) return send_error(res, from_status(lk.status()));
   auto r = route_op(model_, op, body, now);
   if (!r) return send_error(res, from_status(r.status()));
   if (r->write) {
@@ -1617,6 +1795,11 @@ void Coordinator::prune_audit(int64_t now) {
   auto n = store_->prune_events(opt_.audit_max_age > 0 ? now - opt_.audit_max_age : 0,
                                 opt_.audit_max_events);
   if (!n) log_.error("cannot prune the audit events: " + n.status().message());
+  // Replicas down longer than the change log is kept reload everything.
+  if (store_->shared() && now % 60 < opt_.janitor_interval) {
+    auto c = store_->prune_changes(now - kChangeLogSeconds);
+    if (!c) log_.error("cannot prune the change log: " + c.status().message());
+  }
 }
 
 // Ephemeral peers idle past their timeout are deleted; relay credentials
@@ -1637,7 +1820,11 @@ void Coordinator::janitor(const std::atomic<bool>& stop) {
     prune_audit(now);
     bool changed = false;
     {
-      std::unique_lock lk(mu_);
+      WriteLock lk(*this);
+      if (!lk) {
+        log_.error(lk.status().message());
+        continue;
+      }
       std::vector<uint32_t> stale;
       for (const Peer* p : model_.peers())
         if (p->ephemeral && now - p->last_seen.load() > p->ephemeral_timeout) stale.push_back(p->id);
@@ -1709,7 +1896,8 @@ void Coordinator::h_login(const httplib::Request& req, httplib::Response& res) {
     int http = ident.status().code() == Exit::Unavailable ? 503 : 401;
     return peer_error(&*a, res, {http, "login refused: " + ident.status().message(), "id_token"});
   }
-  std::unique_lock lk(mu_);
+  WriteLock lk(*this);
+  if (!lk) return peer_error(&*a, res, from_status(lk.status()));
   std::erase_if(used_tokens_, [&](const auto& e) { return e.second.second + 60 < now; });
   if (auto it = used_tokens_.find(token_hash); it != used_tokens_.end() && it->second.first != a->key)
     return peer_error(&*a, res, {401, "login refused: this ID token already enrolled another node key", "id_token"});
@@ -1796,7 +1984,11 @@ Result<Caller> Coordinator::login_caller(const std::string& token) {
 
 // Cuts off the login peers whose login expired; true when maps changed.
 bool Coordinator::expire_due_logins(int64_t now) {
-  std::unique_lock lk(mu_);
+  WriteLock lk(*this);
+  if (!lk) {
+    log_.error(lk.status().message());
+    return false;
+  }
   std::vector<uint32_t> expired;
   Changes ch = expire_logins(model_, now, &expired);
   int64_t next = INT64_MAX;
@@ -1836,7 +2028,8 @@ void Coordinator::h_user_op(const httplib::Request& req, httplib::Response& res,
     return send_error(res, {400, "request: user: expected {\"user\": SUBJECT or EMAIL}", "user"});
   std::string ref = (*j)["user"].get<std::string>();
   int64_t now = unix_now();
-  std::unique_lock lk(mu_);
+  WriteLock lk(*this);
+  if (!lk) return send_error(res, from_status(lk.status()));
   User* found = find_user(users_, ref);
   if (!found) return send_error(res, {404, "request: user: no user '" + ref + "'", "user"});
   User u = *found;
@@ -1978,6 +2171,9 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
     svr->stop();
   });
   std::thread jan([&] { coord.janitor(stopping); });
+  std::thread follower([&] {
+    if (coord.replicated()) coord.follow(stopping);
+  });
 
   std::thread announce([&] {
     for (int i = 0; i < 500 && !svr->is_running() && !stopping; ++i)
@@ -1992,6 +2188,7 @@ Status serve(const ServeOptions& opt, std::ostream& out, Log& log, const std::at
   announce.join();
   sig.join();
   jan.join();
+  follower.join();
   if (!ok) return unavailable("server stopped with an error");
   return Status::ok();
 }

@@ -20,6 +20,9 @@ namespace mesh::coord {
 struct ServeOptions {
   std::string listen = "127.0.0.1:0";  // ADDR:PORT, port 0 picks one
   std::string state_dir;
+  // Empty: SQLite in STATE/coord.db. "postgres://..." or a libpq DSN:
+  // PostgreSQL, shareable by replicas (coord/store.h).
+  std::string store;
   std::string ipv4_prefix;  // empty: stored value or 100.64.0.0/10
   std::string ipv6_prefix;  // empty: stored value or a random fdXX:XXXX:XXXX::/48
   std::vector<std::string> stun;

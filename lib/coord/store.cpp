@@ -1,5 +1,7 @@
 #include "coord/store.h"
 
+#include <sqlite3.h>
+
 #include <nlohmann/json.hpp>
 
 namespace mesh::coord {
@@ -31,6 +33,50 @@ class Stmt {
   int rc_;
 };
 
+
+class SqliteStore final : public Store {
+ public:
+  SqliteStore(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  ~SqliteStore() override;
+  Status init();
+  std::string describe() const override { return "sqlite:" + path_; }
+  Status begin() override;
+  Status commit() override;
+  void rollback() override;
+  bool in_transaction() const override { return in_tx_; }
+  Result<std::optional<std::string>> get_meta(const std::string& key) override;
+  Status set_meta(const std::string& key, const std::string& value) override;
+  Result<std::vector<std::pair<std::string, std::string>>> load_meta() override;
+  Status put_peer(int64_t id, const std::string& name, const std::string& key,
+                  const std::string& record) override;
+  Status set_map_serial(int64_t id, uint64_t serial, int64_t generated_at) override;
+  Status delete_peer(int64_t id) override;
+  Result<std::vector<StoredPeer>> load_peers() override;
+  Status put_setup_key(int64_t id, const std::string& hash, const std::string& record) override;
+  Result<std::vector<Json>> load_setup_keys() override;
+  Status put_record(const std::string& kind, const std::string& key,
+                    const std::string& record) override;
+  Status delete_record(const std::string& kind, const std::string& key) override;
+  Result<std::vector<std::pair<std::string, Json>>> load_records(const std::string& kind) override;
+  Result<std::vector<std::string>> record_kinds() override;
+  Result<int64_t> add_event(const Event& e) override;
+  Result<std::vector<Event>> events(int64_t after_seq, int64_t limit,
+                                    const std::string& action) override;
+  Result<int64_t> prune_events(int64_t before_at, int64_t keep) override;
+  Status clear() override {
+    return exec("DELETE FROM meta; DELETE FROM peers; DELETE FROM map_serials; "
+                "DELETE FROM setup_keys; DELETE FROM records; DELETE FROM events;");
+  }
+
+ private:
+  Status exec(const std::string& sql);
+  Status error(const std::string& what) const;
+  sqlite3* db_;
+  std::string path_;
+  sqlite3_stmt* serial_stmt_ = nullptr;
+  bool in_tx_ = false;
+};
+
 }  // namespace
 
 Json Event::to_json() const {
@@ -38,16 +84,16 @@ Json Event::to_json() const {
               {"action", action}, {"target", target}, {"detail", detail}};
 }
 
-Store::~Store() {
+SqliteStore::~SqliteStore() {
   sqlite3_finalize(serial_stmt_);
   sqlite3_close_v2(db_);
 }
 
-Status Store::error(const std::string& what) const {
+Status SqliteStore::error(const std::string& what) const {
   return io_error(what + ": " + sqlite3_errmsg(db_));
 }
 
-Status Store::exec(const std::string& sql) {
+Status SqliteStore::exec(const std::string& sql) {
   char* err = nullptr;
   if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
     std::string m = err ? err : "unknown error";
@@ -57,7 +103,17 @@ Status Store::exec(const std::string& sql) {
   return Status::ok();
 }
 
-Result<std::unique_ptr<Store>> Store::open(const std::string& path) {
+bool Store::is_postgres(const std::string& spec) {
+  return spec.rfind("postgres://", 0) == 0 || spec.rfind("postgresql://", 0) == 0 ||
+         spec.find("dbname=") != std::string::npos || spec.find("host=") != std::string::npos;
+}
+
+Result<std::unique_ptr<Store>> Store::open(const std::string& spec) {
+  if (is_postgres(spec)) return open_postgres_store(spec);
+  return open_sqlite_store(spec.rfind("sqlite:", 0) == 0 ? spec.substr(7) : spec);
+}
+
+Result<std::unique_ptr<Store>> open_sqlite_store(const std::string& path) {
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &db,
                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
@@ -67,13 +123,17 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path) {
     sqlite3_close_v2(db);
     return Status(Exit::CantCreate, path + ": " + m);
   }
-  std::unique_ptr<Store> s(new Store(db));
-  sqlite3_busy_timeout(db, 5000);
+  auto s = std::make_unique<SqliteStore>(db, path);
+  MESH_TRY(s->init());
+  return std::unique_ptr<Store>(std::move(s));
+}
+
+Status SqliteStore::init() {
+  sqlite3_busy_timeout(db_, 5000);
   // WAL + synchronous=FULL: the WAL is fsync'd at every commit, so a
   // committed (acknowledged) write survives a crash of the process or host.
-  MESH_TRY(s->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
-  MESH_TRY(s->exec(
-      "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+  MESH_TRY(exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
+  MESH_TRY(exec("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
       "CREATE TABLE IF NOT EXISTS peers(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
       "  public_key TEXT NOT NULL UNIQUE, record TEXT NOT NULL);"
       // Map serials change for thousands of peers at once (a policy change):
@@ -90,14 +150,53 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path) {
       "CREATE INDEX IF NOT EXISTS events_action ON events(action);"
       // The audit is pruned by age (prune_events).
       "CREATE INDEX IF NOT EXISTS events_at ON events(at);"));
+  MESH_ASSIGN(auto v, get_meta("schema_version"));
+  if (v && std::atoi(v->c_str()) > kSchemaVersion)
+    return Status(Exit::Config, path_ + ": schema version " + *v +
+                                    " is newer than this mesh-coord's (" +
+                                    std::to_string(kSchemaVersion) + ")");
+  if (!v) MESH_TRY(set_meta("schema_version", std::to_string(kSchemaVersion)));
+  return Status::ok();
+}
+
+Status SqliteStore::begin() {
+  MESH_TRY(exec("BEGIN IMMEDIATE"));
+  in_tx_ = true;
+  return Status::ok();
+}
+
+Status SqliteStore::commit() {
+  Status s = exec("COMMIT");
+  if (s) in_tx_ = false;
   return s;
 }
 
-Status Store::begin() { return exec("BEGIN IMMEDIATE"); }
-Status Store::commit() { return exec("COMMIT"); }
-void Store::rollback() { (void)exec("ROLLBACK"); }
+void SqliteStore::rollback() {
+  (void)exec("ROLLBACK");
+  in_tx_ = false;
+}
 
-Result<std::optional<std::string>> Store::get_meta(const std::string& key) {
+Result<std::vector<std::pair<std::string, std::string>>> SqliteStore::load_meta() {
+  Stmt st(db_, "SELECT key, value FROM meta ORDER BY key");
+  if (!st.ok()) return error("load_meta");
+  std::vector<std::pair<std::string, std::string>> out;
+  int rc;
+  while ((rc = st.step()) == SQLITE_ROW) out.emplace_back(st.text(0), st.text(1));
+  if (rc != SQLITE_DONE) return error("load_meta");
+  return out;
+}
+
+Result<std::vector<std::string>> SqliteStore::record_kinds() {
+  Stmt st(db_, "SELECT DISTINCT kind FROM records ORDER BY kind");
+  if (!st.ok()) return error("record_kinds");
+  std::vector<std::string> out;
+  int rc;
+  while ((rc = st.step()) == SQLITE_ROW) out.push_back(st.text(0));
+  if (rc != SQLITE_DONE) return error("record_kinds");
+  return out;
+}
+
+Result<std::optional<std::string>> SqliteStore::get_meta(const std::string& key) {
   Stmt st(db_, "SELECT value FROM meta WHERE key=?");
   if (!st.ok()) return error("get_meta");
   st.bind(1, key);
@@ -107,14 +206,14 @@ Result<std::optional<std::string>> Store::get_meta(const std::string& key) {
   return error("get_meta");
 }
 
-Status Store::set_meta(const std::string& key, const std::string& value) {
+Status SqliteStore::set_meta(const std::string& key, const std::string& value) {
   Stmt st(db_, "INSERT INTO meta(key,value) VALUES(?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value");
   if (!st.ok()) return error("set_meta");
   st.bind(1, key).bind(2, value);
   return st.step() == SQLITE_DONE ? Status::ok() : error("set_meta");
 }
 
-Status Store::put_peer(int64_t id, const std::string& name, const std::string& key,
+Status SqliteStore::put_peer(int64_t id, const std::string& name, const std::string& key,
                        const std::string& record) {
   Stmt st(db_,
           "INSERT INTO peers(id,name,public_key,record) VALUES(?,?,?,?) ON CONFLICT(id) DO UPDATE "
@@ -124,7 +223,7 @@ Status Store::put_peer(int64_t id, const std::string& name, const std::string& k
   return st.step() == SQLITE_DONE ? Status::ok() : error("put_peer");
 }
 
-Status Store::set_map_serial(int64_t id, uint64_t serial, int64_t at) {
+Status SqliteStore::set_map_serial(int64_t id, uint64_t serial, int64_t at) {
   // Prepared once: a policy change writes one row per changed map.
   if (!serial_stmt_ &&
       sqlite3_prepare_v3(db_, "INSERT OR REPLACE INTO map_serials(id,serial,at) VALUES(?,?,?)", -1,
@@ -137,7 +236,7 @@ Status Store::set_map_serial(int64_t id, uint64_t serial, int64_t at) {
   return sqlite3_step(serial_stmt_) == SQLITE_DONE ? Status::ok() : error("set_map_serial");
 }
 
-Status Store::delete_peer(int64_t id) {
+Status SqliteStore::delete_peer(int64_t id) {
   for (const char* sql : {"DELETE FROM peers WHERE id=?", "DELETE FROM map_serials WHERE id=?"}) {
     Stmt st(db_, sql);
     if (!st.ok()) return error("delete_peer");
@@ -147,7 +246,7 @@ Status Store::delete_peer(int64_t id) {
   return Status::ok();
 }
 
-Result<std::vector<StoredPeer>> Store::load_peers() {
+Result<std::vector<StoredPeer>> SqliteStore::load_peers() {
   Stmt st(db_,
           "SELECT p.record, coalesce(m.serial, 0), coalesce(m.at, 0) FROM peers p "
           "LEFT JOIN map_serials m ON m.id = p.id ORDER BY p.id");
@@ -163,7 +262,7 @@ Result<std::vector<StoredPeer>> Store::load_peers() {
   return out;
 }
 
-Status Store::put_setup_key(int64_t id, const std::string& hash, const std::string& record) {
+Status SqliteStore::put_setup_key(int64_t id, const std::string& hash, const std::string& record) {
   Stmt st(db_,
           "INSERT INTO setup_keys(id,hash,record) VALUES(?,?,?) ON CONFLICT(id) DO UPDATE SET "
           "record=excluded.record");
@@ -172,7 +271,7 @@ Status Store::put_setup_key(int64_t id, const std::string& hash, const std::stri
   return st.step() == SQLITE_DONE ? Status::ok() : error("put_setup_key");
 }
 
-Result<std::vector<Json>> Store::load_setup_keys() {
+Result<std::vector<Json>> SqliteStore::load_setup_keys() {
   Stmt st(db_, "SELECT record, hash FROM setup_keys ORDER BY id");
   if (!st.ok()) return error("load_setup_keys");
   std::vector<Json> out;
@@ -187,7 +286,7 @@ Result<std::vector<Json>> Store::load_setup_keys() {
   return out;
 }
 
-Status Store::put_record(const std::string& kind, const std::string& key,
+Status SqliteStore::put_record(const std::string& kind, const std::string& key,
                          const std::string& record) {
   Stmt st(db_,
           "INSERT INTO records(kind,key,record) VALUES(?,?,?) ON CONFLICT(kind,key) DO UPDATE SET "
@@ -197,14 +296,14 @@ Status Store::put_record(const std::string& kind, const std::string& key,
   return st.step() == SQLITE_DONE ? Status::ok() : error("put_record");
 }
 
-Status Store::delete_record(const std::string& kind, const std::string& key) {
+Status SqliteStore::delete_record(const std::string& kind, const std::string& key) {
   Stmt st(db_, "DELETE FROM records WHERE kind=? AND key=?");
   if (!st.ok()) return error("delete_record");
   st.bind(1, kind).bind(2, key);
   return st.step() == SQLITE_DONE ? Status::ok() : error("delete_record");
 }
 
-Result<std::vector<std::pair<std::string, Json>>> Store::load_records(const std::string& kind) {
+Result<std::vector<std::pair<std::string, Json>>> SqliteStore::load_records(const std::string& kind) {
   Stmt st(db_, "SELECT key, record FROM records WHERE kind=? ORDER BY key");
   if (!st.ok()) return error("load_records");
   st.bind(1, kind);
@@ -219,15 +318,17 @@ Result<std::vector<std::pair<std::string, Json>>> Store::load_records(const std:
   return out;
 }
 
-Result<int64_t> Store::add_event(const Event& e) {
-  Stmt st(db_, "INSERT INTO events(at,actor,action,target,detail) VALUES(?,?,?,?,?)");
+Result<int64_t> SqliteStore::add_event(const Event& e) {
+  // seq NULL: AUTOINCREMENT picks the next one.
+  Stmt st(db_, "INSERT INTO events(seq,at,actor,action,target,detail) VALUES(nullif(?,0),?,?,?,?,?)");
   if (!st.ok()) return error("add_event");
-  st.bind(1, e.at).bind(2, e.actor).bind(3, e.action).bind(4, e.target).bind(5, dump_json(e.detail));
+  st.bind(1, e.seq).bind(2, e.at).bind(3, e.actor).bind(4, e.action).bind(5, e.target)
+      .bind(6, dump_json(e.detail));
   if (st.step() != SQLITE_DONE) return error("add_event");
   return static_cast<int64_t>(sqlite3_last_insert_rowid(db_));
 }
 
-Result<std::vector<Event>> Store::events(int64_t after, int64_t limit, const std::string& action) {
+Result<std::vector<Event>> SqliteStore::events(int64_t after, int64_t limit, const std::string& action) {
   Stmt st(db_,
           "SELECT seq,at,actor,action,target,detail FROM events WHERE seq>? AND (?='' OR "
           "action=? OR action LIKE ? || '.%') ORDER BY seq LIMIT ?");
@@ -250,7 +351,7 @@ Result<std::vector<Event>> Store::events(int64_t after, int64_t limit, const std
   return out;
 }
 
-Result<int64_t> Store::prune_events(int64_t before_at, int64_t keep) {
+Result<int64_t> SqliteStore::prune_events(int64_t before_at, int64_t keep) {
   int64_t n = 0;
   if (before_at > 0) {
     Stmt st(db_, "DELETE FROM events WHERE at<?");

@@ -1,13 +1,15 @@
-// Persistence of the coordinator's state in SQLite (STATE/coord.db).
+// Persistence of the coordinator's state: SQLite (STATE/coord.db, the
+// embedded default) or PostgreSQL (mesh-coord serve --store postgres://...,
+// shared by replicas).
 //
-// Durability: WAL journal with synchronous=FULL, so a transaction is on disk
-// (fsync'd WAL) before commit returns, and every write the server
+// Durability: SQLite runs a WAL journal with synchronous=FULL, PostgreSQL
+// commits with the server's synchronous_commit (on by default), so a
+// transaction is on disk before commit returns, and every write the server
 // acknowledges survives kill -9 and power loss. Every mutation is one
 // transaction: nothing is half-written. The in-memory model is the
-// authority at run time; the store is read once at start.
+// authority at run time; the store is read once at start, and replicas on a
+// shared store follow each other through its change log (Change).
 #pragma once
-
-#include <sqlite3.h>
 
 #include <cstdint>
 #include <memory>
@@ -38,49 +40,117 @@ struct StoredPeer {
   int64_t generated_at = 0;
 };
 
+// A change another replica committed (PostgreSQL store): its sequence
+// number in the change log and what it wrote, as
+// {"peers":{ID:RECORD|null}, "serials":{ID:[SERIAL,AT]},
+//  "setup_keys":{ID:RECORD}, "meta":{KEY:VALUE}, "records":{KIND:{KEY:RECORD|null}}}
+// (members only when written; RECORDs are the stored JSON documents, a
+// setup key's with its "hash").
+struct Change {
+  int64_t seq = 0;
+  Json what;
+};
+
+// Wakes a replica when another one commits (PostgreSQL LISTEN/NOTIFY, on a
+// connection of its own). A wake-up is only a hint: the change log is the
+// truth, so a replica that reconnects catches up from it.
+class ChangeListener {
+ public:
+  virtual ~ChangeListener() = default;
+  // Waits up to `timeout_ms` for a notification. True when one came; an
+  // error when the connection is lost (it reconnects on the next call).
+  virtual Result<bool> wait(int timeout_ms) = 0;
+};
+
+// The coordinator's store: SQLite (the embedded default, STATE/coord.db) or
+// PostgreSQL (shared by replicas). Same tables and schema version in both.
+// Not thread-safe: the caller serialises calls.
 class Store {
  public:
-  static Result<std::unique_ptr<Store>> open(const std::string& path);
-  ~Store();
+  // SPEC: "postgres://...", "postgresql://..." or a libpq key=value DSN
+  // (host=... dbname=...) opens PostgreSQL; anything else is the path of a
+  // SQLite database file.
+  static Result<std::unique_ptr<Store>> open(const std::string& spec);
+  static bool is_postgres(const std::string& spec);
+  virtual ~Store() = default;
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  // One transaction; commit() fsyncs. rollback() is safe to call after a failure.
-  Status begin();
-  Status commit();
-  void rollback();
+  // "sqlite:PATH" or "postgres://HOST/DB" (no password): for messages.
+  virtual std::string describe() const = 0;
+  // True when several coordinators may share this store (replicas).
+  virtual bool shared() const { return false; }
 
-  Result<std::optional<std::string>> get_meta(const std::string& key);
-  Status set_meta(const std::string& key, const std::string& value);
+  // One transaction; commit() makes it durable. rollback() is safe to call
+  // after a failure. On a shared store begin() also takes the store-wide
+  // writer lock (held until commit or rollback), so writers on different
+  // replicas run one at a time and each sees every earlier commit.
+  virtual Status begin() = 0;
+  virtual Status commit() = 0;
+  virtual void rollback() = 0;
+  virtual bool in_transaction() const = 0;
 
-  Status put_peer(int64_t id, const std::string& name, const std::string& key,
-                  const std::string& record);
-  Status set_map_serial(int64_t id, uint64_t serial, int64_t generated_at);
-  Status delete_peer(int64_t id);
-  Result<std::vector<StoredPeer>> load_peers();
+  virtual Result<std::optional<std::string>> get_meta(const std::string& key) = 0;
+  virtual Status set_meta(const std::string& key, const std::string& value) = 0;
+  virtual Result<std::vector<std::pair<std::string, std::string>>> load_meta() = 0;
 
-  Status put_setup_key(int64_t id, const std::string& hash, const std::string& record);
-  Result<std::vector<Json>> load_setup_keys();
+  virtual Status put_peer(int64_t id, const std::string& name, const std::string& key,
+                          const std::string& record) = 0;
+  virtual Status set_map_serial(int64_t id, uint64_t serial, int64_t generated_at) = 0;
+  virtual Status delete_peer(int64_t id) = 0;
+  virtual Result<std::vector<StoredPeer>> load_peers() = 0;
+
+  virtual Status put_setup_key(int64_t id, const std::string& hash, const std::string& record) = 0;
+  virtual Result<std::vector<Json>> load_setup_keys() = 0;
 
   // Named records of other kinds (users, routes, ...): one JSON document per
   // (kind, key). New kinds need no schema change; every store implements these.
-  Status put_record(const std::string& kind, const std::string& key, const std::string& record);
-  Status delete_record(const std::string& kind, const std::string& key);
-  Result<std::vector<std::pair<std::string, Json>>> load_records(const std::string& kind);
+  virtual Status put_record(const std::string& kind, const std::string& key,
+                            const std::string& record) = 0;
+  virtual Status delete_record(const std::string& kind, const std::string& key) = 0;
+  virtual Result<std::vector<std::pair<std::string, Json>>> load_records(const std::string& kind) = 0;
+  // Every kind that has records (for migration).
+  virtual Result<std::vector<std::string>> record_kinds() = 0;
 
-  Result<int64_t> add_event(const Event& e);
-  Result<std::vector<Event>> events(int64_t after_seq, int64_t limit, const std::string& action);
+  // e.seq 0: the next sequence number; otherwise that one (migration).
+  virtual Result<int64_t> add_event(const Event& e) = 0;
+  virtual Result<std::vector<Event>> events(int64_t after_seq, int64_t limit,
+                                            const std::string& action) = 0;
   // Deletes audit events older than `before_at` (unix seconds; 0: none by
   // age) and all but the newest `keep` (0: none by count). Returns how many
   // went. Sequence numbers are never reused, so `events --after` still works.
-  Result<int64_t> prune_events(int64_t before_at, int64_t keep);
+  virtual Result<int64_t> prune_events(int64_t before_at, int64_t keep) = 0;
 
- private:
-  explicit Store(sqlite3* db) : db_(db) {}
-  Status exec(const std::string& sql);
-  Status error(const std::string& what) const;
-  sqlite3* db_;
-  sqlite3_stmt* serial_stmt_ = nullptr;
+  // ---- replication (shared stores; a private store has no change log)
+  // The newest change's sequence number (0: none).
+  virtual Result<int64_t> last_change() { return int64_t{0}; }
+  // Changes after `seq`, oldest first, at most `limit`. An error with
+  // Exit::NoInput when changes after `seq` were pruned (reload everything).
+  virtual Result<std::vector<Change>> changes_after(int64_t, size_t) {
+    return std::vector<Change>{};
+  }
+  // The sequence number of the change the last commit() logged (0: none).
+  virtual int64_t committed_change() const { return 0; }
+  // Deletes changes older than `before_at` (unix seconds).
+  virtual Result<int64_t> prune_changes(int64_t) { return int64_t{0}; }
+  // Deletes every row, in the open transaction (migrate --force). On a
+  // shared store the transaction is then not logged as a change: replicas
+  // must be restarted after it.
+  virtual Status clear() = 0;
+  virtual Result<std::unique_ptr<ChangeListener>> listen() {
+    return Status(Exit::Unavailable, "this store has no change notifications");
+  }
+
+ protected:
+  Store() = default;
 };
+
+// Implementations (store.cpp, store_pg.cpp).
+Result<std::unique_ptr<Store>> open_sqlite_store(const std::string& path);
+Result<std::unique_ptr<Store>> open_postgres_store(const std::string& dsn);
+
+// The schema version both stores write to meta "schema_version"; a store
+// holding a newer one is refused (written by a newer coordinator).
+inline constexpr int kSchemaVersion = 1;
 
 }  // namespace mesh::coord

@@ -1,0 +1,168 @@
+// Replicas: a change as the PostgreSQL store logs it (coord/store.h,
+// Change), applied to another replica's model (coord/replica.h), gives the
+// same maps, byte for byte, with the writer's serials, incrementally.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "coord/model.h"
+#include "coord/replica.h"
+#include "coord/revoked.h"
+
+using namespace mesh;
+using namespace mesh::coord;
+
+namespace {
+
+ModelConfig config() {
+  ModelConfig c;
+  c.ipv4 = *Prefix::parse("100.64.0.0/10");
+  c.ipv6 = *Prefix::parse("fd00:1:2::/48");
+  return c;
+}
+
+Policy policy(const std::string& text) {
+  auto j = parse_json(text, "p");
+  auto p = parse_policy(*j, "p");
+  EXPECT_TRUE(p) << p.status().message();
+  return *p;
+}
+
+// The writer's side: a model plus what its store would log per mutation.
+struct Writer {
+  Model m{config()};
+
+  std::unique_ptr<Peer> make_peer(const std::string& name, std::vector<std::string> groups) {
+    auto p = std::make_unique<Peer>();
+    p->id = m.new_peer_id();
+    p->name = name;
+    p->public_key = SecretKey::generate_private().public_key();
+    p->host_index = *m.allocate_host();
+    p->ipv4 = m.host_v4(p->host_index);
+    p->ipv6 = m.host_v6(p->host_index);
+    p->listen_port = m.pick_listen_port(p->id);
+    p->groups = std::move(groups);
+    return p;
+  }
+
+  // As Coordinator::persist writes it: the rows, the changed maps' serials
+  // and the counters.
+  Json change(const Changes& ch, std::vector<uint32_t> put, std::vector<uint32_t> del,
+              const std::string& policy_text = "") {
+    Json w = Json::object();
+    for (uint32_t id : put) w["peers"][std::to_string(id)] = m.by_id(id)->to_record();
+    for (uint32_t id : del) w["peers"][std::to_string(id)] = nullptr;
+    for (uint32_t id : ch.changed) {
+      const Peer* p = m.by_id(id);
+      if (p) w["serials"][std::to_string(id)] = Json::array({p->serial, p->generated_at});
+    }
+    w["meta"]["serial_counter"] = std::to_string(m.serial_counter());
+    w["meta"]["next_host"] = std::to_string(m.next_host());
+    w["meta"]["next_peer_id"] = std::to_string(m.new_peer_id());
+    w["meta"]["cred_window"] = std::to_string(m.cred_window());
+    if (!policy_text.empty()) w["meta"]["policy"] = policy_text;
+    return w;
+  }
+};
+
+void expect_same(const Model& a, const Model& b) {
+  ASSERT_EQ(a.peer_count(), b.peer_count());
+  EXPECT_EQ(a.serial_counter(), b.serial_counter());
+  EXPECT_EQ(a.next_host(), b.next_host());
+  for (const Peer* p : a.peers()) {
+    const Peer* q = b.by_id(p->id);
+    ASSERT_NE(q, nullptr) << p->name;
+    EXPECT_EQ(p->serial, q->serial) << p->name;
+    EXPECT_EQ(a.map_json(*p), b.map_json(*q)) << p->name;
+  }
+}
+
+}  // namespace
+
+TEST(CoordReplica, AppliedChangesGiveTheWritersMapsAndSerials) {
+  Writer w;
+  Model r(config());
+  std::vector<SetupKey> keys;
+  RevocationList rev;
+  std::string ptext = R"({"groups":{"web":{},"db":{},"ops":{}},"rules":[{"name":"web-db","src":["web"],"dst":["db"],"proto":"tcp","ports":[5432]},{"name":"ops-all","src":["ops"],"dst":["all"],"proto":"any"}]})";
+  w.m.set_policy(policy(ptext), 100);
+  ASSERT_TRUE(apply_change(r, keys, rev, w.change({}, {}, {}, ptext), 100));
+  std::vector<uint32_t> ids;
+  for (auto [name, group] : {std::pair{"web1", "web"}, {"web2", "web"}, {"db1", "db"},
+                             {"db2", "db"}, {"ops1", "ops"}, {"other", "x"}}) {
+    auto p = w.make_peer(name, {group});
+    uint32_t id = p->id;
+    ids.push_back(id);
+    Changes ch = w.m.add_peer(std::move(p), 101);
+    auto res = apply_change(r, keys, rev, w.change(ch, {id}, {}), 101);
+    ASSERT_TRUE(res) << res.status().message();
+    EXPECT_TRUE(res->maps_changed);
+    expect_same(w.m, r);
+  }
+  auto full_before = r.stats().full_recomputes;
+  // Regroup, rename, announce endpoints, disable, delete: each applied
+  // incrementally (no full recompute on the replica).
+  Changes ch = w.m.update_peer(ids[0], true, 102, [](Peer& q) { q.groups = {"db"}; });
+  ASSERT_TRUE(apply_change(r, keys, rev, w.change(ch, {ids[0]}, {}), 102));
+  expect_same(w.m, r);
+  ch = w.m.rename_peer(ids[2], "db-renamed", 103);
+  ASSERT_TRUE(apply_change(r, keys, rev, w.change(ch, {ids[2]}, {}), 103));
+  expect_same(w.m, r);
+  EXPECT_EQ(r.by_name("db-renamed")->id, ids[2]);
+  Json cj{{"endpoint", "203.0.113.7:51820"}, {"kind", "host"}};
+  auto cand = parse_candidate(JsonView(cj, "candidate"), false);
+  ASSERT_TRUE(cand);
+  ch = w.m.update_peer(ids[3], false, 104, [&](Peer& q) {
+    q.endpoints = {*cand};
+    q.endpoints_at = 104;
+  });
+  ASSERT_TRUE(apply_change(r, keys, rev, w.change(ch, {ids[3]}, {}), 104));
+  expect_same(w.m, r);
+  ch = w.m.update_peer(ids[4], true, 105, [](Peer& q) { q.disabled = true; });
+  ASSERT_TRUE(apply_change(r, keys, rev, w.change(ch, {ids[4]}, {}), 105));
+  expect_same(w.m, r);
+  ch = w.m.remove_peer(ids[1], 106);
+  ASSERT_TRUE(apply_change(r, keys, rev, w.change(ch, {}, {ids[1]}), 106));
+  expect_same(w.m, r);
+  EXPECT_EQ(r.stats().full_recomputes, full_before);
+  // Applying a change twice changes nothing (a replica may see its own).
+  Json again = w.change(ch, {}, {ids[1]});
+  ASSERT_TRUE(apply_change(r, keys, rev, again, 106));
+  expect_same(w.m, r);
+  // A policy change recomputes every map on both sides.
+  std::string p2 = R"({"groups":{"web":{},"db":{},"ops":{}},"rules":[{"src":["db"],"dst":["all"]}]})";
+  ch = w.m.set_policy(policy(p2), 107);
+  ASSERT_TRUE(apply_change(r, keys, rev, w.change(ch, {}, {}, p2), 107));
+  expect_same(w.m, r);
+  // A new peer after all that gets the next address on both.
+  auto p = w.make_peer("late", {"web"});
+  uint32_t id = p->id;
+  ch = w.m.add_peer(std::move(p), 108);
+  ASSERT_TRUE(apply_change(r, keys, rev, w.change(ch, {id}, {}), 108));
+  expect_same(w.m, r);
+  EXPECT_EQ(*w.m.allocate_host(), *r.allocate_host());
+  EXPECT_EQ(w.m.new_peer_id(), r.new_peer_id());
+}
+
+TEST(CoordReplica, SetupKeysAreUpsertedById) {
+  Model r(config());
+  std::vector<SetupKey> keys;
+  RevocationList rev;
+  SetupKey k;
+  k.id = 3;
+  k.name = "k";
+  k.hash = "ab";
+  k.reusable = true;
+  k.usage_limit = 2;
+  Json rec = k.to_json();
+  rec["hash"] = k.hash;
+  ASSERT_TRUE(apply_change(r, keys, rev, Json{{"setup_keys", {{"3", rec}}}}, 1));
+  ASSERT_EQ(keys.size(), 1u);
+  rec["used"] = 2;
+  ASSERT_TRUE(apply_change(r, keys, rev, Json{{"setup_keys", {{"3", rec}}}}, 2));
+  ASSERT_EQ(keys.size(), 1u);
+  EXPECT_EQ(keys[0].used, 2);
+  EXPECT_EQ(keys[0].hash, "ab");
+  EXPECT_FALSE(keys[0].unusable_reason(3).empty());
+  EXPECT_FALSE(apply_change(r, keys, rev, Json{{"setup_keys", {{"4", Json{{"id", 4}}}}}}, 3));
+}
