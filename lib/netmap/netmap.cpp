@@ -204,12 +204,6 @@ static Result<FirewallRule> parse_rule(const JsonView& v, bool strict, bool forw
   MESH_TRY(parse_proto_ports(v, &r.proto, &r.ports));
   JsonView f = v;
   if (v.optional_field("rule", &f)) { MESH_ASSIGN(r.rule, f.as_string()); }
-  if (forward) {
-    MESH_ASSIGN(auto dests, v.field("destinations"));
-    MESH_TRY(parse_prefixes(dests, &r.destinations));
-    if (r.destinations.empty()) return dests.error("at least one destination prefix is required");
-    for (auto& d : r.destinations) d = d.canonical();
-  }
   return r;
 }
 
@@ -338,16 +332,6 @@ Result<NetMap> parse_netmap(const Json& j, const std::string& source, ParseOptio
       MESH_ASSIGN(auto p, parse_peer(els[i], opt.strict, m.self.addresses));
       if (p.public_key == m.self.public_key)
         return els[i].error("peer has this node's own public key");
-      // Route networks are not allowed IPs, but must not take the
-      // overlay's own addresses away from their peers.
-      for (const auto& r : p.routes)
-        for (const auto& a : m.self.addresses) {
-          Prefix overlay = a.canonical();
-          if (overlay.addr.family == r.network.addr.family &&
-              (overlay.contains(r.network) || r.network.contains(overlay)) && !is_default_route(r.network))
-            return els[i].error("route " + r.network.to_string() + " overlaps the overlay " +
-                                overlay.to_string());
-        }
       if (!seen.insert(p.public_key).second)
         return els[i].error("duplicate peer " + p.public_key.to_base64());
       for (const auto& a : p.allowed_ips) {

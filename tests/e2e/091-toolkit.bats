@@ -8,7 +8,7 @@ setup() { cd "$BATS_TEST_TMPDIR"; }
 
 @test "mesh-up: help, and usage errors exit 64 with one-line errors" {
   mrun -s 0 mesh-up --help
-  [[ "$output" == *"--server URL --setup-key-file FILE --interface IF --state DIR"* ]]
+  [[ "$output" == *"--server URL [--server URL...] --setup-key-file FILE --interface IF --state DIR"* ]]
   mrun -s "$EX_USAGE" mesh-up --interface x
   [[ "$stderr" == "mesh-up: error: --interface and --state are required"* ]]
   mrun -s "$EX_USAGE" mesh-up --bogus

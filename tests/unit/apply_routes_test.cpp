@@ -87,7 +87,7 @@ TEST(NetmapRoutes, RejectsBadRoutes) {
   twice["peers"][0]["routes"].push_back({{"network", "198.51.100.9/24"}});
   m = parse_netmap(twice, "t");
   ASSERT_FALSE(m);
-  EXPECT_NE(m.status().message().find("listed twice"), std::string::npos);
+  EXPECT_NE(m.status().message().find("duplicate route"), std::string::npos);
   Json nodest = base_map();
   nodest["firewall"] = {{"forward", {{{"sources", {"100.64.0.2/32"}}}}}};
   EXPECT_FALSE(parse_netmap(nodest, "t"));
