@@ -145,7 +145,14 @@ export -f join_one
 
 @test "replicas: kill -9 of one replica during joins loses no acknowledged join, and the other keeps serving" {
   two_replicas
-  COORD_URL=$URL_A coord_key k --reusable --usage-limit 0
+  COORD_URL=$URL_A coord_key k --reusable --usage-limit 0 --group g
+  printf '{"groups":{"g":{}},"rules":[{"src":["g"],"dst":["g"]}]}' >p.json
+  mrun -s 0 mesh-coord policy set --server "$URL_A" p.json
+  # A node watching B, with A as its second coordinator (mesh-coord(8), Failover).
+  COORD_URL=$URL_A coord_join w k
+  jq --arg a "$URL_A" --arg b "$URL_B" '.servers = [$b, $a]' w.json >w2.json
+  start_daemon watch mesh-coord watch --registration w2.json --key w.key --max-backoff 0.2
+  wait_until 10 has_lines watch.out 1
   mkdir keys
   for i in $(seq 1 120); do
     if [ $((i % 2)) -eq 0 ]; then echo "$URL_A k.sk m$i"; else echo "$URL_B k.sk m$i"; fi
@@ -176,6 +183,10 @@ export -f join_one
   [ "$(jq -r .self.name <<<"$output")" = "$b_peer" ]
   COORD_URL=$URL_A coord_join late k
   [ "$(pg_sql "$DB" "select count(*) from peers where name='late'")" -eq 1 ]
+  # The watcher that was on B went on on A and got every change since.
+  wait_until 20 bash -c "tail -1 watch.out | jq -e '[.peers[].name] | index(\"late\")' >/dev/null"
+  grep -q "trying $URL_A" watch.err
+  [ "$(tail -1 watch.out | jq '.peers | length')" -eq "$(( $(pg_sql "$DB" 'select count(*) from peers') - 1 ))" ]
 }
 
 @test "migrate: SQLite to PostgreSQL gives identical maps (content and serials); a target with state is refused" {
