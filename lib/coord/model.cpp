@@ -8,23 +8,11 @@
 
 #include "coord/mapjson.h"
 #include "coord/revoked.h"
+#include "coord/digest.h"
 #include "core/base64.h"
 
 namespace mesh::coord {
 namespace {
-
-// splitmix64 finaliser: a cheap, well-mixed 64-bit hash for set digests.
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-uint64_t hash_str(std::string_view s, uint64_t h = 0) {
-  for (unsigned char c : s) h = mix(h ^ c);
-  return h;
-}
 
 void sorted_insert(std::vector<uint32_t>& v, uint32_t x) {
   auto it = std::lower_bound(v.begin(), v.end(), x);

@@ -6,23 +6,11 @@
 #include "coord/model.h"
 #include "coord/policy.h"
 #include "coord/routeops.h"
+#include "coord/digest.h"
 #include "netmap/netmap.h"
 
 namespace mesh::coord {
 namespace {
-
-// splitmix64 finaliser, as the model's digests use it.
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-uint64_t hash_str(std::string_view s, uint64_t h) {
-  for (unsigned char c : s) h = mix(h ^ c);
-  return h;
-}
 
 bool same_family(const Prefix& a, const Prefix& b) { return a.addr.is_v4() == b.addr.is_v4(); }
 
