@@ -88,6 +88,21 @@ Result<std::string> admin_token(Context& ctx, const AdminTarget& t) {
   return usage_error("no admin token: give --admin-token-file FILE or set MESH_ADMIN_TOKEN");
 }
 
+Result<Json> enrol(Client& cli, const std::string& target, const SecretKey& node,
+                   const PublicKey& coord, Json body, const std::string& name,
+                   const std::string& name_hint) {
+  if (!name.empty()) body["name"] = name;
+  if (!name_hint.empty()) body["name_hint"] = name_hint;
+  std::string text = dump_json(body);
+  auto r = cli.peer("POST", target, node, coord, text, 30);
+  wipe(text);
+  if (!r) return r.status();
+  MESH_ASSIGN(auto reg, parse_json(r->body, "coordinator response"));
+  reg["server"] = cli.servers().front();
+  reg["servers"] = cli.servers();
+  return reg;
+}
+
 int print_json(Context& ctx, const Json& j) {
   ctx.out << dump_json(j, ctx.stdout_tty) << "\n" << std::flush;
   if (!ctx.out) return report(ctx, io_error("cannot write to standard output"));

@@ -51,6 +51,14 @@ Result<std::string> admin_token(Context& ctx, const AdminTarget& t);
 Result<PublicKey> join_coordinator_key(Client& cli, const std::string& flag,
                                        const std::optional<PublicKey>& pinned, bool insecure);
 
+// Enrols this node (POST `target`: /v1/join or /v1/login) with `body`
+// (its secret: the setup key or ID token) plus the optional name and hint;
+// wipes the request text. Returns the registration with the coordinator
+// URLs every later verb and mesh-up fail over along (mesh-coord(8)).
+Result<Json> enrol(Client& cli, const std::string& target, const SecretKey& node,
+                   const PublicKey& coord, Json body, const std::string& name,
+                   const std::string& name_hint);
+
 // One JSON document on stdout: indented on a terminal, one line otherwise.
 int print_json(Context& ctx, const Json& j);
 

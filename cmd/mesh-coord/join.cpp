@@ -71,17 +71,8 @@ int cmd_join(Context& ctx, int argc, char** argv) {
   }
   Json body{{"setup_key", sk->secret}};
   wipe(sk->secret);
-  if (!name.empty()) body["name"] = name;
-  if (!name_hint.empty()) body["name_hint"] = name_hint;
-  std::string text = dump_json(body);
-  auto r = cli.peer("POST", "/v1/join", *node, *coord, text, 30);
-  wipe(text);
-  if (!r) return report(ctx, r.status());
-  auto reg = parse_json(r->body, "coordinator response");
+  auto reg = enrol(cli, "/v1/join", *node, *coord, std::move(body), name, name_hint);
   if (!reg) return report(ctx, reg.status());
-  // Every verb and mesh-up fail over along this list (mesh-coord(8)).
-  (*reg)["server"] = servers.front();
-  (*reg)["servers"] = servers;
   return print_json(ctx, *reg);
 }
 

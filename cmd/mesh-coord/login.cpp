@@ -176,16 +176,8 @@ int cmd_login(Context& ctx, int argc, char** argv) {
   }
   Json body{{"id_token", token}};
   wipe(token);
-  if (!name.empty()) body["name"] = name;
-  if (!name_hint.empty()) body["name_hint"] = name_hint;
-  std::string text = dump_json(body);
-  auto r = cli.peer("POST", "/v1/login", *node, *coord, text, 30);
-  wipe(text);
-  if (!r) return report(ctx, r.status());
-  auto reg = parse_json(r->body, "coordinator response");
+  auto reg = enrol(cli, "/v1/login", *node, *coord, std::move(body), name, name_hint);
   if (!reg) return report(ctx, reg.status());
-  (*reg)["server"] = servers.front();
-  (*reg)["servers"] = servers;
   if (!write_line(ctx, dump_json(*reg) + "\n"))
     return report(ctx, io_error("cannot write to standard output"));
   return 0;
