@@ -24,6 +24,7 @@
 #include "coord/limits.h"
 #include "coord/mapjson.h"
 #include "coord/oidc.h"
+#include "coord/notifier.h"
 #include "coord/punch.h"
 #include "coord/replica.h"
 #include "coord/revoked.h"
@@ -104,9 +105,17 @@ Exit exit_for_http(int http) {
   return Exit::DataErr;
 }
 
+// As Response::set_content, without its copy of the body (this httplib
+// takes only a const reference): a map is ~100 KB, sent to every watcher.
+void set_body(httplib::Response& res, std::string&& body, const char* type) {
+  res.body = std::move(body);
+  res.headers.erase("Content-Type");
+  res.set_header("Content-Type", type);
+}
+
 void send_json(httplib::Response& res, int status, const Json& j) {
   res.status = status;
-  res.set_content(dump_json(j) + "\n", "application/json");
+  set_body(res, dump_json(j) + "\n", "application/json");
 }
 
 void send_error(httplib::Response& res, const ApiError& e) {
@@ -179,7 +188,7 @@ class Coordinator {
       std::unique_lock lk(mu_);
       stopping_ = true;
     }
-    cv_.notify_all();
+    wake_.notify_all();
   }
 
  private:
@@ -187,7 +196,10 @@ class Coordinator {
   Status load_model();
   Status persist(const std::function<Status(Store&)>& ops, const Changes& ch, const Event& ev);
   Status persist_changes(Store& st, const Changes& ch);
-  void publish() { cv_.notify_all(); }
+  // Wakes the long-polls after a change: every one, or only those of the
+  // peers given (their maps or punch queues changed, nothing else did).
+  void publish() { wake_.notify_all(); }
+  void publish(std::span<const uint32_t> peers) { wake_.notify(peers); }
   Status record_event(const Event& ev);
 
   // Held by every mutation: mu_ exclusively and, on a shared store, the
@@ -289,7 +301,7 @@ class Coordinator {
   std::map<std::string, std::pair<PublicKey, int64_t>> used_tokens_;
   std::atomic<int64_t> next_expiry_{0};   // earliest login expiry; 0: check now
   std::shared_mutex mu_;
-  std::condition_variable_any cv_;
+  Notifier wake_;
   NonceCache nonces_;       // enrolled peers' requests
   JoinNonces join_nonces_;  // join requests, signed by any key (limits.h)
   FailureLimiter limiter_;  // failed authentications per source
@@ -610,7 +622,7 @@ void Coordinator::WriteLock::release() {
   if (c_.store_->in_transaction()) c_.store_->rollback();
   c_.synced_ = false;
   store_lk_.unlock();
-  // Watchers wait on cv_ under mu_ (still held): they run once it is free.
+  // Watchers wait under mu_ (still held): they run once it is free.
   if (applied_) c_.publish();
   applied_ = false;
 }
@@ -825,7 +837,7 @@ void Coordinator::sign(const PeerAuth& a, httplib::Response& res) {
   // Empty bodies stay empty: a 204 cannot carry one, and hides nothing.
   if (a.sealed) {
     if (!res.body.empty())
-      res.set_content(seal_body(a.keys.seal_response, a.nonce, res.body), "application/octet-stream");
+      set_body(res, seal_body(a.keys.seal_response, a.nonce, res.body), "application/octet-stream");
     res.set_header(kHdrSeal, "1");
   }
   res.set_header(kHdrAuth, response_mac(a.keys.response, res.status, a.nonce, res.body));
@@ -1153,7 +1165,7 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
       }
       res.status = 200;
       body += '\n';
-      res.set_content(std::move(body), "application/json");
+      set_body(res, std::move(body), "application/json");
       return sign(*a, res);
     }
     if (stopping_) return peer_error(&*a, res, {503, "coordinator is shutting down"});
@@ -1162,7 +1174,12 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
       counted = true;
       ++watchers_;
     }
-    cv_.wait_until(lk, deadline);
+    // Read under mu_, where every change to what is checked above is made
+    // (notifier.h: then no wake-up is lost).
+    uint32_t seen = wake_.generation(id);
+    lk.unlock();
+    wake_.wait_until(id, seen, deadline);
+    lk.lock();
   }
   lk.unlock();
   res.status = 204;
@@ -1219,7 +1236,7 @@ void Coordinator::h_announce(const httplib::Request& req, httplib::Response& res
                      Event{0, now, "peer:" + name, "peer.announce", name, Json{{"candidates", cands}}});
   if (!s) return peer_error(&*a, res, from_status(s));
   lk.unlock();
-  publish();
+  publish(ch.changed);  // frequent: wake only the watchers whose maps changed
   out["changed"] = true;
   out["maps_changed"] = ch.changed.size();
   send_json(res, 200, out);
@@ -1245,7 +1262,7 @@ void Coordinator::h_punch(const httplib::Request& req, httplib::Response& res) {
   auto parsed = parse_punch_request(*j, kPunchTargets);
   if (!parsed) return peer_error(&*a, res, from_status(parsed.status()));
   const std::vector<PublicKey>& targets = *parsed;
-  size_t queued = 0;
+  std::vector<uint32_t> woken;
   {
     // Exclusive, although the model is only read: a watcher checks the
     // queue under the shared lock, so this orders the push against its
@@ -1259,11 +1276,12 @@ void Coordinator::h_punch(const httplib::Request& req, httplib::Response& res) {
       const Peer* q = model_.by_key(k);
       if (!q || q->disabled || !std::binary_search(vis.begin(), vis.end(), q->id)) continue;
       punches_.push(k, a->key, me->name, now);
-      ++queued;
+      woken.push_back(q->id);
     }
   }
+  size_t queued = woken.size();
   punches_queued_ += queued;
-  if (queued) publish();
+  if (queued) publish(woken);
   // Unknown and invisible keys are counted together: the answer does not
   // tell a peer which keys exist beyond its map.
   send_json(res, 200, Json{{"queued", queued}, {"ignored", targets.size() - queued}});
@@ -1452,8 +1470,12 @@ void Coordinator::h_relay_revoked(const httplib::Request& req, httplib::Response
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait);
   std::shared_lock lk(mu_);
-  while (!stopping_ && revoked_.seq() == after && std::chrono::steady_clock::now() < deadline)
-    cv_.wait_until(lk, deadline);
+  while (!stopping_ && revoked_.seq() == after && std::chrono::steady_clock::now() < deadline) {
+    uint32_t seen = wake_.generation(0);
+    lk.unlock();
+    wake_.wait_until(0, seen, deadline);
+    lk.lock();
+  }
   std::string body = dump_json(revoked_.since(after)) + "\n";
   lk.unlock();
   res.set_header(kRevocationMacHeader, revocation_response_mac(secret, ts, body));

@@ -1,0 +1,58 @@
+// Wake-ups for the coordinator's long-polls (GET /v1/map?wait=,
+// GET /v1/relay/revocations?wait=). One condition variable for every
+// watcher makes each change wake all of them through one mutex: with
+// 10,000 watchers a push queued for seconds behind that herd, and an
+// endpoint announce that changes 250 maps woke all 10,000. Here waiters are
+// spread over shards by a key (the peer id), each shard a generation
+// counter waited on as a futex, and a change wakes only the shards of the
+// peers it concerns.
+//
+// Protocol (no lost wake-up): a waiter checks for news under the lock that
+// writers hold while changing the state, reads generation(key) under that
+// same lock, releases it, then calls wait_until(key, seen, ...). A writer
+// changes the state, then calls notify(key) or notify_all() (with or after
+// releasing that lock). The generation read is either before the change
+// (and the notify moves it) or after (and the waiter saw the change).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <span>
+
+namespace mesh::coord {
+
+class Notifier {
+ public:
+  static constexpr size_t kShards = 256;
+  using TimePoint = std::chrono::steady_clock::time_point;
+
+  uint32_t generation(uint32_t key) const {
+    return shard(key).gen.load(std::memory_order_acquire);
+  }
+  // Wakes the waiters of the shards of these keys (all shards when the keys
+  // would touch most of them anyway).
+  void notify(std::span<const uint32_t> keys);
+  void notify(uint32_t key) { notify(std::span<const uint32_t>(&key, 1)); }
+  void notify_all();
+  // Blocks until generation(key) != seen or the deadline. True when woken
+  // by a notify, false on timeout.
+  bool wait_until(uint32_t key, uint32_t seen, TimePoint deadline);
+
+ private:
+  // A bare futex word per shard: a notify is one atomic increment and one
+  // FUTEX_WAKE of every waiter, with no mutex for the woken to queue on.
+  // (32 bits: a waiter would need 2^32 notifies within its wait to miss one.)
+  struct alignas(64) Shard {
+    std::atomic<uint32_t> gen{0};
+  };
+  static size_t index(uint32_t key) { return key % kShards; }
+  Shard& shard(uint32_t key) { return shards_[index(key)]; }
+  const Shard& shard(uint32_t key) const { return shards_[index(key)]; }
+  static void wake(Shard& s);
+
+  std::array<Shard, kShards> shards_;
+};
+
+}  // namespace mesh::coord
