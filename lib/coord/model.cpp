@@ -266,14 +266,14 @@ uint16_t Model::pick_listen_port(uint32_t) const {
 
 void Model::load_peer(std::unique_ptr<Peer> p) {
   uint32_t id = p->id;
-  if (by_id_.size() <= id) by_id_.resize(id + 1);
+  if (by_id_.size() <= id) by_id_.resize(id + 1), versions_.resize(id + 1);
   by_name_[p->name] = id;
   by_key_[p->public_key] = id;
   used_hosts_.insert(p->host_index);
   used_ports_.insert(p->listen_port);
   next_id_ = std::max(next_id_, id + 1);
   next_host_ = std::max(next_host_, p->host_index + 1);  // the server restores the stored value after loading
-  p->version = ++version_counter_;
+  p->version = versions_[id] = ++version_counter_;
   render(*p);
   by_id_[id] = std::move(p);
 }
@@ -435,7 +435,7 @@ uint64_t Model::compute_digest(const Peer& p) const {
     for (uint32_t q : ids) {
       if (stamp_[q] == gen) continue;
       stamp_[q] = gen;
-      h ^= mix(uint64_t(q) * 0x100000001B3ull + by_id_[q]->version);
+      h ^= mix(uint64_t(q) * 0x100000001B3ull + versions_[q]);
     }
   };
   for (uint32_t r : p.src_rules) add(rules_[r].dst);
