@@ -13,6 +13,9 @@
 //                                last and measures when each watcher has its new
 //                                map; then 200 joins, 50 concurrent; reports RSS.
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -23,6 +26,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <fstream>
 #include <iostream>
 #include <mutex>
@@ -31,10 +35,12 @@
 #include <sstream>
 #include <thread>
 
+#include "coord/auth.h"
 #include "coord/client.h"
 #include "coord/mapjson.h"
 #include "coord/model.h"
 #include "coord/store.h"
+#include "core/base64.h"
 #include "core/file.h"
 
 using namespace mesh;
@@ -43,10 +49,34 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr int kPeers = 10000, kGroups = 200, kRules = 500, kWatchers = 1000;
+// The mesh's size. Groups and rules grow with the peers (one group per 50
+// peers, one rule per 20), so a map holds about as many peers at 100,000 as
+// at 10,000, as in an organisation of many teams.
+struct Scale {
+  int peers = 10000;
+  int watchers = 1000;
+  int groups() const { return std::max(100, peers / 50); }
+  int rules() const { return std::max(250, peers / 20); }
+};
 
 double ms(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// CPU time (user + system) a process has used, in ms.
+double cpu_ms(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  size_t p = text.rfind(')');
+  if (p == std::string::npos) return -1;
+  std::istringstream in(text.substr(p + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && in >> field; ++i) {
+    if (i == 14) utime = std::stoull(field);
+    if (i == 15) stime = std::stoull(field);
+  }
+  return double(utime + stime) * 1000.0 / double(sysconf(_SC_CLK_TCK));
 }
 
 long rss_kb(pid_t pid) {
@@ -57,15 +87,17 @@ long rss_kb(pid_t pid) {
   return -1;
 }
 
-std::string policy_text(uint32_t seed, int changed_rule = -1, bool monitor = false) {
+std::string policy_text(const Scale& sc, uint32_t seed, int changed_rule = -1,
+                        bool monitor = false) {
   std::mt19937 rng(seed);
+  const unsigned ng = unsigned(sc.groups());
   Json groups = Json::object();
-  for (int g = 0; g < kGroups; ++g) groups["g" + std::to_string(g)] = Json::object();
+  for (unsigned g = 0; g < ng; ++g) groups["g" + std::to_string(g)] = Json::object();
   Json rules = Json::array();
-  for (int r = 0; r < kRules; ++r) {
+  for (int r = 0; r < sc.rules(); ++r) {
     Json rule{{"name", "r" + std::to_string(r)},
-              {"src", {"g" + std::to_string(rng() % kGroups)}},
-              {"dst", {"g" + std::to_string(rng() % kGroups)}}};
+              {"src", {"g" + std::to_string(rng() % ng)}},
+              {"dst", {"g" + std::to_string(rng() % ng)}}};
     switch (rng() % 3) {
       case 0: rule["proto"] = "tcp"; rule["ports"] = {int(rng() % 1000 + 1), "8000-8080"}; break;
       case 1: rule["proto"] = "udp"; rule["ports"] = {int(rng() % 1000 + 1)}; break;
@@ -76,7 +108,7 @@ std::string policy_text(uint32_t seed, int changed_rule = -1, bool monitor = fal
   }
   if (monitor) {
     // A monitoring group that may reach every peer: a peer joining it
-    // enters all 10,000 maps (the worst case for a push).
+    // enters every map (the worst case for a push).
     groups["mon"] = Json::object();
     rules.push_back({{"name", "monitoring"}, {"src", {"mon"}}, {"dst", {"all"}}, {"proto", "tcp"},
                      {"ports", {9100}}});
@@ -101,7 +133,7 @@ ModelConfig config() {
   return c;
 }
 
-std::unique_ptr<Peer> synth_peer(Model& m, int i, const PublicKey& key) {
+std::unique_ptr<Peer> synth_peer(Model& m, const Scale& sc, int i, const PublicKey& key) {
   auto p = std::make_unique<Peer>();
   p->id = m.new_peer_id();
   p->name = "p" + std::to_string(i);
@@ -110,7 +142,7 @@ std::unique_ptr<Peer> synth_peer(Model& m, int i, const PublicKey& key) {
   p->ipv4 = m.host_v4(p->host_index);
   p->ipv6 = m.host_v6(p->host_index);
   p->listen_port = static_cast<uint16_t>(20000 + i % 40000);
-  p->groups = {"g" + std::to_string(i % kGroups)};
+  p->groups = {"g" + std::to_string(i % sc.groups())};
   p->endpoints = {Candidate{SockAddr{IpAddr::v4(0xC6120000u + static_cast<uint32_t>(i)), 51820}, "srflx"}};
   p->created_at = 1;
   return p;
@@ -119,8 +151,8 @@ std::unique_ptr<Peer> synth_peer(Model& m, int i, const PublicKey& key) {
 // Routes (issue 19): 20 subnet routes with two routers each, each granted
 // to one group by a rule, on the same mesh; the figures above again, as
 // ratios to those measured without routes in this run.
-void bench_routes(Model& m, double full_ms, double join_ms, double build_ms) {
-  auto j = parse_json(policy_text(1, 7), "bench policy");
+void bench_routes(Model& m, const Scale& sc, double full_ms, double join_ms, double build_ms) {
+  auto j = parse_json(policy_text(sc, 1, 7), "bench policy");
   std::map<std::string, Route> routes;
   for (int r = 0; r < 20; ++r) {
     Route rt;
@@ -155,14 +187,14 @@ void bench_routes(Model& m, double full_ms, double join_ms, double build_ms) {
   for (int i = 0; i < 100; ++i) {
     PublicKey k;
     random_bytes(k.bytes.data(), k.bytes.size());
-    auto p = synth_peer(m, kPeers + 1000 + i, k);
+    auto p = synth_peer(m, sc, sc.peers + 1000 + i, k);
     auto a = Clock::now();
     m.add_peer(std::move(p), 8);
     joins.push_back(ms(a, Clock::now()));
   }
   std::sort(joins.begin(), joins.end());
   size_t client_bytes = 0, router_bytes = 0;
-  double client_ms = serve("p240", &client_bytes);  // group g40: a client of rt0
+  double client_ms = serve("p40", &client_bytes);  // group g40: a client of rt0
   double router_ms = serve("p0", &router_bytes);    // routes rt0
   std::printf("with 20 routes (2 routers each, one group each): full recompute median %.1f ms (%.2fx), "
               "one join median %.3f ms (%.2fx)\n",
@@ -174,24 +206,24 @@ void bench_routes(Model& m, double full_ms, double join_ms, double build_ms) {
               router_ms / plain_ms, plain_bytes);
 }
 
-int bench_model() {
+int bench_model(const Scale& sc) {
   Model m(config());
   m.rebuild(0);
   std::vector<PublicKey> keys;
-  for (int i = 0; i < kPeers + 100; ++i) {
+  for (int i = 0; i < sc.peers + 100; ++i) {
     PublicKey k;
     random_bytes(k.bytes.data(), k.bytes.size());
     keys.push_back(k);
   }
-  for (int i = 0; i < kPeers; ++i) m.load_peer(synth_peer(m, i, keys[i]));
-  Policy pol = parse(policy_text(1));
+  for (int i = 0; i < sc.peers; ++i) m.load_peer(synth_peer(m, sc, i, keys[i]));
+  Policy pol = parse(policy_text(sc, 1));
   auto t0 = Clock::now();
   Changes all = m.set_policy(pol, 1);
   auto t1 = Clock::now();
   std::vector<double> full;
   for (int i = 0; i < 5; ++i) {
     auto a = Clock::now();
-    m.set_policy(parse(policy_text(1)), 2);
+    m.set_policy(parse(policy_text(sc, 1)), 2);
     full.push_back(ms(a, Clock::now()));
   }
   std::sort(full.begin(), full.end());
@@ -203,7 +235,7 @@ int bench_model() {
   std::vector<double> joins;
   size_t touched = 0;
   for (int i = 0; i < 100; ++i) {
-    auto p = synth_peer(m, kPeers + i, keys[kPeers + i]);
+    auto p = synth_peer(m, sc, sc.peers + i, keys[sc.peers + i]);
     auto a = Clock::now();
     Changes ch = m.add_peer(std::move(p), 3);
     joins.push_back(ms(a, Clock::now()));
@@ -212,11 +244,11 @@ int bench_model() {
   std::sort(joins.begin(), joins.end());
   // Reference: the same join if every map had to be recomputed.
   auto r0 = Clock::now();
-  m.set_policy(parse(policy_text(1)), 4);
+  m.set_policy(parse(policy_text(sc, 1)), 4);
   double naive = ms(r0, Clock::now());
 
   // One policy change: one rule's ports differ.
-  Policy changed = parse(policy_text(1, 7));
+  Policy changed = parse(policy_text(sc, 1, 7));
   auto c0 = Clock::now();
   Changes pc = m.set_policy(changed, 5);
   double policy_ms = ms(c0, Clock::now());
@@ -243,7 +275,7 @@ int bench_model() {
                 ms(x0, x1) / 100, ms(x1, x2) / reps, ms(x2, x3) / 100);
   }
   std::printf("synthetic mesh: %d peers, %d groups, %d rules, %.0f peers per map on average\n",
-              kPeers, kGroups, kRules, double(visible) / kPeers);
+              sc.peers, sc.groups(), sc.rules(), double(visible) / sc.peers);
   std::printf("full recompute (policy set, compile + %zu maps): first %.1f ms, median %.1f ms\n",
               all.changed.size(), ms(t0, t1), full[full.size() / 2]);
   std::printf("one join, map work: median %.3f ms, p99 %.3f ms (%.0f maps recomputed per join)\n",
@@ -253,40 +285,59 @@ int bench_model() {
   std::printf("one policy change (one rule's ports): %.1f ms, %zu maps changed\n", policy_ms,
               pc.changed.size());
   std::printf("one map to JSON as served (%zu bytes): %.3f ms\n", body.size(), build_ms);
-  bench_routes(m, full[full.size() / 2], joins[joins.size() / 2], build_ms);
+  // The push bench's write: a peer joining a group that may reach every
+  // peer, so it enters every map.
+  m.set_policy(parse(policy_text(sc, 1, -1, true)), 6);
+  {
+    std::vector<double> mj;
+    size_t entered = 0;
+    for (int i = 0; i < 5; ++i) {
+      PublicKey k;
+      random_bytes(k.bytes.data(), k.bytes.size());
+      auto p = synth_peer(m, sc, sc.peers + 500 + i, k);
+      p->groups = {"mon"};
+      auto a = Clock::now();
+      entered = m.add_peer(std::move(p), 7).changed.size();
+      mj.push_back(ms(a, Clock::now()));
+    }
+    std::sort(mj.begin(), mj.end());
+    std::printf("one join entering every map (%zu maps changed): median %.1f ms\n", entered,
+                mj[mj.size() / 2]);
+  }
+  bench_routes(m, sc, full[full.size() / 2], joins[joins.size() / 2], build_ms);
   std::printf("bench process RSS with the model: %.1f MB\n", rss_kb(getpid()) / 1024.0);
   return 0;
 }
 
-// ---------------------------------------------------------------- push
 
 // The synthetic mesh written into STORE (a PostgreSQL DSN), or DIR/coord.db
-// when STORE is empty, in one transaction (not logged as a change).
-Status write_state(const std::string& dir, const std::string& store,
+// when STORE is empty, in one transaction (not logged as a change). The
+// first `watchers` peers get keys the bench holds.
+Status write_state(const std::string& dir, const std::string& store, const Scale& sc,
                    std::vector<SecretKey>& watcher_keys) {
   MESH_TRY(make_dirs(dir, 0700));
   MESH_ASSIGN(auto st, Store::open(store.empty() ? dir + "/coord.db" : store));
   Model m(config());
   MESH_TRY(st->begin());
   MESH_TRY(st->clear());
-  for (int i = 0; i < kPeers; ++i) {
+  for (int i = 0; i < sc.peers; ++i) {
     PublicKey pub;
-    if (i < kWatchers) {
+    if (i < sc.watchers) {
       watcher_keys.push_back(SecretKey::generate_private());
       pub = watcher_keys.back().public_key();
     } else {
       random_bytes(pub.bytes.data(), pub.bytes.size());
     }
-    auto p = synth_peer(m, i, pub);
+    auto p = synth_peer(m, sc, i, pub);
     MESH_TRY(st->put_peer(p->id, p->name, pub.to_base64(), dump_json(p->to_record())));
     MESH_TRY(st->set_map_serial(p->id, 1, 1));
     m.load_peer(std::move(p));
   }
   MESH_TRY(st->set_meta("schema_version", std::to_string(kSchemaVersion)));
-  MESH_TRY(st->set_meta("policy", policy_text(1, -1, true)));
+  MESH_TRY(st->set_meta("policy", policy_text(sc, 1, -1, true)));
   MESH_TRY(st->set_meta("serial_counter", "1"));
-  MESH_TRY(st->set_meta("next_host", std::to_string(kPeers + 1)));
-  MESH_TRY(st->set_meta("next_peer_id", std::to_string(kPeers + 1)));
+  MESH_TRY(st->set_meta("next_host", std::to_string(sc.peers + 1)));
+  MESH_TRY(st->set_meta("next_peer_id", std::to_string(sc.peers + 1)));
   MESH_TRY(st->set_meta("ipv4_prefix", "100.64.0.0/10"));
   MESH_TRY(st->set_meta("ipv6_prefix", "fd00:b:c::/48"));
   return st->commit();
@@ -295,18 +346,22 @@ Status write_state(const std::string& dir, const std::string& store,
 struct Server {
   pid_t pid = 0;
   std::string url;
+  SockAddr addr;
   double startup_ms = 0;
 };
 
 Result<Server> start_server(const std::string& prog, const std::string& dir,
-                            const std::string& store) {
+                            const std::string& store, const Scale& sc) {
   int pipefd[2];
   if (pipe(pipefd) != 0) return io_error("pipe");
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
   posix_spawn_file_actions_addclose(&fa, pipefd[0]);
-  std::vector<std::string> args{prog, "serve", "--listen", "127.0.0.1:0", "--state", dir};
+  // Every watcher comes from 127.0.0.1: room for all of them from one source.
+  std::string conns = std::to_string(std::max(4096, sc.watchers + 1000));
+  std::vector<std::string> args{prog, "serve", "--listen", "127.0.0.1:0", "--state", dir,
+                                "--max-connections", conns, "--max-connections-per-source", conns};
   if (!store.empty()) {
     args.push_back("--store");
     args.push_back(store);
@@ -324,12 +379,15 @@ Result<Server> start_server(const std::string& prog, const std::string& dir,
   while (read(pipefd[0], &c, 1) == 1 && c != '\n') line += c;
   close(pipefd[0]);
   sv.startup_ms = ms(start, Clock::now());
-  const std::string pre = "listening on ";
+  const std::string pre = "listening on http://";
   if (line.rfind(pre, 0) != 0) {
     kill(sv.pid, SIGTERM);
     return unavailable("server said '" + line + "'");
   }
-  sv.url = line.substr(pre.size());
+  sv.url = line.substr(pre.size() - 7);
+  auto a = SockAddr::parse(line.substr(pre.size()));
+  if (!a) return a.status();
+  sv.addr = *a;
   return sv;
 }
 
@@ -352,18 +410,229 @@ double pct(std::vector<double> v, int p) {
   return v[std::min(v.size() - 1, v.size() * p / 100)];
 }
 
+// Long-poll watchers on raw keep-alive sockets, each request signed as
+// `mesh-coord watch` signs it (coord/auth.h). Thousands are driven from one
+// epoll thread: a thread each would measure the bench's own scheduler.
+// When round k is open (open_round), the first map a watcher receives
+// after it is that round's push, timed from the round's start when its
+// last byte is read. Opening a sealed map (what the nodes do on their own
+// CPUs) waits until no socket has data, so it does not delay the timing.
+class WatcherFleet {
+ public:
+  WatcherFleet(const std::vector<SecretKey>& keys, const std::vector<Server>& servers,
+               const PublicKey& coord, int rounds, bool all_on_first)
+      : servers_(servers), latency_(rounds), done_(rounds), t0_(rounds) {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      W w;
+      w.key = keys[i].public_key().to_base64();
+      w.keys = *derive_session_keys(keys[i], coord, keys[i].public_key(), coord);
+      w.server = all_on_first ? 0 : int(i % servers.size());
+      ws_.push_back(std::move(w));
+    }
+    for (auto& l : latency_) l.assign(keys.size(), -1);
+    for (auto& d : done_) d = 0;
+  }
+  ~WatcherFleet() { stop(); }
+
+  void start() {
+    ep_ = epoll_create1(EPOLL_CLOEXEC);
+    for (size_t i = 0; i < ws_.size(); ++i) connect_one(i);
+    thread_ = std::thread([this] { loop(); });
+  }
+  void stop() {
+    if (!thread_.joinable()) return;
+    stop_ = true;
+    thread_.join();
+    for (auto& w : ws_)
+      if (w.fd >= 0) close(w.fd);
+    close(ep_);
+  }
+  void open_round(int k) {
+    t0_[k] = Clock::now();
+    round_ = k;
+  }
+  int done(int k) const { return done_[k]; }
+  int failures() const { return failures_; }
+  int with_map() const { return with_map_; }
+  std::vector<double> latencies(int k) const {
+    std::vector<double> l;
+    for (double x : latency_[k])
+      if (x >= 0) l.push_back(x);
+    return l;
+  }
+
+ private:
+  struct W {
+    std::string key;
+    SessionKeys keys;
+    int server = 0;
+    int fd = -1;
+    uint64_t serial = 0;
+    int round = -1;  // the last round whose push arrived
+    std::string nonce, out, in, sealed;
+  };
+
+  void connect_one(size_t i) {
+    W& w = ws_[i];
+    w.fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    sockaddr_storage ss{};
+    socklen_t len = servers_[w.server].addr.to_sockaddr(&ss);
+    connect(w.fd, reinterpret_cast<sockaddr*>(&ss), len);  // EINPROGRESS: the write waits
+    w.in.clear();
+    request(w);
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLOUT;
+    ev.data.u64 = i;
+    epoll_ctl(ep_, EPOLL_CTL_ADD, w.fd, &ev);
+  }
+
+  void request(W& w) {
+    std::string target = w.serial == 0 ? "/v1/map"
+                                       : "/v1/map?since=" + std::to_string(w.serial) + "&wait=90";
+    uint8_t nb[16];
+    random_bytes(nb, sizeof nb);
+    w.nonce = base64url_encode(nb);
+    int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+    w.out = "GET " + target + " HTTP/1.1\r\nHost: bench\r\n" + kHdrKey + ": " + w.key + "\r\n" +
+            kHdrTime + ": " + std::to_string(now) + "\r\n" + kHdrNonce + ": " + w.nonce + "\r\n" +
+            kHdrAuth + ": " + request_mac(w.keys.request, "GET", target, now, w.nonce, "") +
+            "\r\n" + kHdrSeal + ": 1\r\n\r\n";
+  }
+
+  void reconnect(size_t i) {
+    epoll_ctl(ep_, EPOLL_CTL_DEL, ws_[i].fd, nullptr);
+    close(ws_[i].fd);
+    ++failures_;
+    connect_one(i);
+  }
+
+  // One whole response in w.in: returns false when more bytes are needed.
+  bool answer(size_t i) {
+    W& w = ws_[i];
+    size_t end = w.in.find("\r\n\r\n");
+    if (end == std::string::npos) return false;
+    size_t clen = 0;
+    if (size_t c = w.in.find("Content-Length: "); c != std::string::npos && c < end)
+      clen = std::stoul(w.in.substr(c + 16));
+    if (w.in.size() < end + 4 + clen) return false;
+    auto now = Clock::now();
+    int status = std::atoi(w.in.c_str() + 9);
+    if (status == 200) {
+      int k = round_;
+      if (k >= 0 && w.round < k) {
+        latency_[k][i] = ms(t0_[k], now);
+        w.round = k;
+        ++done_[k];
+      }
+      w.sealed = w.in.substr(end + 4, clen);
+      w.in.erase(0, end + 4 + clen);
+      to_open_.push_back(i);  // the next request needs its serial
+      return true;
+    }
+    if (status != 204) {
+      if (failures_++ < 5) std::cerr << "watcher " << i << ": HTTP " << status << "\n";
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    w.in.erase(0, end + 4 + clen);
+    request(w);
+    return true;
+  }
+
+  // Opens a received map for its serial and asks for the next one.
+  void open_map(size_t i) {
+    W& w = ws_[i];
+    auto body = open_body(w.keys.seal_response, w.nonce, w.sealed);
+    size_t at = body ? body->rfind("\"serial\":") : std::string::npos;
+    if (at == std::string::npos) {
+      ++failures_;
+    } else {
+      if (w.serial == 0) ++with_map_;
+      w.serial = std::stoull(body->substr(at + 9));
+    }
+    w.sealed.clear();
+    request(w);
+    arm(i);
+  }
+
+  void arm(size_t i) {
+    epoll_event ev{};
+    ev.events = ws_[i].out.empty() ? uint32_t(EPOLLIN) : uint32_t(EPOLLIN | EPOLLOUT);
+    ev.data.u64 = i;
+    epoll_ctl(ep_, EPOLL_CTL_MOD, ws_[i].fd, &ev);
+  }
+
+  void loop() {
+    std::vector<epoll_event> evs(1024);
+    char buf[65536];
+    while (!stop_) {
+      int n = epoll_wait(ep_, evs.data(), int(evs.size()), to_open_.empty() ? 100 : 0);
+      for (int k = 0; n == 0 && k < 64 && !to_open_.empty(); ++k) {
+        open_map(to_open_.front());
+        to_open_.pop_front();
+      }
+      for (int e = 0; e < n; ++e) {
+        size_t i = evs[e].data.u64;
+        W& w = ws_[i];
+        if (evs[e].events & (EPOLLERR | EPOLLHUP)) {
+          reconnect(i);
+          continue;
+        }
+        if (evs[e].events & EPOLLIN) {
+          ssize_t r;
+          while ((r = ::read(w.fd, buf, sizeof buf)) > 0) w.in.append(buf, size_t(r));
+          if (r == 0 || (r < 0 && errno != EAGAIN)) {
+            reconnect(i);
+            continue;
+          }
+          while (answer(i)) {
+          }
+        }
+        if (!w.out.empty()) {
+          ssize_t r = ::write(w.fd, w.out.data(), w.out.size());
+          if (r > 0) w.out.erase(0, size_t(r));
+        }
+        arm(i);
+      }
+    }
+  }
+
+  const std::vector<Server>& servers_;
+  std::vector<W> ws_;
+  std::deque<size_t> to_open_;
+  std::vector<std::vector<double>> latency_;
+  std::vector<std::atomic<int>> done_;
+  std::vector<Clock::time_point> t0_;
+  std::atomic<int> round_{-1}, failures_{0}, with_map_{0};
+  std::atomic<bool> stop_{false};
+  int ep_ = -1;
+  std::thread thread_;
+};
+
 // The real server(s) on the mesh: one on SQLite (STORE empty) or two
-// replicas on PostgreSQL. 1,000 watchers spread over the servers; a join
-// entering every map on the first server, then another on the last one:
-// when does each watcher have its new map. Then 200 joins, 50 at a time,
-// spread over the servers: when is each acknowledged. Prints "RESULT KEY
-// VALUE" lines (bench/coord tabulates them) besides the human ones.
-int bench_push(const std::string& prog, const std::string& dir, const std::string& store) {
+// replicas on PostgreSQL. The watchers are spread over the servers (or all
+// on the first); a join entering every map on the first server, then
+// another on the last one: when does each watcher have its new map. Then
+// `joins` joins, 50 at a time, spread over the servers: when is each
+// acknowledged. Prints "RESULT KEY VALUE" lines (bench/coord tabulates
+// them) besides the human ones.
+struct PushOptions {
+  Scale scale;
+  int joins = 200;
+  bool all_on_first = false;
+};
+
+int bench_push(const std::string& prog, const std::string& dir, const std::string& store,
+               const PushOptions& po) {
+  const Scale& sc = po.scale;
   std::vector<SecretKey> wkeys;
-  if (Status s = write_state(dir, store, wkeys); !s) {
+  auto w0 = Clock::now();
+  if (Status s = write_state(dir, store, sc, wkeys); !s) {
     std::cerr << "bench: " << s.message() << "\n";
     return 1;
   }
+  double write_ms = ms(w0, Clock::now());
   int n = store.empty() ? 1 : 2;
   std::vector<Server> servers;
   auto stop_all = [&] {
@@ -374,7 +643,7 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
     }
   };
   for (int i = 0; i < n; ++i) {
-    auto sv = start_server(prog, dir, store);
+    auto sv = start_server(prog, dir, store, sc);
     if (!sv) {
       std::cerr << "bench: " << sv.status().message() << "\n";
       stop_all();
@@ -385,74 +654,32 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
   std::string token(trim_key_text(*read_file(dir + "/admin.token")));
   PublicKey coord = *PublicKey::from_base64(trim_key_text(*read_file(dir + "/coordinator.pub")));
   Log log("bench", std::cerr);
-  long rss_idle = 0;
-  for (auto& sv : servers) rss_idle += rss_kb(sv.pid);
+  auto rss = [&] {
+    long kb = 0;
+    for (auto& sv : servers) kb += rss_kb(sv.pid);
+    return kb / 1024.0;
+  };
+  double rss_idle = rss();
 
   constexpr int kRounds = 2;
-  std::atomic<int> failed{0};
-  std::atomic<int> done[kRounds] = {0, 0};
-  std::atomic<int> round{-1};
-  std::vector<double> latency[kRounds];
-  for (auto& l : latency) l.assign(kWatchers, -1);
-  Clock::time_point t0[kRounds];
-  std::mutex t0_mu;
-  std::vector<std::thread> ws;
-  for (int i = 0; i < kWatchers; ++i) {
-    ws.emplace_back([&, i] {
-      Client cli(servers[i % n].url, "", log);
-      uint64_t serial = 0;
-      // First fetch: the current map (retry: a burst of 1,000 connects).
-      for (int tries = 0; tries < 50; ++tries) {
-        auto r = cli.peer("GET", "/v1/map", wkeys[i], coord, "", 60);
-        if (!r && i % 100 == 0) std::cerr << "watcher " << i << ": " << r.status().message() << "\n";
-        if (r) {
-          serial = parse_json(r->body, "map")->at("serial").get<uint64_t>();
-          break;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      }
-      if (serial == 0) {
-        ++failed;
-        return;
-      }
-      for (int k = 0; k < kRounds; ++k) {
-        bool got = false;
-        for (int tries = 0; tries < 5 && !got; ++tries) {
-          auto r = cli.peer("GET", "/v1/map?since=" + std::to_string(serial) + "&wait=90",
-                            wkeys[i], coord, "", 120);
-          auto now = Clock::now();
-          if (r && r->status == 200) {
-            std::lock_guard lk(t0_mu);
-            latency[k][i] = ms(t0[k], now);
-            serial = parse_json(r->body, "map")->at("serial").get<uint64_t>();
-            ++done[k];
-            got = true;
-          } else if (round < k) {
-            --tries;  // a 204 before the change: poll again
-          }
-        }
-        if (!got) {
-          ++failed;
-          return;
-        }
-      }
-    });
-  }
+  WatcherFleet fleet(wkeys, servers, coord, kRounds, po.all_on_first);
+  fleet.start();
   auto parked = [&] {
     int w = 0;
     for (auto& sv : servers) w += watchers_of(sv.url, token);
     return w;
   };
   auto wait_parked = [&] {
-    auto deadline = Clock::now() + std::chrono::seconds(120);
+    auto deadline = Clock::now() + std::chrono::seconds(300);
     int w = 0;
-    while ((w = parked()) < kWatchers - failed && Clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    while ((w = parked()) < sc.watchers && Clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
     return w;
   };
+  auto p0 = Clock::now();
   int watching = wait_parked();
-  long rss_watch = 0;
-  for (auto& sv : servers) rss_watch += rss_kb(sv.pid);
+  double park_ms = ms(p0, Clock::now());
+  double rss_watch = rss();
   Client admin(servers[0].url, "", log);
   auto sk = admin.admin("POST", "/v1/admin/setup-keys", token,
                         R"({"name": "monitor", "groups": ["mon"], "reusable": true})");
@@ -463,48 +690,58 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
   }
   // The secret alone, as `mesh-coord join` sends it.
   std::string key = parse_setup_key((*sk)["key"].get<std::string>())->secret;
-  double put_ms[kRounds] = {0, 0};
+  double put_ms[kRounds] = {0, 0}, round_cpu[kRounds] = {0, 0};
+  auto cpu = [&] {
+    double t = 0;
+    for (auto& sv : servers) t += cpu_ms(sv.pid);
+    return t;
+  };
+  double cpu0 = 0;
   for (int k = 0; k < kRounds; ++k) {
     if (k > 0) {
-      auto deadline = Clock::now() + std::chrono::seconds(60);
-      while (done[k - 1] < kWatchers - failed && Clock::now() < deadline)
+      auto deadline = Clock::now() + std::chrono::seconds(120);
+      while (fleet.done(k - 1) < sc.watchers && Clock::now() < deadline)
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      round_cpu[k - 1] = cpu() - cpu0;
       wait_parked();
     }
+    cpu0 = cpu();
     Client writer(servers[k % n == 0 ? 0 : n - 1].url, "", log);
     SecretKey mon = SecretKey::generate_private();
     std::string join = dump_json(Json{{"setup_key", key}, {"name", "monitor" + std::to_string(k)}});
-    {
-      std::lock_guard lk(t0_mu);
-      t0[k] = Clock::now();
-      round = k;
-    }
-    auto r = writer.peer("POST", "/v1/join", mon, coord, join, 60);
-    put_ms[k] = ms(t0[k], Clock::now());
+    auto a = Clock::now();
+    fleet.open_round(k);
+    auto r = writer.peer("POST", "/v1/join", mon, coord, join, 120);
+    put_ms[k] = ms(a, Clock::now());
     if (!r) std::cerr << "bench: join: " << r.status().message() << "\n";
   }
-  for (auto& t : ws) t.join();
-  long rss_after = 0;
-  for (auto& sv : servers) rss_after += rss_kb(sv.pid);
+  {
+    auto deadline = Clock::now() + std::chrono::seconds(120);
+    while (fleet.done(kRounds - 1) < sc.watchers && Clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    round_cpu[kRounds - 1] = cpu() - cpu0;
+  }
+  fleet.stop();
+  double rss_after = rss();
 
-  // Joins, 50 at a time, 4 each, alternating servers.
-  auto bulk = admin.admin("POST", "/v1/admin/setup-keys", token,
-                          R"({"name": "bulk", "groups": ["mon"], "reusable": true})");
+  // Joins, 50 at a time, alternating servers.
   std::vector<double> acks;
   std::mutex acks_mu;
   std::atomic<int> join_failed{0};
-  if (bulk) {
-    std::string bkey = parse_setup_key((*bulk)["key"].get<std::string>())->secret;
+  if (po.joins > 0) {
+    auto bulk = admin.admin("POST", "/v1/admin/setup-keys", token,
+                            R"({"name": "bulk", "groups": ["mon"], "reusable": true})");
+    if (!bulk) join_failed = po.joins;
+    std::string bkey = bulk ? parse_setup_key((*bulk)["key"].get<std::string>())->secret : "";
     std::vector<std::thread> js;
-    for (int t = 0; t < 50; ++t)
+    for (int t = 0; t < 50 && bulk; ++t)
       js.emplace_back([&, t] {
-        for (int k = 0; k < 4; ++k) {
-          Client cli(servers[(t + k) % n].url, "", log);
+        for (int k = t; k < po.joins; k += 50) {
+          Client cli(servers[k % n].url, "", log);
           SecretKey me = SecretKey::generate_private();
-          std::string body =
-              dump_json(Json{{"setup_key", bkey}, {"name", "j" + std::to_string(t * 4 + k)}});
+          std::string body = dump_json(Json{{"setup_key", bkey}, {"name", "j" + std::to_string(k)}});
           auto a = Clock::now();
-          auto r = cli.peer("POST", "/v1/join", me, coord, body, 60);
+          auto r = cli.peer("POST", "/v1/join", me, coord, body, 120);
           double d = ms(a, Clock::now());
           if (!r || r->status != 201) {
             ++join_failed;
@@ -519,39 +756,71 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
   stop_all();
 
   const char* label = store.empty() ? "sqlite" : "postgres";
-  std::printf("store: %s, %d server%s\n", label, n, n > 1 ? "s (replicas)" : "");
-  std::printf("server start with %d peers: %.0f ms\n", kPeers, servers[0].startup_ms);
-  std::printf("watchers parked: %d of %d (failed %d)\n", watching, kWatchers, failed.load());
+  std::printf("store: %s, %d server%s; %d peers, %d watchers%s\n", label, n,
+              n > 1 ? "s (replicas)" : "", sc.peers, sc.watchers,
+              po.all_on_first && n > 1 ? ", all on the first server" : "");
+  std::printf("state written in %.0f ms; server start with %d peers: %.0f ms\n", write_ms, sc.peers,
+              servers[0].startup_ms);
+  std::printf("watchers parked: %d of %d in %.0f ms (%d reconnects or bad answers)\n", watching,
+              sc.watchers, park_ms, fleet.failures());
+  int missing = 0;
   for (int k = 0; k < kRounds; ++k) {
-    std::vector<double> l;
-    for (double x : latency[k])
-      if (x >= 0) l.push_back(x);
+    std::vector<double> l = fleet.latencies(k);
+    missing += sc.watchers - int(l.size());
     const char* where = k == 0 ? "first" : "last";
     std::printf("write on the %s server: join acknowledged in %.1f ms; push to %zu watchers: p50 "
-                "%.1f ms, p99 %.1f ms, max %.1f ms\n",
-                where, put_ms[k], l.size(), pct(l, 50), pct(l, 99), pct(l, 100));
+                "%.1f ms, p99 %.1f ms, max %.1f ms; server CPU %.0f ms\n",
+                where, put_ms[k], l.size(), pct(l, 50), pct(l, 99), pct(l, 100), round_cpu[k]);
     std::printf("RESULT push_p99_write_on_%s_ms %.1f\n", where, pct(l, 99));
     std::printf("RESULT pushed_write_on_%s %zu\n", where, l.size());
+    std::printf("RESULT join_write_on_%s_ms %.1f\n", where, put_ms[k]);
+    std::printf("RESULT server_cpu_write_on_%s_ms %.0f\n", where, round_cpu[k]);
   }
-  std::printf("joins, 50 concurrent: %zu acknowledged (%d failed), p50 %.1f ms, p99 %.1f ms\n",
-              acks.size(), join_failed.load(), pct(acks, 50), pct(acks, 99));
-  std::printf("RESULT join_ack_p50_ms %.1f\nRESULT join_ack_p99_ms %.1f\n", pct(acks, 50),
-              pct(acks, 99));
+  if (po.joins > 0) {
+    std::printf("joins, 50 concurrent: %zu acknowledged (%d failed), p50 %.1f ms, p99 %.1f ms\n",
+                acks.size(), join_failed.load(), pct(acks, 50), pct(acks, 99));
+    std::printf("RESULT join_ack_p50_ms %.1f\nRESULT join_ack_p99_ms %.1f\n", pct(acks, 50),
+                pct(acks, 99));
+  }
   std::printf("server RSS (sum over servers): idle %.1f MB, with %d watchers %.1f MB, after push "
               "%.1f MB\n",
-              rss_idle / 1024.0, kWatchers, rss_watch / 1024.0, rss_after / 1024.0);
-  std::printf("RESULT rss_with_watchers_mb %.1f\n", rss_watch / 1024.0);
+              rss_idle, sc.watchers, rss_watch, rss_after);
+  std::printf("RESULT rss_with_watchers_mb %.1f\nRESULT rss_after_push_mb %.1f\n", rss_watch, rss_after);
   std::printf("RESULT start_ms %.0f\n", servers[0].startup_ms);
-  return failed == 0 && join_failed == 0 ? 0 : 1;
+  return missing == 0 && join_failed == 0 ? 0 : 1;
+}
+
+int usage() {
+  std::cerr << "usage: bench_coord model [--peers N]\n"
+               "       bench_coord push MESH_COORD STATE_DIR [POSTGRES_DSN] [--peers N] "
+               "[--watchers N] [--joins N] [--watch-first]\n";
+  return 64;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string mode = argc > 1 ? argv[1] : "";
-  if (mode == "model") return bench_model();
-  if (mode == "push" && (argc == 4 || argc == 5))
-    return bench_push(argv[2], argv[3], argc == 5 ? argv[4] : "");
-  std::cerr << "usage: bench_coord model | push MESH_COORD STATE_DIR [POSTGRES_DSN]\n";
-  return 64;
+  std::vector<std::string> pos;
+  PushOptions po;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto num = [&](int* out) {
+      if (i + 1 >= argc) return false;
+      *out = std::atoi(argv[++i]);
+      return *out >= 0;
+    };
+    bool ok = true;
+    if (a == "--peers") ok = num(&po.scale.peers) && po.scale.peers >= 1000;
+    else if (a == "--watchers") ok = num(&po.scale.watchers);
+    else if (a == "--joins") ok = num(&po.joins);
+    else if (a == "--watch-first") po.all_on_first = true;
+    else if (a.rfind("--", 0) == 0) ok = false;
+    else pos.push_back(a);
+    if (!ok) return usage();
+  }
+  if (po.scale.watchers > po.scale.peers) return usage();
+  if (pos.size() == 1 && pos[0] == "model") return bench_model(po.scale);
+  if ((pos.size() == 3 || pos.size() == 4) && pos[0] == "push")
+    return bench_push(pos[1], pos[2], pos.size() == 4 ? pos[3] : "", po);
+  return usage();
 }
