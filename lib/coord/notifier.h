@@ -19,13 +19,16 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <span>
 
 namespace mesh::coord {
 
 class Notifier {
  public:
-  static constexpr size_t kShards = 256;
+  // Many shards: an announce changes ~250-600 maps, and each shard woken
+  // wakes every watcher in it. A shard without waiters costs no syscall.
+  static constexpr size_t kShards = 16384;
   using TimePoint = std::chrono::steady_clock::time_point;
 
   uint32_t generation(uint32_t key) const {
@@ -41,18 +44,20 @@ class Notifier {
   bool wait_until(uint32_t key, uint32_t seen, TimePoint deadline);
 
  private:
-  // A bare futex word per shard: a notify is one atomic increment and one
-  // FUTEX_WAKE of every waiter, with no mutex for the woken to queue on.
-  // (32 bits: a waiter would need 2^32 notifies within its wait to miss one.)
-  struct alignas(64) Shard {
+  // A bare futex word per shard: a notify is one atomic increment and, when
+  // someone waits, one FUTEX_WAKE of them all, with no mutex for the woken
+  // to queue on. (32 bits: a waiter would need 2^32 notifies within its
+  // wait to miss one.)
+  struct Shard {
     std::atomic<uint32_t> gen{0};
+    std::atomic<uint32_t> waiters{0};
   };
   static size_t index(uint32_t key) { return key % kShards; }
   Shard& shard(uint32_t key) { return shards_[index(key)]; }
   const Shard& shard(uint32_t key) const { return shards_[index(key)]; }
   static void wake(Shard& s);
 
-  std::array<Shard, kShards> shards_;
+  std::unique_ptr<Shard[]> shards_ = std::make_unique<Shard[]>(kShards);
 };
 
 }  // namespace mesh::coord

@@ -317,6 +317,7 @@ class Coordinator {
   std::atomic<int64_t> watchers_{0};
   std::atomic<uint64_t> requests_{0}, auth_failures_{0}, maps_served_{0}, pushes_{0};
   std::atomic<uint64_t> map_build_us_{0};
+  std::atomic<uint64_t> watch_wakeups_{0};  // parked long-polls woken (for a new map, or spuriously)
   std::atomic<uint64_t> rate_limited_{0};
   std::atomic<uint64_t> punches_queued_{0}, punches_delivered_{0};
 };
@@ -1178,7 +1179,7 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
     // (notifier.h: then no wake-up is lost).
     uint32_t seen = wake_.generation(id);
     lk.unlock();
-    wake_.wait_until(id, seen, deadline);
+    if (wake_.wait_until(id, seen, deadline)) ++watch_wakeups_;
     lk.lock();
   }
   lk.unlock();
@@ -1695,6 +1696,7 @@ void Coordinator::h_metrics(const httplib::Request& req, httplib::Response& res)
     << "mesh_coord_peers{state=\"enabled\"} " << enabled << "\n"
     << "mesh_coord_peers{state=\"disabled\"} " << disabled << "\n";
   g("mesh_coord_watchers", "Long-poll watchers currently waiting for a map.", "gauge", watchers_.load());
+  g("mesh_coord_watch_wakeups_total", "Times a waiting long-poll was woken to check for news.", "counter", watch_wakeups_.load());
   g("mesh_coord_threads", "Connection threads.", "gauge", guard_ && guard_->pool() ? guard_->pool()->threads() : 0);
   g("mesh_coord_connections", "Open connections.", "gauge", guard_ ? guard_->connections() : 0);
   g("mesh_coord_connections_refused_total", "Connections refused by a connection limit.", "counter", guard_ ? guard_->refused() : 0);
