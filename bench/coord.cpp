@@ -680,7 +680,7 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
   auto p0 = Clock::now();
   int watching = wait_parked();
   double park_ms = ms(p0, Clock::now());
-  double rss_watch = rss();
+  double rss_watch = rss(), rss_first = rss_kb(servers[0].pid) / 1024.0;
   Client admin(servers[0].url, "", log);
   auto sk = admin.admin("POST", "/v1/admin/setup-keys", token,
                         R"({"name": "monitor", "groups": ["mon"], "reusable": true})");
@@ -818,6 +818,8 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
               "%.1f MB\n",
               rss_idle, sc.watchers, rss_watch, rss_after);
   std::printf("RESULT rss_with_watchers_mb %.1f\nRESULT rss_after_push_mb %.1f\n", rss_watch, rss_after);
+  std::printf("first server's RSS with its %d watchers: %.1f MB\nRESULT rss_first_server_mb %.1f\n",
+              po.all_on_first ? sc.watchers : sc.watchers / n, rss_first, rss_first);
   std::printf("RESULT start_ms %.0f\n", servers[0].startup_ms);
   return missing == 0 && join_failed == 0 ? 0 : 1;
 }
