@@ -479,8 +479,8 @@ Status Coordinator::load_model() {
     if (stored && *stored != p->to_string() && store_->shared())
       return Status(Exit::Usage, "--" + key.substr(0, 4) + "-prefix " + p->to_string() + ": " +
                                      store_->describe() + " holds " + key + " " + *stored +
-                                     ", fixed for every replica; start without the option or with " +
-                                     *stored);
+                                     ", fixed for every replica; start without the option "
+                                     "or with " + *stored);
     if (stored && *stored != p->to_string() && !peers.empty())
       return Status(Exit::Config, key + " is " + *stored +
                                       " and peers hold addresses in it; it cannot change to " +
@@ -1917,7 +1917,8 @@ void Coordinator::share_last_seen(int64_t now) {
 }
 
 // With the WriteLock held: a peer idle here may be active on another
-// replica, which shares its last_seen at every sweep. When that cannot be
+// replica, which shares its last_seen at every sweep, so the shared time
+// may lag by one interval: it gets that much grace. When that cannot be
 // read, nothing is deleted this time.
 void Coordinator::keep_seen_elsewhere(std::vector<uint32_t>& stale, int64_t now) {
   if (stale.empty() || !store_->shared()) return;
@@ -1927,14 +1928,13 @@ void Coordinator::keep_seen_elsewhere(std::vector<uint32_t>& stale, int64_t now)
     stale.clear();
     return;
   }
-  stale.erase(std::remove_if(stale.begin(), stale.end(),
-                             [&](uint32_t id) {
-                               auto it = seen->find(id);
-                               const Peer* p = model_.by_id(id);
-                               return it != seen->end() && p &&
-                                      now - it->second <= p->ephemeral_timeout;
-                             }),
-              stale.end());
+  auto recent = [&](uint32_t id) {
+    auto it = seen->find(id);
+    const Peer* p = model_.by_id(id);
+    return it != seen->end() && p &&
+           now - it->second <= p->ephemeral_timeout + opt_.janitor_interval;
+  };
+  stale.erase(std::remove_if(stale.begin(), stale.end(), recent), stale.end());
 }
 
 // Ephemeral peers idle past their timeout are deleted; relay credentials

@@ -70,6 +70,12 @@ std::string redact(const std::string& dsn) {
   return out;
 }
 
+// Array parameters are sent as text, {1,2,3}: this builds the inside.
+void append_csv(std::string& list, const std::string& v) {
+  if (!list.empty()) list += ',';
+  list += v;
+}
+
 // The connection's last error, without libpq's trailing newline.
 std::string pq_error(PGconn* c) {
   std::string m = PQerrorMessage(c);
@@ -172,10 +178,9 @@ class PgStore final : public Store {
   // Batched: a policy change or a peer entering every map moves thousands
   // of serials; they go in one statement (flush_serials) before commit.
   Status set_map_serial(int64_t id, uint64_t serial, int64_t at) override {
-    auto add = [](std::string& a, const std::string& v) { a += (a.empty() ? "" : ",") + v; };
-    add(serial_ids_, std::to_string(id));
-    add(serial_values_, std::to_string(serial));
-    add(serial_ats_, std::to_string(at));
+    append_csv(serial_ids_, std::to_string(id));
+    append_csv(serial_values_, std::to_string(serial));
+    append_csv(serial_ats_, std::to_string(at));
     log()["serials"][std::to_string(id)] = Json::array({serial, at});
     return Status::ok();
   }
@@ -376,8 +381,8 @@ class PgStore final : public Store {
   }
 
   Status clear() override {
-    MESH_TRY(run("TRUNCATE meta, peers, map_serials, setup_keys, records, events, changes, peer_seen "
-                 "RESTART IDENTITY",
+    MESH_TRY(run("TRUNCATE meta, peers, map_serials, setup_keys, records, events, changes, "
+                 "peer_seen RESTART IDENTITY",
                  {}, "clear"));
     bulk_ = true;
     pending_ = Json::object();
@@ -391,14 +396,15 @@ class PgStore final : public Store {
     if (seen.empty()) return Status::ok();
     std::string ids, ats;
     for (const auto& [id, at] : seen) {
-      ids += (ids.empty() ? "" : ",") + std::to_string(id);
-      ats += (ats.empty() ? "" : ",") + std::to_string(at);
+      append_csv(ids, std::to_string(id));
+      append_csv(ats, std::to_string(at));
     }
     if (PQstatus(c_.get()) != CONNECTION_OK) PQreset(c_.get());
     // Peers deleted meanwhile are skipped (no row for a peer that is gone).
     return run("INSERT INTO peer_seen(id, at) SELECT t.id, max(t.at) FROM "
-               "unnest($1::bigint[], $2::bigint[]) AS t(id, at) WHERE t.id IN (SELECT id FROM peers) "
-               "GROUP BY t.id ON CONFLICT(id) DO UPDATE SET at=greatest(peer_seen.at, excluded.at)",
+               "unnest($1::bigint[], $2::bigint[]) AS t(id, at) "
+               "WHERE t.id IN (SELECT id FROM peers) GROUP BY t.id "
+               "ON CONFLICT(id) DO UPDATE SET at=greatest(peer_seen.at, excluded.at)",
                {"{" + ids + "}", "{" + ats + "}"}, "put_last_seen");
   }
 
@@ -406,7 +412,7 @@ class PgStore final : public Store {
     std::map<int64_t, int64_t> out;
     if (ids.empty()) return out;
     std::string list;
-    for (int64_t id : ids) list += (list.empty() ? "" : ",") + std::to_string(id);
+    for (int64_t id : ids) append_csv(list, std::to_string(id));
     MESH_ASSIGN(auto r, query("SELECT id, at FROM peer_seen WHERE id = ANY($1::bigint[])",
                               {"{" + list + "}"}, "last_seen"));
     for (int i = 0; i < PQntuples(r.get()); ++i)
@@ -504,7 +510,8 @@ class PgListener final : public ChangeListener {
     if (!c_ || PQstatus(c_.get()) != CONNECTION_OK) {
       c_.reset();
       MESH_ASSIGN(c_, connect(dsn_));
-      Res r(PQexec(c_.get(), (std::string("LISTEN ") + kChannel + "; LISTEN " + kBroadcastChannel).c_str()));
+      std::string sql = std::string("LISTEN ") + kChannel + "; LISTEN " + kBroadcastChannel;
+      Res r(PQexec(c_.get(), sql.c_str()));
       if (!r || PQresultStatus(r.get()) != PGRES_COMMAND_OK) {
         c_.reset();
         return Status(Exit::Unavailable, "LISTEN failed");
@@ -561,7 +568,8 @@ class PgBroadcaster final : public Broadcaster {
       MESH_ASSIGN(c_, connect(dsn_));
     }
     const char* params[2] = {kBroadcastChannel, payload.c_str()};
-    Res r(PQexecParams(c_.get(), "SELECT pg_notify($1, $2)", 2, nullptr, params, nullptr, nullptr, 0));
+    Res r(PQexecParams(c_.get(), "SELECT pg_notify($1, $2)", 2, nullptr, params, nullptr, nullptr,
+                       0));
     if (!r || PQresultStatus(r.get()) != PGRES_TUPLES_OK) {
       std::string m = pq_error(c_.get());
       c_.reset();

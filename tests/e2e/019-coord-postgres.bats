@@ -31,6 +31,14 @@ two_replicas() {
   URL_B=$COORD_URL
 }
 
+# Setup key k (reusable, group g, made on A) and a policy (set on B) that
+# lets g see g.
+group_g() {
+  COORD_URL=$URL_A coord_key k --reusable --group g
+  printf '{"groups":{"g":{}},"rules":[{"src":["g"],"dst":["g"]}]}' >p1.json
+  mrun -s 0 mesh-coord policy set --server "$URL_B" p1.json
+}
+
 stored_at_least() { [ "$(pg_sql "$DB" 'select count(*) from peers')" -ge "$1" ]; }
 lines() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
 has_lines() { [ "$(lines "$1")" -ge "$2" ]; }
@@ -58,9 +66,7 @@ export -f join_one
 
 @test "replicas: a node watching replica A gets a policy change made on replica B, same map and serial on both" {
   two_replicas
-  COORD_URL=$URL_A coord_key k --reusable --group g
-  printf '{"groups":{"g":{}},"rules":[{"src":["g"],"dst":["g"]}]}' >p1.json
-  mrun -s 0 mesh-coord policy set --server "$URL_B" p1.json
+  group_g
   COORD_URL=$URL_A coord_join a k
   COORD_URL=$URL_B coord_join b k
   COORD_URL=$URL_B coord_join c k
@@ -251,9 +257,7 @@ has_match() { [ "$(count_lines "$1" "$2")" -ge "$3" ]; }
 
 @test "replicas: a punch request posted on replica B reaches the target's watcher on replica A at once, once; the rate limit counts both" {
   two_replicas
-  COORD_URL=$URL_A coord_key k --reusable --group g
-  printf '{"groups":{"g":{}},"rules":[{"src":["g"],"dst":["g"]}]}' >p.json
-  mrun -s 0 mesh-coord policy set --server "$URL_A" p.json
+  group_g
   COORD_URL=$URL_A coord_join a k
   COORD_URL=$URL_A coord_join b k
   start_daemon watchb mesh-coord watch --registration b.json --key b.key --cache b.cache --events \
