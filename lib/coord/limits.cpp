@@ -155,4 +155,12 @@ void WatchCounter::release(const std::string& who) {
   if (it != n_.end() && --it->second == 0) n_.erase(it);
 }
 
+std::vector<std::string> WatchCounter::holders() {
+  std::lock_guard lk(mu_);
+  std::vector<std::string> out;
+  out.reserve(n_.size());
+  for (const auto& [who, n] : n_) out.push_back(who);
+  return out;
+}
+
 }  // namespace mesh::coord

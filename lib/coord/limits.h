@@ -13,6 +13,7 @@
 #include <string_view>
 #include <tuple>
 #include <unordered_map>
+#include <vector>
 
 #include "core/status.h"
 
@@ -99,6 +100,8 @@ class WatchCounter {
   bool acquire(const std::string& who);
   void release(const std::string& who);
   size_t max() const { return max_; }
+  // Everyone holding a long-poll now.
+  std::vector<std::string> holders();
 
  private:
   size_t max_;

@@ -133,6 +133,9 @@ class Model {
   explicit Model(ModelConfig cfg) : cfg_(std::move(cfg)) {}
 
   const ModelConfig& config() const { return cfg_; }
+  // Maps are built with it from now on; their serials move with the caller
+  // (reissue_all, or a replicated change's serials).
+  void set_dns_domain(std::string d) { cfg_.dns_domain = std::move(d); }
 
   // --- loading (no recompute until rebuild)
   void load_peer(std::unique_ptr<Peer> p);

@@ -1,6 +1,12 @@
 #include "coord/punch.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+
+#include "coord/requests.h"
+#include "core/json.h"
 
 namespace mesh::coord {
 
@@ -82,6 +88,45 @@ void WindowLimiter::prune(int64_t now_ms) {
 size_t WindowLimiter::keys() const {
   std::lock_guard lk(mu_);
   return ev_.size();
+}
+
+std::string encode_punch_signal(const PunchSignal& s) {
+  Json peers = Json::array();
+  for (const auto& k : s.targets) peers.push_back(k.to_base64());
+  return dump_json(Json{{"type", "punch"},
+                        {"origin", std::to_string(s.origin)},
+                        {"from", s.from.to_base64()},
+                        {"name", s.name},
+                        {"peers", std::move(peers)}});
+}
+
+Result<PunchSignal> parse_punch_signal(const std::string& payload, size_t max_targets) {
+  MESH_ASSIGN(auto j, parse_json(payload, "broadcast"));
+  JsonView v(j, "broadcast");
+  MESH_ASSIGN(auto type, v.get_string("type"));
+  if (type != "punch") return Status(Exit::NoInput, "broadcast: type " + type + ": not a punch");
+  MESH_TRY(v.check_keys({"type", "origin", "from", "name", "peers"}));
+  PunchSignal s;
+  MESH_ASSIGN(auto origin, v.field("origin"));
+  MESH_ASSIGN(auto digits, origin.as_string());
+  if (digits.empty() || digits.size() > 20 ||
+      digits.find_first_not_of("0123456789") != std::string::npos)
+    return origin.error("expected a decimal number");
+  errno = 0;
+  s.origin = std::strtoull(digits.c_str(), nullptr, 10);
+  if (errno == ERANGE) return origin.error("out of range");
+  MESH_ASSIGN(auto from, v.field("from"));
+  MESH_ASSIGN(auto from_text, from.as_string());
+  auto k = PublicKey::from_base64(from_text);
+  if (!k) return from.error(k.status().message());
+  s.from = *k;
+  MESH_ASSIGN(s.name, v.get_string("name"));
+  MESH_ASSIGN(auto peers, v.field("peers"));
+  // The targets as a punch request's (same checks, same messages).
+  auto targets = parse_punch_request(Json{{"peers", peers.json()}}, max_targets);
+  if (!targets) return Status(Exit::DataErr, "broadcast: " + targets.status().message());
+  s.targets = std::move(*targets);
+  return s;
 }
 
 }  // namespace mesh::coord

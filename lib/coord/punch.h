@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/key.h"
+#include "core/status.h"
 
 namespace mesh::coord {
 
@@ -75,5 +76,24 @@ class WindowLimiter {
   mutable std::mutex mu_;
   std::map<PublicKey, std::deque<int64_t>> ev_;
 };
+
+// A punch request crossing replicas on a shared store (Broadcaster in
+// coord/store.h): the replica that accepted it tells every other replica,
+// which queues it for the targets' watchers there. `origin` identifies the
+// sending replica (random per process), so it skips its own.
+struct PunchSignal {
+  uint64_t origin = 0;
+  PublicKey from;
+  std::string name;
+  std::vector<PublicKey> targets;
+};
+
+// {"type":"punch","origin":"DECIMAL","from":KEY,"name":NAME,"peers":[KEY,...]}
+// (the origin as a string: JSON numbers lose 64-bit integers elsewhere).
+std::string encode_punch_signal(const PunchSignal& s);
+// An error with Exit::NoInput for a broadcast of another type (sent by a
+// newer replica; ignored), Exit::DataErr for a malformed one. At most
+// `max_targets` targets.
+Result<PunchSignal> parse_punch_signal(const std::string& payload, size_t max_targets);
 
 }  // namespace mesh::coord

@@ -91,6 +91,15 @@ Result<ApplyResult> apply_change(Model& model, std::vector<SetupKey>& keys, Revo
       model.rebuild(now);  // digests over the new credentials; serials kept
     }
   }
+  // Another replica started with --dns-domain: its serials for every map
+  // come in the same change.
+  if (meta.contains("dns_domain")) {
+    std::string d = meta["dns_domain"].get<std::string>();
+    if (d != model.config().dns_domain) {
+      model.set_dns_domain(std::move(d));
+      out.maps_changed = true;
+    }
+  }
   if (what.contains("peers")) {
     // Removals first: a name or address freed here may be taken below.
     for (const auto& [ids, rec] : what["peers"].items())

@@ -246,6 +246,22 @@ class Coordinator {
   void h_map(const httplib::Request&, httplib::Response&);
   void h_announce(const httplib::Request&, httplib::Response&);
   void h_punch(const httplib::Request&, httplib::Response&);
+  // With mu_ exclusive: queues `from`'s request for each target that is
+  // enrolled, enabled and (when `visible` is given, sorted ids) visible to
+  // the requester. Returns the targets queued, and adds their ids to `ids`
+  // (the watchers to wake).
+  std::vector<PublicKey> queue_punches_locked(const PublicKey& from, const std::string& name,
+                                              const std::vector<PublicKey>& targets,
+                                              const std::vector<uint32_t>* visible, int64_t now_ms,
+                                              std::vector<uint32_t>& ids);
+  // A broadcast from another replica (a punch request it accepted).
+  void receive_broadcast(const std::string& payload);
+  // Janitor: peers parked in a long-poll here are active; on a shared
+  // store, the ephemeral peers seen here go to the store, and stale ones
+  // seen recently by another replica are kept.
+  void touch_watchers(int64_t now);
+  void share_last_seen(int64_t now);
+  void keep_seen_elsewhere(std::vector<uint32_t>& stale, int64_t now);
   void h_rotate_key(const httplib::Request&, httplib::Response&);
   void h_self(const httplib::Request&, httplib::Response&);
   Status load_previous_key();
@@ -308,7 +324,17 @@ class Coordinator {
   SessionKeyCache keycache_;  // enrolled peers only
   // Pushed under mu_ held exclusively (see h_punch), drained by h_map.
   PunchQueue punches_;
+  // Per requester; on a shared store it also counts the requests other
+  // replicas broadcast, so the limit holds across replicas.
   WindowLimiter punch_limiter_;
+  // Shared store: punch requests to the other replicas (receive_broadcast),
+  // tagged with this process's random id.
+  std::unique_ptr<Broadcaster> bcast_;
+  uint64_t replica_id_ = 0;
+  bool started_ = false;  // init() done: reloads keep the stored settings
+  // Shared store: last_seen times up to this one are in the store (janitor
+  // thread only).
+  int64_t seen_shared_at_ = 0;
   WindowLimiter announce_limiter_;
   WatchCounter watches_;  // long-polls per peer
   ConnectionGuard* guard_ = nullptr;
@@ -394,7 +420,13 @@ Status Coordinator::init() {
     if (Status s = issuer_->refresh(unix_now()); !s)
       log_.warn("oidc: " + s.message() + " (retried at the first login)");
   }
-  if (!store_->shared()) return load_model();
+  if (!store_->shared()) {
+    MESH_TRY(load_model());
+    started_ = true;
+    return Status::ok();
+  }
+  random_bytes(reinterpret_cast<uint8_t*>(&replica_id_), sizeof replica_id_);
+  MESH_ASSIGN(bcast_, store_->broadcaster());
   // Replicas start one at a time (the writers' lock), so the first one
   // alone picks what later ones adopt (the IPv6 prefix, ...).
   MESH_TRY(store_->begin());
@@ -412,6 +444,7 @@ Status Coordinator::init() {
   }
   if (s && store_->in_transaction()) s = store_->commit();
   if (!s) store_->rollback();
+  started_ = s.is_ok();
   return s;
 }
 
@@ -457,6 +490,12 @@ Status Coordinator::load_model() {
     auto p = Prefix::parse(text);
     if (!p) return Status(Exit::Usage, "--" + key.substr(0, 4) + "-prefix: " + p.status().message());
     *out = *p;
+    // Running replicas allocate from the stored prefix: it is fixed.
+    if (stored && *stored != p->to_string() && store_->shared())
+      return Status(Exit::Usage, "--" + key.substr(0, 4) + "-prefix " + p->to_string() + ": " +
+                                     store_->describe() + " holds " + key + " " + *stored +
+                                     ", fixed for every replica; start without the option "
+                                     "or with " + *stored);
     if (stored && *stored != p->to_string() && !peers.empty())
       return Status(Exit::Config, key + " is " + *stored +
                                       " and peers hold addresses in it; it cannot change to " +
@@ -475,8 +514,10 @@ Status Coordinator::load_model() {
   MESH_TRY(prefix_meta("ipv6_prefix", opt_.ipv6_prefix, ula, &cfg.ipv6));
   // The DNS domain may change (unlike the prefixes), but only with a new
   // serial for every map, below; without --dns-domain the stored one stays.
+  // Only at start: a later reload keeps what another replica may have set.
   MESH_ASSIGN(auto stored_domain, store_->get_meta("dns_domain"));
-  cfg.dns_domain = !opt_.dns_domain.empty() ? opt_.dns_domain : stored_domain ? *stored_domain : "mesh";
+  std::string flag_domain = started_ ? std::string() : opt_.dns_domain;
+  cfg.dns_domain = !flag_domain.empty() ? flag_domain : stored_domain ? *stored_domain : "mesh";
   if (!valid_dns_domain(cfg.dns_domain))
     return usage_error("--dns-domain " + cfg.dns_domain + ": not a DNS name");
   bool domain_changed = !stored_domain || *stored_domain != cfg.dns_domain;
@@ -549,6 +590,9 @@ Status Coordinator::load_model() {
   // Maps served before carried another domain (or none: an older
   // coordinator's state); nodes see the new one only with new serials.
   if (domain_changed) {
+    if (stored_domain && store_->shared())
+      log_.info("dns domain " + *stored_domain + " -> " + cfg.dns_domain +
+                " for every replica on " + store_->describe());
     Changes dc = model_.reissue_all(now);
     const std::string domain = cfg.dns_domain;
     Json detail{{"domain", domain}, {"maps_changed", dc.changed.size()}};
@@ -699,6 +743,7 @@ void Coordinator::follow(const std::atomic<bool>& stop) {
   bool down = false;
   while (!stop) {
     auto r = (*listener)->wait(200);
+    for (const auto& b : (*listener)->take_broadcasts()) receive_broadcast(b);
     if (!r) {
       if (!down) log_.error("replica: " + r.status().message() + "; retrying");
       down = true;
@@ -1263,6 +1308,7 @@ void Coordinator::h_punch(const httplib::Request& req, httplib::Response& res) {
   auto parsed = parse_punch_request(*j, kPunchTargets);
   if (!parsed) return peer_error(&*a, res, from_status(parsed.status()));
   const std::vector<PublicKey>& targets = *parsed;
+  PunchSignal sig{replica_id_, a->key, "", {}};
   std::vector<uint32_t> woken;
   {
     // Exclusive, although the model is only read: a watcher checks the
@@ -1273,20 +1319,61 @@ void Coordinator::h_punch(const httplib::Request& req, httplib::Response& res) {
     if (!me || me->public_key != a->key)
       return peer_error(&*a, res, {403, "peer is not enrolled (deleted)"});
     std::vector<uint32_t> vis = model_.visible(id);
-    for (const auto& k : targets) {
-      const Peer* q = model_.by_key(k);
-      if (!q || q->disabled || !std::binary_search(vis.begin(), vis.end(), q->id)) continue;
-      punches_.push(k, a->key, me->name, now);
-      woken.push_back(q->id);
-    }
+    sig.name = me->name;
+    sig.targets = queue_punches_locked(a->key, me->name, targets, &vis, now, woken);
   }
-  size_t queued = woken.size();
-  punches_queued_ += queued;
+  size_t queued = sig.targets.size();
   if (queued) publish(woken);
+  // The targets may watch another replica: every replica queues it for
+  // its watchers (receive_broadcast). Best effort, like the request itself.
+  if (queued && bcast_)
+    if (Status s = bcast_->send(encode_punch_signal(sig)); !s)
+      log_.warn("punch request not sent to the other replicas: " + s.message());
   // Unknown and invisible keys are counted together: the answer does not
   // tell a peer which keys exist beyond its map.
   send_json(res, 200, Json{{"queued", queued}, {"ignored", targets.size() - queued}});
   sign(*a, res);
+}
+
+std::vector<PublicKey> Coordinator::queue_punches_locked(const PublicKey& from,
+                                                         const std::string& name,
+                                                         const std::vector<PublicKey>& targets,
+                                                         const std::vector<uint32_t>* visible,
+                                                         int64_t now_ms,
+                                                         std::vector<uint32_t>& ids) {
+  std::vector<PublicKey> out;
+  for (const auto& k : targets) {
+    const Peer* q = model_.by_key(k);
+    if (!q || q->disabled) continue;
+    if (visible && !std::binary_search(visible->begin(), visible->end(), q->id)) continue;
+    punches_.push(k, from, name, now_ms);
+    out.push_back(k);
+    ids.push_back(q->id);
+  }
+  punches_queued_ += out.size();
+  return out;
+}
+
+// The accepting replica checked the requester and what it may see; this
+// one only re-checks that the targets are still enrolled and enabled here.
+// The same limiter counts the request, so a requester spreading requests
+// over replicas gets no more than from one.
+void Coordinator::receive_broadcast(const std::string& payload) {
+  auto sig = parse_punch_signal(payload, kPunchTargets);
+  if (!sig) {
+    if (sig.status().code() != Exit::NoInput)
+      log_.warn("replica: ignoring a broadcast: " + sig.status().message());
+    return;
+  }
+  if (sig->origin == replica_id_) return;
+  int64_t now = mono_ms();
+  if (!punch_limiter_.allow(sig->from, now)) return;
+  std::vector<uint32_t> woken;
+  {
+    std::unique_lock lk(mu_);
+    queue_punches_locked(sig->from, sig->name, sig->targets, nullptr, now, woken);
+  }
+  if (!woken.empty()) publish(woken);
 }
 
 // Key rotation (coord/rotate.h): signed with the old key, proving the new
@@ -1826,8 +1913,62 @@ void Coordinator::prune_audit(int64_t now) {
   }
 }
 
+// A long-poll is one request, however long it waits: its peer is active
+// while it waits.
+void Coordinator::touch_watchers(int64_t now) {
+  std::vector<PublicKey> keys;
+  for (const auto& who : watches_.holders())
+    if (auto k = PublicKey::from_base64(who)) keys.push_back(*k);
+  std::shared_lock lk(mu_);
+  for (const auto& k : keys)
+    if (Peer* p = model_.by_key(k)) p->last_seen = std::max(p->last_seen.load(), now);
+}
+
+// Batched, once per sweep: only the ephemeral peers seen since the last
+// one, in one statement (no store write per request).
+void Coordinator::share_last_seen(int64_t now) {
+  std::vector<std::pair<int64_t, int64_t>> rows;
+  {
+    std::shared_lock lk(mu_);
+    for (const Peer* p : model_.peers())
+      if (p->ephemeral && p->last_seen.load() >= seen_shared_at_)
+        rows.emplace_back(p->id, p->last_seen.load());
+  }
+  if (!rows.empty()) {
+    std::lock_guard lk(store_mu_);
+    if (Status s = store_->put_last_seen(rows); !s) {
+      log_.error("cannot share when peers were last seen: " + s.message());
+      return;  // again at the next sweep
+    }
+  }
+  seen_shared_at_ = now;
+}
+
+// With the WriteLock held: a peer idle here may be active on another
+// replica, which shares its last_seen at every sweep, so the shared time
+// may lag by one interval: it gets that much grace. When that cannot be
+// read, nothing is deleted this time.
+void Coordinator::keep_seen_elsewhere(std::vector<uint32_t>& stale, int64_t now) {
+  if (stale.empty() || !store_->shared()) return;
+  auto seen = store_->last_seen(std::vector<int64_t>(stale.begin(), stale.end()));
+  if (!seen) {
+    log_.error("cannot read when peers were last seen: " + seen.status().message());
+    stale.clear();
+    return;
+  }
+  auto recent = [&](uint32_t id) {
+    auto it = seen->find(id);
+    const Peer* p = model_.by_id(id);
+    return it != seen->end() && p &&
+           now - it->second <= p->ephemeral_timeout + opt_.janitor_interval;
+  };
+  stale.erase(std::remove_if(stale.begin(), stale.end(), recent), stale.end());
+}
+
 // Ephemeral peers idle past their timeout are deleted; relay credentials
 // are re-minted at half their lifetime (which bumps every map's serial).
+// Every replica sweeps, one at a time (the WriteLock), deciding on the
+// latest last_seen any replica shared.
 void Coordinator::janitor(const std::atomic<bool>& stop) {
   int64_t last = 0;
   while (!stop) {
@@ -1842,6 +1983,8 @@ void Coordinator::janitor(const std::atomic<bool>& stop) {
     punch_limiter_.prune(mono_ms());
     announce_limiter_.prune(mono_ms());
     prune_audit(now);
+    touch_watchers(now);
+    if (store_->shared()) share_last_seen(now);
     bool changed = false;
     {
       WriteLock lk(*this);
@@ -1852,6 +1995,7 @@ void Coordinator::janitor(const std::atomic<bool>& stop) {
       std::vector<uint32_t> stale;
       for (const Peer* p : model_.peers())
         if (p->ephemeral && now - p->last_seen.load() > p->ephemeral_timeout) stale.push_back(p->id);
+      keep_seen_elsewhere(stale, now);
       for (uint32_t id : stale) {
         Peer* p = model_.by_id(id);
         Status s = delete_peer_locked(*p, "system", "ephemeral peer inactive");

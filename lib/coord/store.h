@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -54,13 +55,31 @@ struct Change {
 // Wakes a replica when another one commits (PostgreSQL LISTEN/NOTIFY, on a
 // connection of its own). A wake-up is only a hint: the change log is the
 // truth, so a replica that reconnects catches up from it.
+// It also receives the replicas' broadcasts (Broadcaster).
 class ChangeListener {
  public:
   virtual ~ChangeListener() = default;
-  // Waits up to `timeout_ms` for a notification. True when one came; an
-  // error when the connection is lost (it reconnects on the next call).
+  // Waits up to `timeout_ms` for a notification. True when a change
+  // notification came; returns early (false) when only broadcasts came. An
+  // error when the connection is lost (it reconnects on the next call;
+  // broadcasts sent meanwhile are lost).
   virtual Result<bool> wait(int timeout_ms) = 0;
+  // The broadcasts' payloads received so far (this replica's own included),
+  // oldest first; each is returned once.
+  virtual std::vector<std::string> take_broadcasts() { return {}; }
 };
+
+// Ephemeral messages to every replica's ChangeListener, outside the change
+// log and any transaction (PostgreSQL NOTIFY on a channel of its own, on a
+// connection of its own): at most once, lost when a listener is
+// disconnected, never stored. Payloads up to kMaxBroadcast bytes.
+// Thread-safe.
+class Broadcaster {
+ public:
+  virtual ~Broadcaster() = default;
+  virtual Status send(const std::string& payload) = 0;
+};
+inline constexpr size_t kMaxBroadcast = 7900;  // PostgreSQL NOTIFY takes < 8000
 
 // The coordinator's store: SQLite (the embedded default, STATE/coord.db) or
 // PostgreSQL (shared by replicas). Same tables and schema version in both.
@@ -139,6 +158,19 @@ class Store {
   virtual Status clear() = 0;
   virtual Result<std::unique_ptr<ChangeListener>> listen() {
     return Status(Exit::Unavailable, "this store has no change notifications");
+  }
+  virtual Result<std::unique_ptr<Broadcaster>> broadcaster() {
+    return Status(Exit::Unavailable, "this store has no broadcasts");
+  }
+  // When peers were last seen (unix seconds), shared by the replicas for
+  // the ephemeral-peer janitor: not a change (no log entry, no writers'
+  // lock), and a newer time never goes back. A private store keeps none.
+  virtual Status put_last_seen(const std::vector<std::pair<int64_t, int64_t>>&) {
+    return Status::ok();
+  }
+  // The stored times of `ids` (ids never stored are absent).
+  virtual Result<std::map<int64_t, int64_t>> last_seen(const std::vector<int64_t>&) {
+    return std::map<int64_t, int64_t>{};
   }
 
  protected:

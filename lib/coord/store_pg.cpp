@@ -4,6 +4,13 @@
 //
 //   changes(seq, at, what)   one row per committed mutation, written in its
 //                            transaction; `what` is a Change's JSON.
+//   peer_seen(id, at)        when each peer was last seen by any replica
+//                            (Store::put_last_seen), written outside the
+//                            change log.
+//
+// Broadcasts (punch requests) are NOTIFYs on a second channel, sent on a
+// connection of their own, so they neither wait for nor join a writer's
+// transaction.
 //
 // Writers serialise on a transaction-scoped advisory lock taken by begin():
 // a replica holding it sees every earlier commit, so it catches up from the
@@ -14,7 +21,10 @@
 #include <libpq-fe.h>
 #include <poll.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <string_view>
+#include <utility>
 #include <nlohmann/json.hpp>
 
 #include "coord/store.h"
@@ -25,6 +35,7 @@ namespace {
 // Any fixed 64-bit number: the key of the writers' advisory lock.
 constexpr const char* kWriterLock = "SELECT pg_advisory_xact_lock(7306086744577814845)";
 constexpr const char* kChannel = "mesh_coord_changes";
+constexpr const char* kBroadcastChannel = "mesh_coord_broadcast";
 
 struct ResultDel {
   void operator()(PGresult* r) const { PQclear(r); }
@@ -59,13 +70,24 @@ std::string redact(const std::string& dsn) {
   return out;
 }
 
+// Array parameters are sent as text, {1,2,3}: this builds the inside.
+void append_csv(std::string& list, const std::string& v) {
+  if (!list.empty()) list += ',';
+  list += v;
+}
+
+// The connection's last error, without libpq's trailing newline.
+std::string pq_error(PGconn* c) {
+  std::string m = PQerrorMessage(c);
+  while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
+  return m;
+}
+
 Result<Conn> connect(const std::string& dsn) {
   Conn c(PQconnectdb(dsn.c_str()));
   if (!c) return Status(Exit::Unavailable, redact(dsn) + ": out of memory");
   if (PQstatus(c.get()) != CONNECTION_OK) {
-    std::string m = PQerrorMessage(c.get());
-    while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
-    return Status(Exit::Unavailable, redact(dsn) + ": " + m);
+    return Status(Exit::Unavailable, redact(dsn) + ": " + pq_error(c.get()));
   }
   // Quiet NOTICEs ("relation already exists, skipping") off stderr.
   PQsetNoticeProcessor(c.get(), [](void*, const char*) {}, nullptr);
@@ -156,10 +178,9 @@ class PgStore final : public Store {
   // Batched: a policy change or a peer entering every map moves thousands
   // of serials; they go in one statement (flush_serials) before commit.
   Status set_map_serial(int64_t id, uint64_t serial, int64_t at) override {
-    auto add = [](std::string& a, const std::string& v) { a += (a.empty() ? "" : ",") + v; };
-    add(serial_ids_, std::to_string(id));
-    add(serial_values_, std::to_string(serial));
-    add(serial_ats_, std::to_string(at));
+    append_csv(serial_ids_, std::to_string(id));
+    append_csv(serial_values_, std::to_string(serial));
+    append_csv(serial_ats_, std::to_string(at));
     log()["serials"][std::to_string(id)] = Json::array({serial, at});
     return Status::ok();
   }
@@ -182,6 +203,7 @@ class PgStore final : public Store {
     MESH_TRY(flush_serials());
     MESH_TRY(run("DELETE FROM peers WHERE id=$1", {std::to_string(id)}, "delete_peer"));
     MESH_TRY(run("DELETE FROM map_serials WHERE id=$1", {std::to_string(id)}, "delete_peer"));
+    MESH_TRY(run("DELETE FROM peer_seen WHERE id=$1", {std::to_string(id)}, "delete_peer"));
     log()["peers"][std::to_string(id)] = nullptr;
     return Status::ok();
   }
@@ -359,8 +381,8 @@ class PgStore final : public Store {
   }
 
   Status clear() override {
-    MESH_TRY(run("TRUNCATE meta, peers, map_serials, setup_keys, records, events, changes "
-                 "RESTART IDENTITY",
+    MESH_TRY(run("TRUNCATE meta, peers, map_serials, setup_keys, records, events, changes, "
+                 "peer_seen RESTART IDENTITY",
                  {}, "clear"));
     bulk_ = true;
     pending_ = Json::object();
@@ -368,6 +390,35 @@ class PgStore final : public Store {
   }
 
   Result<std::unique_ptr<ChangeListener>> listen() override;
+  Result<std::unique_ptr<Broadcaster>> broadcaster() override;
+
+  Status put_last_seen(const std::vector<std::pair<int64_t, int64_t>>& seen) override {
+    if (seen.empty()) return Status::ok();
+    std::string ids, ats;
+    for (const auto& [id, at] : seen) {
+      append_csv(ids, std::to_string(id));
+      append_csv(ats, std::to_string(at));
+    }
+    if (PQstatus(c_.get()) != CONNECTION_OK) PQreset(c_.get());
+    // Peers deleted meanwhile are skipped (no row for a peer that is gone).
+    return run("INSERT INTO peer_seen(id, at) SELECT t.id, max(t.at) FROM "
+               "unnest($1::bigint[], $2::bigint[]) AS t(id, at) "
+               "WHERE t.id IN (SELECT id FROM peers) GROUP BY t.id "
+               "ON CONFLICT(id) DO UPDATE SET at=greatest(peer_seen.at, excluded.at)",
+               {"{" + ids + "}", "{" + ats + "}"}, "put_last_seen");
+  }
+
+  Result<std::map<int64_t, int64_t>> last_seen(const std::vector<int64_t>& ids) override {
+    std::map<int64_t, int64_t> out;
+    if (ids.empty()) return out;
+    std::string list;
+    for (int64_t id : ids) append_csv(list, std::to_string(id));
+    MESH_ASSIGN(auto r, query("SELECT id, at FROM peer_seen WHERE id = ANY($1::bigint[])",
+                              {"{" + list + "}"}, "last_seen"));
+    for (int i = 0; i < PQntuples(r.get()); ++i)
+      out[std::atoll(PQgetvalue(r.get(), i, 0))] = std::atoll(PQgetvalue(r.get(), i, 1));
+    return out;
+  }
 
  private:
   // What this transaction changed, for the change log (not after clear()).
@@ -383,9 +434,7 @@ class PgStore final : public Store {
                                    v.data(), nullptr, nullptr, 0));
     auto st = r ? PQresultStatus(r.get()) : PGRES_FATAL_ERROR;
     if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-      std::string m = PQerrorMessage(c_.get());
-      while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
-      return Status(Exit::IoErr, std::string("database: ") + what + ": " + m);
+      return Status(Exit::IoErr, std::string("database: ") + what + ": " + pq_error(c_.get()));
     }
     return r;
   }
@@ -429,7 +478,8 @@ Status PgStore::init() {
       "CREATE INDEX IF NOT EXISTS events_at ON events(at);"
       "CREATE TABLE IF NOT EXISTS changes(seq BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL,"
       "  what TEXT NOT NULL);"
-      "CREATE INDEX IF NOT EXISTS changes_at ON changes(at);",
+      "CREATE INDEX IF NOT EXISTS changes_at ON changes(at);"
+      "CREATE TABLE IF NOT EXISTS peer_seen(id BIGINT PRIMARY KEY, at BIGINT NOT NULL);",
       {}, "schema");
   auto v = s ? get_meta("schema_version") : Result<std::optional<std::string>>(s);
   if (!v) {
@@ -460,7 +510,8 @@ class PgListener final : public ChangeListener {
     if (!c_ || PQstatus(c_.get()) != CONNECTION_OK) {
       c_.reset();
       MESH_ASSIGN(c_, connect(dsn_));
-      Res r(PQexec(c_.get(), (std::string("LISTEN ") + kChannel).c_str()));
+      std::string sql = std::string("LISTEN ") + kChannel + "; LISTEN " + kBroadcastChannel;
+      Res r(PQexec(c_.get(), sql.c_str()));
       if (!r || PQresultStatus(r.get()) != PGRES_COMMAND_OK) {
         c_.reset();
         return Status(Exit::Unavailable, "LISTEN failed");
@@ -469,7 +520,7 @@ class PgListener final : public ChangeListener {
       return true;
     }
     bool got = drain();
-    if (got) return true;
+    if (got || !broadcasts_.empty()) return got;
     pollfd p{PQsocket(c_.get()), POLLIN, 0};
     int n = ::poll(&p, 1, timeout_ms);
     if (n < 0) return false;
@@ -485,17 +536,61 @@ class PgListener final : public ChangeListener {
   bool drain() {
     bool got = false;
     while (PGnotify* n = PQnotifies(c_.get())) {
-      got = true;
+      if (std::string_view(n->relname) == kBroadcastChannel)
+        broadcasts_.emplace_back(n->extra);
+      else
+        got = true;
       PQfreemem(n);
     }
     return got;
   }
+  std::vector<std::string> take_broadcasts() override { return std::exchange(broadcasts_, {}); }
   std::string dsn_;
   Conn c_;
+  std::vector<std::string> broadcasts_;
+};
+
+class PgBroadcaster final : public Broadcaster {
+ public:
+  explicit PgBroadcaster(std::string dsn) : dsn_(std::move(dsn)) {}
+
+  Status send(const std::string& payload) override {
+    if (payload.size() > kMaxBroadcast)
+      return Status(Exit::Software, "broadcast of " + std::to_string(payload.size()) + " bytes");
+    std::lock_guard lk(mu_);
+    if (!c_ || PQstatus(c_.get()) != CONNECTION_OK) {
+      // A database that is down would make every sender wait for a connect
+      // timeout: one attempt per few seconds.
+      auto now = std::chrono::steady_clock::now();
+      if (now < retry_at_) return Status(Exit::Unavailable, "broadcasts: database unavailable");
+      retry_at_ = now + std::chrono::seconds(3);
+      c_.reset();
+      MESH_ASSIGN(c_, connect(dsn_));
+    }
+    const char* params[2] = {kBroadcastChannel, payload.c_str()};
+    Res r(PQexecParams(c_.get(), "SELECT pg_notify($1, $2)", 2, nullptr, params, nullptr, nullptr,
+                       0));
+    if (!r || PQresultStatus(r.get()) != PGRES_TUPLES_OK) {
+      std::string m = pq_error(c_.get());
+      c_.reset();
+      return Status(Exit::Unavailable, "broadcast: " + m);
+    }
+    return Status::ok();
+  }
+
+ private:
+  std::string dsn_;
+  std::mutex mu_;
+  Conn c_;
+  std::chrono::steady_clock::time_point retry_at_{};
 };
 
 Result<std::unique_ptr<ChangeListener>> PgStore::listen() {
   return std::unique_ptr<ChangeListener>(new PgListener(dsn_));
+}
+
+Result<std::unique_ptr<Broadcaster>> PgStore::broadcaster() {
+  return std::unique_ptr<Broadcaster>(new PgBroadcaster(dsn_));
 }
 
 }  // namespace

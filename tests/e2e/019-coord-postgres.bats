@@ -31,6 +31,14 @@ two_replicas() {
   URL_B=$COORD_URL
 }
 
+# Setup key k (reusable, group g, made on A) and a policy (set on B) that
+# lets g see g.
+group_g() {
+  COORD_URL=$URL_A coord_key k --reusable --group g
+  printf '{"groups":{"g":{}},"rules":[{"src":["g"],"dst":["g"]}]}' >p1.json
+  mrun -s 0 mesh-coord policy set --server "$URL_B" p1.json
+}
+
 stored_at_least() { [ "$(pg_sql "$DB" 'select count(*) from peers')" -ge "$1" ]; }
 lines() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
 has_lines() { [ "$(lines "$1")" -ge "$2" ]; }
@@ -58,9 +66,7 @@ export -f join_one
 
 @test "replicas: a node watching replica A gets a policy change made on replica B, same map and serial on both" {
   two_replicas
-  COORD_URL=$URL_A coord_key k --reusable --group g
-  printf '{"groups":{"g":{}},"rules":[{"src":["g"],"dst":["g"]}]}' >p1.json
-  mrun -s 0 mesh-coord policy set --server "$URL_B" p1.json
+  group_g
   COORD_URL=$URL_A coord_join a k
   COORD_URL=$URL_B coord_join b k
   COORD_URL=$URL_B coord_join c k
@@ -241,4 +247,88 @@ export -f join_one
   coord_start one --store "$DSN"
   mrun -s 78 mesh-coord serve --state "$BATS_TEST_TMPDIR/s2" --store "$DSN"
   [[ "$stderr" == *"replicas share one key pair"* ]]
+}
+
+# ---- what crosses replicas besides the change log
+
+key_of() { jq -r .public_key "$1.json"; }
+count_lines() { grep -c -- "$2" "$1" 2>/dev/null || true; }
+has_match() { [ "$(count_lines "$1" "$2")" -ge "$3" ]; }
+
+@test "replicas: a punch request posted on replica B reaches the target's watcher on replica A at once, once; the rate limit counts both" {
+  two_replicas
+  group_g
+  COORD_URL=$URL_A coord_join a k
+  COORD_URL=$URL_A coord_join b k
+  start_daemon watchb mesh-coord watch --registration b.json --key b.key --cache b.cache --events \
+    --wait 60 --server "$URL_A"
+  wait_until 10 has_match watchb.out '"event":"map"' 1
+  sleep 0.3   # b's watcher is parked in a 60 s long-poll on A
+  t0=$(date +%s%N)
+  mrun -s 0 mesh-coord punch --registration a.json --key a.key --server "$URL_B" --peer "$(key_of b)"
+  [ "$(jq -c '[.queued, .ignored]' <<<"$output")" = '[1,0]' ]
+  wait_until 10 has_match watchb.out '"event":"punch"' 1
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  echo "punch from replica B to a watcher on replica A: ${ms} ms" >&3
+  [ "$ms" -lt 1000 ]   # not the change log's 2 s poll: punches are not in it
+  [ "$(grep '"event":"punch"' watchb.out)" = "{\"event\":\"punch\",\"from\":\"$(key_of a)\",\"name\":\"a\"}" ]
+  sleep 1
+  [ "$(count_lines watchb.out '"event":"punch"')" -eq 1 ]
+  [ "$(pg_sql "$DB" "select count(*) from changes where what like '%punch%'")" -eq 0 ]
+  # 30 requests per 10 s per requester, wherever they land: 29 more on A,
+  # then the next one on B is refused.
+  for i in $(seq 29); do
+    mrun -s 0 mesh-coord punch --registration a.json --key a.key --server "$URL_A" --peer "$(key_of b)"
+  done
+  sleep 0.3
+  mrun -s "$EX_TEMPFAIL" mesh-coord punch --registration a.json --key a.key --server "$URL_B" --peer "$(key_of b)"
+  [[ "$stderr" == *"coordinator refused: too many punch requests"* ]]
+}
+
+@test "replicas: an ephemeral peer watching replica A is kept by both janitors while it watches, and deleted once it goes away" {
+  two_replicas --janitor-interval 1
+  COORD_URL=$URL_A coord_key e --ephemeral --ephemeral-timeout 3s --reusable
+  COORD_URL=$URL_A coord_join e e
+  # Long-polls of 2 s: a watcher that is gone holds no long-poll for long.
+  start_daemon watche mesh-coord watch --registration e.json --key e.key --wait 2 --server "$URL_A"
+  wait_until 10 has_lines watche.out 1
+  # Three timeouts; B has not seen the peer since it learned of the join.
+  sleep 9
+  [ "$(pg_sql "$DB" "select count(*) from peers where name='e'")" -eq 1 ]
+  mrun -s 0 mesh-coord peer list --server "$URL_B"
+  [ "$(jq -r '[.peers[].name] | join(",")' <<<"$output")" = e ]
+  [ "$(pg_sql "$DB" 'select count(*) from peer_seen')" -eq 1 ]
+  kill "$watche_pid"; wait "$watche_pid" 2>/dev/null || true
+  gone() { [ "$(pg_sql "$DB" "select count(*) from peers where name='e'")" -eq 0 ]; }
+  wait_until 15 gone
+  [ "$(pg_sql "$DB" 'select count(*) from peer_seen')" -eq 0 ]
+  mrun -s 0 mesh-coord events --server "$URL_B" --action peer.delete
+  [ "$(jq -r .detail.reason <<<"$output")" = "ephemeral peer inactive" ]
+  # Both replicas agree.
+  for u in "$URL_A" "$URL_B"; do
+    mrun -s 0 mesh-coord peer list --server "$u"
+    [ "$(jq '.peers | length' <<<"$output")" -eq 0 ]
+  done
+}
+
+@test "replicas: --dns-domain on a restarted replica reaches a watcher of the other; a conflicting overlay prefix is refused (64)" {
+  two_replicas
+  COORD_URL=$URL_A coord_key k --reusable
+  COORD_URL=$URL_A coord_join a k
+  start_daemon watch mesh-coord watch --registration a.json --key a.key --server "$URL_A"
+  wait_until 10 has_lines watch.out 1
+  [ "$(head -1 watch.out | jq -r .dns.domain)" = mesh ]
+  kill "$rb_pid"; wait "$rb_pid" 2>/dev/null || true
+  coord_start rb2 --store "$DSN" --dns-domain corp.example
+  URL_B=$COORD_URL
+  wait_until 10 has_lines watch.out 2
+  [ "$(sed -n 2p watch.out | jq -r .dns.domain)" = corp.example ]
+  cmp <(map_from a "$URL_A") <(map_from a "$URL_B")
+  # Prefixes are fixed: a replica asking for another one does not start.
+  mrun -s "$EX_USAGE" mesh-coord serve --listen 127.0.0.1:0 --state "$COORD_STATE" --store "$DSN" \
+    --ipv4-prefix 198.18.0.0/15
+  [[ "$stderr" == *"mesh-coord: error: --ipv4-prefix 198.18.0.0/15: "*"holds ipv4_prefix 100.64.0.0/10, fixed for every replica"* ]]
+  [ -z "$output" ]
+  # The stored one, named explicitly, is fine.
+  coord_start rc --store "$DSN" --ipv4-prefix 100.64.0.0/10
 }

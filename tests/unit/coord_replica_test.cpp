@@ -166,3 +166,32 @@ TEST(CoordReplica, SetupKeysAreUpsertedById) {
   EXPECT_FALSE(keys[0].unusable_reason(3).empty());
   EXPECT_FALSE(apply_change(r, keys, rev, Json{{"setup_keys", {{"4", Json{{"id", 4}}}}}}, 3));
 }
+
+TEST(CoordReplica, ADnsDomainChangeReachesTheReplicasMapsWithTheWritersSerials) {
+  Writer w;
+  Model r{config()};
+  RevocationList rev;
+  std::vector<SetupKey> keys;
+  w.m.rebuild(100);
+  r.rebuild(100);
+  std::vector<uint32_t> ids;
+  for (const char* name : {"a", "b"}) {
+    auto p = w.make_peer(name, {"g"});
+    ids.push_back(p->id);
+    Changes ch = w.m.add_peer(std::move(p), 101);
+    ASSERT_TRUE(apply_change(r, keys, rev, w.change(ch, {ids.back()}, {}), 101));
+  }
+  expect_same(w.m, r);
+  // As serve --dns-domain does on the writer: a new domain, every map reissued.
+  w.m.set_dns_domain("corp.example");
+  Changes ch = w.m.reissue_all(102);
+  Json what = w.change(ch, {}, {});
+  what["meta"]["dns_domain"] = "corp.example";
+  auto res = apply_change(r, keys, rev, what, 102);
+  ASSERT_TRUE(res) << res.status().message();
+  EXPECT_TRUE(res->maps_changed);
+  EXPECT_EQ(r.config().dns_domain, "corp.example");
+  expect_same(w.m, r);
+  for (const Peer* p : r.peers())
+    EXPECT_NE(r.map_json(*p).find("\"dns\":{\"domain\":\"corp.example\"}"), std::string::npos);
+}

@@ -13,6 +13,7 @@
 #include "coord/mapjson.h"
 #include "coord/model.h"
 #include "coord/punch.h"
+#include "coord/store.h"
 #include "coord/watch.h"
 
 using namespace mesh;
@@ -692,6 +693,11 @@ TEST(CoordLimits, ConnectionsAndWatchesAreCountedAndReleased) {
   EXPECT_TRUE(w.acquire("j"));
   w.release("k");
   EXPECT_TRUE(w.acquire("k"));
+  auto held = w.holders();
+  std::sort(held.begin(), held.end());
+  EXPECT_EQ(held, (std::vector<std::string>{"j", "k"}));
+  w.release("j");
+  EXPECT_EQ(w.holders(), std::vector<std::string>{"k"});
 }
 
 TEST(CoordAuth, SessionKeyCacheEvictsTheLeastRecentlyUsedKeyOnly) {
@@ -741,6 +747,54 @@ TEST(CoordPunch, WindowLimiterTellsHowLongUntilTheNextEvent) {
   EXPECT_EQ(l.allow_or_wait(a, 5000), 0);
   EXPECT_EQ(l.allow_or_wait(a, 6000), 55000);  // the event at 1000 leaves at 61000
   EXPECT_EQ(l.allow_or_wait(a, 61000), 0);
+}
+
+TEST(CoordPunch, SignalsRoundTripWithA64BitOriginAndEveryTarget) {
+  PunchSignal s{0xfedcba9876543210ull, test_key(), "laptop-1", {}};
+  for (int i = 0; i < 64; ++i) s.targets.push_back(test_key());
+  std::string text = encode_punch_signal(s);
+  EXPECT_LE(text.size(), kMaxBroadcast);  // fits one PostgreSQL NOTIFY
+  auto got = parse_punch_signal(text, 64);
+  ASSERT_TRUE(got) << got.status().message();
+  EXPECT_EQ(got->origin, 0xfedcba9876543210ull);
+  EXPECT_EQ(got->from, s.from);
+  EXPECT_EQ(got->name, "laptop-1");
+  EXPECT_EQ(got->targets, s.targets);
+  // One target fewer allowed: refused, not truncated.
+  auto over = parse_punch_signal(text, 63);
+  ASSERT_FALSE(over);
+  EXPECT_EQ(over.status().code(), Exit::DataErr);
+}
+
+TEST(CoordPunch, MalformedSignalsAreDataErrorsAndOtherTypesAreSkipped) {
+  std::string k = test_key().to_base64();
+  auto sig = [&](const std::string& origin, const std::string& from, const std::string& peers) {
+    return "{\"type\":\"punch\",\"origin\":" + origin + ",\"from\":\"" + from +
+           "\",\"name\":\"a\",\"peers\":" + peers + "}";
+  };
+  ASSERT_TRUE(parse_punch_signal(sig("\"7\"", k, "[\"" + k + "\"]"), 64));
+  for (const std::string& bad :
+       {sig("7", k, "[\"" + k + "\"]"),                      // origin not a string
+        sig("\"-7\"", k, "[\"" + k + "\"]"),                 // not decimal digits
+        sig("\"99999999999999999999\"", k, "[\"" + k + "\"]"),  // beyond 64 bits
+        sig("\"7\"", "not-a-key", "[\"" + k + "\"]"),
+        sig("\"7\"", k, "[]"),                               // no target
+        sig("\"7\"", k, "[\"short\"]"),
+        std::string("{\"type\":\"punch\"}"),                      // members missing
+        std::string("not json")}) {
+    auto r = parse_punch_signal(bad, 64);
+    ASSERT_FALSE(r) << bad;
+    EXPECT_EQ(r.status().code(), Exit::DataErr) << bad;
+  }
+  auto extra = parse_punch_signal(
+      "{\"type\":\"punch\",\"origin\":\"1\",\"from\":\"" + k +
+          "\",\"name\":\"a\",\"peers\":[\"" + k + "\"],\"x\":1}",
+      64);
+  EXPECT_FALSE(extra);
+  // A newer replica's broadcast of another kind: NoInput, which receivers skip.
+  auto other = parse_punch_signal("{\"type\":\"hello\",\"more\":1}", 64);
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.status().code(), Exit::NoInput);
 }
 
 TEST(CoordWatch, OnlyPermanentRefusalsEndAWatch) {
