@@ -142,15 +142,22 @@ Result<ApplyResult> apply_change(Model& model, std::vector<SetupKey>& keys, Revo
     out.maps_changed = true;
   }
   // The writer's serials: the same map has the same serial on every replica.
-  if (what.contains("serials")) {
-    for (const auto& [ids, v] : what["serials"].items()) {
-      Peer* p = model.by_id(static_cast<uint32_t>(number(ids)));
-      if (!p) continue;
-      p->serial = v.at(0).get<uint64_t>();
-      p->generated_at = v.at(1).get<int64_t>();
-      out.maps_changed = true;
+  auto adopt = [&](uint32_t id, uint64_t serial, int64_t at) {
+    Peer* p = model.by_id(id);
+    if (!p) return;
+    p->serial = serial;
+    p->generated_at = at;
+    out.maps_changed = true;
+  };
+  if (what.contains("serials"))  // as written before serial_runs
+    for (const auto& [ids, v] : what["serials"].items())
+      adopt(static_cast<uint32_t>(number(ids)), v.at(0).get<uint64_t>(), v.at(1).get<int64_t>());
+  if (what.contains("serial_runs"))
+    for (const auto& run : what["serial_runs"]) {
+      uint64_t serial = run.at(0).get<uint64_t>();
+      int64_t at = run.at(1).get<int64_t>();
+      for (const auto& id : run.at(2)) adopt(id.get<uint32_t>(), serial, at);
     }
-  }
   if (meta.contains("serial_counter"))
     model.set_serial_counter(number(meta["serial_counter"].get<std::string>()));
   if (meta.contains("next_host"))

@@ -43,7 +43,8 @@ struct StoredPeer {
 
 // A change another replica committed (PostgreSQL store): its sequence
 // number in the change log and what it wrote, as
-// {"peers":{ID:RECORD|null}, "serials":{ID:[SERIAL,AT]},
+// {"peers":{ID:RECORD|null}, "serial_runs":[[SERIAL,AT,[ID...]]...] (ascending;
+//  older entries: "serials":{ID:[SERIAL,AT]}),
 //  "setup_keys":{ID:RECORD}, "meta":{KEY:VALUE}, "records":{KIND:{KEY:RECORD|null}}}
 // (members only when written; RECORDs are the stored JSON documents, a
 // setup key's with its "hash").

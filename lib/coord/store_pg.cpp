@@ -106,6 +106,7 @@ class PgStore final : public Store {
     MESH_TRY(run("BEGIN", {}, "begin"));
     in_tx_ = true;
     pending_ = Json::object();
+    serial_runs_.clear();
     Status s = run(kWriterLock, {}, "writer lock");
     if (!s) rollback();
     return s;
@@ -114,6 +115,7 @@ class PgStore final : public Store {
   Status commit() override {
     committed_ = 0;
     MESH_TRY(flush_serials());
+    log_serial_runs();
     if (!pending_.empty()) {
       auto r = query("INSERT INTO changes(at, what) VALUES(extract(epoch from now())::bigint, $1) "
                      "RETURNING seq",
@@ -133,6 +135,7 @@ class PgStore final : public Store {
   }
 
   void rollback() override {
+    serial_runs_.clear();
     serial_ids_.clear();
     serial_values_.clear();
     serial_ats_.clear();
@@ -181,8 +184,20 @@ class PgStore final : public Store {
     append_csv(serial_ids_, std::to_string(id));
     append_csv(serial_values_, std::to_string(serial));
     append_csv(serial_ats_, std::to_string(at));
-    log()["serials"][std::to_string(id)] = Json::array({serial, at});
+    if (!bulk_) serial_runs_[{serial, at}].push_back(id);
     return Status::ok();
+  }
+
+  // A mutation gives all the maps it changes one serial: the log carries
+  // them as runs [SERIAL, AT, [ID...]] (ascending, so a later serial for
+  // the same id wins), not an object of 100,000 keys for a change that
+  // reaches every map.
+  void log_serial_runs() {
+    if (serial_runs_.empty()) return;
+    Json runs = Json::array();
+    for (auto& [k, ids] : serial_runs_) runs.push_back(Json::array({k.first, k.second, std::move(ids)}));
+    pending_["serial_runs"] = std::move(runs);
+    serial_runs_.clear();
   }
 
   Status flush_serials() {
@@ -454,6 +469,7 @@ class PgStore final : public Store {
   Json pending_ = Json::object();
   Json scratch_;
   std::string serial_ids_, serial_values_, serial_ats_;  // pending, comma-separated
+  std::map<std::pair<uint64_t, int64_t>, std::vector<int64_t>> serial_runs_;  // for the change log
   bool bulk_ = false;
   int64_t committed_ = 0;
 };

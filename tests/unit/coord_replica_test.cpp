@@ -45,17 +45,22 @@ struct Writer {
     return p;
   }
 
-  // As Coordinator::persist writes it: the rows, the changed maps' serials
-  // and the counters.
+  // As Coordinator::persist and the PostgreSQL store write it: the rows,
+  // the changed maps' serials (runs of one serial, or the older object by
+  // id when legacy_serials) and the counters.
+  bool legacy_serials = false;
   Json change(const Changes& ch, std::vector<uint32_t> put, std::vector<uint32_t> del,
               const std::string& policy_text = "") {
     Json w = Json::object();
     for (uint32_t id : put) w["peers"][std::to_string(id)] = m.by_id(id)->to_record();
     for (uint32_t id : del) w["peers"][std::to_string(id)] = nullptr;
+    std::map<std::pair<uint64_t, int64_t>, std::vector<uint32_t>> runs;
     for (uint32_t id : ch.changed) {
       const Peer* p = m.by_id(id);
-      if (p) w["serials"][std::to_string(id)] = Json::array({p->serial, p->generated_at});
+      if (p && legacy_serials) w["serials"][std::to_string(id)] = Json::array({p->serial, p->generated_at});
+      if (p && !legacy_serials) runs[{p->serial, p->generated_at}].push_back(id);
     }
+    for (const auto& [k, ids] : runs) w["serial_runs"].push_back(Json::array({k.first, k.second, ids}));
     w["meta"]["serial_counter"] = std::to_string(m.serial_counter());
     w["meta"]["next_host"] = std::to_string(m.next_host());
     w["meta"]["next_peer_id"] = std::to_string(m.new_peer_id());
@@ -106,7 +111,9 @@ TEST(CoordReplica, AppliedChangesGiveTheWritersMapsAndSerials) {
   ASSERT_TRUE(apply_change(r, keys, rev, w.change(ch, {ids[0]}, {}), 102));
   expect_same(w.m, r);
   ch = w.m.rename_peer(ids[2], "db-renamed", 103);
+  w.legacy_serials = true;  // a change logged by an older replica
   ASSERT_TRUE(apply_change(r, keys, rev, w.change(ch, {ids[2]}, {}), 103));
+  w.legacy_serials = false;
   expect_same(w.m, r);
   EXPECT_EQ(r.by_name("db-renamed")->id, ids[2]);
   Json cj{{"endpoint", "203.0.113.7:51820"}, {"kind", "host"}};
