@@ -727,16 +727,17 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
     round_cpu[1] = cpu() - cpu0;
     first_cpu[1] = cpu_ms(servers[0].pid) - first0;
   }
-  // The everyday write: one watcher announces new endpoints, which changes
-  // only the maps that hold it (~250). The other watchers should not even
-  // wake: the server's CPU for it is the figure.
+  // The everyday write: one watcher announces new endpoints (on the last
+  // server: another replica's watchers on PostgreSQL), which changes only
+  // the maps that hold it (~250). The other watchers should not even wake:
+  // the servers' CPU for it is the figure.
   size_t announce_changed = 0;
   long announce_woken = 0;
   {
     wait_parked();
     cpu0 = cpu();
     long woken0 = metric(servers[0].url, token, "mesh_coord_watch_wakeups_total");
-    Client writer(servers[0].url, "", log);
+    Client writer(servers[n - 1].url, "", log);
     std::string body = R"({"version": 1, "candidates": [{"endpoint": "198.51.100.7:51820", "kind": "srflx"}]})";
     auto a = Clock::now();
     fleet.open_round(2);

@@ -77,6 +77,13 @@ Result<ApplyResult> apply_change(Model& model, std::vector<SetupKey>& keys, Revo
   ApplyResult out;
   const Json empty = Json::object();
   const Json& meta = what.contains("meta") ? what["meta"] : empty;
+  // Peers, serials and counters concern only the peers named (an announce,
+  // a join, a rotation: the frequent changes); anything else, everyone.
+  for (const auto& [k, v] : what.items())
+    if (k != "peers" && k != "serials" && k != "serial_runs" && k != "meta") out.everyone = true;
+  for (const auto& [k, v] : meta.items())
+    if (k != "serial_counter" && k != "next_host" && k != "next_peer_id" && k != "cred_window")
+      out.everyone = true;
   // The policy first: peers' changes in the same transaction were made
   // under it.
   if (meta.contains("policy")) {
@@ -107,12 +114,14 @@ Result<ApplyResult> apply_change(Model& model, std::vector<SetupKey>& keys, Revo
         uint32_t id = static_cast<uint32_t>(number(ids));
         if (model.by_id(id)) {
           model.remove_peer(id, now);
+          out.woken.push_back(id);
           ++out.peers;
         }
       }
     for (const auto& [ids, rec] : what["peers"].items()) {
       if (rec.is_null()) continue;
       MESH_ASSIGN(auto np, Peer::from_record(rec));
+      out.woken.push_back(np->id);
       Peer* cur = model.by_id(np->id);
       if (cur && cur->public_key != np->public_key) {
         model.remove_peer(cur->id, now);
@@ -148,6 +157,7 @@ Result<ApplyResult> apply_change(Model& model, std::vector<SetupKey>& keys, Revo
     p->serial = serial;
     p->generated_at = at;
     out.maps_changed = true;
+    out.woken.push_back(id);
   };
   if (what.contains("serials"))  // as written before serial_runs
     for (const auto& [ids, v] : what["serials"].items())

@@ -19,6 +19,11 @@ struct ApplyResult {
   bool maps_changed = false;   // some map's serial moved: wake the watchers
   bool revocations = false;    // the relay revocation list changed
   size_t peers = 0;            // peers added, changed or removed
+  // Whose watchers can have news: the peers given new serials, changed or
+  // removed; or everyone, for a change of anything else (policy, routes,
+  // users, settings, setup keys, revocations).
+  std::vector<uint32_t> woken;
+  bool everyone = false;
 };
 
 // Applies one Change's `what` (coord/store.h) to the model, the setup keys

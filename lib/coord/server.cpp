@@ -200,6 +200,9 @@ class Coordinator {
   // peers given (their maps or punch queues changed, nothing else did).
   void publish() { wake_.notify_all(); }
   void publish(std::span<const uint32_t> peers) { wake_.notify(peers); }
+  // Wakes the watchers concerned by the changes catch_up_locked applied
+  // (with mu_ held: it takes what they recorded).
+  void publish_applied();
   Status record_event(const Event& ev);
 
   // Held by every mutation: mu_ exclusively and, on a shared store, the
@@ -224,7 +227,6 @@ class Coordinator {
     std::unique_lock<std::shared_mutex> lk_;
     std::unique_lock<std::recursive_mutex> store_lk_;
     Status status_;
-    bool applied_ = false;
   };
   // With mu_ exclusive and store_mu_ held: applies the changes committed
   // after applied_change_. True when some map or the revocations changed.
@@ -318,6 +320,10 @@ class Coordinator {
   std::atomic<int64_t> next_expiry_{0};   // earliest login expiry; 0: check now
   std::shared_mutex mu_;
   Notifier wake_;
+  // What the changes applied from other replicas concern (under mu_):
+  // publish_applied() wakes those watchers.
+  std::vector<uint32_t> applied_wake_;
+  bool applied_wake_all_ = false;
   NonceCache nonces_;       // enrolled peers' requests
   JoinNonces join_nonces_;  // join requests, signed by any key (limits.h)
   FailureLimiter limiter_;  // failed authentications per source
@@ -658,7 +664,6 @@ Coordinator::WriteLock::WriteLock(Coordinator& c) : c_(c), lk_(c.mu_) {
     status_ = unavailable("store: " + r.status().message());
     return;
   }
-  applied_ = *r;
   c.synced_ = true;
 }
 
@@ -668,8 +673,7 @@ void Coordinator::WriteLock::release() {
   c_.synced_ = false;
   store_lk_.unlock();
   // Watchers wait under mu_ (still held): they run once it is free.
-  if (applied_) c_.publish();
-  applied_ = false;
+  c_.publish_applied();
 }
 
 Result<bool> Coordinator::catch_up_locked() {
@@ -680,6 +684,7 @@ Result<bool> Coordinator::catch_up_locked() {
       // Away longer than the change log is kept: everything again.
       log_.info("replica: " + batch.status().message() + "; reloading the whole state");
       MESH_TRY(load_model());
+      applied_wake_all_ = true;
       return true;
     }
     if (!batch) return batch.status();
@@ -693,6 +698,7 @@ Result<bool> Coordinator::catch_up_locked() {
         log_.error("replica: change " + std::to_string(c.seq) + ": " + r.status().message() +
                    "; reloading the whole state");
         MESH_TRY(load_model());
+        applied_wake_all_ = true;
         return true;
       }
       if (c.what.contains("records") && c.what["records"].contains("user"))
@@ -706,6 +712,8 @@ Result<bool> Coordinator::catch_up_locked() {
         }
       next_expiry_ = 0;  // a login renewed elsewhere moves the next expiry
       changed = changed || r->maps_changed || r->revocations;
+      applied_wake_all_ = applied_wake_all_ || r->everyone;
+      applied_wake_.insert(applied_wake_.end(), r->woken.begin(), r->woken.end());
       applied_change_ = c.seq;
     }
   }
@@ -717,18 +725,19 @@ void Coordinator::catch_up() {
     auto next = store_->changes_after(applied_change_, 1);
     if (next && next->empty()) return;
   }
-  bool changed = false;
-  {
-    std::unique_lock lk(mu_);
-    std::lock_guard slk(store_mu_);
-    auto r = catch_up_locked();
-    if (!r) {
-      log_.error("replica: cannot catch up: " + r.status().message());
-      return;
-    }
-    changed = *r;
-  }
-  if (changed) publish();
+  std::unique_lock lk(mu_);
+  std::lock_guard slk(store_mu_);
+  auto r = catch_up_locked();
+  if (!r) log_.error("replica: cannot catch up: " + r.status().message());
+  // The woken wait for mu_: they run once this returns.
+  publish_applied();
+}
+
+void Coordinator::publish_applied() {
+  if (applied_wake_all_) publish();
+  else if (!applied_wake_.empty()) publish(applied_wake_);
+  applied_wake_.clear();
+  applied_wake_all_ = false;
 }
 
 // Wakes on the other replicas' NOTIFY, and polls the change log every 2 s

@@ -3,6 +3,8 @@
 // same maps, byte for byte, with the writer's serials, incrementally.
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include <nlohmann/json.hpp>
 
 #include "coord/model.h"
@@ -123,8 +125,17 @@ TEST(CoordReplica, AppliedChangesGiveTheWritersMapsAndSerials) {
     q.endpoints = {*cand};
     q.endpoints_at = 104;
   });
-  ASSERT_TRUE(apply_change(r, keys, rev, w.change(ch, {ids[3]}, {}), 104));
+  auto announced = apply_change(r, keys, rev, w.change(ch, {ids[3]}, {}), 104);
+  ASSERT_TRUE(announced);
   expect_same(w.m, r);
+  // An announce concerns the announcer and the maps it is in: only their
+  // watchers are woken on the replica.
+  ASSERT_FALSE(ch.changed.empty());
+  EXPECT_FALSE(announced->everyone);
+  std::set<uint32_t> woken(announced->woken.begin(), announced->woken.end());
+  std::set<uint32_t> expected(ch.changed.begin(), ch.changed.end());
+  expected.insert(ids[3]);
+  EXPECT_EQ(woken, expected);
   ch = w.m.update_peer(ids[4], true, 105, [](Peer& q) { q.disabled = true; });
   ASSERT_TRUE(apply_change(r, keys, rev, w.change(ch, {ids[4]}, {}), 105));
   expect_same(w.m, r);
@@ -139,7 +150,9 @@ TEST(CoordReplica, AppliedChangesGiveTheWritersMapsAndSerials) {
   // A policy change recomputes every map on both sides.
   std::string p2 = R"({"groups":{"web":{},"db":{},"ops":{}},"rules":[{"src":["db"],"dst":["all"]}]})";
   ch = w.m.set_policy(policy(p2), 107);
-  ASSERT_TRUE(apply_change(r, keys, rev, w.change(ch, {}, {}, p2), 107));
+  auto repoliced = apply_change(r, keys, rev, w.change(ch, {}, {}, p2), 107);
+  ASSERT_TRUE(repoliced);
+  EXPECT_TRUE(repoliced->everyone);
   expect_same(w.m, r);
   // A new peer after all that gets the next address on both.
   auto p = w.make_peer("late", {"web"});
