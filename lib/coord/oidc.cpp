@@ -363,6 +363,7 @@ Result<Discovery> Discovery::from_json(const Json& j, const std::string& expecte
   d.jwks_uri = str_field(j, "jwks_uri");
   d.token_endpoint = str_field(j, "token_endpoint");
   d.device_authorization_endpoint = str_field(j, "device_authorization_endpoint");
+  d.authorization_endpoint = str_field(j, "authorization_endpoint");
   // OpenID Connect Discovery 4.3: the issuer must be the one asked for.
   if (d.issuer != expected_issuer)
     return data_error("discovery document: issuer '" + d.issuer + "' is not '" + expected_issuer + "'");
@@ -390,6 +391,14 @@ Status Issuer::fetch_locked(int64_t now) {
   fetched_ = true;
   log_.info("oidc: " + std::to_string(keys_.size()) + " signing keys from " + disc_->jwks_uri);
   return Status::ok();
+}
+
+Result<Discovery> Issuer::discovery() {
+  std::lock_guard lk(mu_);
+  if (!disc_) {
+    MESH_ASSIGN(disc_, discover(issuer_, ca_file_));
+  }
+  return *disc_;
 }
 
 Status Issuer::refresh(int64_t now) {
