@@ -11,6 +11,15 @@
 #                                  PEER (key PEER.key, made when missing), approve
 #                                  its code as USER; registration into PEER.json;
 #                                  $status is login's exit status
+#   idp_browser_authorize USER PASSWORD URL   a browser login (authorization code
+#                                  flow): open URL, sign in, consent; prints
+#                                  the provider's redirect to the app
+#                                  (http://127.0.0.1:PORT/callback?code=..&state=..)
+#                                  without following it
+#   oidc_login_browser PEER USER PASSWORD [LOGIN-ARGS...]   `mesh-coord login
+#                                  --browser` for PEER, the browser played by
+#                                  curl up to the loopback redirect, which it
+#                                  then opens; as oidc_login
 #   idp_mint JSON                  a token from the IdP's test-only /test/mint
 
 idp_users() { printf '%s\n' "$1" >"$BATS_TEST_TMPDIR/idp-users.json"; }
@@ -56,6 +65,47 @@ idp_browser_approve() {
   [ -n "$act" ] || { echo "no consent form: $page" >&2; return 1; }
   page=$("${c[@]}" -L -d '' "$IDP_URL$act") || return 1
   grep -q 'Sign-in Success' <<<"$page" || { echo "no success page: $page" >&2; return 1; }
+}
+
+idp_browser_authorize() {
+  local user=$1 password=$2 url=$3 jar="$BATS_TEST_TMPDIR/browser.$RANDOM" page act loc i
+  local c=(curl -sS --max-time 20 -c "$jar" -b "$jar")
+  page=$("${c[@]}" -L "$url") || return 1
+  act=$(_form_action login <<<"$page")
+  [ -n "$act" ] || { echo "no login form: $page" >&2; return 1; }
+  page=$("${c[@]}" -L --data-urlencode "login=$user" --data-urlencode "password=$password" "$IDP_URL$act") || return 1
+  act=$(_form_action consent <<<"$page")
+  [ -n "$act" ] || { echo "no consent form: $page" >&2; return 1; }
+  # The consent ends in redirects: the provider's own, then the app's.
+  loc=$("${c[@]}" -o /dev/null -w '%{redirect_url}' -d '' "$IDP_URL$act") || return 1
+  for i in 1 2 3 4 5; do
+    # The IdP is on loopback too: its own redirects first.
+    case $loc in
+      "$IDP_URL"/*) loc=$("${c[@]}" -o /dev/null -w '%{redirect_url}' "$loc") || return 1 ;;
+      http://127.0.0.1:*) echo "$loc"; return 0 ;;
+      *) echo "unexpected redirect: '$loc'" >&2; return 1 ;;
+    esac
+  done
+  echo "too many redirects" >&2
+  return 1
+}
+
+oidc_login_browser() {
+  local peer=$1 user=$2 password=$3; shift 3
+  local dir=$BATS_TEST_TMPDIR out="$BATS_TEST_TMPDIR/$peer.login.out" redirect
+  [ -f "$dir/$peer.key" ] || mesh-keygen genkey -o "$dir/$peer.key"
+  : >"$out"
+  timeout 60 mesh-coord login --browser --server "$COORD_URL" --key "$dir/$peer.key" "$@" \
+    >"$out" 2>"$dir/$peer.login.err" 3>&- &
+  local pid=$!
+  _mesh_pids+=("$pid")
+  wait_for_line "$out" '"authorization_url"' 30 || { cat "$dir/$peer.login.err" >&2; return 1; }
+  redirect=$(idp_browser_authorize "$user" "$password" "$(head -1 "$out" | jq -r .authorization_url)") || return 1
+  curl -sS --max-time 20 "$redirect" >"$dir/$peer.redirect.html" || return 1
+  status=0
+  wait "$pid" || status=$?
+  if [ "$status" -eq 0 ]; then tail -1 "$out" >"$dir/$peer.json"; fi
+  return 0
 }
 
 oidc_login() {
