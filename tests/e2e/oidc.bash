@@ -12,7 +12,8 @@
 #                                  its code as USER; registration into PEER.json;
 #                                  $status is login's exit status
 #   idp_browser_authorize USER PASSWORD URL   a browser login (authorization code
-#                                  flow): open URL, sign in, consent; prints
+#                                  flow; in namespace $IDP_NS when set):
+#                                  open URL, sign in, consent; prints
 #                                  the provider's redirect to the app
 #                                  (http://127.0.0.1:PORT/callback?code=..&state=..)
 #                                  without following it
@@ -70,6 +71,7 @@ idp_browser_approve() {
 idp_browser_authorize() {
   local user=$1 password=$2 url=$3 jar="$BATS_TEST_TMPDIR/browser.$RANDOM" page act loc i
   local c=(curl -sS --max-time 20 -c "$jar" -b "$jar")
+  [ -z "${IDP_NS:-}" ] || c=(nsx "$IDP_NS" "${c[@]}")
   page=$("${c[@]}" -L "$url") || return 1
   act=$(_form_action login <<<"$page")
   [ -n "$act" ] || { echo "no login form: $page" >&2; return 1; }
