@@ -255,7 +255,6 @@ int cmd_login(Context& ctx, int argc, char** argv) {
     } else {
       token = device_flow(ctx, *disc, client, scope, idp_ca_file, timeout_s);
     }
-    wipe(client.secret);
     if (!token) return report(ctx, token.status());
     if (!token->empty()) body["id_token"] = std::move(*token);
   }

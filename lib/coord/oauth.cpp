@@ -293,12 +293,8 @@ Result<Redirect> LoopbackReceiver::wait(std::chrono::milliseconds timeout) {
 
 Result<std::string> PendingLogins::add(const PublicKey& node, const std::string& source,
                                        DeviceAuth auth, int64_t now) {
-  prune(now);
+  MESH_TRY(room_for(node, source, now));
   std::erase_if(by_handle_, [&](const auto& e) { return e.second.node == node; });
-  size_t from_source = std::count_if(by_handle_.begin(), by_handle_.end(),
-                                     [&](const auto& e) { return e.second.source == source; });
-  if (from_source >= per_source_ || by_handle_.size() >= total_)
-    return temp_failure("too many logins in progress; try again later");
   std::string handle = random_token(32);
   PendingLogin p;
   p.node = node;
@@ -308,6 +304,19 @@ Result<std::string> PendingLogins::add(const PublicKey& node, const std::string&
   p.auth = std::move(auth);
   by_handle_[handle] = std::move(p);
   return handle;
+}
+
+Status PendingLogins::room_for(const PublicKey& node, const std::string& source, int64_t now) {
+  prune(now);
+  size_t all = 0, from_source = 0;
+  for (const auto& [h, p] : by_handle_) {
+    if (p.node == node) continue;
+    ++all;
+    if (p.source == source) ++from_source;
+  }
+  if (from_source >= per_source_ || all >= total_)
+    return temp_failure("too many logins in progress; try again later");
+  return Status::ok();
 }
 
 PendingLogin* PendingLogins::find(const std::string& handle, const PublicKey& node, int64_t now) {

@@ -27,8 +27,10 @@ namespace mesh::coord::oauth {
 // A client as the token endpoint sees it: a public client (no secret,
 // RFC 6749 2.1) sends its id; a confidential one adds its secret in the form
 // (client_secret_post, OpenID Connect Core 9).
+// The secret is wiped when the ClientAuth goes.
 struct ClientAuth {
   std::string client_id, secret;
+  ~ClientAuth() { wipe(secret); }
 };
 
 // RFC 7636 4.1: a verifier of 32 random bytes, base64url (43 characters).
@@ -136,7 +138,10 @@ inline constexpr int64_t kMaxDeviceSeconds = 900;
 class PendingLogins {
  public:
   PendingLogins(size_t total, size_t per_source) : total_(total), per_source_(per_source) {}
-  // A new handle for `auth`; TempFailure when the bounds are reached.
+  // TempFailure when `node` may not start another login from `source`
+  // now (its own pending one does not count: a new one replaces it).
+  Status room_for(const PublicKey& node, const std::string& source, int64_t now);
+  // A new handle for `auth`, as room_for allows.
   Result<std::string> add(const PublicKey& node, const std::string& source, DeviceAuth auth,
                           int64_t now);
   // The pending login of `handle` when it is `node`'s and not expired;

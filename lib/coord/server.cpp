@@ -155,6 +155,15 @@ Result<Json> json_body(const PeerAuth& a, size_t max) {
   return parse_json(a.body, "request");
 }
 
+// A secret file's text, trimmed (the file's copy wiped); Config when empty.
+Result<std::string> read_secret(const std::string& path, const std::string& what) {
+  MESH_ASSIGN(auto text, read_file(path, 4096));
+  std::string secret(trim_key_text(text));
+  wipe(text);
+  if (secret.empty()) return Status(Exit::Config, path + ": empty " + what);
+  return secret;
+}
+
 class Coordinator {
  public:
   Coordinator(const ServeOptions& opt, Log& log)
@@ -166,7 +175,6 @@ class Coordinator {
         punch_limiter_(kPunchBurst, kPunchWindowMs),
         announce_limiter_(static_cast<size_t>(std::max(opt.announces_per_minute, 0)), 60000),
         watches_(opt.max_watches_per_peer) {}
-  ~Coordinator() { wipe(oidc_client_.secret); }
 
   Status init();
   void routes(httplib::Server& s);
@@ -395,11 +403,7 @@ Status Coordinator::init() {
                                              opt_.oidc_groups_claim, opt_.oidc_ca_file, log_);
     oidc_client_.client_id = opt_.oidc_client_id;
     if (!opt_.oidc_client_secret_file.empty()) {
-      MESH_ASSIGN(auto sec, read_file(opt_.oidc_client_secret_file, 4096));
-      oidc_client_.secret = std::string(trim_key_text(sec));
-      wipe(sec);
-      if (oidc_client_.secret.empty())
-        return Status(Exit::Config, opt_.oidc_client_secret_file + ": empty client secret");
+      MESH_ASSIGN(oidc_client_.secret, read_secret(opt_.oidc_client_secret_file, "client secret"));
     }
     // The IdP may start later: logins refetch its keys when they need them.
     if (Status s = issuer_->refresh(unix_now()); !s)
@@ -452,11 +456,7 @@ Status Coordinator::load_model() {
   cfg.credential_lifetime = opt_.credential_lifetime;
   cfg.keepalive = opt_.keepalive;
   if (!opt_.relay_secret_file.empty()) {
-    MESH_ASSIGN(auto sec, read_file(opt_.relay_secret_file, 4096));
-    cfg.relay_secret = std::string(trim_key_text(sec));
-    wipe(sec);
-    if (cfg.relay_secret.empty())
-      return Status(Exit::Config, opt_.relay_secret_file + ": empty relay secret");
+    MESH_ASSIGN(cfg.relay_secret, read_secret(opt_.relay_secret_file, "relay secret"));
   }
   MESH_ASSIGN(int64_t applied, store_->last_change());
   MESH_ASSIGN(auto peers, store_->load_peers());
@@ -1930,7 +1930,8 @@ void Coordinator::h_login_device(const httplib::Request& req, httplib::Response&
   {
     // Refuse before asking the provider when this source is at its bound.
     std::lock_guard lk(pending_mu_);
-    pending_logins_.prune(now);
+    if (Status s = pending_logins_.room_for(a->key, source_key(req.remote_addr), now); !s)
+      return peer_error(&*a, res, from_status(s));
   }
   auto disc = issuer_->discovery();
   if (!disc) return peer_error(&*a, res, from_status(disc.status()));
@@ -2002,9 +2003,10 @@ void Coordinator::h_login(const httplib::Request& req, httplib::Response& res) {
   wipe(body->enrol.setup_key);
   if (token && !*token) return sign(*a, res);  // pending
   if (!token) {
-    Exit c = token.status().code();
-    int http = c == Exit::NoPerm ? 401 : 0;
-    return peer_error(&*a, res, from_status(Status(c, "login refused: " + token.status().message()), http));
+    const Status& e = token.status();
+    if (e.code() != Exit::NoPerm) return peer_error(&*a, res, from_status(e));
+    std::string m = e.message().rfind("login ", 0) == 0 ? e.message() : "login refused: " + e.message();
+    return peer_error(&*a, res, {401, m});
   }
   int64_t now = unix_now();
   std::optional<std::string> nonce;

@@ -143,3 +143,27 @@ setup() {
   mrun -s 0 mesh-coord peer list --server "$COORD_URL" --json
   [ "$(jq -r '.peers | length' <<<"$output")" = 1 ]
 }
+
+@test "client secret usage: serve needs --oidc-issuer (64) and a non-empty file (78); --id-token-out needs the secret on the node (64)" {
+  mrun -s "$EX_USAGE" mesh-coord serve --state s2 --oidc-client-secret-file client.secret
+  [[ "$stderr" == *"--oidc-client-secret-file needs --oidc-issuer"* ]]
+  : >empty.secret
+  mrun -s "$EX_CONFIG" timeout 20 mesh-coord serve --listen 127.0.0.1:0 --state s3 --oidc-issuer "$IDP_URL" \
+    --oidc-client-id mesh-private --oidc-client-secret-file empty.secret
+  [[ "$stderr" == *"empty.secret: empty client secret"* ]]
+  coord_start coord --oidc-issuer "$IDP_URL" --oidc-client-id mesh-private \
+    --oidc-client-secret-file "$BATS_TEST_TMPDIR/client.secret"
+  mrun -s "$EX_USAGE" mesh-coord login --server "$COORD_URL" --id-token-out t.tok
+  [[ "$stderr" == *"--id-token-out needs --client-secret-file"* ]]
+  [ ! -e t.tok ]
+  # With the secret given to login, the node makes the token requests itself.
+  : >t.out
+  MESH_LOGIN_POLL_MS=200 timeout 60 mesh-coord login --server "$COORD_URL" --id-token-out t.tok \
+    --client-secret-file client.secret >t.out 2>/dev/null 3>&- &
+  pid=$!
+  wait_for_line t.out '"user_code"' 30
+  idp_browser_approve alice alice-pw "$(jq -r .verification_uri_complete t.out)"
+  wait "$pid"
+  [ "$(stat -c %a t.tok)" = 600 ]
+  mrun -s 0 mesh-coord peer list --server "$COORD_URL" --admin-token-file t.tok --json
+}
