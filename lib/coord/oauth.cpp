@@ -271,6 +271,10 @@ Result<std::unique_ptr<LoopbackReceiver>> LoopbackReceiver::start() {
   int port = p->server.bind_to_any_port("127.0.0.1");
   if (port <= 0) return io_error("cannot listen on 127.0.0.1 for the login's redirect");
   p->thread = std::thread([p] { p->server.listen_after_bind(); });
+  // stop() is a no-op until the server runs: wait for it (bounded), so the
+  // destructor's stop() cannot miss a server that starts afterwards.
+  for (int i = 0; i < 2000 && !p->server.is_running(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   std::unique_ptr<LoopbackReceiver> r(new LoopbackReceiver(std::move(impl)));
   r->redirect_uri_ = "http://127.0.0.1:" + std::to_string(port) + "/callback";
   return r;

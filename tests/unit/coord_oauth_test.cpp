@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "coord/oauth.h"
+#include "core/base64.h"
 
 using namespace mesh;
 using namespace mesh::coord;
@@ -116,4 +117,18 @@ TEST(CoordOauth, PendingLoginsAreBoundToTheirNodeAndBounded) {
   auto hl = p.add(a, "192.0.2.9", auth, 2000);
   ASSERT_TRUE(hl);
   EXPECT_EQ(p.find(*hl, a, 2000 + kMaxDeviceSeconds), nullptr);
+}
+
+TEST(CoordOauth, NonceMustBeThisLogins) {
+  auto b64 = [](const std::string& s) {
+    return base64url_encode(std::span(reinterpret_cast<const uint8_t*>(s.data()), s.size()));
+  };
+  std::string tok = b64(R"({"alg":"RS256"})") + "." + b64(R"({"sub":"a","nonce":"n1"})") + "." + b64("sig");
+  EXPECT_TRUE(check_nonce(tok, "n1"));
+  auto other = check_nonce(tok, "n2");
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.code(), Exit::NoPerm);
+  std::string none = b64(R"({"alg":"RS256"})") + "." + b64(R"({"sub":"a"})") + "." + b64("sig");
+  EXPECT_FALSE(check_nonce(none, "n1"));
+  EXPECT_FALSE(check_nonce("not-a-jwt", "n1"));
 }
