@@ -1977,8 +1977,10 @@ Result<std::optional<std::string>> Coordinator::login_token(const PeerAuth& a, c
   auto poll = oauth::poll_device(disc, oidc_client_, device_code, opt_.oidc_ca_file);
   std::lock_guard lk(pending_mu_);
   oauth::PendingLogin* p = pending_logins_.find(body.device_handle, a.key, now);
+  // Done, denied or expired: one token per handle. An unreachable provider
+  // leaves the handle for the next poll.
   if (!poll || !poll->id_token.empty()) {
-    if (p) pending_logins_.erase(body.device_handle);  // done, denied or expired: one token per handle
+    if (p && (poll || poll.status().code() != Exit::Unavailable)) pending_logins_.erase(body.device_handle);
     if (!poll) return poll.status();
     return std::optional(std::move(poll->id_token));
   }
