@@ -5,12 +5,11 @@
 // RFC 8252). With a public client the node makes the token requests; when
 // the coordinator holds the client secret (serve --oidc-client-secret-file)
 // the coordinator makes them and the node never sees the secret.
-#include <chrono>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
-#include <thread>
 
 #include "common.h"
+#include "coord/login.h"
 #include "coord/oauth.h"
 #include "coord/oidc.h"
 #include "core/file.h"
@@ -19,114 +18,20 @@
 namespace mesh::coord {
 namespace {
 
-std::string str(const Json& j, const char* k) {
-  return j.is_object() && j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : "";
-}
-
 // What a person must do, on stderr for them and as one JSON line on stdout
 // for scripts.
-Status show_prompt(Context& ctx, const std::string& text, const Json& doc) {
-  ctx.log.warn(text);
-  if (!write_line(ctx, dump_json(doc) + "\n")) return io_error("cannot write to standard output");
-  return Status::ok();
-}
-
-Status show_device_prompt(Context& ctx, const Json& p) {
-  std::string uri_complete = str(p, "verification_uri_complete");
-  return show_prompt(ctx,
-                     "to log in, open " + str(p, "verification_uri") + " and enter the code " +
-                         str(p, "user_code") +
-                         (uri_complete.empty() ? "" : " (or open " + uri_complete + ")"),
-                     p);
-}
-
-// RFC 8628 3.5: at most one poll per interval (5 s by default), but
-// MESH_LOGIN_POLL_MS overrides it for tests against a local provider.
-int64_t poll_ms(Context& ctx, int interval) {
+LoginIo login_io(Context& ctx, int timeout_s) {
+  LoginIo io;
+  io.prompt = [&ctx](const std::string& text, const Json& doc) -> Status {
+    ctx.log.warn(text);
+    if (!write_line(ctx, dump_json(doc) + "\n")) return io_error("cannot write to standard output");
+    return Status::ok();
+  };
+  io.timeout_s = timeout_s;
+  // For tests against a local provider (mesh-coord(8), ENVIRONMENT).
   if (const char* ms = ctx.env ? ctx.env("MESH_LOGIN_POLL_MS") : nullptr; ms && *ms)
-    return std::clamp<int64_t>(std::atoll(ms), 50, 60000);
-  return std::clamp(interval, 1, 60) * int64_t{1000};
-}
-
-using Clock = std::chrono::steady_clock;
-
-Clock::time_point deadline_for(int expires_in, int timeout_s) {
-  return Clock::now() + std::chrono::seconds(std::min(expires_in, timeout_s > 0 ? timeout_s : expires_in));
-}
-
-Status timed_out(const std::string& user_code) {
-  return temp_failure("login timed out: the code " + user_code + " was not approved in time");
-}
-
-// The device flow run by this node (a public client, or the secret given
-// to login): the ID token.
-Result<std::string> device_flow(Context& ctx, const oidc::Discovery& disc,
-                                const oauth::ClientAuth& client, const std::string& scope,
-                                const std::string& ca_file, int timeout_s) {
-  MESH_ASSIGN(auto da, oauth::start_device(disc, client, scope, ca_file));
-  MESH_TRY(show_device_prompt(ctx, da.prompt()));
-  auto deadline = deadline_for(da.expires_in, timeout_s);
-  int64_t wait_ms = poll_ms(ctx, da.interval);
-  for (;;) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
-    if (Clock::now() > deadline) return timed_out(da.user_code);
-    MESH_ASSIGN(auto p, oauth::poll_device(disc, client, da.device_code, ca_file));
-    if (!p.id_token.empty()) return p.id_token;
-    if (p.slow_down) wait_ms += 5000;
-  }
-}
-
-// The device flow run by the coordinator with its secret: the node polls
-// the coordinator, which enrols it once the person approved.
-Result<Json> coordinator_device_flow(Context& ctx, Client& cli, const SecretKey& node,
-                                     const PublicKey& coord, const std::string& scope,
-                                     const std::string& name, const std::string& name_hint,
-                                     int timeout_s) {
-  MESH_ASSIGN(auto r, cli.peer("POST", "/v1/login/device", node, coord,
-                               dump_json(Json{{"scope", scope}}), 30));
-  MESH_ASSIGN(auto da, parse_json(r.body, "coordinator response"));
-  std::string handle = str(da, "device_handle");
-  if (handle.empty()) return unavailable("the coordinator's device login answer has no device_handle");
-  Json prompt = da;
-  prompt.erase("device_handle");
-  prompt.erase("interval");
-  MESH_TRY(show_device_prompt(ctx, prompt));
-  auto deadline = deadline_for(da.value("expires_in", 600), timeout_s);
-  int64_t wait_ms = poll_ms(ctx, da.value("interval", 5));
-  for (;;) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
-    if (Clock::now() > deadline) return timed_out(str(da, "user_code"));
-    bool pending = false;
-    MESH_ASSIGN(auto reg, enrol(cli, "/v1/login", node, coord, Json{{"device_handle", handle}}, name,
-                                name_hint, &pending));
-    if (!pending) return reg;
-  }
-}
-
-// A browser login (RFC 8252): the authorization URL for the person, the
-// redirect to 127.0.0.1 with the code. Returns the code exchange's inputs.
-struct CodeGrant {
-  std::string code, verifier, redirect_uri, nonce;
-};
-
-Result<CodeGrant> browser_flow(Context& ctx, const oidc::Discovery& disc, const std::string& client_id,
-                               const std::string& scope, int timeout_s) {
-  if (disc.authorization_endpoint.empty())
-    return unavailable("the identity provider " + disc.issuer + " has no authorization_endpoint");
-  MESH_ASSIGN(auto rx, oauth::LoopbackReceiver::start());
-  CodeGrant g;
-  g.verifier = oauth::pkce_verifier();
-  g.nonce = random_token(16);
-  g.redirect_uri = rx->redirect_uri();
-  std::string state = random_token(16);
-  std::string url = oauth::authorization_url(
-      disc.authorization_endpoint,
-      {client_id, g.redirect_uri, scope, state, g.nonce, oauth::pkce_challenge(g.verifier)});
-  MESH_TRY(show_prompt(ctx, "to log in, open " + url + " in a browser on this machine",
-                       Json{{"authorization_url", url}, {"redirect_uri", g.redirect_uri}}));
-  MESH_ASSIGN(auto red, rx->wait(std::chrono::seconds(timeout_s > 0 ? timeout_s : 600)));
-  MESH_ASSIGN(g.code, oauth::check_redirect(red, state));
-  return g;
+    io.poll_ms = std::atoll(ms);
+  return io;
 }
 
 int print_registration(Context& ctx, const Json& reg) {
@@ -211,8 +116,8 @@ int cmd_login(Context& ctx, int argc, char** argv) {
       info = oidc::http_get_json(servers[i] + "/v1/info", ca_file);
     if (!info) return report(ctx, info.status());
     const Json& o = info->body.is_object() && info->body.contains("oidc") ? info->body["oidc"] : Json();
-    oauth::ClientAuth client{str(o, "client_id"), ""};
-    std::string issuer = str(o, "issuer");
+    oauth::ClientAuth client{oidc::str_field(o, "client_id"), ""};
+    std::string issuer = oidc::str_field(o, "issuer");
     if (issuer.empty() || client.client_id.empty())
       return report(ctx, Status(Exit::Unavailable, "the coordinator at " + cli.server() +
                                                        " does not offer login (serve --oidc-issuer)"));
@@ -229,7 +134,12 @@ int cmd_login(Context& ctx, int argc, char** argv) {
       return report(ctx, usage_error("the coordinator holds the client secret: --id-token-out needs "
                                      "--client-secret-file (or log in with --key)"));
     if (via_coordinator && !browser) {
-      auto reg = coordinator_device_flow(ctx, cli, *node, *coord, scope, name, name_hint, timeout_s);
+      auto reg = coordinator_device_flow(
+          cli, *node, *coord, scope, login_io(ctx, timeout_s),
+          [&](const std::string& handle, bool* pending) {
+            return enrol(cli, "/v1/login", *node, *coord, Json{{"device_handle", handle}}, name,
+                         name_hint, pending);
+          });
       if (!reg) return report(ctx, reg.status());
       return print_registration(ctx, *reg);
     }
@@ -237,7 +147,7 @@ int cmd_login(Context& ctx, int argc, char** argv) {
     if (!disc) return report(ctx, disc.status());
     Result<std::string> token = std::string();
     if (browser) {
-      auto g = browser_flow(ctx, *disc, client.client_id, scope, timeout_s);
+      auto g = browser_flow(*disc, client.client_id, scope, login_io(ctx, timeout_s));
       if (!g) return report(ctx, g.status());
       body["nonce"] = g->nonce;
       if (via_coordinator) {
@@ -253,7 +163,7 @@ int cmd_login(Context& ctx, int argc, char** argv) {
           }
       }
     } else {
-      token = device_flow(ctx, *disc, client, scope, idp_ca_file, timeout_s);
+      token = node_device_flow(*disc, client, scope, idp_ca_file, login_io(ctx, timeout_s));
     }
     if (!token) return report(ctx, token.status());
     if (!token->empty()) body["id_token"] = std::move(*token);

@@ -17,10 +17,6 @@ namespace {
 
 constexpr const char* kDeviceGrant = "urn:ietf:params:oauth:grant-type:device_code";
 
-std::string str(const Json& j, const char* k) {
-  return j.is_object() && j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : "";
-}
-
 using Form = std::vector<std::pair<std::string, std::string>>;
 
 // client_id always; the secret only for a confidential client.
@@ -31,8 +27,8 @@ Form with_client(Form f, const ClientAuth& c) {
 }
 
 Status refused(const char* what, const oidc::HttpReply& r) {
-  return unavailable(std::string(what) + " refused by the identity provider: " + str(r.body, "error") +
-                     " " + str(r.body, "error_description"));
+  return unavailable(std::string(what) + " refused by the identity provider: " + oidc::str_field(r.body, "error") +
+                     " " + oidc::str_field(r.body, "error_description"));
 }
 
 bool unreserved(char c) {
@@ -169,10 +165,10 @@ Result<DeviceAuth> start_device(const oidc::Discovery& d, const ClientAuth& c,
                                            with_client({{"scope", scope}}, c), ca_file));
   if (r.status != 200) return refused("device authorization", r);
   DeviceAuth a;
-  a.device_code = str(r.body, "device_code");
-  a.user_code = str(r.body, "user_code");
-  a.verification_uri = str(r.body, "verification_uri");
-  a.verification_uri_complete = str(r.body, "verification_uri_complete");
+  a.device_code = oidc::str_field(r.body, "device_code");
+  a.user_code = oidc::str_field(r.body, "user_code");
+  a.verification_uri = oidc::str_field(r.body, "verification_uri");
+  a.verification_uri_complete = oidc::str_field(r.body, "verification_uri_complete");
   if (a.device_code.empty() || a.user_code.empty() || a.verification_uri.empty())
     return unavailable("device authorization: the identity provider's answer lacks device_code, "
                        "user_code or verification_uri");
@@ -191,12 +187,12 @@ Result<Poll> poll_device(const oidc::Discovery& d, const ClientAuth& c,
                           ca_file));
   Poll p;
   if (t.status == 200) {
-    p.id_token = str(t.body, "id_token");
+    p.id_token = oidc::str_field(t.body, "id_token");
     if (p.id_token.empty())
       return unavailable("the identity provider issued no ID token (is 'openid' in the scope?)");
     return p;
   }
-  std::string err = str(t.body, "error");
+  std::string err = oidc::str_field(t.body, "error");
   if (err == "authorization_pending") return p;
   if (err == "slow_down") {
     p.slow_down = true;
@@ -218,18 +214,18 @@ Result<std::string> exchange_code(const oidc::Discovery& d, const ClientAuth& c,
                                                        c),
                                            ca_file));
   // invalid_grant: a used, expired or stolen code, or a wrong verifier.
-  if (t.status == 400 && str(t.body, "error") == "invalid_grant")
+  if (t.status == 400 && oidc::str_field(t.body, "error") == "invalid_grant")
     return no_permission("login refused by the identity provider: invalid_grant " +
-                         str(t.body, "error_description"));
+                         oidc::str_field(t.body, "error_description"));
   if (t.status != 200) return refused("token request", t);
-  std::string id = str(t.body, "id_token");
+  std::string id = oidc::str_field(t.body, "id_token");
   if (id.empty()) return unavailable("the identity provider issued no ID token (is 'openid' in the scope?)");
   return id;
 }
 
 Status check_nonce(std::string_view id_token, const std::string& nonce) {
   MESH_ASSIGN(auto t, oidc::parse_jwt(id_token));
-  if (str(t.payload, "nonce") != nonce)
+  if (oidc::str_field(t.payload, "nonce") != nonce)
     return no_permission("login refused: the ID token's nonce is not this login's");
   return Status::ok();
 }

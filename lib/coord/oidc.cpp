@@ -33,10 +33,6 @@ Result<std::vector<uint8_t>> b64u_field(const Json& j, const char* name) {
   return *v;
 }
 
-std::string str_field(const Json& j, const char* name) {
-  return j.contains(name) && j[name].is_string() ? j[name].get<std::string>() : "";
-}
-
 std::shared_ptr<EVP_PKEY> from_params(const char* type, OSSL_PARAM_BLD* bld) {
   ParamPtr params(OSSL_PARAM_BLD_to_param(bld));
   if (!params) return nullptr;
@@ -133,6 +129,10 @@ Result<HttpReply> reply(const httplib::Result& res, const std::string& url) {
 }
 
 }  // namespace
+
+std::string str_field(const Json& j, const char* name) {
+  return j.is_object() && j.contains(name) && j[name].is_string() ? j[name].get<std::string>() : "";
+}
 
 Json Identity::to_json() const {
   return Json{{"issuer", issuer}, {"subject", subject}, {"email", email}, {"name", name},

@@ -58,6 +58,9 @@ struct Expect {
   std::string groups_claim = "groups";
 };
 
+// j[name] when j is an object and that member a string; else "".
+std::string str_field(const Json& j, const char* name);
+
 // Errors are Exit::NoPerm for a token that is not acceptable (with the
 // reason: "token expired", "issuer ... is not ...") and Exit::DataErr for
 // one that is not a JWT at all.
