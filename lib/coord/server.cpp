@@ -1723,6 +1723,12 @@ void Coordinator::h_metrics(const httplib::Request& req, httplib::Response& res)
   g("mesh_coord_nonces", "Nonces remembered for replay protection.", "gauge", nonces_.size());
   g("mesh_coord_join_nonces", "Nonces of join requests remembered for replay protection.", "gauge", join_nonces_.size());
   g("mesh_coord_punch_pending", "Punch requests waiting for their target's watcher.", "gauge", punches_.size());
+  size_t logins_pending = 0;
+  {
+    std::lock_guard plk(pending_mu_);
+    logins_pending = pending_logins_.size();
+  }
+  g("mesh_coord_logins_pending", "Device logins the coordinator runs (client secret), waiting for their person.", "gauge", logins_pending);
   g("mesh_coord_punch_queued_total", "Punch requests queued.", "counter", punches_queued_.load());
   g("mesh_coord_punch_delivered_total", "Punch requests delivered to watchers.", "counter", punches_delivered_.load());
   res.set_content(o.str(), "text/plain; version=0.0.4");

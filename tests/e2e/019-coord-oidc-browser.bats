@@ -123,6 +123,7 @@ setup() {
   mesh-keygen genkey -o k9.key
   mrun -s "$EX_TEMPFAIL" timeout 60 mesh-coord login --server "$COORD_URL" --key k9.key --timeout 1
   [[ "$stderr" == *"too many logins in progress"* ]]
+  curl -sS -H "Authorization: Bearer $MESH_ADMIN_TOKEN" "$COORD_URL/metrics" | grep -qx 'mesh_coord_logins_pending 8'
   # A node starting again replaces its own pending login (not a ninth).
   mrun -s "$EX_TEMPFAIL" env MESH_LOGIN_POLL_MS=200 timeout 60 mesh-coord login --server "$COORD_URL" --key a.key --timeout 1
   [[ "$stderr" == *"login timed out"* ]]
