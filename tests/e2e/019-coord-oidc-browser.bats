@@ -12,10 +12,7 @@ load helpers
 load 010-coord
 load oidc
 
-USERS='{
-  "alice": {"password": "alice-pw", "email": "alice@example.com", "name": "Alice", "groups": ["eng"]},
-  "bob":   {"password": "bob-pw",   "email": "bob@example.com",   "name": "Bob",   "groups": ["sales"]}
-}'
+USERS=$OIDC_USERS
 
 setup() {
   cd "$BATS_TEST_TMPDIR"

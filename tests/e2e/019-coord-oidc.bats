@@ -15,10 +15,7 @@ load oidc
 load ../lab/lab
 load ../lab/mesh
 
-USERS='{
-  "alice": {"password": "alice-pw", "email": "alice@example.com", "name": "Alice", "groups": ["eng"]},
-  "bob":   {"password": "bob-pw",   "email": "Bob@Example.com",   "name": "Bob",   "groups": ["sales"]}
-}'
+USERS=$OIDC_USERS
 
 setup() {
   cd "$BATS_TEST_TMPDIR"

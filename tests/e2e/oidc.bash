@@ -1,6 +1,7 @@
 # Helpers for the login tests (tests/e2e/019-coord-oidc.bats): a real OpenID
 # provider (tests/idp/idp.js, oidc-provider from npm, installed by
 # scripts/deps) and a person's browser played by curl.
+#   OIDC_USERS                     alice (eng) and bob (sales), passwords NAME-pw
 #   idp_users JSON                 write the IdP's users file (read at every login)
 #   idp_start [ARGS...]            start the IdP on 127.0.0.1:0; sets IDP_URL
 #   idp_browser_approve USER PASSWORD URI   confirm the device code, sign in and
@@ -22,6 +23,13 @@
 #                                  curl up to the loopback redirect, which it
 #                                  then opens; as oidc_login
 #   idp_mint JSON                  a token from the IdP's test-only /test/mint
+
+# The tests' people: alice in eng, bob in sales (his email in mixed case:
+# the coordinator keeps emails in lower case).
+OIDC_USERS='{
+  "alice": {"password": "alice-pw", "email": "alice@example.com", "name": "Alice", "groups": ["eng"]},
+  "bob":   {"password": "bob-pw",   "email": "Bob@Example.com",   "name": "Bob",   "groups": ["sales"]}
+}'
 
 idp_users() { printf '%s\n' "$1" >"$BATS_TEST_TMPDIR/idp-users.json"; }
 
