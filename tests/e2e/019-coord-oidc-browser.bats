@@ -106,6 +106,24 @@ setup() {
   [ "$(jq -r '[.peers[].name] | sort | join(",")' <<<"$output")" = a1,b1 ]
 }
 
+@test "through the coordinator: a person who says no at the provider gets exit 77, and the handle is gone" {
+  coord_start coord --oidc-issuer "$IDP_URL" --oidc-client-id mesh-private \
+    --oidc-client-secret-file "$BATS_TEST_TMPDIR/client.secret"
+  mesh-keygen genkey -o d.key
+  : >d.out
+  MESH_LOGIN_POLL_MS=200 timeout 60 mesh-coord login --server "$COORD_URL" --key d.key >d.out 2>d.err 3>&- &
+  pid=$!
+  wait_for_line d.out '"user_code"' 30
+  idp_browser_deny "$(head -1 d.out | jq -r .verification_uri_complete)"
+  st=0
+  wait "$pid" || st=$?
+  [ "$st" -eq "$EX_NOPERM" ] || { cat d.err >&2; false; }
+  grep -q "login denied at the identity provider" d.err
+  curl -sS -H "Authorization: Bearer $MESH_ADMIN_TOKEN" "$COORD_URL/metrics" | grep -qx 'mesh_coord_logins_pending 0'
+  mrun -s 0 mesh-coord peer list --server "$COORD_URL" --json
+  [ "$(jq -r '.peers | length' <<<"$output")" = 0 ]
+}
+
 @test "pending device logins through the coordinator are bounded per source; a node's new one replaces its own" {
   coord_start coord --oidc-issuer "$IDP_URL" --oidc-client-id mesh-private \
     --oidc-client-secret-file "$BATS_TEST_TMPDIR/client.secret"

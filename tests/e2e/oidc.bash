@@ -12,6 +12,9 @@
 #                                  PEER (key PEER.key, made when missing), approve
 #                                  its code as USER; registration into PEER.json;
 #                                  $status is login's exit status
+#   idp_browser_deny URI           the person says no at the device code's
+#                                  confirm page (abort): the provider answers
+#                                  the token requests access_denied
 #   idp_browser_authorize USER PASSWORD URL   a browser login (authorization code
 #                                  flow; in namespace $IDP_NS when set):
 #                                  open URL, sign in, consent; prints
@@ -74,6 +77,17 @@ idp_browser_approve() {
   [ -n "$act" ] || { echo "no consent form: $page" >&2; return 1; }
   page=$("${c[@]}" -L -d '' "$IDP_URL$act") || return 1
   grep -q 'Sign-in Success' <<<"$page" || { echo "no success page: $page" >&2; return 1; }
+}
+
+idp_browser_deny() {
+  local uri=$1 jar="$BATS_TEST_TMPDIR/browser.$RANDOM" page code xsrf
+  local c=(curl -sS --max-time 20 -c "$jar" -b "$jar")
+  code=$(sed -n 's/.*user_code=//p' <<<"$uri")
+  page=$("${c[@]}" "$uri") || return 1
+  xsrf=$(_form_field xsrf <<<"$page")
+  [ -n "$xsrf" ] || { echo "no xsrf in the device page" >&2; return 1; }
+  "${c[@]}" -o /dev/null --data-urlencode "xsrf=$xsrf" --data-urlencode "user_code=$code" "$IDP_URL/device" || return 1
+  "${c[@]}" -o /dev/null --data-urlencode "xsrf=$xsrf" --data-urlencode "user_code=$code" -d abort=yes "$IDP_URL/device"
 }
 
 idp_browser_authorize() {
