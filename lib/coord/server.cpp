@@ -1983,14 +1983,18 @@ Result<std::optional<std::string>> Coordinator::login_token(const PeerAuth& a, c
   auto poll = oauth::poll_device(disc, oidc_client_, device_code, opt_.oidc_ca_file);
   std::lock_guard lk(pending_mu_);
   oauth::PendingLogin* p = pending_logins_.find(body.device_handle, a.key, now);
-  // Done, denied or expired: one token per handle. An unreachable provider
-  // leaves the handle for the next poll.
-  if (!poll || !poll->id_token.empty()) {
-    if (p && (poll || poll.status().code() != Exit::Unavailable)) pending_logins_.erase(body.device_handle);
+  // A provider that cannot be reached (or answers 5xx) now may at the next
+  // poll: the login stays pending (a 503 would send the node to another
+  // replica, which does not know the handle), bounded by its expiry.
+  bool transient = !poll && poll.status().code() == Exit::Unavailable;
+  if (transient) log_.warn("oidc: device login poll: " + poll.status().message());
+  // Done, denied or expired: one token per handle.
+  if (!transient && (!poll || !poll->id_token.empty())) {
+    if (p) pending_logins_.erase(body.device_handle);
     if (!poll) return poll.status();
     return std::optional(std::move(poll->id_token));
   }
-  if (p && poll->slow_down) p->auth.interval += 5;
+  if (p && poll && poll->slow_down) p->auth.interval += 5;
   send_json(res, 202, Json{{"status", "authorization_pending"}, {"interval", p ? p->auth.interval : 5}});
   return std::optional<std::string>();
 }

@@ -124,6 +124,24 @@ setup() {
   [ "$(jq -r '.peers | length' <<<"$output")" = 0 ]
 }
 
+@test "through the coordinator: a provider that goes away leaves the login pending until --timeout (75)" {
+  coord_start coord --oidc-issuer "$IDP_URL" --oidc-client-id mesh-private \
+    --oidc-client-secret-file "$BATS_TEST_TMPDIR/client.secret"
+  mesh-keygen genkey -o g.key
+  : >g.out
+  MESH_LOGIN_POLL_MS=200 timeout 60 mesh-coord login --server "$COORD_URL" --key g.key --timeout 9 \
+    >g.out 2>g.err 3>&- &
+  pid=$!
+  wait_for_line g.out '"user_code"' 30
+  kill "$idp_pid"; wait "$idp_pid" 2>/dev/null || true
+  st=0
+  wait "$pid" || st=$?
+  [ "$st" -eq "$EX_TEMPFAIL" ] || { cat g.err >&2; false; }
+  grep -q "login timed out" g.err
+  # The coordinator polled the provider (5 s interval) and found it gone.
+  grep -q "oidc: device login poll: cannot reach" coord.err
+}
+
 @test "pending device logins through the coordinator are bounded per source; a node's new one replaces its own" {
   coord_start coord --oidc-issuer "$IDP_URL" --oidc-client-id mesh-private \
     --oidc-client-secret-file "$BATS_TEST_TMPDIR/client.secret"
