@@ -90,7 +90,7 @@ Result<std::string> admin_token(Context& ctx, const AdminTarget& t) {
 
 Result<Json> enrol(Client& cli, const std::string& target, const SecretKey& node,
                    const PublicKey& coord, Json body, const std::string& name,
-                   const std::string& name_hint) {
+                   const std::string& name_hint, bool* pending) {
   if (!name.empty()) body["name"] = name;
   if (!name_hint.empty()) body["name_hint"] = name_hint;
   std::string text = dump_json(body);
@@ -98,6 +98,8 @@ Result<Json> enrol(Client& cli, const std::string& target, const SecretKey& node
   wipe(text);
   if (!r) return r.status();
   MESH_ASSIGN(auto reg, parse_json(r->body, "coordinator response"));
+  if (pending) *pending = r->status == 202;
+  if (r->status == 202) return reg;
   reg["server"] = cli.servers().front();
   reg["servers"] = cli.servers();
   return reg;

@@ -55,9 +55,11 @@ Result<PublicKey> join_coordinator_key(Client& cli, const std::string& flag,
 // (its secret: the setup key or ID token) plus the optional name and hint;
 // wipes the request text. Returns the registration with the coordinator
 // URLs every later verb and mesh-up fail over along (mesh-coord(8)).
+// With `pending`: true when the coordinator answered 202 (a login still
+// waiting for its person), and the answer is returned as it is.
 Result<Json> enrol(Client& cli, const std::string& target, const SecretKey& node,
                    const PublicKey& coord, Json body, const std::string& name,
-                   const std::string& name_hint);
+                   const std::string& name_hint, bool* pending = nullptr);
 
 // One JSON document on stdout: indented on a terminal, one line otherwise.
 int print_json(Context& ctx, const Json& j);

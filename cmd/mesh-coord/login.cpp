@@ -1,13 +1,16 @@
 // `mesh-coord login`: enrol (or renew) this node with a login at the
 // coordinator's OpenID provider instead of a setup key. Runs the OAuth 2.0
-// Device Authorization Grant (RFC 8628) against the provider itself; the
-// coordinator only verifies the resulting ID token.
-#include <chrono>
+// Device Authorization Grant (RFC 8628), or with --browser the
+// Authorization Code Grant with PKCE and a loopback redirect (RFC 7636,
+// RFC 8252). With a public client the node makes the token requests; when
+// the coordinator holds the client secret (serve --oidc-client-secret-file)
+// the coordinator makes them and the node never sees the secret.
 #include <cstdlib>
 #include <nlohmann/json.hpp>
-#include <thread>
 
 #include "common.h"
+#include "coord/login.h"
+#include "coord/oauth.h"
 #include "coord/oidc.h"
 #include "core/file.h"
 #include "verbs.h"
@@ -15,74 +18,25 @@
 namespace mesh::coord {
 namespace {
 
-constexpr const char* kDeviceGrant = "urn:ietf:params:oauth:grant-type:device_code";
-
-std::string str(const Json& j, const char* k) {
-  return j.is_object() && j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : "";
+// What a person must do, on stderr for them and as one JSON line on stdout
+// for scripts.
+LoginIo login_io(Context& ctx, int timeout_s) {
+  LoginIo io;
+  io.prompt = [&ctx](const std::string& text, const Json& doc) -> Status {
+    ctx.log.warn(text);
+    if (!write_line(ctx, dump_json(doc) + "\n")) return io_error("cannot write to standard output");
+    return Status::ok();
+  };
+  io.timeout_s = timeout_s;
+  // For tests against a local provider (mesh-coord(8), ENVIRONMENT).
+  if (const char* ms = ctx.env ? ctx.env("MESH_LOGIN_POLL_MS") : nullptr; ms && *ms)
+    io.poll_ms = std::atoll(ms);
+  return io;
 }
 
-// RFC 8628 3.4-3.5: poll the token endpoint until the user has approved.
-Result<std::string> device_flow(Context& ctx, const std::string& issuer, const std::string& client,
-                                const std::string& secret, const std::string& scope,
-                                const std::string& ca_file, int timeout_s) {
-  MESH_ASSIGN(auto disc, oidc::discover(issuer, ca_file));
-  if (disc.device_authorization_endpoint.empty())
-    return unavailable("the identity provider " + issuer +
-                       " does not offer the device flow (no device_authorization_endpoint)");
-  std::vector<std::pair<std::string, std::string>> auth{{"client_id", client}, {"scope", scope}};
-  if (!secret.empty()) auth.emplace_back("client_secret", secret);
-  MESH_ASSIGN(auto da, oidc::http_post_form(disc.device_authorization_endpoint, auth, ca_file));
-  if (da.status != 200)
-    return unavailable("device authorization refused by the identity provider: " +
-                       str(da.body, "error") + " " + str(da.body, "error_description"));
-  std::string device_code = str(da.body, "device_code");
-  std::string user_code = str(da.body, "user_code");
-  std::string uri = str(da.body, "verification_uri");
-  std::string uri_complete = str(da.body, "verification_uri_complete");
-  if (device_code.empty() || user_code.empty() || uri.empty())
-    return unavailable("device authorization: the identity provider's answer lacks device_code, "
-                       "user_code or verification_uri");
-  int interval = da.body.value("interval", 5);
-  int expires_in = da.body.value("expires_in", 600);
-  ctx.log.warn("to log in, open " + uri + " and enter the code " + user_code +
-               (uri_complete.empty() ? "" : " (or open " + uri_complete + ")"));
-  Json prompt{{"verification_uri", uri}, {"user_code", user_code}, {"expires_in", expires_in}};
-  if (!uri_complete.empty()) prompt["verification_uri_complete"] = uri_complete;
-  if (!write_line(ctx, dump_json(prompt) + "\n"))
-    return io_error("cannot write to standard output");
-  auto deadline = std::chrono::steady_clock::now() +
-                  std::chrono::seconds(std::min(expires_in, timeout_s > 0 ? timeout_s : expires_in));
-  // RFC 8628 3.5: at most one poll per interval (5 s by default), but
-  // MESH_LOGIN_POLL_MS overrides it for tests against a local provider.
-  int64_t poll_ms = std::clamp(interval, 1, 60) * int64_t{1000};
-  if (const char* ms = ctx.env ? ctx.env("MESH_LOGIN_POLL_MS") : nullptr; ms && *ms)
-    poll_ms = std::clamp<int64_t>(std::atoll(ms), 50, 60000);
-  std::vector<std::pair<std::string, std::string>> poll{
-      {"grant_type", kDeviceGrant}, {"device_code", device_code}, {"client_id", client}};
-  if (!secret.empty()) poll.emplace_back("client_secret", secret);
-  for (;;) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(poll_ms));
-    if (std::chrono::steady_clock::now() > deadline)
-      return temp_failure("login timed out: the code " + user_code + " was not approved in time");
-    MESH_ASSIGN(auto t, oidc::http_post_form(disc.token_endpoint, poll, ca_file));
-    if (t.status == 200) {
-      std::string id_token = str(t.body, "id_token");
-      if (id_token.empty())
-        return unavailable("the identity provider issued no ID token (is 'openid' in the scope?)");
-      return id_token;
-    }
-    std::string err = str(t.body, "error");
-    if (err == "authorization_pending") continue;
-    if (err == "slow_down") {
-      poll_ms += 5000;
-      continue;
-    }
-    if (err == "access_denied") return no_permission("login denied at the identity provider");
-    if (err == "expired_token")
-      return temp_failure("login timed out: the code " + user_code + " expired");
-    return unavailable("token request refused by the identity provider: " + err + " " +
-                       str(t.body, "error_description"));
-  }
+int print_registration(Context& ctx, const Json& reg) {
+  if (!write_line(ctx, dump_json(reg) + "\n")) return report(ctx, io_error("cannot write to standard output"));
+  return 0;
 }
 
 }  // namespace
@@ -94,6 +48,7 @@ int cmd_login(Context& ctx, int argc, char** argv) {
       token_out;
   std::string scope = "openid email profile groups";
   int timeout_s = 600;
+  bool browser = false;
   app.add_option("--server", servers,
                  "coordinator URL (http://HOST:PORT), repeated for replicas (tried in order)")
       ->required()
@@ -109,10 +64,15 @@ int cmd_login(Context& ctx, int argc, char** argv) {
                  "expected coordinator public key (default: trust the one the server reports)");
   app.add_option("--ca-file", ca_file, "CA certificates for an https coordinator");
   app.add_option("--idp-ca-file", idp_ca_file, "CA certificates for an https identity provider");
-  app.add_option("--id-token-file", token_file,
+  auto* token_opt = app.add_option("--id-token-file", token_file,
                  "enrol with this ID token ('-': stdin) instead of running the device flow");
+  app.add_flag("--browser", browser,
+               "log in with a browser on this machine (authorization code with PKCE, redirect to "
+               "127.0.0.1) instead of the device flow")
+      ->excludes(token_opt);
   app.add_option("--client-secret-file", secret_file,
-                 "client secret for identity providers that require one for the device flow");
+                 "client secret for identity providers that require one (unless the coordinator "
+                 "holds it)");
   app.add_option("--scope", scope, "scopes asked for")->capture_default_str();
   app.add_option("--timeout", timeout_s, "seconds to wait for the login to be approved")
       ->capture_default_str();
@@ -139,13 +99,16 @@ int cmd_login(Context& ctx, int argc, char** argv) {
     coord = *c;
   }
 
-  std::string token;
+  // What the coordinator sends: the ID token (the node ran the flow), or the
+  // code grant or device handle the coordinator completes with its secret.
+  Json body;
   if (!token_file.empty()) {
     auto t = read_file(token_file, 65536);
     if (!t) return report(ctx, t.status());
-    token = std::string(trim_key_text(*t));
+    body["id_token"] = std::string(trim_key_text(*t));
     wipe(*t);
-    if (token.empty()) return report(ctx, data_error(token_file + ": empty ID token"));
+    if (body["id_token"].get_ref<const std::string&>().empty())
+      return report(ctx, data_error(token_file + ": empty ID token"));
   } else {
     // The first replica that answers tells where to log in.
     auto info = oidc::http_get_json(servers.front() + "/v1/info", ca_file);
@@ -153,34 +116,68 @@ int cmd_login(Context& ctx, int argc, char** argv) {
       info = oidc::http_get_json(servers[i] + "/v1/info", ca_file);
     if (!info) return report(ctx, info.status());
     const Json& o = info->body.is_object() && info->body.contains("oidc") ? info->body["oidc"] : Json();
-    std::string issuer = str(o, "issuer"), client = str(o, "client_id");
-    if (issuer.empty() || client.empty())
+    oauth::ClientAuth client{oidc::str_field(o, "client_id"), ""};
+    std::string issuer = oidc::str_field(o, "issuer");
+    if (issuer.empty() || client.client_id.empty())
       return report(ctx, Status(Exit::Unavailable, "the coordinator at " + cli.server() +
                                                        " does not offer login (serve --oidc-issuer)"));
-    std::string secret;
     if (!secret_file.empty()) {
       auto s = read_file(secret_file, 4096);
       if (!s) return report(ctx, s.status());
-      secret = std::string(trim_key_text(*s));
+      client.secret = std::string(trim_key_text(*s));
       wipe(*s);
     }
-    auto t = device_flow(ctx, issuer, client, secret, scope, idp_ca_file, timeout_s);
-    wipe(secret);
-    if (!t) return report(ctx, t.status());
-    token = std::move(*t);
+    // The coordinator makes the token requests when it holds the secret and
+    // this node was given none.
+    bool via_coordinator = o.value("confidential", false) && client.secret.empty();
+    if (via_coordinator && !token_out.empty())
+      return report(ctx, usage_error("the coordinator holds the client secret: --id-token-out needs "
+                                     "--client-secret-file (or log in with --key)"));
+    if (via_coordinator && !browser) {
+      auto reg = coordinator_device_flow(
+          cli, *node, *coord, scope, login_io(ctx, timeout_s),
+          [&](const std::string& handle, bool* pending) {
+            return enrol(cli, "/v1/login", *node, *coord, Json{{"device_handle", handle}}, name,
+                         name_hint, pending);
+          });
+      if (!reg) return report(ctx, reg.status());
+      return print_registration(ctx, *reg);
+    }
+    auto disc = oidc::discover(issuer, idp_ca_file);
+    if (!disc) return report(ctx, disc.status());
+    Result<std::string> token = std::string();
+    if (browser) {
+      auto g = browser_flow(*disc, client.client_id, scope, login_io(ctx, timeout_s));
+      if (!g) return report(ctx, g.status());
+      body["nonce"] = g->nonce;
+      if (via_coordinator) {
+        body["code"] = g->code;
+        body["code_verifier"] = g->verifier;
+        body["redirect_uri"] = g->redirect_uri;
+      } else {
+        token = oauth::exchange_code(*disc, client, g->code, g->verifier, g->redirect_uri, idp_ca_file);
+        if (token)
+          if (Status n = oauth::check_nonce(*token, g->nonce); !n) {
+            wipe(*token);
+            return report(ctx, n);
+          }
+      }
+    } else {
+      token = node_device_flow(*disc, client, scope, idp_ca_file, login_io(ctx, timeout_s));
+    }
+    if (!token) return report(ctx, token.status());
+    if (!token->empty()) body["id_token"] = std::move(*token);
   }
   if (!token_out.empty()) {
+    std::string token = body["id_token"];
+    body.clear();
     Status s = write_file_atomic(token_out, token + "\n", 0600, Overwrite::Yes);
     wipe(token);
     return report(ctx, s);
   }
-  Json body{{"id_token", token}};
-  wipe(token);
   auto reg = enrol(cli, "/v1/login", *node, *coord, std::move(body), name, name_hint);
   if (!reg) return report(ctx, reg.status());
-  if (!write_line(ctx, dump_json(*reg) + "\n"))
-    return report(ctx, io_error("cannot write to standard output"));
-  return 0;
+  return print_registration(ctx, *reg);
 }
 
 }  // namespace mesh::coord

@@ -78,6 +78,9 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
   app.add_option("--oidc-admin-group", o.oidc_admin_group,
                  "IdP group whose users may use the admin verbs with their login");
   app.add_option("--oidc-ca-file", o.oidc_ca_file, "CA certificates for an https issuer");
+  app.add_option("--oidc-client-secret-file", o.oidc_client_secret_file,
+                 "the client's secret (confidential client): the coordinator runs the logins' "
+                 "token requests; nodes never see it");
   app.add_option("--login-expiry", login_expiry,
                  "how long a login keeps its peers in the mesh: N[s|m|h|d], 0 never")
       ->capture_default_str();
@@ -92,6 +95,8 @@ int cmd_serve(Context& ctx, int argc, char** argv) {
     return report(ctx, usage_error("--oidc-issuer and --oidc-client-id go together"));
   if (o.oidc_issuer.empty() && !o.oidc_admin_group.empty())
     return report(ctx, usage_error("--oidc-admin-group needs --oidc-issuer"));
+  if (o.oidc_issuer.empty() && !o.oidc_client_secret_file.empty())
+    return report(ctx, usage_error("--oidc-client-secret-file needs --oidc-issuer"));
   if (!o.oidc_issuer.empty() && o.oidc_issuer.rfind("https://", 0) != 0 &&
       o.oidc_issuer.rfind("http://", 0) != 0)
     return report(ctx, usage_error("--oidc-issuer " + o.oidc_issuer + ": expected an http(s) URL"));

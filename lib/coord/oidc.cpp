@@ -33,10 +33,6 @@ Result<std::vector<uint8_t>> b64u_field(const Json& j, const char* name) {
   return *v;
 }
 
-std::string str_field(const Json& j, const char* name) {
-  return j.contains(name) && j[name].is_string() ? j[name].get<std::string>() : "";
-}
-
 std::shared_ptr<EVP_PKEY> from_params(const char* type, OSSL_PARAM_BLD* bld) {
   ParamPtr params(OSSL_PARAM_BLD_to_param(bld));
   if (!params) return nullptr;
@@ -133,6 +129,10 @@ Result<HttpReply> reply(const httplib::Result& res, const std::string& url) {
 }
 
 }  // namespace
+
+std::string str_field(const Json& j, const char* name) {
+  return j.is_object() && j.contains(name) && j[name].is_string() ? j[name].get<std::string>() : "";
+}
 
 Json Identity::to_json() const {
   return Json{{"issuer", issuer}, {"subject", subject}, {"email", email}, {"name", name},
@@ -363,6 +363,7 @@ Result<Discovery> Discovery::from_json(const Json& j, const std::string& expecte
   d.jwks_uri = str_field(j, "jwks_uri");
   d.token_endpoint = str_field(j, "token_endpoint");
   d.device_authorization_endpoint = str_field(j, "device_authorization_endpoint");
+  d.authorization_endpoint = str_field(j, "authorization_endpoint");
   // OpenID Connect Discovery 4.3: the issuer must be the one asked for.
   if (d.issuer != expected_issuer)
     return data_error("discovery document: issuer '" + d.issuer + "' is not '" + expected_issuer + "'");
@@ -390,6 +391,14 @@ Status Issuer::fetch_locked(int64_t now) {
   fetched_ = true;
   log_.info("oidc: " + std::to_string(keys_.size()) + " signing keys from " + disc_->jwks_uri);
   return Status::ok();
+}
+
+Result<Discovery> Issuer::discovery() {
+  std::lock_guard lk(mu_);
+  if (!disc_) {
+    MESH_ASSIGN(disc_, discover(issuer_, ca_file_));
+  }
+  return *disc_;
 }
 
 Status Issuer::refresh(int64_t now) {

@@ -58,6 +58,9 @@ struct Expect {
   std::string groups_claim = "groups";
 };
 
+// j[name] when j is an object and that member a string; else "".
+std::string str_field(const Json& j, const char* name);
+
 // Errors are Exit::NoPerm for a token that is not acceptable (with the
 // reason: "token expired", "issuer ... is not ...") and Exit::DataErr for
 // one that is not a JWT at all.
@@ -89,7 +92,8 @@ Result<HttpReply> http_post_form(const std::string& url,
                                  const std::string& ca_file);
 
 struct Discovery {
-  std::string issuer, jwks_uri, token_endpoint, device_authorization_endpoint;
+  std::string issuer, jwks_uri, token_endpoint, device_authorization_endpoint,
+      authorization_endpoint;
   static Result<Discovery> from_json(const Json& j, const std::string& expected_issuer);
 };
 // GET ISSUER/.well-known/openid-configuration; "issuer" must equal ISSUER.
@@ -108,6 +112,8 @@ class Issuer {
 
   const std::string& issuer() const { return issuer_; }
   const std::string& client_id() const { return client_id_; }
+  // The discovery document (fetched now when not yet cached).
+  Result<Discovery> discovery();
   // Fetches discovery and the JWKS now (at start, to fail early).
   Status refresh(int64_t now);
   // Verifies an ID token; refetches the JWKS once when its kid is unknown.

@@ -5,11 +5,8 @@
 
 namespace mesh::coord {
 
-static Result<JoinRequest> parse_enrol_request(const Json& j, const char* secret) {
-  JsonView v(j, "request");
-  MESH_TRY(v.check_keys({secret, "name", "name_hint"}));
-  JoinRequest r;
-  MESH_ASSIGN(r.setup_key, v.get_string(secret));
+// The name and name hint of an enrolment, after `v` checked its keys.
+static Status parse_names(const JsonView& v, JoinRequest& r) {
   for (auto [field, out] : {std::pair{"name", &r.name}, std::pair{"name_hint", &r.name_hint}}) {
     JsonView f = v;
     if (!v.optional_field(field, &f)) continue;
@@ -18,11 +15,42 @@ static Result<JoinRequest> parse_enrol_request(const Json& j, const char* secret
       return f.error("invalid peer name '" + *out +
                      "' (lower case letters, digits, '-', '_', '.'; 1-63)");
   }
+  return Status::ok();
+}
+
+Result<JoinRequest> parse_join_request(const Json& j) {
+  JsonView v(j, "request");
+  MESH_TRY(v.check_keys({"setup_key", "name", "name_hint"}));
+  JoinRequest r;
+  MESH_ASSIGN(r.setup_key, v.get_string("setup_key"));
+  MESH_TRY(parse_names(v, r));
   return r;
 }
 
-Result<JoinRequest> parse_join_request(const Json& j) { return parse_enrol_request(j, "setup_key"); }
-Result<JoinRequest> parse_login_request(const Json& j) { return parse_enrol_request(j, "id_token"); }
+Result<LoginRequest> parse_login_request(const Json& j) {
+  JsonView v(j, "request");
+  MESH_TRY(v.check_keys({"id_token", "device_handle", "code", "code_verifier", "redirect_uri", "nonce",
+                         "name", "name_hint"}));
+  LoginRequest r;
+  std::pair<const char*, std::string*> fields[] = {
+      {"id_token", &r.enrol.setup_key}, {"device_handle", &r.device_handle}, {"code", &r.code},
+      {"code_verifier", &r.code_verifier}, {"redirect_uri", &r.redirect_uri}, {"nonce", &r.nonce}};
+  for (auto [field, out] : fields) {
+    JsonView f = v;
+    if (!v.optional_field(field, &f)) continue;
+    MESH_ASSIGN(*out, f.as_string());
+    if (out->empty()) return f.error("empty");
+  }
+  int ways = !r.enrol.setup_key.empty() + !r.device_handle.empty() + !r.code.empty();
+  if (ways != 1) return v.error("give one of id_token, device_handle and code");
+  if (!r.code.empty() && (r.code_verifier.empty() || r.redirect_uri.empty() || r.nonce.empty()))
+    return v.error("code needs code_verifier, redirect_uri and nonce");
+  if (r.code.empty() && (!r.code_verifier.empty() || !r.redirect_uri.empty()))
+    return v.error("code_verifier and redirect_uri go with code");
+  if (!r.device_handle.empty() && !r.nonce.empty()) return v.error("nonce goes with id_token or code");
+  MESH_TRY(parse_names(v, r.enrol));
+  return r;
+}
 
 Result<std::vector<PublicKey>> parse_punch_request(const Json& j, size_t max_targets) {
   JsonView v(j, "request");

@@ -32,9 +32,16 @@ struct JoinRequest {
 };
 Result<JoinRequest> parse_join_request(const Json& j);
 
-// POST /v1/login: {"id_token": JWT, "name"?, "name_hint"?}; the token is
-// returned in `setup_key`'s place (JoinRequest.setup_key).
-Result<JoinRequest> parse_login_request(const Json& j);
+// POST /v1/login: one of {"id_token": JWT, "nonce"?} (the node ran the
+// flow), {"device_handle": H} (a device flow the coordinator runs, started
+// at /v1/login/device) or {"code", "code_verifier", "redirect_uri", "nonce"}
+// (a browser login whose code the coordinator exchanges with its secret),
+// plus "name"? and "name_hint"?. The ID token is in enrol.setup_key.
+struct LoginRequest {
+  JoinRequest enrol;
+  std::string device_handle, code, code_verifier, redirect_uri, nonce;
+};
+Result<LoginRequest> parse_login_request(const Json& j);
 
 // POST /v1/punch: {"peers": [KEY, ...]}, 1 to max_targets keys, duplicates
 // dropped (order kept).

@@ -23,6 +23,7 @@
 #include "coord/httpguard.h"
 #include "coord/limits.h"
 #include "coord/mapjson.h"
+#include "coord/oauth.h"
 #include "coord/oidc.h"
 #include "coord/notifier.h"
 #include "coord/punch.h"
@@ -163,6 +164,15 @@ Result<Json> json_body(const PeerAuth& a, size_t max) {
   return parse_json(a.body, "request");
 }
 
+// A secret file's text, trimmed (the file's copy wiped); Config when empty.
+Result<std::string> read_secret(const std::string& path, const std::string& what) {
+  MESH_ASSIGN(auto text, read_file(path, 4096));
+  std::string secret(trim_key_text(text));
+  wipe(text);
+  if (secret.empty()) return Status(Exit::Config, path + ": empty " + what);
+  return secret;
+}
+
 class Coordinator {
  public:
   Coordinator(const ServeOptions& opt, Log& log)
@@ -282,11 +292,20 @@ class Coordinator {
   // Login (coord/users.h): enrolment with an ID token, the users' admin
   // verbs, and the login expiry timer.
   void h_login(const httplib::Request&, httplib::Response&);
+  void h_login_device(const httplib::Request&, httplib::Response&);
+  // The ID token of a login request: given, or got from the provider with
+  // the coordinator's secret; nullopt (and a 202 sent) while a device flow
+  // is pending.
+  Result<std::optional<std::string>> login_token(const PeerAuth& a, const LoginRequest& body,
+                                                 httplib::Response& res);
   void h_users_list(const httplib::Request&, httplib::Response&);
   void h_user_op(const httplib::Request&, httplib::Response&, const std::string& op);
   bool expire_due_logins(int64_t now);
   Status persist_peers(const std::vector<uint32_t>& ids, const User* user, const Changes& ch,
                        const Event& ev);
+  Status put_peers(Store& st, const std::vector<uint32_t>& ids, const User* user);
+  // An "id-token" record (used_tokens_) into the map; null erases it.
+  Status apply_used_token(const std::string& hash, const Json& rec);
   void h_route_op(const httplib::Request&, httplib::Response&, const std::string& op);
 
   Json registration(const Peer& p) const;
@@ -316,7 +335,12 @@ class Coordinator {
   Users users_;                           // guarded by mu_
   // SHA-256 of ID tokens that enrolled a node key, until they expire (mu_):
   // a token that leaked cannot enrol a second key.
+  // Persisted as "id-token" records (keyed by the hash, kept until expiry)
+  // so a restart or another replica refuses a replay too.
   std::map<std::string, std::pair<PublicKey, int64_t>> used_tokens_;
+  oauth::ClientAuth oidc_client_;  // secret empty: a public client
+  std::mutex pending_mu_;
+  oauth::PendingLogins pending_logins_{256, 8};  // guarded by pending_mu_
   std::atomic<int64_t> next_expiry_{0};   // earliest login expiry; 0: check now
   std::shared_mutex mu_;
   Notifier wake_;
@@ -422,6 +446,10 @@ Status Coordinator::init() {
   if (!opt_.oidc_issuer.empty()) {
     issuer_ = std::make_unique<oidc::Issuer>(opt_.oidc_issuer, opt_.oidc_client_id,
                                              opt_.oidc_groups_claim, opt_.oidc_ca_file, log_);
+    oidc_client_.client_id = opt_.oidc_client_id;
+    if (!opt_.oidc_client_secret_file.empty()) {
+      MESH_ASSIGN(oidc_client_.secret, read_secret(opt_.oidc_client_secret_file, "client secret"));
+    }
     // The IdP may start later: logins refetch its keys when they need them.
     if (Status s = issuer_->refresh(unix_now()); !s)
       log_.warn("oidc: " + s.message() + " (retried at the first login)");
@@ -480,11 +508,7 @@ Status Coordinator::load_model() {
   cfg.credential_lifetime = opt_.credential_lifetime;
   cfg.keepalive = opt_.keepalive;
   if (!opt_.relay_secret_file.empty()) {
-    MESH_ASSIGN(auto sec, read_file(opt_.relay_secret_file, 4096));
-    cfg.relay_secret = std::string(trim_key_text(sec));
-    wipe(sec);
-    if (cfg.relay_secret.empty())
-      return Status(Exit::Config, opt_.relay_secret_file + ": empty relay secret");
+    MESH_ASSIGN(cfg.relay_secret, read_secret(opt_.relay_secret_file, "relay secret"));
   }
   MESH_ASSIGN(int64_t applied, store_->last_change());
   MESH_ASSIGN(auto peers, store_->load_peers());
@@ -580,8 +604,11 @@ Status Coordinator::load_model() {
     MESH_ASSIGN(auto u, User::from_json(j));
     users[u.subject] = std::move(u);
   }
+  MESH_ASSIGN(auto token_rows, store_->load_records("id-token"));
   // Swap in only when everything loaded.
   users_ = std::move(users);
+  used_tokens_.clear();
+  for (const auto& [hash, j] : token_rows) MESH_TRY(apply_used_token(hash, j));
   next_expiry_ = 0;
   model_ = std::move(m);
   setup_keys_ = std::move(keys);
@@ -710,6 +737,9 @@ Result<bool> Coordinator::catch_up_locked() {
           MESH_ASSIGN(auto u, User::from_json(rec));
           users_[u.subject] = std::move(u);
         }
+      if (c.what.contains("records") && c.what["records"].contains("id-token"))
+        for (const auto& [hash, rec] : c.what["records"]["id-token"].items())
+          MESH_TRY(apply_used_token(hash, rec));
       next_expiry_ = 0;  // a login renewed elsewhere moves the next expiry
       changed = changed || r->maps_changed || r->revocations;
       applied_wake_all_ = applied_wake_all_ || r->everyone;
@@ -983,7 +1013,8 @@ void Coordinator::h_info(const httplib::Request&, httplib::Response& res) {
             {"ipv6_prefix", model_.config().ipv6.to_string()}};
   if (issuer_)
     info["oidc"] = {{"issuer", issuer_->issuer()}, {"client_id", issuer_->client_id()},
-                    {"login_expiry", opt_.login_expiry}};
+                    {"login_expiry", opt_.login_expiry},
+                    {"confidential", !oidc_client_.secret.empty()}};
   if (prev_until_ > unix_now()) {
     info["previous_coordinator_public_key"] = prev_pub_.to_base64();
     info["previous_key_until"] = prev_until_;
@@ -1812,6 +1843,12 @@ void Coordinator::h_metrics(const httplib::Request& req, httplib::Response& res)
   g("mesh_coord_nonces", "Nonces remembered for replay protection.", "gauge", nonces_.size());
   g("mesh_coord_join_nonces", "Nonces of join requests remembered for replay protection.", "gauge", join_nonces_.size());
   g("mesh_coord_punch_pending", "Punch requests waiting for their target's watcher.", "gauge", punches_.size());
+  size_t logins_pending = 0;
+  {
+    std::lock_guard plk(pending_mu_);
+    logins_pending = pending_logins_.size();
+  }
+  g("mesh_coord_logins_pending", "Device logins the coordinator runs (client secret), waiting for their person.", "gauge", logins_pending);
   g("mesh_coord_punch_queued_total", "Punch requests queued.", "counter", punches_queued_.load());
   g("mesh_coord_punch_delivered_total", "Punch requests delivered to watchers.", "counter", punches_delivered_.load());
   res.set_content(o.str(), "text/plain; version=0.0.4");
@@ -1843,6 +1880,11 @@ void Coordinator::routes(httplib::Server& s) {
   });
   s.Post("/v1/login", [this, login = wrap(&Coordinator::h_login)](Req req, Res res) {
     login(req, res);
+    if (res.status >= 400 && res.status < 500 && res.status != 429)
+      limiter_.failed(source_key(req.remote_addr), unix_now());
+  });
+  s.Post("/v1/login/device", [this, start = wrap(&Coordinator::h_login_device)](Req req, Res res) {
+    start(req, res);
     if (res.status >= 400 && res.status < 500 && res.status != 429)
       limiter_.failed(source_key(req.remote_addr), unix_now());
   });
@@ -2029,24 +2071,109 @@ void Coordinator::janitor(const std::atomic<bool>& stop) {
 
 // One transaction: the user record (when given), the peers' records, the
 // new map serials and the audit event.
-Status Coordinator::persist_peers(const std::vector<uint32_t>& ids, const User* user,
-                                  const Changes& ch, const Event& ev) {
-  std::vector<std::tuple<uint32_t, std::string, std::string, std::string>> rows;
+Status Coordinator::put_peers(Store& st, const std::vector<uint32_t>& ids, const User* user) {
   for (uint32_t id : ids)
     if (const Peer* p = model_.by_id(id))
-      rows.emplace_back(id, p->name, p->public_key.to_base64(), dump_json(p->to_record()));
-  std::string urec = user ? dump_json(user->to_json()) : "";
-  return persist(
-      [&](Store& st) {
-        for (const auto& [id, name, key, rec] : rows) MESH_TRY(st.put_peer(id, name, key, rec));
-        return user ? st.put_record("user", user->subject, urec) : Status::ok();
-      },
-      ch, ev);
+      MESH_TRY(st.put_peer(id, p->name, p->public_key.to_base64(), dump_json(p->to_record())));
+  return user ? st.put_record("user", user->subject, dump_json(user->to_json())) : Status::ok();
+}
+
+Status Coordinator::persist_peers(const std::vector<uint32_t>& ids, const User* user,
+                                  const Changes& ch, const Event& ev) {
+  return persist([&](Store& st) { return put_peers(st, ids, user); }, ch, ev);
 }
 
 static void merge(Changes& into, const Changes& ch) {
   if (ch.serial) into.serial = ch.serial;
   into.changed.insert(into.changed.end(), ch.changed.begin(), ch.changed.end());
+}
+
+// POST /v1/login/device: a device flow run with the coordinator's secret
+// (RFC 8628 3.1-3.2). The node gets what a person needs and a handle to
+// poll /v1/login with; the device code stays here.
+void Coordinator::h_login_device(const httplib::Request& req, httplib::Response& res) {
+  auto a = auth_peer(req, false, nullptr);
+  if (!a) return auth_error(req, res, a.status());
+  if (!issuer_)
+    return peer_error(&*a, res, {404, "login is not enabled on this coordinator (serve --oidc-issuer)"});
+  if (oidc_client_.secret.empty())
+    return peer_error(&*a, res, {404, "this coordinator holds no client secret: run the device flow at "
+                                      "the identity provider (mesh-coord login does)"});
+  auto j = json_body(*a, 4096);
+  if (!j) return peer_error(&*a, res, from_status(j.status()));
+  JsonView v(*j, "request");
+  std::string scope = "openid email profile groups";
+  if (Status s = v.check_keys({"scope"}); !s) return peer_error(&*a, res, from_status(s));
+  if (JsonView f = v; v.optional_field("scope", &f)) {
+    auto sc = f.as_string();
+    if (!sc || sc->size() > 512) return peer_error(&*a, res, {400, "request: scope: expected a string of at most 512 bytes", "scope"});
+    scope = *sc;
+  }
+  int64_t now = unix_now();
+  {
+    // Refuse before asking the provider when this source is at its bound.
+    std::lock_guard lk(pending_mu_);
+    if (Status s = pending_logins_.room_for(a->key, source_key(req.remote_addr), now); !s)
+      return peer_error(&*a, res, from_status(s));
+  }
+  auto disc = issuer_->discovery();
+  if (!disc) return peer_error(&*a, res, from_status(disc.status()));
+  auto da = oauth::start_device(*disc, oidc_client_, scope, opt_.oidc_ca_file);
+  if (!da) return peer_error(&*a, res, from_status(da.status()));
+  Json out = da->prompt();
+  out["interval"] = da->interval;
+  std::lock_guard lk(pending_mu_);
+  auto handle = pending_logins_.add(a->key, source_key(req.remote_addr), std::move(*da), now);
+  if (!handle) return peer_error(&*a, res, from_status(handle.status()));
+  out["device_handle"] = *handle;
+  send_json(res, 200, out);
+  sign(*a, res);
+}
+
+Result<std::optional<std::string>> Coordinator::login_token(const PeerAuth& a, const LoginRequest& body,
+                                                            httplib::Response& res) {
+  if (body.device_handle.empty() && body.code.empty()) return std::optional(body.enrol.setup_key);
+  if (oidc_client_.secret.empty())
+    return Status(Exit::NoInput, "this coordinator holds no client secret: send the ID token");
+  MESH_ASSIGN(auto disc, issuer_->discovery());
+  if (!body.code.empty()) {
+    if (!oauth::loopback_redirect_uri(body.redirect_uri))
+      return data_error("request: redirect_uri: not a loopback redirect (http://127.0.0.1:PORT/...)");
+    MESH_ASSIGN(auto t, oauth::exchange_code(disc, oidc_client_, body.code, body.code_verifier,
+                                             body.redirect_uri, opt_.oidc_ca_file));
+    return std::optional(std::move(t));
+  }
+  int64_t now = unix_now();
+  std::string device_code;
+  {
+    std::lock_guard lk(pending_mu_);
+    oauth::PendingLogin* p = pending_logins_.find(body.device_handle, a.key, now);
+    if (!p) return Status(Exit::NoInput, "no such login in progress (unknown, expired or another node's)");
+    // The provider's interval is kept whatever the node's pace (RFC 8628 3.5).
+    if (now < p->next_poll_at) {
+      send_json(res, 202, Json{{"status", "authorization_pending"}, {"interval", p->auth.interval}});
+      return std::optional<std::string>();
+    }
+    p->next_poll_at = now + p->auth.interval;
+    device_code = p->auth.device_code;
+  }
+  auto poll = oauth::poll_device(disc, oidc_client_, device_code, opt_.oidc_ca_file);
+  std::lock_guard lk(pending_mu_);
+  oauth::PendingLogin* p = pending_logins_.find(body.device_handle, a.key, now);
+  // A provider that cannot be reached (or answers 5xx) now may at the next
+  // poll: the login stays pending (a 503 would send the node to another
+  // replica, which does not know the handle), bounded by its expiry.
+  bool transient = !poll && poll.status().code() == Exit::Unavailable;
+  if (transient) log_.warn("oidc: device login poll: " + poll.status().message());
+  // Done, denied or expired: one token per handle.
+  if (!transient && (!poll || !poll->id_token.empty())) {
+    if (p) pending_logins_.erase(body.device_handle);
+    if (!poll) return poll.status();
+    return std::optional(std::move(poll->id_token));
+  }
+  if (p && poll && poll->slow_down) p->auth.interval += 5;
+  send_json(res, 202, Json{{"status", "authorization_pending"}, {"interval", p ? p->auth.interval : 5}});
+  return std::optional<std::string>();
 }
 
 // POST /v1/login: enrolment (or renewal) with an ID token instead of a setup
@@ -2061,10 +2188,21 @@ void Coordinator::h_login(const httplib::Request& req, httplib::Response& res) {
   if (!j) return peer_error(&*a, res, from_status(j.status()));
   auto body = parse_login_request(*j);
   if (!body) return peer_error(&*a, res, from_status(body.status()));
+  auto token = login_token(*a, *body, res);
+  wipe(body->enrol.setup_key);
+  if (token && !*token) return sign(*a, res);  // pending
+  if (!token) {
+    const Status& e = token.status();
+    if (e.code() != Exit::NoPerm) return peer_error(&*a, res, from_status(e));
+    std::string m = e.message().rfind("login ", 0) == 0 ? e.message() : "login refused: " + e.message();
+    return peer_error(&*a, res, {401, m});
+  }
   int64_t now = unix_now();
-  auto ident = issuer_->verify(body->setup_key, now);
-  std::string token_hash = sha256_hex(body->setup_key);
-  wipe(body->setup_key);
+  std::optional<std::string> nonce;
+  if (!body->nonce.empty()) nonce = body->nonce;
+  auto ident = issuer_->verify(**token, now, nonce);
+  std::string token_hash = sha256_hex(**token);
+  wipe(**token);
   if (!ident) {
     ++auth_failures_;
     (void)record_event(Event{0, now, "remote:" + req.remote_addr, "auth.failed", "login",
@@ -2075,7 +2213,11 @@ void Coordinator::h_login(const httplib::Request& req, httplib::Response& res) {
   }
   WriteLock lk(*this);
   if (!lk) return peer_error(&*a, res, from_status(lk.status()));
-  std::erase_if(used_tokens_, [&](const auto& e) { return e.second.second + 60 < now; });
+  // Kept a minute past expiry: the clock skew verification allows.
+  std::vector<std::string> stale;
+  for (const auto& [h, e] : used_tokens_)
+    if (e.second + 60 < now) stale.push_back(h);
+  for (const auto& h : stale) used_tokens_.erase(h);
   if (auto it = used_tokens_.find(token_hash); it != used_tokens_.end() && it->second.first != a->key)
     return peer_error(&*a, res, {401, "login refused: this ID token already enrolled another node key", "id_token"});
   used_tokens_[token_hash] = {a->key, ident->expires_at};
@@ -2105,7 +2247,7 @@ void Coordinator::h_login(const httplib::Request& req, httplib::Response& res) {
   } else {
     id = model_.new_peer_id();
     std::string name;
-    if (auto e = choose_name(SetupKey{}, *body, id, &name)) return peer_error(&*a, res, *e);
+    if (auto e = choose_name(SetupKey{}, body->enrol, id, &name)) return peer_error(&*a, res, *e);
     auto host = model_.allocate_host();
     if (!host) return peer_error(&*a, res, from_status(host.status(), 507));
     auto np = std::make_unique<Peer>();
@@ -2132,8 +2274,14 @@ void Coordinator::h_login(const httplib::Request& req, httplib::Response& res) {
   const Peer& me = *model_.by_id(id);
   Json detail{{"public_key", a->key.to_base64()}, {"subject", u.subject}, {"groups", u.groups},
               {"login_expires_at", expires}, {"maps_changed", ch.changed.size()}};
-  Status s = persist_peers(touched, &u, ch,
-                           Event{0, now, actor, created ? "peer.join" : "peer.login", me.name, detail});
+  Json used{{"public_key", a->key.to_base64()}, {"expires_at", ident->expires_at}};
+  Status s = persist(
+      [&](Store& st) {
+        for (const auto& h : stale) MESH_TRY(st.delete_record("id-token", h));
+        MESH_TRY(st.put_record("id-token", token_hash, dump_json(used)));
+        return put_peers(st, touched, &u);
+      },
+      ch, Event{0, now, actor, created ? "peer.join" : "peer.login", me.name, detail});
   if (!s) return peer_error(&*a, res, from_status(s));
   Json reg = registration(me);
   reg["user"] = {{"subject", u.subject}, {"email", u.email}, {"name", u.name}, {"groups", u.groups}};
@@ -2157,6 +2305,19 @@ Result<Caller> Coordinator::login_caller(const std::string& token) {
   if (auto it = users_.find(u.subject); it != users_.end() && it->second.disabled)
     return no_permission("user '" + c.actor.substr(5) + "' is disabled");
   return c;
+}
+
+Status Coordinator::apply_used_token(const std::string& hash, const Json& rec) {
+  if (rec.is_null()) {
+    used_tokens_.erase(hash);
+    return Status::ok();
+  }
+  JsonView v(rec, "id-token record");
+  MESH_ASSIGN(auto key_text, v.get_string("public_key"));
+  MESH_ASSIGN(auto exp, v.get_int("expires_at"));
+  MESH_ASSIGN(auto key, PublicKey::from_base64(key_text));
+  used_tokens_[hash] = {key, exp};
+  return Status::ok();
 }
 
 // Cuts off the login peers whose login expired; true when maps changed.

@@ -51,6 +51,9 @@ struct ServeOptions {
   std::string oidc_issuer, oidc_client_id, oidc_ca_file;
   std::string oidc_groups_claim = "groups";
   std::string oidc_admin_group;  // its members may use admin verbs with their login
+  // The client secret of a confidential client (coord/oauth.h): the
+  // coordinator runs the logins' token requests itself; empty: a public client.
+  std::string oidc_client_secret_file;
   int64_t login_expiry = 86400;  // seconds; 0: logins never expire
   // Coordinator key rotation (coord/rotate.h): the previous key, accepted
   // until previous_key_until (unix seconds).

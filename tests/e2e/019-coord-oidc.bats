@@ -15,10 +15,7 @@ load oidc
 load ../lab/lab
 load ../lab/mesh
 
-USERS='{
-  "alice": {"password": "alice-pw", "email": "alice@example.com", "name": "Alice", "groups": ["eng"]},
-  "bob":   {"password": "bob-pw",   "email": "Bob@Example.com",   "name": "Bob",   "groups": ["sales"]}
-}'
+USERS=$OIDC_USERS
 
 setup() {
   cd "$BATS_TEST_TMPDIR"
@@ -308,7 +305,7 @@ EOF
   [[ "$stderr" == *"login refused: token: audience"* ]]
 }
 
-@test "in the lab: group:idp:eng lets alice's node (mesh-up --login) ping the server and keeps bob's out" {
+@test "in the lab: group:idp:eng lets alice's node (mesh-up --login-browser) ping the server and keeps bob's out (--login)" {
   require_root
   # The IdP beside the coordinator on the lab's internet; the coordinator
   # starts first and fetches the IdP's keys at the first login.
@@ -328,16 +325,23 @@ EOF
   for n in srv alice bob; do lab_peer_public "$n"; done
   mesh_lab_up srv
   export MESH_LOGIN_POLL_MS=200
-  for n in alice bob; do
-    # Plain http to another host: the coordinator key is given, as a setup
-    # key would carry it.
-    MESH_LAB_UP_ARGS="--login --coordinator-key $(cat coord/coordinator.pub)" mesh_lab_up "$n"
-    wait_for_line "$MESH_NODES/$n/registration.json.login" '"user_code"' 60
-    idp_browser_approve "$n" "$n-pw" \
-      "$(head -1 "$MESH_NODES/$n/registration.json.login" | jq -r .verification_uri_complete)"
-    wait_until 30 mesh_lab_enrolled "$n"
-  done
-  grep -q 'to log in, open http://203.0.113.1:9440/device' up-alice.err
+  # Plain http to another host: the coordinator key is given, as a setup
+  # key would carry it. alice logs in at a browser on her node (the
+  # provider's redirect comes back to 127.0.0.1 in her namespace); bob
+  # with the device flow.
+  MESH_LAB_UP_ARGS="--login-browser --coordinator-key $(cat coord/coordinator.pub)" mesh_lab_up alice
+  wait_for_line "$MESH_NODES/alice/registration.json.login" '"authorization_url"' 60
+  redirect=$(idp_browser_authorize alice alice-pw \
+    "$(head -1 "$MESH_NODES/alice/registration.json.login" | jq -r .authorization_url)")
+  nsx alice curl -sS --max-time 20 "$redirect" >/dev/null
+  wait_until 30 mesh_lab_enrolled alice
+  MESH_LAB_UP_ARGS="--login --coordinator-key $(cat coord/coordinator.pub)" mesh_lab_up bob
+  wait_for_line "$MESH_NODES/bob/registration.json.login" '"user_code"' 60
+  idp_browser_approve bob bob-pw \
+    "$(head -1 "$MESH_NODES/bob/registration.json.login" | jq -r .verification_uri_complete)"
+  wait_until 30 mesh_lab_enrolled bob
+  grep -q 'to log in, open http://203.0.113.1:9440/auth?.* in a browser on this machine' up-alice.err
+  grep -q 'to log in, open http://203.0.113.1:9440/device' up-bob.err
   [ "$(jq -r .user.email "$MESH_NODES/alice/registration.json")" = alice@example.com ]
   # Real pings through WireGuard: alice's node reaches srv; bob's does not
   # (srv is not even in his map).

@@ -11,6 +11,7 @@ bats_require_minimum_version 1.5.0
 load helpers
 load 010-coord
 load pg
+load oidc
 
 setup_file() { pg_start; }
 teardown_file() { pg_stop; }
@@ -101,6 +102,20 @@ export -f join_one
   [ "$a_peers" = "$(jq -S '[.peers[] | del(.last_seen)]' <<<"$output")" ]
   mrun -s 0 mesh-coord policy get --server "$URL_A"
   [ "$(jq -c '.rules|length' <<<"$output")" = 1 ]
+}
+
+@test "replicas: an ID token that enrolled a node on replica A is refused for another key on replica B" {
+  idp_start
+  two_replicas --oidc-issuer "$IDP_URL" --oidc-client-id mesh
+  idp_mint '{"sub": "carol", "claims": {"email": "carol@example.com"}}' >t.jwt
+  mesh-keygen genkey -o c.key
+  mesh-keygen genkey -o thief.key
+  mrun -s 0 mesh-coord login --server "$URL_A" --key c.key --id-token-file t.jwt
+  mrun -s "$EX_NOPERM" mesh-coord login --server "$URL_B" --key thief.key --id-token-file t.jwt
+  [[ "$stderr" == *"this ID token already enrolled another node key"* ]]
+  # One record, keyed by the token's hash (never the token), until it expires.
+  [ "$(pg_sql "$DB" "select count(*) from records where kind = 'id-token'")" = 1 ]
+  [ "$(pg_sql "$DB" "select key from records where kind = 'id-token'")" = "$(tr -d '\n' <t.jwt | sha256sum | cut -d' ' -f1)" ]
 }
 
 @test "replicas: 200 concurrent joins split across both get distinct addresses and use a setup key exactly up to its limit" {

@@ -3,8 +3,15 @@
 // passwords from a JSON file, and a groups claim.
 //
 // Usage: node idp.js --users FILE [--listen ADDR] [--port N] [--client-id ID]
-//                    [--alg RS256|ES256] [--state DIR]
+//                    [--alg RS256|ES256] [--secret-client-id ID --client-secret-file FILE]
 //   Prints one line "issuer http://ADDR:PORT" on stdout once listening.
+//
+// Clients (both native apps, RFC 8252: the authorization code flow with PKCE
+// redirects to http://127.0.0.1:ANY-PORT/callback, and the device flow):
+//   --client-id ID (default mesh)   a public client (no secret)
+//   --secret-client-id ID           a confidential client whose secret is the
+//                                   content of --client-secret-file
+//                                   (client_secret_post)
 //
 // USERS FILE (read at every login, so a test may change it between logins):
 //   {"alice": {"password": "pw", "email": "alice@example.com",
@@ -31,7 +38,9 @@ import Provider from 'oidc-provider';
 import * as jose from 'jose';
 
 function parseArgs(argv) {
-  const o = { listen: '127.0.0.1', port: 0, clientId: 'mesh', alg: 'RS256', users: '' };
+  const o = {
+    listen: '127.0.0.1', port: 0, clientId: 'mesh', alg: 'RS256', users: '', secretClientId: '', secretFile: '',
+  };
   for (let i = 2; i < argv.length; i += 1) {
     const a = argv[i];
     const v = () => {
@@ -44,9 +53,12 @@ function parseArgs(argv) {
     else if (a === '--client-id') o.clientId = v();
     else if (a === '--alg') o.alg = v();
     else if (a === '--users') o.users = v();
+    else if (a === '--secret-client-id') o.secretClientId = v();
+    else if (a === '--client-secret-file') o.secretFile = v();
     else throw new Error(`unknown argument ${a}`);
   }
   if (!o.users) throw new Error('--users FILE is required');
+  if (!o.secretClientId !== !o.secretFile) throw new Error('--secret-client-id and --client-secret-file go together');
   if (!['RS256', 'ES256'].includes(o.alg)) throw new Error('--alg must be RS256 or ES256');
   return o;
 }
@@ -104,15 +116,26 @@ async function main() {
   const host = opt.listen.includes(':') ? `[${opt.listen}]` : opt.listen;
   const issuer = `http://${host}:${port}`;
 
+  // Native clients: oidc-provider accepts any port on a registered loopback
+  // redirect (RFC 8252 7.3), and requires PKCE of them.
+  const native = {
+    application_type: 'native',
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'authorization_code'],
+    response_types: ['code'],
+    redirect_uris: ['http://127.0.0.1/callback'],
+    id_token_signed_response_alg: opt.alg,
+  };
+  const clients = [{ ...native, client_id: opt.clientId, token_endpoint_auth_method: 'none' }];
+  if (opt.secretClientId) {
+    clients.push({
+      ...native,
+      client_id: opt.secretClientId,
+      client_secret: readFileSync(opt.secretFile, 'utf8').trim(),
+      token_endpoint_auth_method: 'client_secret_post',
+    });
+  }
   const provider = new Provider(issuer, {
-    clients: [{
-      client_id: opt.clientId,
-      token_endpoint_auth_method: 'none',
-      grant_types: ['urn:ietf:params:oauth:grant-type:device_code'],
-      response_types: [],
-      redirect_uris: [],
-      id_token_signed_response_alg: opt.alg,
-    }],
+    clients,
     jwks: { keys: [keys.RS256.jwk, keys.ES256.jwk] },
     scopes: ['openid', 'email', 'profile', 'groups'],
     claims: {

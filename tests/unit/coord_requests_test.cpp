@@ -109,3 +109,24 @@ TEST(CoordAuth, TimeHeaderIsADecimalIntegerAndNothingElse) {
     EXPECT_EQ(t.status().message(), "X-Mesh-Time: expected unix seconds");
   }
 }
+
+TEST(CoordRequests, LoginTakesOneOfTokenHandleOrCode) {
+  auto t = parse_login_request(J(R"({"id_token":"a.b.c","nonce":"n","name":"lap"})"));
+  ASSERT_TRUE(t) << t.status().message();
+  EXPECT_EQ(t->enrol.setup_key, "a.b.c");
+  EXPECT_EQ(t->nonce, "n");
+  EXPECT_EQ(t->enrol.name, "lap");
+  auto h = parse_login_request(J(R"({"device_handle":"h"})"));
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->device_handle, "h");
+  auto c = parse_login_request(J(
+      R"({"code":"c","code_verifier":"v","redirect_uri":"http://127.0.0.1:1/callback","nonce":"n"})"));
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->code_verifier, "v");
+  for (const char* bad : {R"({})", R"({"id_token":"t","device_handle":"h"})",
+                          R"({"code":"c","code_verifier":"v","redirect_uri":"r"})",
+                          R"({"id_token":"t","code_verifier":"v"})",
+                          R"({"device_handle":"h","nonce":"n"})", R"({"id_token":""})",
+                          R"({"id_token":"t","setup_key":"k"})", R"({"id_token":"t","name":"Bad"})"})
+    EXPECT_FALSE(parse_login_request(J(bad))) << bad;
+}
