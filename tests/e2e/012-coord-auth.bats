@@ -15,25 +15,6 @@ setup() {
   mrun -s 0 mesh-coord policy set --server "$COORD_URL" p.json
 }
 
-# Runs a signed request with MESH_LOG=debug and sets REQ_* from the logged
-# request line (method, URL, headers, sealed body), so it can be replayed
-# with curl: `replay "" @body.bin` sends the captured body itself.
-capture() {
-  MESH_LOG=debug "$@" 2>dbg.txt >/dev/null || true
-  local line
-  line=$(grep -m1 ' request ' dbg.txt)
-  read -r _ _ _ REQ_METHOD REQ_URL _ REQ_KEY _ REQ_TIME _ REQ_NONCE _ REQ_AUTH _ REQ_SEAL _ REQ_BODY <<<"$line"
-  [ -n "$REQ_AUTH" ] && [ "$REQ_SEAL" = 1 ]
-  printf '%s' "$REQ_BODY" | base64 -d >body.bin
-}
-
-replay() {  # replay [NONCE] [BODY]
-  curl -s -o resp.json -w '%{http_code}' -X "$REQ_METHOD" "$REQ_URL" \
-    -H "X-Mesh-Key: $REQ_KEY" -H "X-Mesh-Time: $REQ_TIME" \
-    -H "X-Mesh-Nonce: ${1:-$REQ_NONCE}" -H "X-Mesh-Auth: $REQ_AUTH" -H "X-Mesh-Seal: 1" \
-    -H 'Content-Type: application/octet-stream' ${2:+--data-binary "$2"}
-}
-
 @test "a captured request cannot be replayed" {
   capture mesh-coord map --registration a.json --key a.key
   [ "$REQ_METHOD" = GET ]

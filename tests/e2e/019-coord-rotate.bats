@@ -85,26 +85,8 @@ rotations() {
   mrun -s 77 mesh-coord map --registration a.json --key a.key
 }
 
-# Runs a signed request with MESH_LOG=debug and sets REQ_* from the logged
-# request line (method, URL, headers, sealed body), as 012-coord-auth does.
-capture() {
-  MESH_LOG=debug "$@" 2>dbg.txt >capture.out || true
-  local line
-  line=$(grep -m1 ' request POST ' dbg.txt)
-  read -r _ _ _ REQ_METHOD REQ_URL _ REQ_KEY _ REQ_TIME _ REQ_NONCE _ REQ_AUTH _ REQ_SEAL _ REQ_BODY <<<"$line"
-  [ -n "$REQ_AUTH" ] && [ "$REQ_SEAL" = 1 ]
-  printf '%s' "$REQ_BODY" | base64 -d >body.bin
-}
-
-replay() {  # replay [NONCE] [BODY]
-  curl -s -o resp.json -w '%{http_code}' -X "$REQ_METHOD" "$REQ_URL" \
-    -H "X-Mesh-Key: $REQ_KEY" -H "X-Mesh-Time: $REQ_TIME" \
-    -H "X-Mesh-Nonce: ${1:-$REQ_NONCE}" -H "X-Mesh-Auth: $REQ_AUTH" -H "X-Mesh-Seal: 1" \
-    -H 'Content-Type: application/octet-stream' ${2:+--data-binary "$2"}
-}
-
 @test "a replayed or forged rotation is refused" {
-  capture mesh-coord rotate-key --state st
+  CAPTURE_MATCH=" request POST " capture mesh-coord rotate-key --state st
   [[ "$REQ_URL" == */v1/rotate-key ]]
   [ "$REQ_KEY" = "$OLD" ]
   NEW=$(jq -r .public_key capture.out)
@@ -139,7 +121,7 @@ replay() {  # replay [NONCE] [BODY]
   [ "$(rotations)" = 0 ]
   # That request replayed: refused as a replay (the old key is still enrolled).
   cp b.key st/node.key.new
-  capture mesh-coord rotate-key --state st
+  CAPTURE_MATCH=" request POST " capture mesh-coord rotate-key --state st
   [ "$(replay "" @body.bin)" = 401 ]
   [[ "$(jq -r .error.message resp.json)" == *"replayed request"* ]]
   [ ! -e st/node.key.new ]

@@ -6,6 +6,7 @@
 
 #include "coord/mapjson.h"
 #include "coord/model.h"
+#include "coord_fixture.h"
 #include "coord/routeops.h"
 #include "coord/routes.h"
 #include "netmap/fast.h"
@@ -15,33 +16,9 @@ using namespace mesh::coord;
 
 namespace {
 
-ModelConfig config() {
-  ModelConfig c;
-  c.ipv4 = *Prefix::parse("100.64.0.0/10");
-  c.ipv6 = *Prefix::parse("fd00:1:2::/48");
-  return c;
-}
-
-std::unique_ptr<Peer> make_peer(Model& m, const std::string& name, std::vector<std::string> groups) {
-  auto p = std::make_unique<Peer>();
-  p->id = m.new_peer_id();
-  p->name = name;
-  p->public_key = SecretKey::generate_private().public_key();
-  p->host_index = *m.allocate_host();
-  p->ipv4 = m.host_v4(p->host_index);
-  p->ipv6 = m.host_v6(p->host_index);
-  p->listen_port = m.pick_listen_port(p->id);
-  p->groups = std::move(groups);
-  return p;
-}
-
-Policy policy(const std::string& text) {
-  auto j = parse_json(text, "p");
-  EXPECT_TRUE(j) << j.status().message();
-  auto p = parse_policy(*j, "p");
-  EXPECT_TRUE(p) << p.status().message();
-  return p ? *p : Policy{};
-}
+using test::config;
+using test::make_peer;
+using test::policy;
 
 Result<Route> route(const std::string& text) {
   auto j = parse_json(text, "r");

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "coord/model.h"
+#include "coord_fixture.h"
 #include "coord/users.h"
 
 using namespace mesh;
@@ -13,25 +14,14 @@ using namespace mesh::coord;
 
 namespace {
 
-Model make_model() {
-  ModelConfig c;
-  c.ipv4 = *Prefix::parse("100.64.0.0/10");
-  c.ipv6 = *Prefix::parse("fd00:1:2::/48");
-  return Model(c);
-}
+using test::policy;
+
+Model make_model() { return Model(test::config()); }
 
 uint32_t add(Model& m, const std::string& name, std::vector<std::string> groups,
              const std::string& owner = "", const std::string& email = "",
              std::vector<std::string> idp = {}, int64_t expires = 0) {
-  auto p = std::make_unique<Peer>();
-  p->id = m.new_peer_id();
-  p->name = name;
-  p->public_key = SecretKey::generate_private().public_key();
-  p->host_index = *m.allocate_host();
-  p->ipv4 = m.host_v4(p->host_index);
-  p->ipv6 = m.host_v6(p->host_index);
-  p->listen_port = m.pick_listen_port(p->id);
-  p->groups = std::move(groups);
+  auto p = test::make_peer(m, name, std::move(groups));
   p->owner = owner;
   p->owner_email = email;
   p->idp_groups = std::move(idp);
@@ -39,13 +29,6 @@ uint32_t add(Model& m, const std::string& name, std::vector<std::string> groups,
   uint32_t id = p->id;
   m.add_peer(std::move(p), 1);
   return id;
-}
-
-Policy policy(const std::string& text) {
-  auto j = parse_json(text, "p");
-  auto p = parse_policy(*j, "p");
-  EXPECT_TRUE(p) << p.status().message();
-  return p ? *p : Policy{};
 }
 
 std::vector<std::string> seen_by(const Model& m, uint32_t id) {
