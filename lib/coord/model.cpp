@@ -459,6 +459,22 @@ uint64_t Model::compute_digest(const Peer& p) const {
   return h;
 }
 
+std::optional<FirewallRule> Model::rule_firewall(uint32_t r, uint32_t self) const {
+  const PolicyRule& pr = policy_.rules[r];
+  FirewallRule fr;
+  for (uint32_t id : rules_[r].src) {
+    if (id == self) continue;
+    const Peer& q = *by_id_[id];
+    fr.sources.push_back(Prefix{q.ipv4, 32});
+    fr.sources.push_back(Prefix{q.ipv6, 128});
+  }
+  if (fr.sources.empty()) return std::nullopt;
+  fr.proto = pr.proto;
+  fr.ports = pr.ports;
+  fr.rule = pr.name;
+  return fr;
+}
+
 Changes Model::recompute(std::vector<uint32_t> ids, int64_t now) {
   auto t0 = std::chrono::steady_clock::now();
   std::sort(ids.begin(), ids.end());
@@ -615,21 +631,8 @@ NetMap Model::build_map(const Peer& p, bool lists) const {
       if (next_via != via.end() && next_via->first == id) mp.routes = next_via->second;
       m.peers.push_back(std::move(mp));
     }
-    for (uint32_t r : p.dst_rules) {
-      const PolicyRule& pr = policy_.rules[r];
-      FirewallRule fr;
-      for (uint32_t id : rules_[r].src) {
-        if (id == p.id) continue;
-        const Peer& q = *by_id_[id];
-        fr.sources.push_back(Prefix{q.ipv4, 32});
-        fr.sources.push_back(Prefix{q.ipv6, 128});
-      }
-      if (fr.sources.empty()) continue;
-      fr.proto = pr.proto;
-      fr.ports = pr.ports;
-      fr.rule = pr.name;
-      m.inbound.push_back(std::move(fr));
-    }
+    for (uint32_t r : p.dst_rules)
+      if (auto fr = rule_firewall(r, p.id)) m.inbound.push_back(std::move(*fr));
   }
   m.stun = cfg_.stun;
   if (!cfg_.relay_secret.empty()) {

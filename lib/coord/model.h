@@ -260,6 +260,9 @@ class Model {
   void unindex_rules(Peer& p);
   std::vector<uint32_t> neighbours(const Peer& p) const;
   uint64_t compute_digest(const Peer& p) const;
+  // Rule r as a firewall rule of `self`'s map: its sources (both addresses
+  // of each, `self` left out), proto, ports and name. No sources: none.
+  std::optional<FirewallRule> rule_firewall(uint32_t r, uint32_t self) const;
   Changes recompute(std::vector<uint32_t> ids, int64_t now);
   Changes recompute_all(int64_t now);
   // Routes (routes.cpp): compiled from routes_, the policy's routes and its

@@ -336,20 +336,10 @@ void Model::router_map(const Peer& p, NetMap& m) const {
     for (const auto& n : c.route->networks)
       m.self.routes.push_back(SelfRoute{n, c.route->masquerade});
     for (const auto& g : c.grants) {
-      const PolicyRule& pr = policy_.rules[g.rule];
-      FirewallRule fr;
-      for (uint32_t id : rules_[g.rule].src) {
-        if (id == p.id) continue;
-        const Peer& q = *by_id_[id];
-        fr.sources.push_back(Prefix{q.ipv4, 32});
-        fr.sources.push_back(Prefix{q.ipv6, 128});
-      }
-      if (fr.sources.empty()) continue;
-      fr.proto = pr.proto;
-      fr.ports = pr.ports;
-      fr.rule = pr.name;
-      fr.destinations = g.destinations;
-      m.forward.push_back(std::move(fr));
+      auto fr = rule_firewall(g.rule, p.id);
+      if (!fr) continue;
+      fr->destinations = g.destinations;
+      m.forward.push_back(std::move(*fr));
     }
   }
 }
