@@ -64,8 +64,17 @@ wg_has_key() { nsx "$1" wg show "$(wg_name "$1")" peers | grep -qxF "$2"; }
       [ "$got" = "$n $n" ] || grep -o 'icmp_seq=[0-9]*' "$BATS_TEST_TMPDIR/ping.$a-$b" | cut -d= -f2 |
         sort -n | awk -v n="$n" 'BEGIN {e = 1} {while (e < $1) printf "lost %d\n", e++; e = $1 + 1}
           END {while (e <= n) printf "lost %d\n", e++}' | head -5
+      # When: the replies just before a loss (ping -D stamps them).
+      [ "$got" = "$n $n" ] || awk -F'[][ =]+' '/icmp_seq=/ {for (i = 1; i < NF; i++) if ($i == "icmp_seq")
+          {s = $(i + 1); if (p != "" && s != p + 1) printf "gap after icmp_seq=%d: replies at %s.%s and %s.%s\n", p,
+           strftime("%H:%M:%S", t), substr(t, index(t, ".") + 1), strftime("%H:%M:%S", $2), substr($2, index($2, ".") + 1)
+           p = s; t = $2}}' \
+        "$BATS_TEST_TMPDIR/ping.$a-$b" | head -5
     done
   done
+  # The rotations' steps on every node (wall clock), to set beside a loss.
+  [ "$bad" -eq 0 ] || grep -H -E "rotating the node key|took the new key|node key rotated|rotated peer|map serial" \
+    "$BATS_TEST_TMPDIR"/up-r?.err | sed "s|$BATS_TEST_TMPDIR/||" | sort -t' ' -k2
   [ "$(awk '$2 == "r1" {print $1}' <<<"$during")" -ge 2 ]
   [ "$(awk '$2 == "r2" {print $1}' <<<"$during")" -ge 2 ]
   [ -z "$(awk '$2 == "r3"' <<<"$during")" ]
