@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "common.h"
+#include "coord/delta.h"
 #include "coord/watch.h"
 #include "core/file.h"
 #include "netmap/netmap.h"
@@ -43,6 +44,8 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
   Client cli(c->servers, c->ca_file, ctx.log);
 
   uint64_t last = 0;
+  // The map of serial `last`: what a delta from the coordinator applies to.
+  std::optional<Json> held;
   int emitted = 0;
   std::optional<std::string> cached_line;
   if (!cache.empty()) {
@@ -56,6 +59,7 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
   auto emit = [&](const Json& j, uint64_t serial) -> bool {
     if (!write_line(ctx, events ? map_event_line(serial) : dump_json(j) + "\n")) return false;
     last = serial;
+    held = j;
     ++emitted;
     return true;
   };
@@ -77,8 +81,8 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
     // back, it does not sit out a long-poll first.
     bool quick = link != Link::Up;
     auto r = cli.peer("GET",
-                      "/v1/map?since=" + std::to_string(last) + "&wait=" +
-                          std::to_string(quick ? 0 : wait) + (events ? "&events=1" : ""),
+                      "/v1/map?since=" + std::to_string(held ? last : 0) + "&wait=" +
+                          std::to_string(quick ? 0 : wait) + "&delta=1" + (events ? "&events=1" : ""),
                       c->node, c->coordinator, "", quick ? 30 : wait + 15);
     if (!r) {
       WatchFailure what = classify_watch_failure(cli.last_status(), r.status().code());
@@ -131,11 +135,24 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
     if (!body) return report(ctx, body.status());
     std::optional<Json> j;
     std::vector<PunchEvent> punches;
-    if (events) {
+    // An envelope; a coordinator that predates deltas answers a watch
+    // without events with the bare map.
+    if (events || body->contains("events")) {
       auto b = parse_watch_envelope(*body, "coordinator events");
       if (!b) return report(ctx, b.status());
       j = std::move(b->map);
       punches = std::move(b->punches);
+      if (b->delta) {
+        auto full = held ? apply_delta(*held, *b->delta, "coordinator delta")
+                         : Result<Json>(data_error("coordinator delta: no map held"));
+        if (full) {
+          j = std::move(*full);
+        } else {
+          // Lost track (mesh-netmap(5), DELTAS): the whole map next time.
+          ctx.log.warn(full.status().message() + "; asking for the whole map");
+          held.reset();
+        }
+      }
     } else {
       j = std::move(*body);
     }

@@ -652,36 +652,70 @@ NetMap Model::build_map(const Peer& p, bool lists) const {
   return m;
 }
 
-std::string Model::map_json(const Peer& p) const {
+Model::MapText Model::map_text(const Peer& p, const SentPeers* base, SentPeers* sent) const {
   std::string text = netmap_json_text(build_map(p, false));
-  if (p.cut_off()) return text;
-  std::vector<uint32_t> ids = visible(p.id);
-  std::string peers, inbound;
-  peers.reserve(ids.size() * 320);
-  // Routes through some of these peers (sorted by id, like ids).
+  std::vector<uint32_t> ids;
+  if (!p.cut_off()) ids = visible(p.id);
+  // Routes through some of these peers (sorted by id, like ids): such an
+  // entry depends on the viewer, so a delta always sends it.
   std::vector<std::pair<uint32_t, std::vector<PeerRoute>>> via;
-  if (!croutes_.empty()) via = client_routes(p);
+  if (!p.cut_off() && !croutes_.empty()) via = client_routes(p);
+  std::vector<SentEntry> now(ids.size());
+  std::vector<const std::vector<PeerRoute>*> routes(ids.size(), nullptr);
   auto next_via = via.begin();
-  for (uint32_t id : ids) {
-    const Peer& q = *by_id_[id];
-    if (!q.text_ok) return netmap_json_text(build_map(p));
-    if (!peers.empty()) peers += ',';
-    while (next_via != via.end() && next_via->first < id) ++next_via;
-    if (next_via != via.end() && next_via->first == id) {
-      // "routes" sorts last in an entry: it goes before the closing brace.
-      std::string routes;
-      if (!peer_routes_json_text(next_via->second, routes)) return netmap_json_text(build_map(p));
-      peers.append(q.entry_text, 0, q.entry_text.size() - 1);
-      peers += ',';
-      peers += routes;
-      peers += '}';
-      continue;
+  for (size_t k = 0; k < ids.size(); ++k) {
+    while (next_via != via.end() && next_via->first < ids[k]) ++next_via;
+    if (next_via != via.end() && next_via->first == ids[k]) routes[k] = &next_via->second;
+    uint64_t v = versions_[ids[k]];
+    now[k] = {ids[k], routes[k] || v > UINT32_MAX ? kResend : uint32_t(v)};
+  }
+  if (sent) *sent = SentPeers{p.serial, now};
+  if (p.cut_off()) return {std::move(text)};
+  auto whole = [&] { return MapText{netmap_json_text(build_map(p))}; };
+  auto entry = [&](std::string& out, size_t k) {
+    const Peer& q = *by_id_[ids[k]];
+    if (!q.text_ok) return false;
+    if (!routes[k]) {
+      out += q.entry_text;
+      return true;
     }
-    peers += q.entry_text;
+    // "routes" sorts last in an entry: it goes before the closing brace.
+    std::string r;
+    if (!peer_routes_json_text(*routes[k], r)) return false;
+    out.append(q.entry_text, 0, q.entry_text.size() - 1);
+    out += ',';
+    out += r;
+    out += '}';
+    return true;
+  };
+  std::string peers, inbound;
+  if (!base) {
+    peers.reserve(ids.size() * 320);
+    for (size_t k = 0; k < ids.size(); ++k) {
+      if (k) peers += ',';
+      if (!entry(peers, k)) return whole();
+    }
+  } else {
+    PeerEdits e = diff_peers(base->entries, now);
+    peers = "\"peer_changes\":{\"base\":" + std::to_string(base->serial) +
+            ",\"count\":" + std::to_string(ids.size()) + ",\"inserted\":[";
+    for (size_t n = 0; n < e.inserted.size(); ++n) {
+      peers += n ? ",[" : "[";
+      peers += std::to_string(e.inserted[n]);
+      peers += ',';
+      if (!entry(peers, e.inserted[n])) return whole();
+      peers += ']';
+    }
+    peers += "],\"removed\":[";
+    for (size_t n = 0; n < e.removed.size(); ++n) {
+      if (n) peers += ',';
+      peers += std::to_string(e.removed[n]);
+    }
+    peers += "]}";
   }
   for (uint32_t r : p.dst_rules) {
     const CompiledRule& c = rules_[r];
-    if (!c.text_ok) return netmap_json_text(build_map(p));
+    if (!c.text_ok) return whole();
     size_t mark = inbound.size();
     if (!inbound.empty()) inbound += ',';
     inbound += c.head_text;
@@ -696,13 +730,15 @@ std::string Model::map_json(const Peer& p) const {
     else inbound += "]}";
   }
   // The skeleton has empty lists at fixed places: firewall.inbound comes
-  // first and peers right after generated_at (keys are sorted).
+  // first and peers right after generated_at (keys are sorted; a delta's
+  // peer_changes takes the place of peers).
   const std::string in_key = "\"inbound\":[", peers_key = "\"peers\":[";
   size_t at = text.find(in_key);
   text.insert(at + in_key.size(), inbound);
   at = text.find(peers_key, at + in_key.size() + inbound.size());
-  text.insert(at + peers_key.size(), peers);
-  return text;
+  if (base) text.replace(at, peers_key.size() + 1, peers);
+  else text.insert(at + peers_key.size(), peers);
+  return {std::move(text), base != nullptr};
 }
 
 // ---------------------------------------------------------------- policy

@@ -23,6 +23,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "coord/delta.h"
 #include "coord/policy.h"
 #include "coord/routes.h"
 #include "core/key.h"
@@ -171,7 +172,15 @@ class Model {
   // The map's JSON text, byte-for-byte netmap_json_text(build_map(p)), made
   // from per-peer and per-rule pieces rendered when they change, so that
   // serving 1,000 maps after one change does not re-render every entry.
-  std::string map_json(const Peer& p) const;
+  std::string map_json(const Peer& p) const { return map_text(p, nullptr, nullptr).text; }
+  // The same, or with `base` (the peers of a map of p's the watcher holds)
+  // the delta from it (mesh-netmap(5), DELTAS). `sent`, when given, receives
+  // this map's peers: the base of the next delta.
+  struct MapText {
+    std::string text;
+    bool delta = false;
+  };
+  MapText map_text(const Peer& p, const SentPeers* base, SentPeers* sent) const;
 
   // --- allocation (pure: nothing is reserved until add_peer)
   Result<uint32_t> allocate_host() const;

@@ -367,11 +367,13 @@ class Coordinator {
   int64_t seen_shared_at_ = 0;
   WindowLimiter announce_limiter_;
   WatchCounter watches_;  // long-polls per peer
+  SentMaps sent_;         // the peers of the last map sent to each delta watcher
   ConnectionGuard* guard_ = nullptr;
   bool stopping_ = false;  // guarded by mu_
   // metrics
   std::atomic<int64_t> watchers_{0};
   std::atomic<uint64_t> requests_{0}, auth_failures_{0}, maps_served_{0}, pushes_{0};
+  std::atomic<uint64_t> deltas_served_{0}, map_bytes_{0};
   std::atomic<uint64_t> map_build_us_{0};
   std::atomic<uint64_t> watch_wakeups_{0};  // parked long-polls woken (for a new map, or spuriously)
   std::atomic<uint64_t> rate_limited_{0};
@@ -1182,15 +1184,17 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
   } catch (const std::exception&) {
     return peer_error(&*a, res, {400, "request: since/wait: expected non-negative integers", "since"});
   }
-  // events=1: the answer is an envelope {"map"?, "events"} and pending
-  // punch requests end the wait as a new serial does. Without it the
-  // answer is the bare map, as for clients that predate events.
-  bool events = false;
-  if (req.has_param("events")) {
-    std::string e = req.get_param_value("events");
+  // events=1: pending punch requests end the wait as a new serial does.
+  // delta=1: a watcher holding the map of `since` may get a delta from it.
+  // Either makes the answer an envelope {"map"|"delta"?, "events"}; without
+  // both it is the bare map, as for clients that predate them.
+  bool events = false, delta = false;
+  for (auto [name, flag] : {std::pair{"events", &events}, std::pair{"delta", &delta}}) {
+    if (!req.has_param(name)) continue;
+    std::string e = req.get_param_value(name);
     if (e != "0" && e != "1")
-      return peer_error(&*a, res, {400, "request: events: expected 0 or 1", "events"});
-    events = e == "1";
+      return peer_error(&*a, res, {400, std::string("request: ") + name + ": expected 0 or 1", name});
+    *flag = e == "1";
   }
   // A peer needs one long-poll (two while its watch restarts); more would
   // let one peer hold many of the coordinator's connection threads.
@@ -1221,8 +1225,10 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
   } gauge{watchers_, counted};
   for (;;) {
     const Peer* p = model_.by_id(id);
-    if (!p || p->public_key != a->key)
+    if (!p || p->public_key != a->key) {
+      sent_.erase(id);
       return peer_error(&*a, res, {403, "peer is not enrolled (deleted)"});
+    }
     if (auto why = p->refusal(); !why.empty()) return peer_error(&*a, res, {403, why});
     // Punches are pushed with mu_ held exclusively, and this check runs
     // under the shared lock that wait_until releases atomically, so a push
@@ -1230,24 +1236,32 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
     std::vector<PunchRequest> evs;
     if (events) evs = punches_.drain(a->key, mono_ms());
     if (p->serial != since || !evs.empty()) {
-      std::string body;
+      Model::MapText m;
       if (p->serial != since) {
         auto t0 = std::chrono::steady_clock::now();
-        body = model_.map_json(*p);
+        std::optional<SentPeers> base;
+        if (delta && since != 0) base = sent_.get(id, since);
+        SentPeers now;
+        m = model_.map_text(*p, base ? &*base : nullptr, delta ? &now : nullptr);
+        if (delta) sent_.put(id, std::move(now));
         map_build_us_ += static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
                                                    std::chrono::steady_clock::now() - t0)
                                                    .count());
         ++maps_served_;
+        if (m.delta) ++deltas_served_;
+        map_bytes_ += m.text.size();
       }
       lk.unlock();
-      if (events) {
+      std::string body = std::move(m.text);
+      if (events || delta) {
         Json ev = Json::array();
         for (const auto& r : evs)
           ev.push_back({{"type", "punch"}, {"from", r.from.to_base64()}, {"name", r.name}});
         punches_delivered_ += evs.size();
         // The map text is spliced in as built: no re-parse of a large map.
         body = body.empty() ? "{\"events\":" + dump_json(ev) + "}"
-                            : "{\"map\":" + body + ",\"events\":" + dump_json(ev) + "}";
+                            : std::string(m.delta ? "{\"delta\":" : "{\"map\":") + body +
+                                  ",\"events\":" + dump_json(ev) + "}";
       }
       res.status = 200;
       body += '\n';
@@ -1834,7 +1848,9 @@ void Coordinator::h_metrics(const httplib::Request& req, httplib::Response& res)
   g("mesh_coord_incremental_recomputes_total", "Incremental recomputes.", "counter", st.incremental_recomputes);
   g("mesh_coord_last_full_recompute_seconds", "Duration of the last full recompute.", "gauge", st.last_full_recompute_ms / 1000.0);
   g("mesh_coord_last_incremental_recompute_seconds", "Duration of the last incremental recompute.", "gauge", st.last_incremental_ms / 1000.0);
-  g("mesh_coord_maps_served_total", "Maps sent to peers.", "counter", maps_served_.load());
+  g("mesh_coord_maps_served_total", "Maps sent to peers (whole or as deltas).", "counter", maps_served_.load());
+  g("mesh_coord_map_deltas_total", "Maps sent as deltas (mesh-netmap(5), DELTAS).", "counter", deltas_served_.load());
+  g("mesh_coord_map_bytes_total", "Bytes of the maps and deltas sent, before sealing.", "counter", map_bytes_.load());
   g("mesh_coord_map_build_seconds_total", "Time spent building map JSON.", "counter", map_build_us_.load() / 1e6);
   g("mesh_coord_map_changes_total", "Per-peer map changes pushed.", "counter", pushes_.load());
   g("mesh_coord_requests_total", "HTTP requests.", "counter", requests_.load());

@@ -52,6 +52,8 @@ Result<WatchBatch> parse_watch_envelope(const Json& j, std::string_view source) 
   if (!j.is_object()) return v.error("expected an object {\"map\", \"events\"}");
   WatchBatch b;
   if (j.contains("map")) b.map = j.at("map");
+  if (j.contains("delta")) b.delta = j.at("delta");
+  if (b.map && b.delta) return v.error("both a map and a delta");
   MESH_ASSIGN(auto evs, v.field("events"));
   MESH_ASSIGN(auto els, evs.elements());
   for (const auto& e : els) {

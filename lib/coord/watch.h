@@ -59,11 +59,12 @@ struct PunchEvent {
   std::string name;
 };
 
-// The answer to GET /v1/map?events=1: {"map"?: MAP, "events": [...]}.
+// The answer to GET /v1/map?events=1 or ?delta=1: {"map"?: MAP, "delta"?:
+// DELTA, "events": [...]} (mesh-netmap(5), DELTAS: apply_delta in delta.h).
 // Events of other types are skipped (newer coordinators may send more);
 // a punch event with a bad key or peer name is a DataErr.
 struct WatchBatch {
-  std::optional<Json> map;
+  std::optional<Json> map, delta;
   std::vector<PunchEvent> punches;
 };
 Result<WatchBatch> parse_watch_envelope(const Json& j, std::string_view source);

@@ -235,3 +235,36 @@ has_match() { [ "$(count_lines "$1" "$2")" -ge "$3" ]; }
   [ "$(jq -c 'select(.event)' watch.out | wc -l)" = "$(wc -l <watch.out)" ]
   grep -q "retrying" watch.err
 }
+
+@test "after its first map a watcher gets deltas, and each map it writes is the coordinator's whole map" {
+  coord_join a k
+  coord_join b k
+  coord_join c k
+  start_daemon watch mesh-coord watch --registration a.json --key a.key --cache a.cache
+  wait_until 10 has_lines watch.out 1
+  local n=1 step deltas
+  printf '{"groups":{"g":{}},"rules":[{"src":["g"],"dst":["g"],"proto":"tcp","ports":[22]}]}' >p2.json
+  for step in join rename rotate delete policy; do
+    case $step in
+      join) coord_join d k ;;
+      rename) mrun -s 0 mesh-coord peer rename --server "$COORD_URL" c c2 ;;
+      rotate) mrun -s 0 mesh-coord rotate-key --registration d.json --key d.key ;;
+      delete) mrun -s 0 mesh-coord peer delete --server "$COORD_URL" b ;;
+      policy) mrun -s 0 mesh-coord policy set --server "$COORD_URL" p2.json ;;
+    esac
+    n=$((n + 1))
+    wait_until 10 has_lines watch.out "$n"
+    # The whole map, asked without a delta; the watcher's line and cache
+    # hold the same.
+    mrun -s 0 mesh-coord map --registration a.json --key a.key
+    cmp <(sed -n "${n}p" watch.out | jq -S .) <(printf '%s\n' "$output" | jq -S .)
+    cmp <(sed -n "${n}p" watch.out) a.cache
+  done
+  [ "$(jq -r '[.peers[].name] | join(",")' a.cache)" = "c2,d" ]
+  [ "$(jq -r '.peers[] | select(.name == "d") | .public_key' a.cache)" = "$(jq -r .public_key d.json)" ]
+  # Every map after the first came as a delta.
+  deltas=$(curl -s -H "Authorization: Bearer $MESH_ADMIN_TOKEN" "$COORD_URL/metrics" |
+    awk '$1 == "mesh_coord_map_deltas_total" {print $2}')
+  echo "deltas served: $deltas"
+  [ "$deltas" -ge 5 ]
+}
