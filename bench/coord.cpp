@@ -453,6 +453,9 @@ class WatcherFleet {
     round_ = k;
   }
   int done(int k) const { return done_[k]; }
+  // From the next request on, ask for whole maps (no delta=1): the
+  // reference the deltas are measured against.
+  void whole_maps() { whole_ = true; }
   int failures() const { return failures_; }
   int with_map() const { return with_map_; }
   std::vector<double> latencies(int k) const {
@@ -488,8 +491,10 @@ class WatcherFleet {
   }
 
   void request(W& w) {
-    std::string target = w.serial == 0 ? "/v1/map"
-                                       : "/v1/map?since=" + std::to_string(w.serial) + "&wait=90";
+    // With delta=1 the answer is an envelope {"map"|"delta": ...}; the
+    // serial is the last one in it either way (open_map).
+    std::string target = "/v1/map?since=" + std::to_string(w.serial) +
+                         (w.serial == 0 ? "&wait=0" : "&wait=90") + (whole_ ? "" : "&delta=1");
     uint8_t nb[16];
     random_bytes(nb, sizeof nb);
     w.nonce = base64url_encode(nb);
@@ -569,7 +574,10 @@ class WatcherFleet {
     char buf[65536];
     while (!stop_) {
       int n = epoll_wait(ep_, evs.data(), int(evs.size()), to_open_.empty() ? 100 : 0);
-      for (int k = 0; n == 0 && k < 64 && !to_open_.empty(); ++k) {
+      // Answers are timed as they arrive and opened after (a batch per
+      // turn, more when idle), but never left so long that the server
+      // closes the idle keep-alive connection (5 s).
+      for (int k = 0; k < (n == 0 ? 256 : 32) && !to_open_.empty(); ++k) {
         open_map(to_open_.front());
         to_open_.pop_front();
       }
@@ -606,7 +614,7 @@ class WatcherFleet {
   std::vector<std::atomic<int>> done_;
   std::vector<Clock::time_point> t0_;
   std::atomic<int> round_{-1}, failures_{0}, with_map_{0};
-  std::atomic<bool> stop_{false};
+  std::atomic<bool> stop_{false}, whole_{false};
   int ep_ = -1;
   std::thread thread_;
 };
@@ -662,7 +670,12 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
   };
   double rss_idle = rss();
 
-  constexpr int kRounds = 3;  // a join on the first server, one on the last, an announce
+  // Rounds, in this order: an unmeasured join (the watchers' first maps
+  // came whole, and connections the start-up burst dropped come back), a
+  // join on the first server, one on the last, an announce; then the
+  // reference: a join whose push is unmeasured while the watchers switch to
+  // whole maps, and a join on the first server pushed as whole maps.
+  enum { kWarm, kFirst, kLast, kAnnounce, kSwitch, kWhole, kRounds };
   WatcherFleet fleet(wkeys, servers, coord, kRounds, po.all_on_first);
   fleet.start();
   auto parked = [&] {
@@ -693,25 +706,26 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
   std::string key = parse_setup_key((*sk)["key"].get<std::string>())->secret;
   // CPU of all servers, and of the first (the one every watcher is on with
   // --watch-first): co-located replicas compete for the same cores.
-  double put_ms[kRounds] = {0, 0, 0}, round_cpu[kRounds] = {0, 0, 0}, first_cpu[kRounds] = {0, 0, 0};
+  double put_ms[kRounds] = {}, round_cpu[kRounds] = {}, first_cpu[kRounds] = {}, bytes[kRounds] = {};
+  long deltas[kRounds] = {}, maps[kRounds] = {};
   auto cpu = [&] {
     double t = 0;
     for (auto& sv : servers) t += cpu_ms(sv.pid);
     return t;
   };
-  double cpu0 = 0, first0 = 0;
-  for (int k = 0; k < 2; ++k) {
-    if (k > 0) {
-      auto deadline = Clock::now() + std::chrono::seconds(120);
-      while (fleet.done(k - 1) < sc.watchers && Clock::now() < deadline)
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      round_cpu[k - 1] = cpu() - cpu0;
-      first_cpu[k - 1] = cpu_ms(servers[0].pid) - first0;
-      wait_parked();
-    }
-    cpu0 = cpu();
-    first0 = cpu_ms(servers[0].pid);
-    Client writer(servers[k % n == 0 ? 0 : n - 1].url, "", log);
+  auto total = [&](const char* name) {
+    long b = 0;
+    for (auto& sv : servers) b += metric(sv.url, token, name);
+    return b;
+  };
+  // A join into the monitoring group (it enters every map), written on
+  // `server`; round k ends when every watcher has its new map.
+  auto push_round = [&](int k, int server) {
+    wait_parked();
+    double cpu0 = cpu(), first0 = cpu_ms(servers[0].pid);
+    long bytes0 = total("mesh_coord_map_bytes_total"), maps0 = total("mesh_coord_maps_served_total"),
+         deltas0 = total("mesh_coord_map_deltas_total");
+    Client writer(servers[server].url, "", log);
     SecretKey mon = SecretKey::generate_private();
     std::string join = dump_json(Json{{"setup_key", key}, {"name", "monitor" + std::to_string(k)}});
     auto a = Clock::now();
@@ -719,14 +733,18 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
     auto r = writer.peer("POST", "/v1/join", mon, coord, join, 120);
     put_ms[k] = ms(a, Clock::now());
     if (!r) std::cerr << "bench: join: " << r.status().message() << "\n";
-  }
-  {
     auto deadline = Clock::now() + std::chrono::seconds(120);
-    while (fleet.done(1) < sc.watchers && Clock::now() < deadline)
+    while (fleet.done(k) < sc.watchers && Clock::now() < deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    round_cpu[1] = cpu() - cpu0;
-    first_cpu[1] = cpu_ms(servers[0].pid) - first0;
-  }
+    round_cpu[k] = cpu() - cpu0;
+    first_cpu[k] = cpu_ms(servers[0].pid) - first0;
+    bytes[k] = double(total("mesh_coord_map_bytes_total") - bytes0);
+    maps[k] = total("mesh_coord_maps_served_total") - maps0;
+    deltas[k] = total("mesh_coord_map_deltas_total") - deltas0;
+  };
+  push_round(kWarm, 0);
+  push_round(kFirst, 0);
+  push_round(kLast, n - 1);
   // The everyday write: one watcher announces new endpoints (on the last
   // server: another replica's watchers on PostgreSQL), which changes only
   // the maps that hold it (~250). The other watchers should not even wake:
@@ -735,20 +753,23 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
   long announce_woken = 0;
   {
     wait_parked();
-    cpu0 = cpu();
+    double cpu0 = cpu();
     long woken0 = metric(servers[0].url, token, "mesh_coord_watch_wakeups_total");
     Client writer(servers[n - 1].url, "", log);
     std::string body = R"({"version": 1, "candidates": [{"endpoint": "198.51.100.7:51820", "kind": "srflx"}]})";
     auto a = Clock::now();
-    fleet.open_round(2);
+    fleet.open_round(kAnnounce);
     auto r = writer.peer("POST", "/v1/endpoints", wkeys[0], coord, body, 60);
-    put_ms[2] = ms(a, Clock::now());
+    put_ms[kAnnounce] = ms(a, Clock::now());
     if (!r) std::cerr << "bench: announce: " << r.status().message() << "\n";
     else announce_changed = parse_json(r->body, "announce")->value("maps_changed", size_t(0));
     std::this_thread::sleep_for(std::chrono::seconds(2));
-    round_cpu[2] = cpu() - cpu0;
+    round_cpu[kAnnounce] = cpu() - cpu0;
     announce_woken = metric(servers[0].url, token, "mesh_coord_watch_wakeups_total") - woken0;
   }
+  fleet.whole_maps();
+  push_round(kSwitch, 0);
+  push_round(kWhole, 0);
   fleet.stop();
   double rss_after = rss();
 
@@ -792,10 +813,10 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
   std::printf("watchers parked: %d of %d in %.0f ms (%d reconnects or bad answers)\n", watching,
               sc.watchers, park_ms, fleet.failures());
   int missing = 0;
-  for (int k = 0; k < 2; ++k) {
+  for (int k : {kFirst, kLast}) {
     std::vector<double> l = fleet.latencies(k);
     missing += sc.watchers - int(l.size());
-    const char* where = k == 0 ? "first" : "last";
+    const char* where = k == kFirst ? "first" : "last";
     std::printf("write on the %s server: join acknowledged in %.1f ms; push to %zu watchers: p50 "
                 "%.1f ms, p99 %.1f ms, max %.1f ms; server CPU %.0f ms (the first server's %.0f)\n",
                 where, put_ms[k], l.size(), pct(l, 50), pct(l, 99), pct(l, 100), round_cpu[k],
@@ -804,16 +825,33 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
     std::printf("RESULT pushed_write_on_%s %zu\n", where, l.size());
     std::printf("RESULT join_write_on_%s_ms %.1f\n", where, put_ms[k]);
     std::printf("RESULT server_cpu_write_on_%s_ms %.0f\n", where, round_cpu[k]);
+    std::printf("  %ld maps sent, %ld of them deltas, %.1f KB per watcher\n", maps[k], deltas[k],
+                bytes[k] / 1024 / sc.watchers);
+    std::printf("RESULT push_kb_per_watcher_write_on_%s %.1f\n", where, bytes[k] / 1024 / sc.watchers);
   }
   {
-    std::vector<double> l = fleet.latencies(2);
+    // The same join pushed as whole maps, in this run: the reference.
+    std::vector<double> l = fleet.latencies(kWhole), d = fleet.latencies(kFirst);
+    missing += sc.watchers - int(l.size());
+    std::printf("reference, the write on the first server pushed as whole maps: p50 %.1f ms, p99 "
+                "%.1f ms, max %.1f ms; server CPU %.0f ms; %.1f KB per watcher, deltas %.1f KB "
+                "(deltas: p99 %.2fx, CPU %.2fx of whole maps)\n",
+                pct(l, 50), pct(l, 99), pct(l, 100), round_cpu[kWhole], bytes[kWhole] / 1024 / sc.watchers,
+                bytes[kFirst] / 1024 / sc.watchers, pct(d, 99) / pct(l, 99),
+                round_cpu[kFirst] / round_cpu[kWhole]);
+    std::printf("RESULT push_p99_whole_maps_ms %.1f\nRESULT server_cpu_whole_maps_ms %.0f\n"
+                "RESULT push_kb_per_watcher_whole_maps %.1f\n",
+                pct(l, 99), round_cpu[kWhole], bytes[kWhole] / 1024 / sc.watchers);
+  }
+  {
+    std::vector<double> l = fleet.latencies(kAnnounce);
     std::printf("an announce changing %zu maps, acknowledged in %.1f ms: pushed to %zu watchers, "
                 "p99 %.1f ms; %ld of %d parked watchers woke on the first server; server CPU in "
                 "the 2 s after it %.0f ms\n",
-                announce_changed, put_ms[2], l.size(), pct(l, 99), announce_woken,
-                po.all_on_first ? sc.watchers : sc.watchers / n, round_cpu[2]);
+                announce_changed, put_ms[kAnnounce], l.size(), pct(l, 99), announce_woken,
+                po.all_on_first ? sc.watchers : sc.watchers / n, round_cpu[kAnnounce]);
     std::printf("RESULT announce_pushed %zu\nRESULT announce_server_cpu_ms %.0f\n", l.size(),
-                round_cpu[2]);
+                round_cpu[kAnnounce]);
   }
   if (po.joins > 0) {
     std::printf("joins, 50 concurrent: %zu acknowledged (%d failed), p50 %.1f ms, p99 %.1f ms\n",
