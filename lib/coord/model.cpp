@@ -652,6 +652,26 @@ NetMap Model::build_map(const Peer& p, bool lists) const {
   return m;
 }
 
+bool Model::inbound_text(const Peer& p, std::string& inbound) const {
+  for (uint32_t r : p.dst_rules) {
+    const CompiledRule& c = rules_[r];
+    if (!c.text_ok) return false;
+    size_t mark = inbound.size();
+    if (!inbound.empty()) inbound += ',';
+    inbound += c.head_text;
+    bool any = false;
+    for (uint32_t id : c.src) {
+      if (id == p.id) continue;
+      if (any) inbound += ',';
+      inbound += by_id_[id]->sources_text;
+      any = true;
+    }
+    if (!any) inbound.resize(mark);  // a rule with no other source is left out
+    else inbound += "]}";
+  }
+  return true;
+}
+
 Model::MapText Model::map_text(const Peer& p, const SentPeers* base, SentPeers* sent) const {
   std::string text = netmap_json_text(build_map(p, false));
   std::vector<uint32_t> ids;
@@ -713,22 +733,7 @@ Model::MapText Model::map_text(const Peer& p, const SentPeers* base, SentPeers* 
     }
     peers += "]}";
   }
-  for (uint32_t r : p.dst_rules) {
-    const CompiledRule& c = rules_[r];
-    if (!c.text_ok) return whole();
-    size_t mark = inbound.size();
-    if (!inbound.empty()) inbound += ',';
-    inbound += c.head_text;
-    bool any = false;
-    for (uint32_t id : c.src) {
-      if (id == p.id) continue;
-      if (any) inbound += ',';
-      inbound += by_id_[id]->sources_text;
-      any = true;
-    }
-    if (!any) inbound.resize(mark);  // a rule with no other source is left out
-    else inbound += "]}";
-  }
+  if (!inbound_text(p, inbound)) return whole();
   // The skeleton has empty lists at fixed places: firewall.inbound comes
   // first and peers right after generated_at (keys are sorted; a delta's
   // peer_changes takes the place of peers).

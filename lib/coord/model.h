@@ -181,6 +181,9 @@ class Model {
     bool delta = false;
   };
   MapText map_text(const Peer& p, const SentPeers* base, SentPeers* sent) const;
+  // The text of p's firewall.inbound rules (inside the brackets), appended
+  // to `out`; false when a rule needs the slow path (netmap_json_text).
+  bool inbound_text(const Peer& p, std::string& out) const;
 
   // --- allocation (pure: nothing is reserved until add_peer)
   Result<uint32_t> allocate_host() const;
