@@ -45,6 +45,13 @@ void SentMaps::erase(uint32_t id) {
   s.by_id.erase(id);
 }
 
+void SentMaps::clear() {
+  for (size_t i = 0; i < kShards; ++i) {
+    std::lock_guard lk(shards_[i].mu);
+    shards_[i].by_id.clear();
+  }
+}
+
 size_t SentMaps::size() const {
   size_t n = 0;
   for (size_t i = 0; i < kShards; ++i) {

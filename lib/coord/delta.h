@@ -56,6 +56,7 @@ class SentMaps {
   std::optional<SentPeers> get(uint32_t id, uint64_t serial) const;
   void put(uint32_t id, SentPeers s);
   void erase(uint32_t id);
+  void clear();
   size_t size() const;
 
  private:

@@ -613,6 +613,9 @@ Status Coordinator::load_model() {
   for (const auto& [hash, j] : token_rows) MESH_TRY(apply_used_token(hash, j));
   next_expiry_ = 0;
   model_ = std::move(m);
+  // Versions start again in a new model: what watchers were sent is no
+  // base for a delta from it (they get whole maps once).
+  sent_.clear();
   setup_keys_ = std::move(keys);
   revoked_ = std::move(rev);
   applied_change_ = applied;

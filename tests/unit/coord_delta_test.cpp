@@ -102,6 +102,11 @@ TEST(CoordDelta, SentMapsHandOutOnlyTheSerialAsked) {
   s.erase(5);
   EXPECT_FALSE(s.get(5, 9));
   EXPECT_EQ(s.size(), 0u);
+  for (uint32_t id = 0; id < 200; ++id) s.put(id, SentPeers{1, {}});
+  EXPECT_EQ(s.size(), 200u);
+  s.clear();
+  EXPECT_EQ(s.size(), 0u);
+  EXPECT_FALSE(s.get(7, 1));
 }
 
 // The model's delta, merged into the map the watcher held, is the whole map
