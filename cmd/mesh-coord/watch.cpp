@@ -148,7 +148,7 @@ int cmd_watch(Context& ctx, int argc, char** argv) {
         if (full) {
           j = std::move(*full);
         } else {
-          // Lost track (mesh-netmap(5), DELTAS): the whole map next time.
+          // Lost track (mesh-netmap(5), Deltas): the whole map next time.
           ctx.log.warn(full.status().message() + "; asking for the whole map");
           held.reset();
         }

@@ -1,4 +1,4 @@
-// Map deltas of the watch protocol (man/mesh-netmap.5, DELTAS): a watcher
+// Map deltas of the watch protocol (man/mesh-netmap.5, Deltas): a watcher
 // that holds the map of serial S gets, instead of the whole next map, its
 // members other than peers and the edits that turn S's peers[] into the new
 // one. A change that reaches every map (a join into a group everyone sees)

@@ -174,7 +174,7 @@ class Model {
   // serving 1,000 maps after one change does not re-render every entry.
   std::string map_json(const Peer& p) const { return map_text(p, nullptr, nullptr).text; }
   // The same, or with `base` (the peers of a map of p's the watcher holds)
-  // the delta from it (mesh-netmap(5), DELTAS). `sent`, when given, receives
+  // the delta from it (mesh-netmap(5), Deltas). `sent`, when given, receives
   // this map's peers: the base of the next delta.
   struct MapText {
     std::string text;

@@ -1852,7 +1852,7 @@ void Coordinator::h_metrics(const httplib::Request& req, httplib::Response& res)
   g("mesh_coord_last_full_recompute_seconds", "Duration of the last full recompute.", "gauge", st.last_full_recompute_ms / 1000.0);
   g("mesh_coord_last_incremental_recompute_seconds", "Duration of the last incremental recompute.", "gauge", st.last_incremental_ms / 1000.0);
   g("mesh_coord_maps_served_total", "Maps sent to peers (whole or as deltas).", "counter", maps_served_.load());
-  g("mesh_coord_map_deltas_total", "Maps sent as deltas (mesh-netmap(5), DELTAS).", "counter", deltas_served_.load());
+  g("mesh_coord_map_deltas_total", "Maps sent as deltas (mesh-netmap(5), Deltas).", "counter", deltas_served_.load());
   g("mesh_coord_map_bytes_total", "Bytes of the maps and deltas sent, before sealing.", "counter", map_bytes_.load());
   g("mesh_coord_map_build_seconds_total", "Time spent building map JSON.", "counter", map_build_us_.load() / 1e6);
   g("mesh_coord_map_changes_total", "Per-peer map changes pushed.", "counter", pushes_.load());

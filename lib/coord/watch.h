@@ -60,7 +60,7 @@ struct PunchEvent {
 };
 
 // The answer to GET /v1/map?events=1 or ?delta=1: {"map"?: MAP, "delta"?:
-// DELTA, "events": [...]} (mesh-netmap(5), DELTAS: apply_delta in delta.h).
+// DELTA, "events": [...]} (mesh-netmap(5), Deltas: apply_delta in delta.h).
 // Events of other types are skipped (newer coordinators may send more);
 // a punch event with a bad key or peer name is a DataErr.
 struct WatchBatch {

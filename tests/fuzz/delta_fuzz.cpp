@@ -1,5 +1,5 @@
 // libFuzzer target: a watcher applying a map delta (coord/delta.h,
-// mesh-netmap(5) DELTAS). The input is the held map and the delta, split at
+// mesh-netmap(5), Deltas). The input is the held map and the delta, split at
 // the first blank line. Invariants: no crash, hang, leak or UB; a delta that
 // applies gives exactly `count` peers, each the held map's or one the delta
 // inserted, the held ones in their order, and no peer_changes member.

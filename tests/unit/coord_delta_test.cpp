@@ -1,4 +1,4 @@
-// Map deltas (coord/delta.h, mesh-netmap(5) DELTAS): the edit plan, the
+// Map deltas (coord/delta.h, mesh-netmap(5), Deltas): the edit plan, the
 // watcher's merge, and the model's delta text against its whole map.
 #include "coord/delta.h"
 
