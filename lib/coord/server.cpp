@@ -1279,7 +1279,7 @@ void Coordinator::h_map(const httplib::Request& req, httplib::Response& res) {
     }
     // Read under mu_, where every change to what is checked above is made
     // (notifier.h: then no wake-up is lost).
-    uint32_t seen = wake_.generation(id);
+    uint64_t seen = wake_.generation(id);
     lk.unlock();
     if (wake_.wait_until(id, seen, deadline)) ++watch_wakeups_;
     lk.lock();
@@ -1616,7 +1616,7 @@ void Coordinator::h_relay_revoked(const httplib::Request& req, httplib::Response
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait);
   std::shared_lock lk(mu_);
   while (!stopping_ && revoked_.seq() == after && std::chrono::steady_clock::now() < deadline) {
-    uint32_t seen = wake_.generation(0);
+    uint64_t seen = wake_.generation(0);
     lk.unlock();
     wake_.wait_until(0, seen, deadline);
     lk.lock();
