@@ -271,7 +271,15 @@ class Model {
   void index_rules(Peer& p);
   void unindex_rules(Peer& p);
   std::vector<uint32_t> neighbours(const Peer& p) const;
-  uint64_t compute_digest(const Peer& p) const;
+  // Marks for set unions without allocation, one set per thread.
+  struct Stamps {
+    std::vector<uint32_t> mark;  // per id
+    uint32_t gen = 0;
+  };
+  uint64_t compute_digest(const Peer& p, Stamps& st) const;
+  // The digests of `ids` (0 for an id no longer there), on several cores
+  // when there are many.
+  std::vector<uint64_t> digests(const std::vector<uint32_t>& ids) const;
   // Rule r as a firewall rule of `self`'s map: its sources (both addresses
   // of each, `self` left out), proto, ports and name. No sources: none.
   std::optional<FirewallRule> rule_firewall(uint32_t r, uint32_t self) const;
@@ -308,8 +316,7 @@ class Model {
   int64_t cred_window_ = -1;
   std::set<uint32_t> used_hosts_;
   std::set<uint16_t> used_ports_;
-  mutable std::vector<uint32_t> stamp_;  // per id, for set unions without allocation
-  mutable uint32_t stamp_gen_ = 0;
+  mutable Stamps stamps_;  // the calling thread's
   Stats stats_;
 };
 
