@@ -4,6 +4,7 @@
 
 #include "coord/policy.h"
 #include "coord/routeops.h"
+#include "coord/store.h"
 
 namespace mesh::coord {
 
@@ -159,15 +160,7 @@ Result<ApplyResult> apply_change(Model& model, std::vector<SetupKey>& keys, Revo
     out.maps_changed = true;
     out.woken.push_back(id);
   };
-  if (what.contains("serials"))  // as written before serial_runs
-    for (const auto& [ids, v] : what["serials"].items())
-      adopt(static_cast<uint32_t>(number(ids)), v.at(0).get<uint64_t>(), v.at(1).get<int64_t>());
-  if (what.contains("serial_runs"))
-    for (const auto& run : what["serial_runs"]) {
-      uint64_t serial = run.at(0).get<uint64_t>();
-      int64_t at = run.at(1).get<int64_t>();
-      for (const auto& id : run.at(2)) adopt(id.get<uint32_t>(), serial, at);
-    }
+  MESH_TRY(for_each_logged_serial(what, adopt));
   if (meta.contains("serial_counter"))
     model.set_serial_counter(number(meta["serial_counter"].get<std::string>()));
   if (meta.contains("next_host"))

@@ -467,6 +467,9 @@ Status Coordinator::init() {
   // alone picks what later ones adopt (the IPv6 prefix, ...).
   MESH_TRY(store_->begin());
   Status s = load_model();
+  // What the log holds beyond the serials table, this start read: written
+  // to it now, so the next start reads less.
+  if (s) s = store_->fold_serials();
   if (s) {
     auto pub = store_->get_meta("coordinator_public_key");
     if (!pub)
@@ -1978,6 +1981,9 @@ void Coordinator::prune_audit(int64_t now) {
   if (!n) log_.error("cannot prune the audit events: " + n.status().message());
   // Replicas down longer than the change log is kept reload everything.
   if (store_->shared() && now % 60 < opt_.janitor_interval) {
+    // Folded first: pruning keeps the changes whose serials are not.
+    if (Status f = store_->fold_serials(); !f)
+      log_.error("cannot fold the change log's map serials: " + f.message());
     auto c = store_->prune_changes(now - kChangeLogSeconds);
     if (!c) log_.error("cannot prune the change log: " + c.status().message());
   }

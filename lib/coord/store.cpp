@@ -79,6 +79,24 @@ class SqliteStore final : public Store {
 
 }  // namespace
 
+Status for_each_logged_serial(const Json& what,
+                              const std::function<void(uint32_t, uint64_t, int64_t)>& f) {
+  try {
+    if (what.contains("serials"))  // as written before serial_runs
+      for (const auto& [id, v] : what["serials"].items())
+        f(static_cast<uint32_t>(std::stoul(id)), v.at(0).get<uint64_t>(), v.at(1).get<int64_t>());
+    if (what.contains("serial_runs"))
+      for (const auto& run : what["serial_runs"]) {
+        uint64_t serial = run.at(0).get<uint64_t>();
+        int64_t at = run.at(1).get<int64_t>();
+        for (const auto& id : run.at(2)) f(id.get<uint32_t>(), serial, at);
+      }
+  } catch (const std::exception& e) {
+    return Status(Exit::Config, std::string("malformed map serials in the change log: ") + e.what());
+  }
+  return Status::ok();
+}
+
 Json Event::to_json() const {
   return Json{{"seq", seq},       {"time", at},       {"actor", actor},
               {"action", action}, {"target", target}, {"detail", detail}};
@@ -155,7 +173,8 @@ Status SqliteStore::init() {
     return Status(Exit::Config, path_ + ": schema version " + *v +
                                     " is newer than this mesh-coord's (" +
                                     std::to_string(kSchemaVersion) + ")");
-  if (!v) MESH_TRY(set_meta("schema_version", std::to_string(kSchemaVersion)));
+  if (!v || std::atoi(v->c_str()) < kSchemaVersion)
+    MESH_TRY(set_meta("schema_version", std::to_string(kSchemaVersion)));
   return Status::ok();
 }
 

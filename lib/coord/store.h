@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -52,6 +53,12 @@ struct Change {
   int64_t seq = 0;
   Json what;
 };
+
+// Calls f(id, serial, generated_at) for each map serial a change assigned
+// ("serial_runs", or the older "serials"), in the order written: a later
+// call for the same id wins. An error for a malformed entry.
+Status for_each_logged_serial(const Json& what,
+                              const std::function<void(uint32_t, uint64_t, int64_t)>& f);
 
 // Wakes a replica when another one commits (PostgreSQL LISTEN/NOTIFY, on a
 // connection of its own). A wake-up is only a hint: the change log is the
@@ -116,9 +123,19 @@ class Store {
 
   virtual Status put_peer(int64_t id, const std::string& name, const std::string& key,
                           const std::string& record) = 0;
+  // On a shared store a mutation's serials go to its change log entry only
+  // (one row each would cost a change reaching 100,000 maps ~0.8 s in its
+  // transaction): the map_serials table is brought up to date from the log
+  // by fold_serials, load_peers adds what the log holds beyond it, and
+  // prune_changes keeps every change not yet folded. (Writes outside a
+  // mutation, migrate's, go to the table.)
   virtual Status set_map_serial(int64_t id, uint64_t serial, int64_t generated_at) = 0;
   virtual Status delete_peer(int64_t id) = 0;
   virtual Result<std::vector<StoredPeer>> load_peers() = 0;
+  // Shared stores: writes the serials of the changes logged since the last
+  // fold to map_serials, in the open transaction or one of its own (which
+  // takes the writers' lock). Not a change replicas apply.
+  virtual Status fold_serials() { return Status::ok(); }
 
   virtual Status put_setup_key(int64_t id, const std::string& hash, const std::string& record) = 0;
   virtual Result<std::vector<Json>> load_setup_keys() = 0;
@@ -184,6 +201,8 @@ Result<std::unique_ptr<Store>> open_postgres_store(const std::string& dsn);
 
 // The schema version both stores write to meta "schema_version"; a store
 // holding a newer one is refused (written by a newer coordinator).
-inline constexpr int kSchemaVersion = 1;
+// 2: a PostgreSQL store's map_serials trails its change log (fold_serials),
+// which a version-1 coordinator would not read.
+inline constexpr int kSchemaVersion = 2;
 
 }  // namespace mesh::coord

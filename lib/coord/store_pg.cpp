@@ -23,7 +23,9 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <functional>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <nlohmann/json.hpp>
 
@@ -178,14 +180,21 @@ class PgStore final : public Store {
     return Status::ok();
   }
 
-  // Batched: a policy change or a peer entering every map moves thousands
-  // of serials; they go in one statement (flush_serials) before commit.
+  // A mutation's serials go to its change log entry (store.h); migrate's
+  // (bulk_) to the table, batched in one statement (flush_serials).
   Status set_map_serial(int64_t id, uint64_t serial, int64_t at) override {
+    if (!bulk_) {
+      serial_runs_[{serial, at}].push_back(id);
+      return Status::ok();
+    }
+    queue_serial_row(id, serial, at);
+    return Status::ok();
+  }
+
+  void queue_serial_row(int64_t id, uint64_t serial, int64_t at) {
     append_csv(serial_ids_, std::to_string(id));
     append_csv(serial_values_, std::to_string(serial));
     append_csv(serial_ats_, std::to_string(at));
-    if (!bulk_) serial_runs_[{serial, at}].push_back(id);
-    return Status::ok();
   }
 
   // A mutation gives all the maps it changes one serial: the log carries
@@ -207,9 +216,11 @@ class PgStore final : public Store {
     serial_ids_.clear();
     serial_values_.clear();
     serial_ats_.clear();
-    // Last write per id wins, as row by row would.
+    // Last write per id wins, as row by row would; a peer deleted since
+    // gets no row.
     return run("INSERT INTO map_serials(id,serial,at) SELECT DISTINCT ON (id) id, serial, at FROM "
                "unnest($1::bigint[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS t(id, serial, at, n) "
+               "WHERE EXISTS (SELECT 1 FROM peers p WHERE p.id = t.id) "
                "ORDER BY id, n DESC ON CONFLICT(id) DO UPDATE SET serial=excluded.serial, at=excluded.at",
                p, "set_map_serial");
   }
@@ -223,18 +234,87 @@ class PgStore final : public Store {
     return Status::ok();
   }
 
+  // The table's serials, then the change log's beyond the last fold, read
+  // in one snapshot: a serial newer than the records read would let a map
+  // keep it while its content changes.
   Result<std::vector<StoredPeer>> load_peers() override {
     MESH_TRY(flush_serials());
-    MESH_ASSIGN(auto r, query("SELECT p.record, coalesce(m.serial, 0), coalesce(m.at, 0) FROM peers p "
-                              "LEFT JOIN map_serials m ON m.id = p.id ORDER BY p.id",
+    const bool own = !in_tx_;
+    if (own) MESH_TRY(run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", {}, "load_peers"));
+    auto r = load_peers_in_snapshot();
+    if (own) (void)run("COMMIT", {}, "load_peers");
+    return r;
+  }
+
+  Result<std::vector<StoredPeer>> load_peers_in_snapshot() {
+    MESH_ASSIGN(auto r, query("SELECT p.record, coalesce(m.serial, 0), coalesce(m.at, 0), p.id "
+                              "FROM peers p LEFT JOIN map_serials m ON m.id = p.id ORDER BY p.id",
                               {}, "load_peers"));
     std::vector<StoredPeer> out;
+    std::unordered_map<int64_t, size_t> at_row;
     for (int i = 0; i < PQntuples(r.get()); ++i) {
       MESH_ASSIGN(auto j, parse_json(text(r, i, 0), "peers.record"));
       out.push_back({std::move(j), std::strtoull(PQgetvalue(r.get(), i, 1), nullptr, 10),
                      std::atoll(PQgetvalue(r.get(), i, 2))});
+      at_row[std::atoll(PQgetvalue(r.get(), i, 3))] = out.size() - 1;
     }
+    MESH_ASSIGN(int64_t folded, folded_through());
+    MESH_TRY(logged_serials_after(folded, [&](uint32_t id, uint64_t serial, int64_t at) {
+                                    auto it = at_row.find(id);
+                                    if (it == at_row.end()) return;  // deleted since
+                                    out[it->second].serial = serial;
+                                    out[it->second].generated_at = at;
+                                  }).status());
     return out;
+  }
+
+  Status fold_serials() override {
+    const bool own = !in_tx_;
+    if (own) MESH_TRY(begin());  // the writers' lock: folds and prunes one at a time
+    Status s = fold_serials_locked();
+    if (!own) return s;
+    if (!s) {
+      rollback();
+      return s;
+    }
+    pending_ = Json::object();  // not a change replicas apply
+    return commit();
+  }
+
+  // Every serial logged after the last fold, last one per id, in one
+  // statement; then the mark moves to the newest change read.
+  Status fold_serials_locked() {
+    MESH_ASSIGN(int64_t folded, folded_through());
+    std::unordered_map<uint32_t, std::pair<uint64_t, int64_t>> last;
+    MESH_ASSIGN(int64_t through,
+                logged_serials_after(folded, [&](uint32_t id, uint64_t serial, int64_t at) {
+                  last[id] = {serial, at};
+                }));
+    if (through == folded) return Status::ok();
+    for (const auto& [id, v] : last) queue_serial_row(id, v.first, v.second);
+    MESH_TRY(flush_serials());
+    return run("INSERT INTO meta(key,value) VALUES('map_serials_folded',$1) ON CONFLICT(key) DO "
+               "UPDATE SET value=excluded.value",
+               {std::to_string(through)}, "fold_serials");
+  }
+
+  Result<int64_t> folded_through() {
+    MESH_ASSIGN(auto v, get_meta("map_serials_folded"));
+    return v ? std::atoll(v->c_str()) : int64_t{0};
+  }
+
+  // Calls f for each serial logged after change `after`, oldest first.
+  // Returns the newest change read (`after` when none).
+  Result<int64_t> logged_serials_after(int64_t after,
+                                       const std::function<void(uint32_t, uint64_t, int64_t)>& f) {
+    for (;;) {
+      MESH_ASSIGN(auto batch, changes_after(after, 256));
+      if (batch.empty()) return after;
+      for (const auto& c : batch) {
+        MESH_TRY(for_each_logged_serial(c.what, f));
+        after = c.seq;
+      }
+    }
   }
 
   Status put_setup_key(int64_t id, const std::string& hash, const std::string& record) override {
@@ -372,8 +452,11 @@ class PgStore final : public Store {
     // Under the writer lock, so the mark and the deletion are one step for
     // every reader.
     MESH_TRY(begin());
+    // Changes not yet folded hold the only copy of their serials.
     auto r = query("WITH gone AS (DELETE FROM changes WHERE at<$1 AND seq<(SELECT max(seq) FROM "
-                   "changes) RETURNING seq) SELECT count(*), coalesce(max(seq), 0) FROM gone",
+                   "changes) AND seq<=coalesce((SELECT value::bigint FROM meta WHERE "
+                   "key='map_serials_folded'), 0) RETURNING seq) "
+                   "SELECT count(*), coalesce(max(seq), 0) FROM gone",
                    {std::to_string(before_at)}, "prune_changes");
     if (!r) {
       rollback();
@@ -508,7 +591,7 @@ Status PgStore::init() {
                                     " is newer than this mesh-coord's (" +
                                     std::to_string(kSchemaVersion) + ")");
   }
-  if (!*v) {
+  if (!*v || std::atoi((*v)->c_str()) < kSchemaVersion) {
     if (Status w = set_meta("schema_version", std::to_string(kSchemaVersion)); !w) {
       rollback();
       return w;

@@ -65,7 +65,7 @@ join_one() {
 }
 export -f join_one
 
-@test "replicas: a node watching replica A gets a policy change made on replica B, same map and serial on both" {
+@test "replicas: a node watching replica A gets a policy change made on replica B, same map and serial on both and on a replica started later" {
   two_replicas
   group_g
   COORD_URL=$URL_A coord_join a k
@@ -93,8 +93,14 @@ export -f join_one
   cmp <(sed -n 2p watch.out | jq -S .) <(map_from a "$URL_B")
   cmp <(map_from b "$URL_A") <(map_from b "$URL_B")
   [ "$(map_from b "$URL_A" | jq -r '[.peers[].name]|join(",")')" = a ]
-  # The serial is the writer's, stored in the database.
+  # The serial is the writer's, in the change log (the serials table trails
+  # it). A replica started now serves the same maps and serials, and folds
+  # the log into the table as it starts.
+  policy_seq=$(pg_sql "$DB" 'select max(seq) from changes')
+  coord_start rc --store "$DSN"
+  for p in a b c; do cmp <(map_from "$p" "$URL_A") <(map_from "$p" "$COORD_URL"); done
   [ "$(pg_sql "$DB" "select serial from map_serials m join peers p on p.id=m.id where p.name='a'")" = "$s2" ]
+  [ "$(pg_sql "$DB" "select value from meta where key='map_serials_folded'")" -ge "$policy_seq" ]
   # Setup keys, peers and the policy are the same through either replica.
   mrun -s 0 mesh-coord peer list --server "$URL_A" --json
   a_peers=$(jq -S '[.peers[] | del(.last_seen)]' <<<"$output")
