@@ -298,9 +298,13 @@ class PgStore final : public Store {
                {std::to_string(through)}, "fold_serials");
   }
 
+  // Without a mark the table is a version-1 coordinator's, which wrote
+  // every serial to it: complete through the log, pruned part included.
   Result<int64_t> folded_through() {
     MESH_ASSIGN(auto v, get_meta("map_serials_folded"));
-    return v ? std::atoll(v->c_str()) : int64_t{0};
+    if (v) return std::atoll(v->c_str());
+    MESH_ASSIGN(auto pruned, get_meta("changes_pruned_through"));
+    return pruned ? std::atoll(pruned->c_str()) : int64_t{0};
   }
 
   // Calls f for each serial logged after change `after`, oldest first.

@@ -353,3 +353,30 @@ has_match() { [ "$(count_lines "$1" "$2")" -ge "$3" ]; }
   # The stored one, named explicitly, is fine.
   coord_start rc --store "$DSN" --ipv4-prefix 100.64.0.0/10
 }
+
+@test "replicas: a database a version-1 coordinator left (every serial in its table, the log pruned) starts with the same maps and becomes version 2; a newer version is refused" {
+  two_replicas
+  group_g
+  COORD_URL=$URL_A coord_join a k
+  COORD_URL=$URL_B coord_join b k
+  COORD_URL=$URL_A coord_join c k
+  before=$(map_from a "$URL_A")
+  kill "$ra_pid" "$rb_pid"; wait "$ra_pid" "$rb_pid" 2>/dev/null || true
+  # Version 1 wrote every serial to map_serials in each change and kept no
+  # fold mark; its log was pruned (all but the newest change). A replica
+  # start folds the whole log, leaving the table as version 1 did.
+  coord_start r0 --store "$DSN"
+  kill "$r0_pid"; wait "$r0_pid" 2>/dev/null || true
+  last=$(pg_sql "$DB" 'select max(seq) from changes')
+  pg_sql "$DB" "delete from changes where seq < $last; delete from meta where key='map_serials_folded'; insert into meta values('changes_pruned_through', '$((last - 1))') on conflict(key) do update set value=excluded.value; update meta set value='1' where key='schema_version'" >/dev/null
+  coord_start rc --store "$DSN"
+  [ "$(map_from a "$COORD_URL")" = "$before" ]
+  [ "$(pg_sql "$DB" "select value from meta where key='schema_version'")" = 2 ]
+  [ "$(pg_sql "$DB" "select value from meta where key='map_serials_folded'")" -ge "$last" ]
+  # A database a newer coordinator wrote is refused (exit 78), untouched.
+  kill "$rc_pid"; wait "$rc_pid" 2>/dev/null || true
+  pg_sql "$DB" "update meta set value='3' where key='schema_version'" >/dev/null
+  mrun -s "$EX_CONFIG" mesh-coord serve --listen 127.0.0.1:0 --state "$COORD_STATE" --store "$DSN"
+  [[ "$stderr" == *"schema version 3 is newer than this mesh-coord's (2)"* ]]
+  [ "$(pg_sql "$DB" "select value from meta where key='schema_version'")" = 3 ]
+}
