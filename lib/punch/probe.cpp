@@ -186,7 +186,7 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       if (b->kind != "host" && now - start < opt.settle && maybe_same_lan(ps)) return false;
       // Relayed paths answer at once, direct ones only after the opening
       // window and only while the peer probes too: give them time.
-      if (b->relayed() && now - start < opt.relayed_settle) return false;
+      if (b->relayed() && now - window_end < opt.relayed_settle) return false;
     }
     return true;
   };
@@ -213,8 +213,10 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       PeerState& ps = peers[pi];
       for (size_t ci = 0; ci < ps.cands.size(); ++ci) {
         Cand& c = ps.cands[ci];
+        bool opening = c.kind != "host" && !c.triggered && now < c.open_until;
+        // Without a NAT of our own, the opening window is silent (see behind_nat).
+        if (opening && !opt.behind_nat) c.next = std::max(c.next, c.open_until);
         if (now >= c.next) {
-          bool opening = c.kind != "host" && !c.triggered && now < c.open_until;
           stun::TxId id = stun::random_txid();
           stun::Builder b(out, stun::kBinding, stun::kRequest, id);
           b.add_string(stun::kUsername, ps.user_out);

@@ -412,6 +412,20 @@ TEST_F(RelayedProbe, ReportsARelayedPathWhenNoDirectOneAnswers) {
   EXPECT_EQ(ra[0].endpoint, af);
 }
 
+// The relayed path is settled on only relayed_settle after the opening
+// window: a wide window (a peer that starts late) still gets its full-TTL
+// checks before the probe gives up on a direct path.
+TEST_F(RelayedProbe, SettlesOnTheRelayOnlyAfterTheOpeningWindow) {
+  oa.peers = {{kb.public_key(), "b", {{af, "relay"}, {sa("127.0.0.1:9"), "srflx"}}}};
+  ob.peers = {{ka.public_key(), "a", {}}};
+  oa.timeout = ob.timeout = std::chrono::seconds(5);
+  oa.open_window = std::chrono::milliseconds(700);
+  auto start = std::chrono::steady_clock::now();
+  ASSERT_NO_FATAL_FAILURE(run());
+  EXPECT_EQ(ra[0].kind, "relay");
+  EXPECT_GE(std::chrono::steady_clock::now() - start, oa.open_window + oa.relayed_settle);
+}
+
 // L10: a check the peer's key authenticates is still refused when it is
 // stale (no MESH-TIME, or an old one) or replayed (a transaction id the
 // probe already took, here sent again from another address): a replay must
@@ -490,6 +504,62 @@ TEST(Punch, ProbeIgnoresAPeerWithTheWrongKey) {
   ASSERT_TRUE(ra.is_ok() && rb.is_ok());
   EXPECT_EQ((*ra)[0].status, "relay-needed");
   EXPECT_EQ((*rb)[0].status, "relay-needed");
+}
+
+// Records what a probe sends (where, with which TTL, when) and never
+// receives: the opening phase alone, without a network.
+class RecordingTransport : public punch::Transport {
+ public:
+  struct Sent {
+    SockAddr to;
+    int ttl;
+    std::chrono::steady_clock::time_point at;
+  };
+  Status send(const SockAddr& to, std::span<const uint8_t>, int ttl) override {
+    sent.push_back({to, ttl, std::chrono::steady_clock::now()});
+    return Status::ok();
+  }
+  Result<std::optional<punch::Received>> recv(int timeout_ms, std::span<uint8_t>) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(timeout_ms));
+    return std::optional<punch::Received>{};
+  }
+  std::vector<int> fds() const override { return {}; }
+  std::string mode() const override { return "test"; }
+  uint16_t port() const override { return 51820; }
+  std::vector<Sent> sent;
+};
+
+// Behind a NAT, short-TTL opening packets go to a server-reflexive candidate
+// from the start; with no NAT (a public address) nothing goes there until
+// the opening window ends (a TTL-2 packet would reach a NAT two hops away),
+// and host candidates are checked at once either way.
+TEST(Punch, ProbeWithoutANatSendsNoOpeningPackets) {
+  const SockAddr host = sa("198.51.100.9:51820"), srflx = sa("203.0.113.9:51820");
+  for (bool behind_nat : {true, false}) {
+    RecordingTransport t;
+    punch::ProbeOptions o;
+    o.peers = {{SecretKey::generate_private().public_key(), "b", {{host, "host"}, {srflx, "srflx"}}}};
+    o.timeout = std::chrono::milliseconds(500);
+    o.open_window = std::chrono::milliseconds(250);
+    o.behind_nat = behind_nat;
+    auto start = std::chrono::steady_clock::now();
+    ASSERT_TRUE(punch::probe(t, SecretKey::generate_private(), o).is_ok());
+    std::optional<RecordingTransport::Sent> first_host, first_srflx;
+    for (const auto& s : t.sent) {
+      if (s.to == host && !first_host) first_host = s;
+      if (s.to == srflx && !first_srflx) first_srflx = s;
+    }
+    ASSERT_TRUE(first_host && first_srflx) << behind_nat;
+    EXPECT_EQ(first_host->ttl, 0);
+    EXPECT_LT(first_host->at - start, std::chrono::milliseconds(100));
+    if (behind_nat) {
+      EXPECT_EQ(first_srflx->ttl, o.open_ttl);
+      EXPECT_LT(first_srflx->at - start, std::chrono::milliseconds(100));
+    } else {
+      EXPECT_EQ(first_srflx->ttl, 0);
+      EXPECT_GE(first_srflx->at - start, o.open_window);
+    }
+  }
 }
 
 }  // namespace
