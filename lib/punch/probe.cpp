@@ -70,6 +70,7 @@ struct PeerState {
   bool heard = false;       // one of our checks was answered
   bool they_heard = false;  // they sent USE-CANDIDATE
   bool told = false;        // we sent USE-CANDIDATE (so they can stop too)
+  bool probing = false;     // a check of theirs came (on any path): their opening packets left
 
   const Cand* best() const {
     const Cand* b = nullptr;
@@ -213,7 +214,10 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       PeerState& ps = peers[pi];
       for (size_t ci = 0; ci < ps.cands.size(); ++ci) {
         Cand& c = ps.cands[ci];
-        bool opening = c.kind != "host" && !c.triggered && now < c.open_until;
+        // A relay candidate is the peer's allocation, not its NAT: checked
+        // at full TTL from the start, so the peer hears us through the relay.
+        bool opening = c.kind != "host" && c.kind != "relay" && !c.triggered &&
+                       !ps.probing && now < c.open_until;
         // Without a NAT of our own, the opening window is silent (see behind_nat).
         if (opening && !opt.behind_nat) c.next = std::max(c.next, c.open_until);
         if (now >= c.next) {
@@ -275,6 +279,13 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       Status s = t.send(got->from, b.finish());
       if (!s && s.code() != Exit::Unavailable) return s;
       if (m->find(stun::kUseCandidate)) ps.they_heard = true;
+      // The peer probes: its probe sent its opening packets first, so our
+      // full-TTL checks can no longer reach its NAT before its mapping.
+      if (!ps.probing) {
+        ps.probing = true;
+        for (auto& x : ps.cands) x.next = std::min(x.next, now);
+        debug("heard " + ps.peer->name + ": opening window over");
+      }
       // Triggered check (RFC 8445 section 7.3.1.4) towards where they came from.
       auto c = std::find_if(ps.cands.begin(), ps.cands.end(),
                             [&](const Cand& x) { return x.addr == got->from; });

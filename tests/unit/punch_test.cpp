@@ -506,28 +506,85 @@ TEST(Punch, ProbeIgnoresAPeerWithTheWrongKey) {
   EXPECT_EQ((*rb)[0].status, "relay-needed");
 }
 
-// Records what a probe sends (where, with which TTL, when) and never
-// receives: the opening phase alone, without a network.
+// Records what a probe sends (where, with which TTL, when) and receives
+// only what `inbox` holds, each datagram once its time has come: the opening
+// phase, without a network.
 class RecordingTransport : public punch::Transport {
  public:
+  using Clock = std::chrono::steady_clock;
   struct Sent {
     SockAddr to;
     int ttl;
-    std::chrono::steady_clock::time_point at;
+    Clock::time_point at;
+  };
+  struct Incoming {
+    Clock::time_point at;
+    SockAddr from;
+    std::vector<uint8_t> data;
   };
   Status send(const SockAddr& to, std::span<const uint8_t>, int ttl) override {
-    sent.push_back({to, ttl, std::chrono::steady_clock::now()});
+    sent.push_back({to, ttl, Clock::now()});
     return Status::ok();
   }
-  Result<std::optional<punch::Received>> recv(int timeout_ms, std::span<uint8_t>) override {
-    std::this_thread::sleep_for(std::chrono::milliseconds(timeout_ms));
-    return std::optional<punch::Received>{};
+  Result<std::optional<punch::Received>> recv(int timeout_ms, std::span<uint8_t> buf) override {
+    auto until = Clock::now() + std::chrono::milliseconds(timeout_ms);
+    if (!inbox.empty() && inbox.front().at < until) until = inbox.front().at;
+    std::this_thread::sleep_until(until);
+    if (inbox.empty() || inbox.front().at > Clock::now()) return std::optional<punch::Received>{};
+    Incoming in = std::move(inbox.front());
+    inbox.erase(inbox.begin());
+    std::copy(in.data.begin(), in.data.end(), buf.begin());
+    return std::optional<punch::Received>{punch::Received{in.from, in.data.size()}};
   }
   std::vector<int> fds() const override { return {}; }
   std::string mode() const override { return "test"; }
   uint16_t port() const override { return 51820; }
   std::vector<Sent> sent;
+  std::vector<Incoming> inbox;  // in time order
 };
+
+// The opening window of a peer ends when a check of its arrives (here through
+// the relay): its probe runs and sent its own opening packets first. Its relay
+// candidate gets full-TTL checks from the start.
+TEST(Punch, ACheckFromThePeerEndsItsOpeningWindow) {
+  using Clock = RecordingTransport::Clock;
+  const SockAddr srflx = sa("203.0.113.9:51820"), relay = sa("203.0.113.1:50000");
+  SecretKey ka = SecretKey::generate_private(), kb = SecretKey::generate_private();
+  auto key = punch::derive_probe_key(kb, ka.public_key());
+  ASSERT_TRUE(key);
+  uint8_t out[512];
+  stun::Builder b(out, stun::kBinding, stun::kRequest, stun::random_txid());
+  b.add_string(stun::kUsername, ka.public_key().to_base64() + ":" + kb.public_key().to_base64());
+  std::array<uint8_t, 8> t{};
+  const int64_t now_ms = punch::ProbeOptions{}.wall_ms();
+  for (int i = 7, shift = 0; i >= 0; --i, shift += 8) t[i] = static_cast<uint8_t>(now_ms >> shift);
+  b.add(punch::kMeshTimeAttr, t);
+  b.add_integrity_sha256({key->bytes().data(), key->bytes().size()}).add_fingerprint();
+  auto req = b.finish();
+
+  RecordingTransport tr;
+  punch::ProbeOptions o;
+  o.peers = {{kb.public_key(), "b", {{srflx, "srflx"}, {relay, "relay"}}}};
+  o.timeout = std::chrono::milliseconds(800);
+  o.open_window = std::chrono::seconds(5);
+  auto start = Clock::now();
+  const auto heard_at = start + std::chrono::milliseconds(300);
+  tr.inbox.push_back({heard_at, sa("127.0.0.1:40000"), {req.begin(), req.end()}});
+  ASSERT_TRUE(punch::probe(tr, ka, o).is_ok());
+  int early_full = 0, late_full = 0, late_opening = 0;
+  bool relay_full_at_once = false;
+  for (const auto& s : tr.sent) {
+    if (s.to == relay && s.ttl == 0 && s.at - start < std::chrono::milliseconds(100))
+      relay_full_at_once = true;
+    if (s.to != srflx) continue;
+    if (s.at < heard_at) early_full += s.ttl == 0;
+    else (s.ttl == 0 ? late_full : late_opening)++;
+  }
+  EXPECT_TRUE(relay_full_at_once);
+  EXPECT_EQ(early_full, 0);   // opening packets only, before b was heard
+  EXPECT_GT(late_full, 0);    // full-TTL checks once it was, long before the window's end
+  EXPECT_EQ(late_opening, 0);
+}
 
 // Behind a NAT, short-TTL opening packets go to a server-reflexive candidate
 // from the start; with no NAT (a public address) nothing goes there until
