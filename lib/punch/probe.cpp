@@ -70,7 +70,9 @@ struct PeerState {
   bool heard = false;       // one of our checks was answered
   bool they_heard = false;  // they sent USE-CANDIDATE
   bool told = false;        // we sent USE-CANDIDATE (so they can stop too)
-  bool probing = false;     // a check of theirs came (on any path): their opening packets left
+  // When a check of theirs first came (on any path): their probe runs and
+  // sent its opening packets before its relay checks (see below).
+  std::optional<Clock::time_point> probing_since;
 
   const Cand* best() const {
     const Cand* b = nullptr;
@@ -132,6 +134,10 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       for (const auto& x : ps.cands) dup = dup || x.addr == c.endpoint;
       if (!dup) ps.cands.push_back(Cand{c.endpoint, c.kind, false, false, -1, 0, start, window_end});
     }
+    // Relay candidates last in each round: a peer that hears us through the
+    // relay knows our packets towards its NAT have left.
+    std::stable_partition(ps.cands.begin(), ps.cands.end(),
+                          [](const Cand& c) { return c.kind != "relay"; });
   }
   // Candidates that arrive while probing (opt.refresh) get their own opening
   // window, for the same reason as the first ones.
@@ -216,10 +222,11 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
         Cand& c = ps.cands[ci];
         // A relay candidate is the peer's allocation, not its NAT: checked
         // at full TTL from the start, so the peer hears us through the relay.
-        bool opening = c.kind != "host" && c.kind != "relay" && !c.triggered &&
-                       !ps.probing && now < c.open_until;
+        auto open_end = c.open_until;
+        if (ps.probing_since) open_end = std::min(open_end, *ps.probing_since + opt.interval);
+        bool opening = c.kind != "host" && c.kind != "relay" && !c.triggered && now < open_end;
         // Without a NAT of our own, the opening window is silent (see behind_nat).
-        if (opening && !opt.behind_nat) c.next = std::max(c.next, c.open_until);
+        if (opening && !opt.behind_nat) c.next = std::max(c.next, open_end);
         if (now >= c.next) {
           stun::TxId id = stun::random_txid();
           stun::Builder b(out, stun::kBinding, stun::kRequest, id);
@@ -240,7 +247,7 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
           // a working path is refreshed slowly (it carries USE-CANDIDATE).
           auto iv = opt.interval * (c.ok ? 4 : c.sends > 40 ? 4 : 1);
           c.next = now + iv;
-          if (opening && c.next > c.open_until) c.next = c.open_until;
+          if (opening && c.next > open_end) c.next = open_end;
         }
         next_wake = std::min(next_wake, c.next);
       }
@@ -280,10 +287,11 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       if (!s && s.code() != Exit::Unavailable) return s;
       if (m->find(stun::kUseCandidate)) ps.they_heard = true;
       // The peer probes: its probe sent its opening packets first, so our
-      // full-TTL checks can no longer reach its NAT before its mapping.
-      if (!ps.probing) {
-        ps.probing = true;
-        for (auto& x : ps.cands) x.next = std::min(x.next, now);
+      // full-TTL checks (from one interval on, a margin) can no longer reach
+      // its NAT before its mapping.
+      if (!ps.probing_since) {
+        ps.probing_since = now;
+        for (auto& x : ps.cands) x.next = std::min(x.next, now + opt.interval);
         debug("heard " + ps.peer->name + ": opening window over");
       }
       // Triggered check (RFC 8445 section 7.3.1.4) towards where they came from.
