@@ -193,7 +193,9 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       if (b->kind != "host" && now - start < opt.settle && maybe_same_lan(ps)) return false;
       // Relayed paths answer at once, direct ones only after the opening
       // window and only while the peer probes too: give them time.
-      if (b->relayed() && now - window_end < opt.relayed_settle) return false;
+      auto wend = window_end;
+      if (ps.probing_since) wend = std::min(wend, *ps.probing_since + opt.interval);
+      if (b->relayed() && now - wend < opt.relayed_settle) return false;
     }
     return true;
   };
