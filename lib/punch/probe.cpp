@@ -222,10 +222,10 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       PeerState& ps = peers[pi];
       for (size_t ci = 0; ci < ps.cands.size(); ++ci) {
         Cand& c = ps.cands[ci];
-        // A relay candidate is the peer's allocation, not its NAT: checked
-        // at full TTL from the start, so the peer hears us through the relay.
         auto open_end = c.open_until;
         if (ps.probing_since) open_end = std::min(open_end, *ps.probing_since + opt.interval);
+        // A relay candidate is the peer's allocation, not its NAT: checked
+        // at full TTL from the start, so the peer hears us through the relay.
         bool opening = c.kind != "host" && c.kind != "relay" && !c.triggered && now < open_end;
         // Without a NAT of our own, the opening window is silent (see behind_nat).
         if (opening && !opt.behind_nat) c.next = std::max(c.next, open_end);
