@@ -70,8 +70,8 @@ struct PeerState {
   bool heard = false;       // one of our checks was answered
   bool they_heard = false;  // they sent USE-CANDIDATE
   bool told = false;        // we sent USE-CANDIDATE (so they can stop too)
-  // When a check of theirs first came (on any path): their probe runs and
-  // sent its opening packets before its relay checks (see below).
+  // When a check of theirs first came straight from them (not through a
+  // relay): their NAT maps them towards us, so our checks cannot collide.
   std::optional<Clock::time_point> probing_since;
 
   const Cand* best() const {
@@ -134,10 +134,6 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       for (const auto& x : ps.cands) dup = dup || x.addr == c.endpoint;
       if (!dup) ps.cands.push_back(Cand{c.endpoint, c.kind, false, false, -1, 0, start, window_end});
     }
-    // Relay candidates last in each round: a peer that hears us through the
-    // relay knows our packets towards its NAT have left.
-    std::stable_partition(ps.cands.begin(), ps.cands.end(),
-                          [](const Cand& c) { return c.kind != "relay"; });
   }
   // Candidates that arrive while probing (opt.refresh) get their own opening
   // window, for the same reason as the first ones.
@@ -224,9 +220,7 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
         Cand& c = ps.cands[ci];
         auto open_end = c.open_until;
         if (ps.probing_since) open_end = std::min(open_end, *ps.probing_since + opt.interval);
-        // A relay candidate is the peer's allocation, not its NAT: checked
-        // at full TTL from the start, so the peer hears us through the relay.
-        bool opening = c.kind != "host" && c.kind != "relay" && !c.triggered && now < open_end;
+        bool opening = c.kind != "host" && !c.triggered && now < open_end;
         // Without a NAT of our own, the opening window is silent (see behind_nat).
         if (opening && !opt.behind_nat) c.next = std::max(c.next, open_end);
         if (now >= c.next) {
@@ -288,10 +282,15 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       Status s = t.send(got->from, b.finish());
       if (!s && s.code() != Exit::Unavailable) return s;
       if (m->find(stun::kUseCandidate)) ps.they_heard = true;
-      // The peer probes: its probe sent its opening packets first, so our
-      // full-TTL checks (from one interval on, a margin) can no longer reach
-      // its NAT before its mapping.
-      if (!ps.probing_since) {
+      // A check straight from the peer left through its NAT, which now maps
+      // it towards us: our full-TTL checks (from one interval on, a margin)
+      // can no longer collide there. (One through a relay says nothing of
+      // that: its probe may not know our candidates yet.)
+      bool relayed = got->from.ip.is_loopback() ||
+                     std::any_of(ps.cands.begin(), ps.cands.end(), [&](const Cand& x) {
+                       return x.kind == "relay" && x.addr == got->from;
+                     });
+      if (!ps.probing_since && !relayed) {
         ps.probing_since = now;
         for (auto& x : ps.cands) x.next = std::min(x.next, now + opt.interval);
         debug("heard " + ps.peer->name + ": opening window over");

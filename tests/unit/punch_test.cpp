@@ -413,19 +413,17 @@ TEST_F(RelayedProbe, ReportsARelayedPathWhenNoDirectOneAnswers) {
 }
 
 // The relayed path is settled on only relayed_settle after the opening
-// window, which ends early once the peer is heard (here b answers through
-// the relay at once): neither before, nor at the end of a wide window.
-TEST_F(RelayedProbe, SettlesOnTheRelayAfterTheOpeningWindow) {
+// window: a wide window (a peer that starts late) still gets its full-TTL
+// checks before the probe gives up on a direct path.
+TEST_F(RelayedProbe, SettlesOnTheRelayOnlyAfterTheOpeningWindow) {
   oa.peers = {{kb.public_key(), "b", {{af, "relay"}, {sa("127.0.0.1:9"), "srflx"}}}};
   ob.peers = {{ka.public_key(), "a", {}}};
-  oa.timeout = ob.timeout = std::chrono::seconds(6);
-  oa.open_window = std::chrono::seconds(3);
+  oa.timeout = ob.timeout = std::chrono::seconds(5);
+  oa.open_window = std::chrono::milliseconds(700);
   auto start = std::chrono::steady_clock::now();
   ASSERT_NO_FATAL_FAILURE(run());
-  auto took = std::chrono::steady_clock::now() - start;
   EXPECT_EQ(ra[0].kind, "relay");
-  EXPECT_GE(took, oa.relayed_settle);
-  EXPECT_LT(took, oa.open_window);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, oa.open_window + oa.relayed_settle);
 }
 
 // L10: a check the peer's key authenticates is still refused when it is
@@ -545,47 +543,47 @@ class RecordingTransport : public punch::Transport {
   std::vector<Incoming> inbox;  // in time order
 };
 
-// The opening window of a peer ends (one interval later) when a check of its
-// arrives, here through the relay: its probe runs and sent its own opening
-// packets first. Its relay candidate gets full-TTL checks from the start, each
-// round after the others.
-TEST(Punch, ACheckFromThePeerEndsItsOpeningWindow) {
+// A check straight from the peer ends its opening window (one interval
+// later): it left through the peer's NAT, which now maps it towards us. One
+// through the relay (from our relay client, on loopback) does not: the peer's
+// probe may not know our candidates yet.
+TEST(Punch, ACheckStraightFromThePeerEndsItsOpeningWindow) {
   using Clock = RecordingTransport::Clock;
-  const SockAddr srflx = sa("203.0.113.9:51820"), relay = sa("203.0.113.1:50000");
+  const SockAddr srflx = sa("203.0.113.9:51820");
   SecretKey ka = SecretKey::generate_private(), kb = SecretKey::generate_private();
   auto key = punch::derive_probe_key(kb, ka.public_key());
   ASSERT_TRUE(key);
-  uint8_t out[512];
-  stun::Builder b(out, stun::kBinding, stun::kRequest, stun::random_txid());
-  b.add_string(stun::kUsername, ka.public_key().to_base64() + ":" + kb.public_key().to_base64());
-  std::array<uint8_t, 8> t{};
-  const int64_t now_ms = punch::ProbeOptions{}.wall_ms();
-  for (int i = 7, shift = 0; i >= 0; --i, shift += 8) t[i] = static_cast<uint8_t>(now_ms >> shift);
-  b.add(punch::kMeshTimeAttr, t);
-  b.add_integrity_sha256({key->bytes().data(), key->bytes().size()}).add_fingerprint();
-  auto req = b.finish();
-
+  auto check = [&] {
+    uint8_t out[512];
+    stun::Builder b(out, stun::kBinding, stun::kRequest, stun::random_txid());
+    b.add_string(stun::kUsername, ka.public_key().to_base64() + ":" + kb.public_key().to_base64());
+    std::array<uint8_t, 8> t{};
+    const int64_t now_ms = punch::ProbeOptions{}.wall_ms();
+    for (int i = 7, shift = 0; i >= 0; --i, shift += 8) t[i] = static_cast<uint8_t>(now_ms >> shift);
+    b.add(punch::kMeshTimeAttr, t);
+    b.add_integrity_sha256({key->bytes().data(), key->bytes().size()}).add_fingerprint();
+    auto f = b.finish();
+    return std::vector<uint8_t>(f.begin(), f.end());
+  };
   RecordingTransport tr;
   punch::ProbeOptions o;
-  o.peers = {{kb.public_key(), "b", {{relay, "relay"}, {srflx, "srflx"}}}};
-  o.timeout = std::chrono::milliseconds(800);
+  o.peers = {{kb.public_key(), "b", {{srflx, "srflx"}}}};
+  o.timeout = std::chrono::milliseconds(900);
   o.open_window = std::chrono::seconds(5);
   auto start = Clock::now();
-  const auto heard_at = start + std::chrono::milliseconds(300);
-  tr.inbox.push_back({heard_at, sa("127.0.0.1:40000"), {req.begin(), req.end()}});
+  const auto relayed_at = start + std::chrono::milliseconds(200);
+  const auto straight_at = start + std::chrono::milliseconds(500);
+  tr.inbox.push_back({relayed_at, sa("127.0.0.1:40000"), check()});
+  tr.inbox.push_back({straight_at, sa("198.51.100.7:40000"), check()});
   ASSERT_TRUE(punch::probe(tr, ka, o).is_ok());
   int early_full = 0, late_full = 0, late_opening = 0;
-  ASSERT_GE(tr.sent.size(), 2u);
-  EXPECT_EQ(tr.sent[0].to, srflx);  // the first round: the NAT first, then the relay
-  EXPECT_EQ(tr.sent[1].to, relay);
-  EXPECT_EQ(tr.sent[1].ttl, 0);
   for (const auto& s : tr.sent) {
     if (s.to != srflx) continue;
-    if (s.at < heard_at) early_full += s.ttl == 0;
-    else if (s.at >= heard_at + o.interval) (s.ttl == 0 ? late_full : late_opening)++;
+    if (s.at < straight_at) early_full += s.ttl == 0;
+    else if (s.at >= straight_at + o.interval) (s.ttl == 0 ? late_full : late_opening)++;
   }
-  EXPECT_EQ(early_full, 0);   // opening packets only, before b was heard
-  EXPECT_GT(late_full, 0);    // full-TTL checks once it was, long before the window's end
+  EXPECT_EQ(early_full, 0);   // opening packets only, the relayed check notwithstanding
+  EXPECT_GT(late_full, 0);    // full-TTL checks once b was heard straight, long before 5 s
   EXPECT_EQ(late_opening, 0);
 }
 
