@@ -196,7 +196,7 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
     return true;
   };
 
-  std::optional<Clock::time_point> linger_until;  // set: only answering now
+  std::optional<Clock::time_point> linger_until;  // set: answering (and triggered checks) only
   for (int guard = 0; guard < 1000000; ++guard) {
     auto now = opt.now();
     if (now >= end) break;
@@ -214,10 +214,14 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
     }
     auto next_wake = opt.refresh ? std::min(end, next_refresh) : end;
     if (linger_until) next_wake = std::min(next_wake, *linger_until);
-    for (size_t pi = 0; pi < peers.size() && !linger_until; ++pi) {
+    for (size_t pi = 0; pi < peers.size(); ++pi) {
       PeerState& ps = peers[pi];
       for (size_t ci = 0; ci < ps.cands.size(); ++ci) {
         Cand& c = ps.cands[ci];
+        // Lingering, only a check back to where a peer's check came from
+        // that no answer confirmed yet: a peer whose opening window was
+        // longer reaches us only now, and the path is then ours too.
+        if (linger_until && !(c.triggered && !c.ok)) continue;
         auto open_end = c.open_until;
         if (ps.probing_since) open_end = std::min(open_end, *ps.probing_since + opt.interval);
         bool opening = c.kind != "host" && !c.triggered && now < open_end;

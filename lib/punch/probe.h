@@ -80,8 +80,9 @@ struct ProbeOptions {
   // long after the opening window, so a direct path found later still wins.
   std::chrono::milliseconds relayed_settle{1000};
   // After every peer is settled, keep answering the peers' checks this long
-  // (sending none): a peer whose probe started later, or whose opening
-  // window is longer, still gets its answers, and so a path of its own.
+  // (sending only triggered checks, back to where a new one came from): a
+  // peer whose probe started later, or whose opening window is longer, still
+  // gets its answers, and so a path of its own, and the path is ours too.
   std::chrono::milliseconds linger{0};
   int open_ttl = 2;  // 0: no opening packets
   // False when this node has no NAT (STUN saw its own address, mapping

@@ -426,6 +426,30 @@ TEST_F(RelayedProbe, SettlesOnTheRelayOnlyAfterTheOpeningWindow) {
   EXPECT_GE(std::chrono::steady_clock::now() - start, oa.open_window + oa.relayed_settle);
 }
 
+// Lingering, a probe still checks back where a new check came from: a
+// settles on the relay with b's first probe (which knows no candidate of
+// a's), b probes again with a's address (its opening window ended later,
+// say), and a reports the path b's check showed, not the relay.
+TEST_F(RelayedProbe, ALingeringProbeChecksBackAndTakesTheLatePath) {
+  oa.peers = {{kb.public_key(), "b", {{af, "relay"}, {sa("127.0.0.1:9"), "srflx"}}}};
+  oa.open_window = std::chrono::milliseconds(100);
+  oa.linger = std::chrono::milliseconds(2500);
+  oa.timeout = std::chrono::seconds(6);
+  ob.peers = {{ka.public_key(), "a", {}}};
+  ob.timeout = std::chrono::milliseconds(1300);
+  auto fa = std::async(std::launch::async, [&] { return punch::probe(*ta, ka, oa); });
+  auto b1 = punch::probe(*tb, kb, ob);  // a settles on the relay at ~1.1 s
+  ob.peers = {{ka.public_key(), "a", {{aa, "host"}}}};
+  ob.timeout = std::chrono::milliseconds(1000);
+  auto b2 = punch::probe(*tb, kb, ob);
+  auto a = fa.get();
+  forwarder->stop();
+  ASSERT_TRUE(a.is_ok() && b1.is_ok() && b2.is_ok());
+  EXPECT_EQ((*b2)[0].endpoint, aa);
+  EXPECT_EQ((*a)[0].status, "direct");
+  EXPECT_EQ((*a)[0].endpoint, ab);
+}
+
 // L10: a check the peer's key authenticates is still refused when it is
 // stale (no MESH-TIME, or an old one) or replayed (a transaction id the
 // probe already took, here sent again from another address): a replay must
