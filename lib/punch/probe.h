@@ -28,7 +28,9 @@
 //          so a router without an input firewall does not create a conntrack
 //          entry that would collide with the mapping the peer needs (nothing
 //          to them when we have no NAT: ProbeOptions::behind_nat);
-//   t >= open_window: full-TTL checks to every candidate, every `interval`.
+//   t >= open_window: full-TTL checks to every candidate, every `interval`
+//          (for a peer, from one interval after a check of its arrived
+//          straight, not through a relay: its NAT maps it towards us).
 // A request from an address we had not checked triggers a check to it
 // (peer-reflexive candidate). A peer is "confirmed" when one of our checks was
 // answered (we heard them) and they sent USE-CANDIDATE (they heard us); probe
