@@ -105,6 +105,7 @@ int cmd_probe(Context& ctx, int argc, char** argv) {
   opt.open_ttl = o.open_ttl;
   opt.open_window = std::chrono::milliseconds(o.open_window_ms);
   opt.linger = std::chrono::milliseconds(o.linger_ms);
+  opt.behind_nat = !(doc.nat && doc.nat->mapping == "none");
   opt.local_subnets = local_subnets();
   // --follow: mesh-coord watch --cache replaces the file (rename), so a
   // changed inode, size or mtime means a new map. A map that does not parse

@@ -70,6 +70,9 @@ struct PeerState {
   bool heard = false;       // one of our checks was answered
   bool they_heard = false;  // they sent USE-CANDIDATE
   bool told = false;        // we sent USE-CANDIDATE (so they can stop too)
+  // When a check of theirs first came straight from them (not through a
+  // relay): their NAT maps them towards us, so our checks cannot collide.
+  std::optional<Clock::time_point> probing_since;
 
   const Cand* best() const {
     const Cand* b = nullptr;
@@ -186,12 +189,14 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       if (b->kind != "host" && now - start < opt.settle && maybe_same_lan(ps)) return false;
       // Relayed paths answer at once, direct ones only after the opening
       // window and only while the peer probes too: give them time.
-      if (b->relayed() && now - start < opt.relayed_settle) return false;
+      auto wend = window_end;
+      if (ps.probing_since) wend = std::min(wend, *ps.probing_since + opt.interval);
+      if (b->relayed() && now - wend < opt.relayed_settle) return false;
     }
     return true;
   };
 
-  std::optional<Clock::time_point> linger_until;  // set: only answering now
+  std::optional<Clock::time_point> linger_until;  // set: answering (and triggered checks) only
   for (int guard = 0; guard < 1000000; ++guard) {
     auto now = opt.now();
     if (now >= end) break;
@@ -209,12 +214,20 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
     }
     auto next_wake = opt.refresh ? std::min(end, next_refresh) : end;
     if (linger_until) next_wake = std::min(next_wake, *linger_until);
-    for (size_t pi = 0; pi < peers.size() && !linger_until; ++pi) {
+    for (size_t pi = 0; pi < peers.size(); ++pi) {
       PeerState& ps = peers[pi];
       for (size_t ci = 0; ci < ps.cands.size(); ++ci) {
         Cand& c = ps.cands[ci];
+        // Lingering, only a check back to where a peer's check came from
+        // that no answer confirmed yet: a peer whose opening window was
+        // longer reaches us only now, and the path is then ours too.
+        if (linger_until && !(c.triggered && !c.ok)) continue;
+        auto open_end = c.open_until;
+        if (ps.probing_since) open_end = std::min(open_end, *ps.probing_since + opt.interval);
+        bool opening = c.kind != "host" && !c.triggered && now < open_end;
+        // Without a NAT of our own, the opening window is silent (see behind_nat).
+        if (opening && !opt.behind_nat) c.next = std::max(c.next, open_end);
         if (now >= c.next) {
-          bool opening = c.kind != "host" && !c.triggered && now < c.open_until;
           stun::TxId id = stun::random_txid();
           stun::Builder b(out, stun::kBinding, stun::kRequest, id);
           b.add_string(stun::kUsername, ps.user_out);
@@ -234,7 +247,7 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
           // a working path is refreshed slowly (it carries USE-CANDIDATE).
           auto iv = opt.interval * (c.ok ? 4 : c.sends > 40 ? 4 : 1);
           c.next = now + iv;
-          if (opening && c.next > c.open_until) c.next = c.open_until;
+          if (opening && c.next > open_end) c.next = open_end;
         }
         next_wake = std::min(next_wake, c.next);
       }
@@ -273,6 +286,19 @@ Result<std::vector<PeerPath>> probe(Transport& t, const SecretKey& own_private,
       Status s = t.send(got->from, b.finish());
       if (!s && s.code() != Exit::Unavailable) return s;
       if (m->find(stun::kUseCandidate)) ps.they_heard = true;
+      // A check straight from the peer left through its NAT, which now maps
+      // it towards us: our full-TTL checks (from one interval on, a margin)
+      // can no longer collide there. (One through a relay says nothing of
+      // that: its probe may not know our candidates yet.)
+      bool relayed = got->from.ip.is_loopback() ||
+                     std::any_of(ps.cands.begin(), ps.cands.end(), [&](const Cand& x) {
+                       return x.kind == "relay" && x.addr == got->from;
+                     });
+      if (!ps.probing_since && !relayed) {
+        ps.probing_since = now;
+        for (auto& x : ps.cands) x.next = std::min(x.next, now + opt.interval);
+        debug("heard " + ps.peer->name + ": opening window over");
+      }
       // Triggered check (RFC 8445 section 7.3.1.4) towards where they came from.
       auto c = std::find_if(ps.cands.begin(), ps.cands.end(),
                             [&](const Cand& x) { return x.addr == got->from; });

@@ -26,8 +26,11 @@
 //          to server-reflexive/peer-reflexive candidates: they create our own
 //          NAT's mapping towards the peer but expire before the peer's NAT,
 //          so a router without an input firewall does not create a conntrack
-//          entry that would collide with the mapping the peer needs;
-//   t >= open_window: full-TTL checks to every candidate, every `interval`.
+//          entry that would collide with the mapping the peer needs (nothing
+//          to them when we have no NAT: ProbeOptions::behind_nat);
+//   t >= open_window: full-TTL checks to every candidate, every `interval`
+//          (for a peer, from one interval after a check of its arrived
+//          straight, not through a relay: its NAT maps it towards us).
 // A request from an address we had not checked triggers a check to it
 // (peer-reflexive candidate). A peer is "confirmed" when one of our checks was
 // answered (we heard them) and they sent USE-CANDIDATE (they heard us); probe
@@ -76,13 +79,19 @@ struct ProbeOptions {
   std::optional<std::vector<Prefix>> local_subnets;
   // A relayed path (through the peer's allocation, or through our own relay
   // client: a peer-reflexive candidate on loopback) is only settled on this
-  // long after the start, so a direct path found later still wins.
+  // long after the opening window, so a direct path found later still wins.
   std::chrono::milliseconds relayed_settle{1000};
   // After every peer is settled, keep answering the peers' checks this long
-  // (sending none): a peer whose probe started later, or whose opening
-  // window is longer, still gets its answers, and so a path of its own.
+  // (sending only triggered checks, back to where a new one came from): a
+  // peer whose probe started later, or whose opening window is longer, still
+  // gets its answers, and so a path of its own, and the path is ours too.
   std::chrono::milliseconds linger{0};
   int open_ttl = 2;  // 0: no opening packets
+  // False when this node has no NAT (STUN saw its own address, mapping
+  // "none"): there is no mapping to open, and a short-TTL packet would reach
+  // a peer's NAT two hops away itself, so nothing is sent to non-host
+  // candidates during the opening window.
+  bool behind_nat = true;
   // Optional: polled about every `interval`; returns the peers' current
   // candidates when they changed (an empty vector: no change). Candidates
   // new to a peer of `peers` join the checks with an opening window of their

@@ -412,6 +412,44 @@ TEST_F(RelayedProbe, ReportsARelayedPathWhenNoDirectOneAnswers) {
   EXPECT_EQ(ra[0].endpoint, af);
 }
 
+// The relayed path is settled on only relayed_settle after the opening
+// window: a wide window (a peer that starts late) still gets its full-TTL
+// checks before the probe gives up on a direct path.
+TEST_F(RelayedProbe, SettlesOnTheRelayOnlyAfterTheOpeningWindow) {
+  oa.peers = {{kb.public_key(), "b", {{af, "relay"}, {sa("127.0.0.1:9"), "srflx"}}}};
+  ob.peers = {{ka.public_key(), "a", {}}};
+  oa.timeout = ob.timeout = std::chrono::seconds(5);
+  oa.open_window = std::chrono::milliseconds(700);
+  auto start = std::chrono::steady_clock::now();
+  ASSERT_NO_FATAL_FAILURE(run());
+  EXPECT_EQ(ra[0].kind, "relay");
+  EXPECT_GE(std::chrono::steady_clock::now() - start, oa.open_window + oa.relayed_settle);
+}
+
+// Lingering, a probe still checks back where a new check came from: a
+// settles on the relay with b's first probe (which knows no candidate of
+// a's), b probes again with a's address (its opening window ended later,
+// say), and a reports the path b's check showed, not the relay.
+TEST_F(RelayedProbe, ALingeringProbeChecksBackAndTakesTheLatePath) {
+  oa.peers = {{kb.public_key(), "b", {{af, "relay"}, {sa("127.0.0.1:9"), "srflx"}}}};
+  oa.open_window = std::chrono::milliseconds(100);
+  oa.linger = std::chrono::milliseconds(2500);
+  oa.timeout = std::chrono::seconds(6);
+  ob.peers = {{ka.public_key(), "a", {}}};
+  ob.timeout = std::chrono::milliseconds(1300);
+  auto fa = std::async(std::launch::async, [&] { return punch::probe(*ta, ka, oa); });
+  auto b1 = punch::probe(*tb, kb, ob);  // a settles on the relay at ~1.1 s
+  ob.peers = {{ka.public_key(), "a", {{aa, "host"}}}};
+  ob.timeout = std::chrono::milliseconds(1000);
+  auto b2 = punch::probe(*tb, kb, ob);
+  auto a = fa.get();
+  forwarder->stop();
+  ASSERT_TRUE(a.is_ok() && b1.is_ok() && b2.is_ok());
+  EXPECT_EQ((*b2)[0].endpoint, aa);
+  EXPECT_EQ((*a)[0].status, "direct");
+  EXPECT_EQ((*a)[0].endpoint, ab);
+}
+
 // L10: a check the peer's key authenticates is still refused when it is
 // stale (no MESH-TIME, or an old one) or replayed (a transaction id the
 // probe already took, here sent again from another address): a replay must
@@ -490,6 +528,120 @@ TEST(Punch, ProbeIgnoresAPeerWithTheWrongKey) {
   ASSERT_TRUE(ra.is_ok() && rb.is_ok());
   EXPECT_EQ((*ra)[0].status, "relay-needed");
   EXPECT_EQ((*rb)[0].status, "relay-needed");
+}
+
+// Records what a probe sends (where, with which TTL, when) and receives
+// only what `inbox` holds, each datagram once its time has come: the opening
+// phase, without a network.
+class RecordingTransport : public punch::Transport {
+ public:
+  using Clock = std::chrono::steady_clock;
+  struct Sent {
+    SockAddr to;
+    int ttl;
+    Clock::time_point at;
+  };
+  struct Incoming {
+    Clock::time_point at;
+    SockAddr from;
+    std::vector<uint8_t> data;
+  };
+  Status send(const SockAddr& to, std::span<const uint8_t>, int ttl) override {
+    sent.push_back({to, ttl, Clock::now()});
+    return Status::ok();
+  }
+  Result<std::optional<punch::Received>> recv(int timeout_ms, std::span<uint8_t> buf) override {
+    auto until = Clock::now() + std::chrono::milliseconds(timeout_ms);
+    if (!inbox.empty() && inbox.front().at < until) until = inbox.front().at;
+    std::this_thread::sleep_until(until);
+    if (inbox.empty() || inbox.front().at > Clock::now()) return std::optional<punch::Received>{};
+    Incoming in = std::move(inbox.front());
+    inbox.erase(inbox.begin());
+    std::copy(in.data.begin(), in.data.end(), buf.begin());
+    return std::optional<punch::Received>{punch::Received{in.from, in.data.size()}};
+  }
+  std::vector<int> fds() const override { return {}; }
+  std::string mode() const override { return "test"; }
+  uint16_t port() const override { return 51820; }
+  std::vector<Sent> sent;
+  std::vector<Incoming> inbox;  // in time order
+};
+
+// A check straight from the peer ends its opening window (one interval
+// later): it left through the peer's NAT, which now maps it towards us. One
+// through the relay (from our relay client, on loopback) does not: the peer's
+// probe may not know our candidates yet.
+TEST(Punch, ACheckStraightFromThePeerEndsItsOpeningWindow) {
+  using Clock = RecordingTransport::Clock;
+  const SockAddr srflx = sa("203.0.113.9:51820");
+  SecretKey ka = SecretKey::generate_private(), kb = SecretKey::generate_private();
+  auto key = punch::derive_probe_key(kb, ka.public_key());
+  ASSERT_TRUE(key);
+  auto check = [&] {
+    uint8_t out[512];
+    stun::Builder b(out, stun::kBinding, stun::kRequest, stun::random_txid());
+    b.add_string(stun::kUsername, ka.public_key().to_base64() + ":" + kb.public_key().to_base64());
+    std::array<uint8_t, 8> t{};
+    const int64_t now_ms = punch::ProbeOptions{}.wall_ms();
+    for (int i = 7, shift = 0; i >= 0; --i, shift += 8) t[i] = static_cast<uint8_t>(now_ms >> shift);
+    b.add(punch::kMeshTimeAttr, t);
+    b.add_integrity_sha256({key->bytes().data(), key->bytes().size()}).add_fingerprint();
+    auto f = b.finish();
+    return std::vector<uint8_t>(f.begin(), f.end());
+  };
+  RecordingTransport tr;
+  punch::ProbeOptions o;
+  o.peers = {{kb.public_key(), "b", {{srflx, "srflx"}}}};
+  o.timeout = std::chrono::milliseconds(900);
+  o.open_window = std::chrono::seconds(5);
+  auto start = Clock::now();
+  const auto relayed_at = start + std::chrono::milliseconds(200);
+  const auto straight_at = start + std::chrono::milliseconds(500);
+  tr.inbox.push_back({relayed_at, sa("127.0.0.1:40000"), check()});
+  tr.inbox.push_back({straight_at, sa("198.51.100.7:40000"), check()});
+  ASSERT_TRUE(punch::probe(tr, ka, o).is_ok());
+  int early_full = 0, late_full = 0, late_opening = 0;
+  for (const auto& s : tr.sent) {
+    if (s.to != srflx) continue;
+    if (s.at < straight_at) early_full += s.ttl == 0;
+    else if (s.at >= straight_at + o.interval) (s.ttl == 0 ? late_full : late_opening)++;
+  }
+  EXPECT_EQ(early_full, 0);   // opening packets only, the relayed check notwithstanding
+  EXPECT_GT(late_full, 0);    // full-TTL checks once b was heard straight, long before 5 s
+  EXPECT_EQ(late_opening, 0);
+}
+
+// Behind a NAT, short-TTL opening packets go to a server-reflexive candidate
+// from the start; with no NAT (a public address) nothing goes there until
+// the opening window ends (a TTL-2 packet would reach a NAT two hops away),
+// and host candidates are checked at once either way.
+TEST(Punch, ProbeWithoutANatSendsNoOpeningPackets) {
+  const SockAddr host = sa("198.51.100.9:51820"), srflx = sa("203.0.113.9:51820");
+  for (bool behind_nat : {true, false}) {
+    RecordingTransport t;
+    punch::ProbeOptions o;
+    o.peers = {{SecretKey::generate_private().public_key(), "b", {{host, "host"}, {srflx, "srflx"}}}};
+    o.timeout = std::chrono::milliseconds(500);
+    o.open_window = std::chrono::milliseconds(250);
+    o.behind_nat = behind_nat;
+    auto start = std::chrono::steady_clock::now();
+    ASSERT_TRUE(punch::probe(t, SecretKey::generate_private(), o).is_ok());
+    std::optional<RecordingTransport::Sent> first_host, first_srflx;
+    for (const auto& s : t.sent) {
+      if (s.to == host && !first_host) first_host = s;
+      if (s.to == srflx && !first_srflx) first_srflx = s;
+    }
+    ASSERT_TRUE(first_host && first_srflx) << behind_nat;
+    EXPECT_EQ(first_host->ttl, 0);
+    EXPECT_LT(first_host->at - start, std::chrono::milliseconds(100));
+    if (behind_nat) {
+      EXPECT_EQ(first_srflx->ttl, o.open_ttl);
+      EXPECT_LT(first_srflx->at - start, std::chrono::milliseconds(100));
+    } else {
+      EXPECT_EQ(first_srflx->ttl, 0);
+      EXPECT_GE(first_srflx->at - start, o.open_window);
+    }
+  }
 }
 
 }  // namespace
