@@ -317,6 +317,10 @@ class Coordinator {
   ServeOptions opt_;
   Log& log_;
   std::unique_ptr<Store> store_;
+  // Shared store: a connection of the janitor's own for fold_serials, so a
+  // fold (about a second at 100,000 peers) holds neither store_mu_ nor the
+  // writers' lock.
+  std::unique_ptr<Store> fold_store_;
   // Recursive: a WriteLock holds it across the handler's persist().
   std::recursive_mutex store_mu_;
   std::atomic<int64_t> applied_change_{0};  // the newest change in the model
@@ -463,6 +467,7 @@ Status Coordinator::init() {
   }
   random_bytes(reinterpret_cast<uint8_t*>(&replica_id_), sizeof replica_id_);
   MESH_ASSIGN(bcast_, store_->broadcaster());
+  MESH_ASSIGN(fold_store_, Store::open(opt_.store));
   // Replicas start one at a time (the writers' lock), so the first one
   // alone picks what later ones adopt (the IPv6 prefix, ...).
   MESH_TRY(store_->begin());
@@ -759,9 +764,11 @@ Result<bool> Coordinator::catch_up_locked() {
 
 void Coordinator::catch_up() {
   {
+    // The newest sequence number only: fetching the next change itself
+    // read (and parsed) it twice, 0.6 MB for one reaching 100,000 maps.
     std::lock_guard slk(store_mu_);
-    auto next = store_->changes_after(applied_change_, 1);
-    if (next && next->empty()) return;
+    auto last = store_->last_change();
+    if (last && *last == applied_change_) return;
   }
   std::unique_lock lk(mu_);
   std::lock_guard slk(store_mu_);
@@ -1981,9 +1988,6 @@ void Coordinator::prune_audit(int64_t now) {
   if (!n) log_.error("cannot prune the audit events: " + n.status().message());
   // Replicas down longer than the change log is kept reload everything.
   if (store_->shared() && now % 60 < opt_.janitor_interval) {
-    // Folded first: pruning keeps the changes whose serials are not.
-    if (Status f = store_->fold_serials(); !f)
-      log_.error("cannot fold the change log's map serials: " + f.message());
     auto c = store_->prune_changes(now - kChangeLogSeconds);
     if (!c) log_.error("cannot prune the change log: " + c.status().message());
   }
@@ -2059,6 +2063,10 @@ void Coordinator::janitor(const std::atomic<bool>& stop) {
     punch_limiter_.prune(mono_ms());
     announce_limiter_.prune(mono_ms());
     prune_audit(now);
+    // Pruning keeps the changes whose serials are not folded yet.
+    if (fold_store_ && now % 60 < opt_.janitor_interval)
+      if (Status f = fold_store_->fold_serials(); !f)
+        log_.error("cannot fold the change log's map serials: " + f.message());
     touch_watchers(now);
     if (store_->shared()) share_last_seen(now);
     bool changed = false;

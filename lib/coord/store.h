@@ -134,7 +134,7 @@ class Store {
   virtual Result<std::vector<StoredPeer>> load_peers() = 0;
   // Shared stores: writes the serials of the changes logged since the last
   // fold to map_serials, in the open transaction or one of its own (which
-  // takes the writers' lock). Not a change replicas apply.
+  // does not stop writers). Not a change replicas apply.
   virtual Status fold_serials() { return Status::ok(); }
 
   virtual Status put_setup_key(int64_t id, const std::string& hash, const std::string& record) = 0;
