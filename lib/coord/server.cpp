@@ -2062,11 +2062,12 @@ void Coordinator::janitor(const std::atomic<bool>& stop) {
     punches_.prune(mono_ms());
     punch_limiter_.prune(mono_ms());
     announce_limiter_.prune(mono_ms());
-    prune_audit(now);
-    // Pruning keeps the changes whose serials are not folded yet.
+    // Before pruning (prune_audit), which keeps the changes whose serials
+    // are not folded yet.
     if (fold_store_ && now % 60 < opt_.janitor_interval)
       if (Status f = fold_store_->fold_serials(); !f)
         log_.error("cannot fold the change log's map serials: " + f.message());
+    prune_audit(now);
     touch_watchers(now);
     if (store_->shared()) share_last_seen(now);
     bool changed = false;

@@ -283,12 +283,7 @@ class PgStore final : public Store {
     Status s = got ? Status::ok() : got.status();
     if (s && std::string_view(PQgetvalue(got->get(), 0, 0)) == "t") s = fold_serials_locked();
     if (s) s = run("COMMIT", {}, "fold_serials");
-    if (!s) {
-      serial_ids_.clear();
-      serial_values_.clear();
-      serial_ats_.clear();
-      (void)run("ROLLBACK", {}, "fold_serials");
-    }
+    if (!s) rollback();  // also drops the rows queued for flush_serials
     return s;
   }
 
