@@ -26,6 +26,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <fstream>
 #include <iostream>
@@ -392,7 +393,7 @@ Result<Server> start_server(const std::string& prog, const std::string& dir,
 }
 
 // One value of the server's /metrics.
-long metric(const std::string& url, const std::string& token, const std::string& name) {
+double metric(const std::string& url, const std::string& token, const std::string& name) {
   std::FILE* f = popen(("curl -s -H 'Authorization: Bearer " + token + "' " + url +
                         "/metrics | sed -n 's/^" + name + " //p'")
                            .c_str(),
@@ -402,7 +403,7 @@ long metric(const std::string& url, const std::string& token, const std::string&
     if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
     pclose(f);
   }
-  return std::atol(buf);
+  return std::atof(buf);
 }
 
 double pct(std::vector<double> v, int p) {
@@ -415,14 +416,18 @@ double pct(std::vector<double> v, int p) {
 // `mesh-coord watch` signs it (coord/auth.h). Thousands are driven from one
 // epoll thread: a thread each would measure the bench's own scheduler.
 // When round k is open (open_round), the first map a watcher receives
-// after it is that round's push, timed from the round's start when its
-// last byte is read. Opening a sealed map (what the nodes do on their own
-// CPUs) waits until no socket has data, so it does not delay the timing.
+// after it is that round's push, timed from the round's start twice: when
+// its last byte reached the watcher's socket (the kernel's receive time,
+// SO_TIMESTAMPNS: what a node on its own CPU sees) and when this one
+// thread, sharing the cores with the servers, read it. Opening a sealed map
+// (what the nodes do on their own CPUs) waits until no socket has data, so
+// it does not delay the timing.
 class WatcherFleet {
  public:
   WatcherFleet(const std::vector<SecretKey>& keys, const std::vector<Server>& servers,
                const PublicKey& coord, int rounds, bool all_on_first)
-      : servers_(servers), latency_(rounds), done_(rounds), t0_(rounds) {
+      : servers_(servers), latency_(rounds), arrival_(rounds), done_(rounds), t0_(rounds),
+        t0_wall_(rounds) {
     for (size_t i = 0; i < keys.size(); ++i) {
       W w;
       w.key = keys[i].public_key().to_base64();
@@ -431,6 +436,7 @@ class WatcherFleet {
       ws_.push_back(std::move(w));
     }
     for (auto& l : latency_) l.assign(keys.size(), -1);
+    for (auto& l : arrival_) l.assign(keys.size(), -1);
     for (auto& d : done_) d = 0;
   }
   ~WatcherFleet() { stop(); }
@@ -450,6 +456,7 @@ class WatcherFleet {
   }
   void open_round(int k) {
     t0_[k] = Clock::now();
+    t0_wall_[k] = std::chrono::system_clock::now();
     round_ = k;
   }
   int done(int k) const { return done_[k]; }
@@ -458,9 +465,10 @@ class WatcherFleet {
   void whole_maps() { whole_ = true; }
   int failures() const { return failures_; }
   int with_map() const { return with_map_; }
-  std::vector<double> latencies(int k) const {
+  // Read by the bench (`arrived` false) or arrived at the socket.
+  std::vector<double> latencies(int k, bool arrived = false) const {
     std::vector<double> l;
-    for (double x : latency_[k])
+    for (double x : (arrived ? arrival_ : latency_)[k])
       if (x >= 0) l.push_back(x);
     return l;
   }
@@ -473,12 +481,15 @@ class WatcherFleet {
     int fd = -1;
     uint64_t serial = 0;
     int round = -1;  // the last round whose push arrived
+    std::chrono::system_clock::time_point arrived;  // kernel time of the last bytes read
     std::string nonce, out, in, sealed;
   };
 
   void connect_one(size_t i) {
     W& w = ws_[i];
     w.fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int on = 1;
+    setsockopt(w.fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
     sockaddr_storage ss{};
     socklen_t len = servers_[w.server].addr.to_sockaddr(&ss);
     connect(w.fd, reinterpret_cast<sockaddr*>(&ss), len);  // EINPROGRESS: the write waits
@@ -529,6 +540,8 @@ class WatcherFleet {
       int k = round_;
       if (k >= 0 && w.round < k) {
         latency_[k][i] = ms(t0_[k], now);
+        arrival_[k][i] =
+            std::chrono::duration<double, std::milli>(w.arrived - t0_wall_[k]).count();
         w.round = k;
         ++done_[k];
       }
@@ -569,6 +582,31 @@ class WatcherFleet {
     epoll_ctl(ep_, EPOLL_CTL_MOD, ws_[i].fd, &ev);
   }
 
+  // read(2), noting when the bytes reached the socket (now when the kernel
+  // gives no time).
+  ssize_t read_stamped(W& w, char* buf, size_t n) {
+    iovec iov{buf, n};
+    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(timespec))];
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = ctl;
+    mh.msg_controllen = sizeof ctl;
+    ssize_t r = ::recvmsg(w.fd, &mh, 0);
+    if (r <= 0) return r;
+    w.arrived = std::chrono::system_clock::now();
+    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+        timespec ts;
+        std::memcpy(&ts, CMSG_DATA(c), sizeof ts);
+        if (ts.tv_sec != 0)
+          w.arrived = std::chrono::system_clock::time_point(
+              std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                  std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec)));
+      }
+    return r;
+  }
+
   void loop() {
     std::vector<epoll_event> evs(1024);
     char buf[65536];
@@ -590,7 +628,7 @@ class WatcherFleet {
         }
         if (evs[e].events & EPOLLIN) {
           ssize_t r;
-          while ((r = ::read(w.fd, buf, sizeof buf)) > 0) w.in.append(buf, size_t(r));
+          while ((r = read_stamped(w, buf, sizeof buf)) > 0) w.in.append(buf, size_t(r));
           if (r == 0 || (r < 0 && errno != EAGAIN)) {
             reconnect(i);
             continue;
@@ -610,9 +648,10 @@ class WatcherFleet {
   const std::vector<Server>& servers_;
   std::vector<W> ws_;
   std::deque<size_t> to_open_;
-  std::vector<std::vector<double>> latency_;
+  std::vector<std::vector<double>> latency_, arrival_;
   std::vector<std::atomic<int>> done_;
   std::vector<Clock::time_point> t0_;
+  std::vector<std::chrono::system_clock::time_point> t0_wall_;
   std::atomic<int> round_{-1}, failures_{0}, with_map_{0};
   std::atomic<bool> stop_{false}, whole_{false};
   int ep_ = -1;
@@ -706,7 +745,8 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
   std::string key = parse_setup_key((*sk)["key"].get<std::string>())->secret;
   // CPU of all servers, and of the first (the one every watcher is on with
   // --watch-first): co-located replicas compete for the same cores.
-  double put_ms[kRounds] = {}, round_cpu[kRounds] = {}, first_cpu[kRounds] = {}, bytes[kRounds] = {};
+  double put_ms[kRounds] = {}, round_cpu[kRounds] = {}, first_cpu[kRounds] = {}, bytes[kRounds] = {},
+         build_ms[kRounds] = {};
   long deltas[kRounds] = {}, maps[kRounds] = {};
   auto cpu = [&] {
     double t = 0;
@@ -714,7 +754,7 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
     return t;
   };
   auto total = [&](const char* name) {
-    long b = 0;
+    double b = 0;
     for (auto& sv : servers) b += metric(sv.url, token, name);
     return b;
   };
@@ -723,8 +763,10 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
   auto push_round = [&](int k, int server) {
     wait_parked();
     double cpu0 = cpu(), first0 = cpu_ms(servers[0].pid);
-    long bytes0 = total("mesh_coord_map_bytes_total"), maps0 = total("mesh_coord_maps_served_total"),
-         deltas0 = total("mesh_coord_map_deltas_total");
+    long bytes0 = long(total("mesh_coord_map_bytes_total")),
+         maps0 = long(total("mesh_coord_maps_served_total")),
+         deltas0 = long(total("mesh_coord_map_deltas_total"));
+    double build0 = total("mesh_coord_map_build_seconds_total");
     Client writer(servers[server].url, "", log);
     SecretKey mon = SecretKey::generate_private();
     std::string join = dump_json(Json{{"setup_key", key}, {"name", "monitor" + std::to_string(k)}});
@@ -738,9 +780,10 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     round_cpu[k] = cpu() - cpu0;
     first_cpu[k] = cpu_ms(servers[0].pid) - first0;
-    bytes[k] = double(total("mesh_coord_map_bytes_total") - bytes0);
-    maps[k] = total("mesh_coord_maps_served_total") - maps0;
-    deltas[k] = total("mesh_coord_map_deltas_total") - deltas0;
+    bytes[k] = total("mesh_coord_map_bytes_total") - double(bytes0);
+    maps[k] = long(total("mesh_coord_maps_served_total")) - maps0;
+    deltas[k] = long(total("mesh_coord_map_deltas_total")) - deltas0;
+    build_ms[k] = (total("mesh_coord_map_build_seconds_total") - build0) * 1000;
   };
   push_round(kWarm, 0);
   push_round(kFirst, 0);
@@ -754,7 +797,7 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
   {
     wait_parked();
     double cpu0 = cpu();
-    long woken0 = metric(servers[0].url, token, "mesh_coord_watch_wakeups_total");
+    long woken0 = long(metric(servers[0].url, token, "mesh_coord_watch_wakeups_total"));
     Client writer(servers[n - 1].url, "", log);
     std::string body = R"({"version": 1, "candidates": [{"endpoint": "198.51.100.7:51820", "kind": "srflx"}]})";
     auto a = Clock::now();
@@ -765,7 +808,7 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
     else announce_changed = parse_json(r->body, "announce")->value("maps_changed", size_t(0));
     std::this_thread::sleep_for(std::chrono::seconds(2));
     round_cpu[kAnnounce] = cpu() - cpu0;
-    announce_woken = metric(servers[0].url, token, "mesh_coord_watch_wakeups_total") - woken0;
+    announce_woken = long(metric(servers[0].url, token, "mesh_coord_watch_wakeups_total")) - woken0;
   }
   fleet.whole_maps();
   push_round(kSwitch, 0);
@@ -821,12 +864,16 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
                 "%.1f ms, p99 %.1f ms, max %.1f ms; server CPU %.0f ms (the first server's %.0f)\n",
                 where, put_ms[k], l.size(), pct(l, 50), pct(l, 99), pct(l, 100), round_cpu[k],
                 first_cpu[k]);
+    std::vector<double> at = fleet.latencies(k, true);
+    std::printf("  arrived at the watchers' sockets: p50 %.1f ms, p99 %.1f ms, max %.1f ms\n",
+                pct(at, 50), pct(at, 99), pct(at, 100));
     std::printf("RESULT push_p99_write_on_%s_ms %.1f\n", where, pct(l, 99));
+    std::printf("RESULT push_arrived_p99_write_on_%s_ms %.1f\n", where, pct(at, 99));
     std::printf("RESULT pushed_write_on_%s %zu\n", where, l.size());
     std::printf("RESULT join_write_on_%s_ms %.1f\n", where, put_ms[k]);
     std::printf("RESULT server_cpu_write_on_%s_ms %.0f\n", where, round_cpu[k]);
-    std::printf("  %ld maps sent, %ld of them deltas, %.1f KB per watcher\n", maps[k], deltas[k],
-                bytes[k] / 1024 / sc.watchers);
+    std::printf("  %ld maps sent, %ld of them deltas, %.1f KB per watcher; building them took %.0f ms\n",
+                maps[k], deltas[k], bytes[k] / 1024 / sc.watchers, build_ms[k]);
     std::printf("RESULT push_kb_per_watcher_write_on_%s %.1f\n", where, bytes[k] / 1024 / sc.watchers);
   }
   {

@@ -511,6 +511,14 @@ std::vector<uint64_t> Model::digests(const std::vector<uint32_t>& ids) const {
 }
 
 Changes Model::recompute(std::vector<uint32_t> ids, int64_t now) {
+  if (defer_ > 0) {
+    stale_.insert(stale_.end(), ids.begin(), ids.end());
+    if (stale_.size() > 2 * by_id_.size() + 1024) {  // many deferred changes: bounded
+      std::sort(stale_.begin(), stale_.end());
+      stale_.erase(std::unique(stale_.begin(), stale_.end()), stale_.end());
+    }
+    return {};
+  }
   auto t0 = std::chrono::steady_clock::now();
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
@@ -544,10 +552,22 @@ Changes Model::recompute_all(int64_t now) {
   std::vector<uint32_t> ids;
   for (const auto& p : by_id_)
     if (p) ids.push_back(p->id);
+  if (defer_ > 0) return recompute(std::move(ids), now);
   Changes ch = recompute(std::move(ids), now);
   stats_.last_full_recompute_ms = ms_since(t0);
   ++stats_.full_recomputes;
   return ch;
+}
+
+void Model::settle() {
+  if (defer_ > 0 || stale_.empty()) return;
+  std::sort(stale_.begin(), stale_.end());
+  stale_.erase(std::unique(stale_.begin(), stale_.end()), stale_.end());
+  std::vector<uint64_t> digest = digests(stale_);
+  for (size_t i = 0; i < stale_.size(); ++i)
+    if (Peer* p = by_id(stale_[i])) p->digest = digest[i];
+  stats_.map_computations += stale_.size();
+  stale_ = {};
 }
 
 void Model::rebuild(int64_t) {
@@ -556,6 +576,11 @@ void Model::rebuild(int64_t) {
   std::vector<uint32_t> ids;
   for (const auto& p : by_id_)
     if (p) ids.push_back(p->id);
+  if (defer_ > 0) {
+    stale_ = std::move(ids);
+    return;
+  }
+  stale_ = {};
   std::vector<uint64_t> digest = digests(ids);
   for (size_t i = 0; i < ids.size(); ++i) by_id_[ids[i]]->digest = digest[i];
   stats_.map_computations += ids.size();
@@ -566,6 +591,7 @@ void Model::rebuild(int64_t) {
 // ---------------------------------------------------------------- mutations
 
 Changes Model::add_peer(std::unique_ptr<Peer> p, int64_t now) {
+  settle();
   uint32_t id = p->id;
   next_host_ = p->host_index + 1;
   load_peer(std::move(p));
@@ -577,6 +603,7 @@ Changes Model::add_peer(std::unique_ptr<Peer> p, int64_t now) {
 }
 
 Changes Model::remove_peer(uint32_t id, int64_t now) {
+  settle();
   Peer* p = by_id(id);
   if (!p) return {};
   std::vector<uint32_t> affected = neighbours(*p);
@@ -611,6 +638,7 @@ Changes Model::rekey_peer(uint32_t id, const PublicKey& key, int64_t now) {
 }
 
 Changes Model::set_policy(Policy p, int64_t now) {
+  settle();
   policy_ = std::move(p);
   compile();
   return recompute_all(now);
@@ -619,6 +647,7 @@ Changes Model::set_policy(Policy p, int64_t now) {
 Changes Model::tick_credentials(int64_t now) {
   int64_t w = credential_window(now);
   if (w == cred_window_) return {};
+  settle();
   cred_window_ = w;
   if (cfg_.relay_secret.empty() || cfg_.turn.empty()) return {};
   return recompute_all(now);

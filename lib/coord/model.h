@@ -193,12 +193,30 @@ class Model {
   uint32_t new_peer_id() const { return next_id_; }
 
   // --- mutations, each recomputing only the maps they affect
+  // While a DeferDigests lives, mutations return no Changes and leave the
+  // digests of the maps they affect to the next mutation made without one,
+  // which computes them first. For a replica applying another replica's
+  // change: it adopts that writer's serials, so it needs no digest then,
+  // and a change reaching 100,000 maps costs it none on the push's path.
+  class DeferDigests {
+   public:
+    explicit DeferDigests(Model& m) : m_(m) { ++m_.defer_; }
+    ~DeferDigests() { --m_.defer_; }
+    DeferDigests(const DeferDigests&) = delete;
+    DeferDigests& operator=(const DeferDigests&) = delete;
+
+   private:
+    Model& m_;
+  };
+  // Maps whose digest waits for the next mutation (ids, maybe repeated).
+  size_t stale_digests() const { return stale_.size(); }
   Changes add_peer(std::unique_ptr<Peer> p, int64_t now);
   Changes remove_peer(uint32_t id, int64_t now);
   // `membership`: the change can move the peer in or out of rules (name,
   // groups, tags, enabled); otherwise only its neighbours' view of it changes.
   template <typename F>
   Changes update_peer(uint32_t id, bool membership, int64_t now, F&& mutate) {
+    settle();
     Peer* p = by_id(id);
     if (!p) return {};
     std::vector<uint32_t> before = neighbours(*p);
@@ -285,6 +303,10 @@ class Model {
   std::optional<FirewallRule> rule_firewall(uint32_t r, uint32_t self) const;
   Changes recompute(std::vector<uint32_t> ids, int64_t now);
   Changes recompute_all(int64_t now);
+  // Computes the digests deferred (DeferDigests) over the content they
+  // stand for: every mutation outside a DeferDigests calls it before it
+  // changes anything, or a change it makes could go unseen.
+  void settle();
   // Routes (routes.cpp): compiled from routes_, the policy's routes and its
   // rules; routers follow peers' membership changes through index_routes.
   void compile_routes();
@@ -317,6 +339,8 @@ class Model {
   std::set<uint32_t> used_hosts_;
   std::set<uint16_t> used_ports_;
   mutable Stamps stamps_;  // the calling thread's
+  int defer_ = 0;               // live DeferDigests
+  std::vector<uint32_t> stale_;  // deferred digests (settle)
   Stats stats_;
 };
 

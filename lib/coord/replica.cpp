@@ -76,6 +76,8 @@ Status update_peer(Model& m, Peer& cur, const Peer& next, int64_t now) {
 Result<ApplyResult> apply_change(Model& model, std::vector<SetupKey>& keys, RevocationList& revoked,
                                  const Json& what, int64_t now) {
   ApplyResult out;
+  // The writer's serials come with the change: no digest is needed now.
+  Model::DeferDigests defer(model);
   const Json empty = Json::object();
   const Json& meta = what.contains("meta") ? what["meta"] : empty;
   // Peers, serials and counters concern only the peers named (an announce,

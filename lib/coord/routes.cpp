@@ -181,6 +181,7 @@ const Route* Model::find_route(const std::string& name) const {
 }
 
 Changes Model::set_routes(std::map<std::string, Route> r, int64_t now) {
+  settle();
   routes_ = std::move(r);
   compile_routes();
   return recompute_all(now);

@@ -196,3 +196,53 @@ TEST(CoordReplica, ADnsDomainChangeReachesTheReplicasMapsWithTheWritersSerials) 
   for (const Peer* p : r.peers())
     EXPECT_NE(r.map_json(*p).find("\"dns\":{\"domain\":\"corp.example\"}"), std::string::npos);
 }
+
+// A replica applies changes without computing digests (it adopts the
+// writer's serials); its own next write computes them first, over the
+// content they stand for, so it sees exactly the maps the writer would.
+TEST(CoordReplica, AReplicaWritingAfterAppliedChangesChangesTheMapsTheWriterWould) {
+  Writer w;
+  Model r(config());
+  std::vector<SetupKey> keys;
+  RevocationList rev;
+  std::string p1 = R"({"groups":{"web":{},"db":{}},"rules":[{"name":"web-db","src":["web"],"dst":["db"],"proto":"tcp","ports":[5432]}]})";
+  std::string p2 = R"({"groups":{"web":{},"db":{}},"rules":[{"name":"any","src":["all"],"dst":["all"],"proto":"any"}]})";
+  w.m.set_policy(policy(p1), 100);
+  ASSERT_TRUE(apply_change(r, keys, rev, w.change({}, {}, {}, p1), 100));
+  std::vector<uint32_t> ids;
+  for (auto [name, group] : {std::pair{"web1", "web"}, {"web2", "web"}, {"db1", "db"}, {"x", "x"}}) {
+    auto p = w.make_peer(name, {group});
+    ids.push_back(p->id);
+    Changes ch = w.m.add_peer(std::move(p), 101);
+    ASSERT_TRUE(apply_change(r, keys, rev, w.change(ch, {ids.back()}, {}), 101));
+  }
+  expect_same(w.m, r);
+  EXPECT_GT(r.stale_digests(), 0u);
+  // The same announce written on both.
+  auto announce = [&](Model& m, int64_t now) {
+    Json cj{{"endpoint", "203.0.113.7:51820"}, {"kind", "host"}};
+    auto c = parse_candidate(JsonView(cj, "candidate"), false);
+    return m.update_peer(ids[2], false, now, [&](Peer& q) {
+      q.endpoints = {*c};
+      q.endpoints_at = now;
+    });
+  };
+  Changes wa = announce(w.m, 102), ra = announce(r, 102);
+  EXPECT_EQ(r.stale_digests(), 0u);
+  ASSERT_FALSE(wa.changed.empty());
+  EXPECT_EQ(ra.changed, wa.changed);
+  EXPECT_EQ(ra.serial, wa.serial);
+  expect_same(w.m, r);
+  // The writer's policy change, applied without digests; then the old
+  // policy back, written on both. The replica's digests from before that
+  // change match the maps as they are back to: compared with those, it
+  // would see no change and keep serving them under the serials of p2.
+  Changes wb = w.m.set_policy(policy(p2), 103);
+  ASSERT_FALSE(wb.changed.empty());
+  ASSERT_TRUE(apply_change(r, keys, rev, w.change(wb, {}, {}, p2), 103));
+  expect_same(w.m, r);
+  Changes wc = w.m.set_policy(policy(p1), 104), rc = r.set_policy(policy(p1), 104);
+  ASSERT_FALSE(wc.changed.empty());
+  EXPECT_EQ(rc.changed, wc.changed);
+  expect_same(w.m, r);
+}
