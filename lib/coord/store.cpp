@@ -97,6 +97,10 @@ Status for_each_logged_serial(const Json& what,
   return Status::ok();
 }
 
+bool fold_due(int64_t now, int64_t folded_at, int64_t last_change_at) {
+  return now - folded_at >= 60'000 && (now - last_change_at >= 5'000 || now - folded_at >= 600'000);
+}
+
 Json Event::to_json() const {
   return Json{{"seq", seq},       {"time", at},       {"actor", actor},
               {"action", action}, {"target", target}, {"detail", detail}};

@@ -54,6 +54,13 @@ struct Change {
   Json what;
 };
 
+// When a replica folds (Store::fold_serials), times in monotonic ms: a fold
+// upserts a row per map the log's changes reached (after one reaching
+// 100,000 maps, about a second of the database's CPU), so at most once a
+// minute and once no change came for 5 s, not amid a burst whose pushes it
+// would slow; after 10 minutes at the latest.
+bool fold_due(int64_t now, int64_t folded_at, int64_t last_change_at);
+
 // Calls f(id, serial, generated_at) for each map serial a change assigned
 // ("serial_runs", or the older "serials"), in the order written: a later
 // call for the same id wins. An error for a malformed entry.

@@ -51,3 +51,17 @@ TEST(CoordStore, RecordsAreKeptPerKindAndSurviveReopening) {
 
 }  // namespace
 }  // namespace mesh::coord
+
+namespace mesh::coord {
+
+// Folding waits for a quiet log, but not for ever.
+TEST(CoordStore, AFoldWaitsForAMinuteAndAQuietLogButNotLongerThanTenMinutes) {
+  EXPECT_FALSE(fold_due(59'999, 0, 0));               // a minute has not passed
+  EXPECT_TRUE(fold_due(60'000, 0, 0));                // quiet since the last fold
+  EXPECT_FALSE(fold_due(60'000, 0, 56'000));          // a change 4 s ago
+  EXPECT_TRUE(fold_due(61'000, 0, 56'000));           // 5 s quiet
+  EXPECT_FALSE(fold_due(599'999, 0, 599'000));        // changes keep coming
+  EXPECT_TRUE(fold_due(600'000, 0, 599'999));         // ten minutes: folds anyway
+}
+
+}  // namespace mesh::coord
