@@ -791,10 +791,9 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
   auto push_round = [&](int k, int server) {
     wait_parked();
     double cpu0 = cpu(), first0 = cpu_ms(servers[0].pid), db0 = postgres_cpu_ms();
-    long bytes0 = long(total("mesh_coord_map_bytes_total")),
-         maps0 = long(total("mesh_coord_maps_served_total")),
-         deltas0 = long(total("mesh_coord_map_deltas_total"));
-    double build0 = total("mesh_coord_map_build_seconds_total");
+    double bytes0 = total("mesh_coord_map_bytes_total"), maps0 = total("mesh_coord_maps_served_total"),
+           deltas0 = total("mesh_coord_map_deltas_total"),
+           build0 = total("mesh_coord_map_build_seconds_total");
     Client writer(servers[server].url, "", log);
     SecretKey mon = SecretKey::generate_private();
     std::string join = dump_json(Json{{"setup_key", key}, {"name", "monitor" + std::to_string(k)}});
@@ -809,9 +808,9 @@ int bench_push(const std::string& prog, const std::string& dir, const std::strin
     round_cpu[k] = cpu() - cpu0;
     first_cpu[k] = cpu_ms(servers[0].pid) - first0;
     db_cpu[k] = postgres_cpu_ms() - db0;
-    bytes[k] = total("mesh_coord_map_bytes_total") - double(bytes0);
-    maps[k] = long(total("mesh_coord_maps_served_total")) - maps0;
-    deltas[k] = long(total("mesh_coord_map_deltas_total")) - deltas0;
+    bytes[k] = total("mesh_coord_map_bytes_total") - bytes0;
+    maps[k] = long(total("mesh_coord_maps_served_total") - maps0);
+    deltas[k] = long(total("mesh_coord_map_deltas_total") - deltas0);
     build_ms[k] = (total("mesh_coord_map_build_seconds_total") - build0) * 1000;
   };
   push_round(kWarm, 0);
