@@ -28,6 +28,11 @@ bool sorted_erase(std::vector<uint32_t>& v, uint32_t x) {
   return true;
 }
 
+void sort_unique(std::vector<uint32_t>& v) {
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+}
+
 double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -358,8 +363,7 @@ void Model::compile() {
     for (const auto& s : r.src) select(s, c.src);
     for (const auto& s : r.dst) select(s, c.dst);
     for (auto* v : {&c.src, &c.dst}) {
-      std::sort(v->begin(), v->end());
-      v->erase(std::unique(v->begin(), v->end()), v->end());
+      sort_unique(*v);
     }
     for (uint32_t id : c.src) {
       c.src_hash ^= mix(id);
@@ -415,8 +419,7 @@ std::vector<uint32_t> Model::visible(uint32_t id) const {
   const Peer* p = by_id(id);
   if (!p) return {};
   std::vector<uint32_t> out = neighbours(*p);
-  std::sort(out.begin(), out.end());
-  out.erase(std::unique(out.begin(), out.end()), out.end());
+  sort_unique(out);
   sorted_erase(out, id);
   return out;
 }
@@ -513,15 +516,11 @@ std::vector<uint64_t> Model::digests(const std::vector<uint32_t>& ids) const {
 Changes Model::recompute(std::vector<uint32_t> ids, int64_t now) {
   if (defer_ > 0) {
     stale_.insert(stale_.end(), ids.begin(), ids.end());
-    if (stale_.size() > 2 * by_id_.size() + 1024) {  // many deferred changes: bounded
-      std::sort(stale_.begin(), stale_.end());
-      stale_.erase(std::unique(stale_.begin(), stale_.end()), stale_.end());
-    }
+    if (stale_.size() > 2 * by_id_.size() + 1024) sort_unique(stale_);  // many deferred changes: bounded
     return {};
   }
   auto t0 = std::chrono::steady_clock::now();
-  std::sort(ids.begin(), ids.end());
-  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  sort_unique(ids);
   std::vector<uint64_t> digest = digests(ids);
   Changes ch;
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -561,8 +560,7 @@ Changes Model::recompute_all(int64_t now) {
 
 void Model::settle() {
   if (defer_ > 0 || stale_.empty()) return;
-  std::sort(stale_.begin(), stale_.end());
-  stale_.erase(std::unique(stale_.begin(), stale_.end()), stale_.end());
+  sort_unique(stale_);
   std::vector<uint64_t> digest = digests(stale_);
   for (size_t i = 0; i < stale_.size(); ++i)
     if (Peer* p = by_id(stale_[i])) p->digest = digest[i];
